@@ -1,0 +1,481 @@
+"""Run configuration: pydantic models (unknown keys are errors), YAML loading, `key.sub=value` overrides.
+
+Defaults live here and only here: stage code reads `cfg.section.field`, never `dict.get(x, default)`.
+Relative input paths written in a config file are resolved against that file's directory; relative
+paths given as command-line overrides, and `output_dir`, against the current directory.
+
+`load_config` collects every problem (unknown key with a did-you-mean, wrong type, missing file) and
+raises one `ConfigError` that lists them all; it never loads a model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from llmdistill.errors import UserError
+
+# Model sources that are not a local directory or a hub id: names llmdistill knows how to materialise.
+MODEL_ALIASES = ("smollm2-135m-instruct",)
+
+
+class ConfigError(UserError):
+    """One or more problems with a config. `errors` holds one line per problem."""
+
+    def __init__(self, errors: list[str], source: str = "config"):
+        self.errors = errors
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(errors))
+
+
+def _resolve_path(value: str | Path, info: ValidationInfo) -> Path:
+    """Relative paths from the config file resolve against its directory; from overrides, against the cwd."""
+    ctx = info.context or {}
+    path = Path(os.path.expanduser(str(value)))
+    if not path.is_absolute():
+        base = Path.cwd() if str(value) in ctx.get("override_values", ()) else Path(ctx.get("base_dir", "."))
+        path = (base / path).resolve()
+    return path
+
+
+def _cwd_path(value: str | Path) -> Path:
+    return Path(os.path.expanduser(str(value))).resolve()
+
+
+def _input_file(value: str | Path, info: ValidationInfo) -> Path:
+    path = _resolve_path(value, info)
+    if not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    return path
+
+
+def _model_source(value: str, info: ValidationInfo) -> str:
+    """An alias stays as is; an existing directory becomes absolute; ./x, ../x, /x or ~/x must exist;
+    anything else is taken as a hub id (it cannot be checked offline, and validate loads nothing)."""
+    if value in MODEL_ALIASES:
+        return value
+    path = _resolve_path(value, info)
+    if path.is_dir():
+        return str(path)
+    if value.startswith((".", "/", "~")):
+        raise ValueError(f"model directory not found: {path}")
+    return value
+
+
+InputFile = Annotated[Path, AfterValidator(_input_file)]
+ModelSource = Annotated[str, AfterValidator(_model_source)]
+OutputDir = Annotated[Path, AfterValidator(_cwd_path)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# ---------------------------------------------------------------------------------------------- teacher
+class TeacherConfig(Section):
+    """The model whose outputs (text and top-k log-probs) the student learns from."""
+
+    model: ModelSource = Field("smollm2-135m-instruct", description="local HF directory, hub id, or a known alias")
+    backend: Literal["hf"] = Field("hf", description="hf: transformers generate")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = Field("auto", description="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
+    trust_remote_code: bool = False
+
+
+# --------------------------------------------------------------------------------------------- generate
+class GenerateConfig(Section):
+    """Prompt sources and how the teacher samples completions and log-probs for them."""
+
+    prompts: list[InputFile] = Field(description="JSONL seed files: {prompt, level, source?, answer?, tags?} per line")
+    system_prompt: str | None = Field(None, description="prepended as a system turn to every prompt")
+    max_prompts: int | None = Field(None, gt=0, description="keep this many prompts, spread evenly over the curriculum")
+    order: Literal["curriculum", "file"] = Field("curriculum", description="curriculum: easy to hard by level")
+    n: int = Field(1, ge=1, description="samples per prompt")
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.7, ge=0.0, description="0 means greedy decoding")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    topk: int = Field(20, ge=1, description="top-k log-probs stored for every completion token")
+    logprob_mode: Literal["raw", "processed"] = Field(
+        "raw", description="raw: log-softmax of the model's logits; processed: after temperature/top-p"
+    )
+    batch_size: int = Field(16, ge=1)
+    shard_rows: int = Field(256, ge=1, description="rows per Parquet shard (a shard is the unit of resume)")
+
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, (str, Path)) else v
+
+
+# ----------------------------------------------------------------------------------------------- filter
+class FailedStep(Section):
+    """Remove samples whose generation failed (reason `failed`)."""
+
+    name: Literal["failed"]
+
+
+class EmptyStep(Section):
+    """Remove completions with no visible text (reason `empty`)."""
+
+    name: Literal["empty"]
+
+
+class LengthStep(Section):
+    """Remove completions outside a word-count range (reasons `too_short`, `too_long`)."""
+
+    name: Literal["length"]
+    min_words: int = Field(1, ge=0)
+    max_words: int | None = Field(None, ge=1)
+
+
+class RepetitionStep(Section):
+    """Remove degenerate loops: the fraction of word n-grams that repeat an earlier one (reason `repetition`)."""
+
+    name: Literal["repetition"]
+    n: int = Field(3, ge=1)
+    max_fraction: float = Field(0.3, gt=0.0, le=1.0)
+
+
+class TruncatedStep(Section):
+    """Remove completions cut off by max_new_tokens (reason `truncated`)."""
+
+    name: Literal["truncated"]
+
+
+class ExactDedupStep(Section):
+    """Remove exact duplicates of (prompt, completion) after normalisation (reason `duplicate`)."""
+
+    name: Literal["exact_dedup"]
+    scope: Literal["completion", "prompt_completion"] = Field(
+        "prompt_completion", description="compare completions alone, or prompt and completion together"
+    )
+
+
+FilterStep = Annotated[
+    FailedStep | EmptyStep | LengthStep | RepetitionStep | TruncatedStep | ExactDedupStep,
+    Field(discriminator="name"),
+]
+
+
+def _default_filter_steps() -> list:
+    return [
+        FailedStep(name="failed"),
+        EmptyStep(name="empty"),
+        TruncatedStep(name="truncated"),
+        LengthStep(name="length"),
+        RepetitionStep(name="repetition"),
+        ExactDedupStep(name="exact_dedup"),
+    ]
+
+
+class FilterConfig(Section):
+    """Filter steps, run in order; the first step that rejects a row names the reason."""
+
+    steps: list[FilterStep] = Field(default_factory=_default_filter_steps)
+
+
+# ------------------------------------------------------------------------------------------------ train
+class LossTerm(Section):
+    """One term of the training loss: total = sum(weight * term). Weights are used as given."""
+
+    name: Literal["forward_kl", "ce"] = Field(description="forward_kl: KL(teacher || student); ce: hard-label CE")
+    weight: float = Field(ge=0.0)
+    temperature: float = Field(1.0, gt=0.0, description="KL terms: softening temperature (the term is scaled by T^2)")
+
+
+class StudentConfig(Section):
+    """Where the student starts: an existing model, or a layer subset of the teacher."""
+
+    model: ModelSource | None = Field(None, description="local HF directory or hub id")
+    teacher_layers: list[int] | None = Field(
+        None, description="build the student from the teacher's embeddings, these decoder layers and its head"
+    )
+
+    @field_validator("teacher_layers")
+    @classmethod
+    def _layers(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("teacher_layers must name at least one layer")
+            if any(i < 0 for i in v) or len(set(v)) != len(v) or v != sorted(v):
+                raise ValueError("teacher_layers must be distinct, non-negative and increasing")
+        return v
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        if (self.model is None) == (self.teacher_layers is None):
+            raise ValueError("set exactly one of student.model and student.teacher_layers")
+        return self
+
+
+def _default_loss() -> list[LossTerm]:
+    return [LossTerm(name="forward_kl", weight=0.9, temperature=1.0), LossTerm(name="ce", weight=0.1)]
+
+
+class TrainConfig(Section):
+    """Student fine-tuning on the filtered data with KL (to the stored teacher top-k) + CE losses."""
+
+    student: StudentConfig
+    loss: list[LossTerm] = Field(default_factory=_default_loss)
+    tail: Literal["bucket", "renormalize"] = Field(
+        "bucket",
+        description="mass outside the teacher's top-k: bucket = one extra 'rest of vocabulary' class; "
+        "renormalize = compare the two distributions restricted to the top-k ids",
+    )
+    sft_baseline: bool = Field(False, description="also train a CE-only student on the same data and steps")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps (overrides epochs)")
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_seq_len: int = Field(1024, ge=8)
+    shuffle: bool = Field(False, description="False keeps the curriculum order (easy to hard)")
+    chunk_tokens: int = Field(1024, ge=1, description="loss chunk: at most this many tokens' logits exist at once")
+    freeze_embeddings: bool = False
+    bf16: bool = False
+    save_steps: int = Field(50, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    logging_steps: int = Field(10, ge=1)
+    report_to: list[str] = Field(default_factory=list, description="e.g. [tensorboard]")
+
+    @model_validator(mode="after")
+    def _loss_terms(self):
+        names = [t.name for t in self.loss]
+        if len(set(names)) != len(names):
+            raise ValueError(f"loss terms must be distinct, got {names}")
+        if not any(t.weight > 0 for t in self.loss):
+            raise ValueError("at least one loss term needs a positive weight")
+        return self
+
+
+# ------------------------------------------------------------------------------------------------- eval
+class EvalConfig(Section):
+    """Held-out comparison of the students with the teacher."""
+
+    prompts: list[InputFile] = Field(description="held-out JSONL prompts (never used for training)")
+    max_prompts: int | None = Field(None, gt=0)
+    max_new_tokens: int = Field(128, ge=1, description="length of the teacher's reference completions")
+    batch_size: int = Field(8, ge=1)
+    latency_prompts: int = Field(3, ge=1, description="prompts timed for per-token latency")
+    latency_new_tokens: int = Field(32, ge=1)
+
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, (str, Path)) else v
+
+
+# ----------------------------------------------------------------------------------------------- config
+class Config(Section):
+    """A whole run: generate -> filter -> train -> eval, written under output_dir/name."""
+
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="run name")
+    output_dir: OutputDir = Field(Path("runs"), description="runs are written to output_dir/name")
+    seed: int = 0
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    generate: GenerateConfig
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    train: TrainConfig
+    eval: EvalConfig
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# ------------------------------------------------------------------------------------------------ load
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.loss.0.weight=0.5` -> (["train", "loss", "0", "weight"], 0.5). The value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError([f"override {text!r} is not of the form key.sub=value"], "overrides")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError([f"override {text!r} has an empty key part"], "overrides")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"override {text!r}: value is not valid YAML ({e})"], "overrides") from None
+    return parts, value
+
+
+def _set_path(data: dict, parts: list[str], value: Any, text: str) -> None:
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError([f"override {text!r}: {'.'.join(parts[:i]) or 'config'} has no item {part}"])
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if not isinstance(node.get(part), (dict, list)):
+                    # an override into a section the file leaves out starts from that section's default
+                    node[part] = _default_at(parts[: i + 1])
+                node = node[part]
+        else:
+            raise ConfigError([f"override {text!r}: {'.'.join(parts[:i])} is not a section"])
+
+
+def _default_at(parts: list[str]) -> Any:
+    """The default of the config field at `parts` as plain data (e.g. the default loss list), or {}."""
+    model: Any = Config
+    for part in parts[:-1]:
+        model = _unwrap(_step(model, part))
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return {}
+    field = model.model_fields.get(parts[-1]) if isinstance(model, type) and issubclass(model, BaseModel) else None
+    if field is None or field.is_required():
+        return {}
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, list):
+        return [v.model_dump() if isinstance(v, BaseModel) else v for v in value]
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    return {}
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or the embedded demo when `path` is None), apply overrides, validate.
+
+    Raises ConfigError listing every problem found.
+    """
+    path = Path(path) if path is not None else default_config_path()
+    source = str(path)
+    if not path.is_file():
+        raise ConfigError([f"config file not found: {path}"], source)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError([f"not valid YAML{where}: {getattr(e, 'problem', e)}"], source) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"not UTF-8 text: {e}"], source) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"top level must be a mapping of sections, got {type(data).__name__}"], source)
+    errors: list[str] = []
+    override_values: set[str] = set()
+    for text in overrides:
+        try:
+            parts, value = parse_override(text)
+            _set_path(data, parts, value, text)
+            override_values.update(str(v) for v in (value if isinstance(value, list) else [value]))
+        except ConfigError as e:
+            errors.extend(e.errors)
+    if errors:
+        raise ConfigError(errors, source)
+    return validate_dict(data, base_dir=path.resolve().parent, source=source, override_values=override_values)
+
+
+def validate_dict(
+    data: dict, base_dir: Path | str = ".", source: str = "config", override_values: set[str] = frozenset()
+) -> Config:
+    """Validate a config mapping; relative input paths resolve against `base_dir`."""
+    try:
+        return Config.model_validate(data, context={"base_dir": str(base_dir), "override_values": override_values})
+    except ValidationError as e:
+        raise ConfigError([format_error(err) for err in e.errors()], source) from None
+
+
+def default_config_path() -> Path:
+    """The embedded default: configs/demo.yaml of the source tree."""
+    return Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+
+
+def format_error(err: dict) -> str:
+    loc = [str(p) for p in err["loc"] if not _is_tag(err["loc"], p)]
+    where = ".".join(loc) or "config"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = str(err["loc"][-1])
+        options = _field_names_at(Config, list(err["loc"][:-1]))
+        close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
+        if close:
+            hint = f" (did you mean '{close[0]}'?)"
+        else:
+            hint = f" (known keys: {', '.join(options)})" if options else ""
+        return f"{where}: unknown key{hint}"
+    if kind == "missing":
+        return f"{where}: required key is missing"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if kind not in ("value_error", "assertion_error") and "input" in err and not isinstance(err["input"], (dict, list)):
+        msg += f" (got {err['input']!r})"
+    return f"{where}: {msg}"
+
+
+def _is_tag(loc: tuple, part: Any) -> bool:
+    # pydantic puts the discriminator value into the location of union members ("steps.0.length.min_words").
+    tags = {"failed", "empty", "length", "repetition", "truncated", "exact_dedup"}
+    i = loc.index(part)
+    return isinstance(part, str) and part in tags and i > 0 and isinstance(loc[i - 1], int)
+
+
+def _field_names_at(model: Any, loc: list) -> list[str]:
+    """Names of the fields of the model found by walking `loc` from `model` (for did-you-mean)."""
+    tp = model
+    for part in loc:
+        tp = _step(tp, part)
+        if tp is None:
+            return []
+    tp = _unwrap(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return list(tp.model_fields)
+    return []
+
+
+def _unwrap(tp: Any) -> Any:
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _step(tp: Any, part: Any) -> Any:
+    tp = _unwrap(tp)
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        members = [_unwrap(a) for a in typing.get_args(tp) if a is not type(None)]
+        for m in members:
+            if isinstance(m, type) and issubclass(m, BaseModel) and "name" in m.model_fields:
+                if part in typing.get_args(m.model_fields["name"].annotation):
+                    return m
+        for m in members:
+            nxt = _step(m, part)
+            if nxt is not None:
+                return nxt
+        return None
+    if origin is list:
+        return typing.get_args(tp)[0] if isinstance(part, int) else None
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        field = tp.model_fields.get(str(part))
+        return field.annotation if field else None
+    return None

@@ -1,0 +1,135 @@
+"""Shared fixtures: tiny offline models and configs, built once per session.
+
+The tiny teacher is a random-init Llama (hidden 64, 4 layers) on a byte-level BPE tokenizer trained
+here on a few KB of text, with a ChatML template; it takes about a second to build and needs no
+network. The real SmolLM2 is only used by tests marked `slow`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ[_var] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_WORDS = (
+    "the a teacher student model learns small fast large language data token prompt answer question "
+    "what why how when where is are was were can could should will would explain describe list give "
+    "one two three four five six seven eight nine ten plus minus times equals number sum total "
+    "cat dog bird fish tree river mountain city country capital france paris rome italy water fire "
+    "light dark red blue green because therefore first then finally step reason simple hard easy"
+).split()
+
+
+def _corpus() -> str:
+    import random
+
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(5, 15))) + "." for _ in range(400)]
+    return "\n".join(lines)
+
+
+def build_tokenizer(path: Path, vocab_size: int = 320, seed_text: str = ""):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator([_corpus() + seed_text], trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+    )
+    fast.chat_template = CHATML
+    fast.save_pretrained(path)
+    return fast
+
+
+def build_llama(path: Path, tokenizer, layers: int = 4, hidden: int = 64, seed: int = 0) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """{'teacher': dir, 'other': dir (a model on a different tokenizer)}."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    tok = build_tokenizer(root / "tok")
+    teacher = build_llama(root / "teacher", tok)
+    other_tok = build_tokenizer(root / "tok2", vocab_size=300, seed_text="zebra quantum " * 50)
+    other = build_llama(root / "other", other_tok, layers=2)
+    return {"teacher": teacher, "other": other}
+
+
+def write_prompts(path: Path, n_per_level: int = 4, levels=(1, 2, 3), tag: str = "p") -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for level in levels:
+            for i in range(n_per_level):
+                text = f"{tag} question {i} at level {level}: why is the sky blue"
+                f.write(json.dumps({"prompt": text, "level": level, "source": "test"}) + "\n")
+    return path
+
+
+@pytest.fixture()
+def tiny_config(tmp_path, tiny):
+    """A complete config (as a dict and a file) for a fast end-to-end run on the tiny teacher."""
+    seeds = write_prompts(tmp_path / "seeds.jsonl")
+    held_out = write_prompts(tmp_path / "eval.jsonl", n_per_level=2, tag="held-out")
+    data = {
+        "name": "tiny",
+        "output_dir": str(tmp_path / "runs"),
+        "teacher": {"model": str(tiny["teacher"])},
+        "generate": {"prompts": str(seeds), "max_new_tokens": 12, "topk": 8, "batch_size": 4, "shard_rows": 4},
+        "filter": {"steps": [{"name": "failed"}, {"name": "empty"}, {"name": "exact_dedup"}]},
+        "train": {"student": {"teacher_layers": [0, 3]}, "max_steps": 4, "batch_size": 4, "save_steps": 2,
+                  "logging_steps": 1, "lr": 1e-3, "sft_baseline": True},
+        "eval": {"prompts": str(held_out), "max_new_tokens": 8, "batch_size": 4, "latency_prompts": 1,
+                 "latency_new_tokens": 4},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path, data

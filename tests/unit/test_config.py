@@ -1,0 +1,150 @@
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import PYTHON, REPO
+from llmdistill.config import Config, ConfigError, load_config, parse_override
+
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+
+
+def test_every_shipped_config_validates():
+    assert CONFIGS, "no configs found"
+    for path in CONFIGS:  # rglob: nested directories count too
+        assert isinstance(load_config(path), Config), path
+
+
+def test_embedded_default_is_the_demo():
+    cfg = load_config(None)
+    assert cfg.name == "demo"
+    assert cfg.teacher.model == "smollm2-135m-instruct"
+    assert cfg.train.sft_baseline is True
+
+
+def minimal(tmp_path) -> dict:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi", "level": 1}\n')
+    return {
+        "generate": {"prompts": "p.jsonl"},
+        "train": {"student": {"teacher_layers": [0, 1]}},
+        "eval": {"prompts": "p.jsonl"},
+    }
+
+
+def write(tmp_path, data) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path, monkeypatch):
+    path = write(tmp_path, minimal(tmp_path))
+    monkeypatch.chdir("/")
+    cfg = load_config(path)
+    assert cfg.generate.prompts == [tmp_path / "p.jsonl"]
+
+
+def test_override_paths_resolve_against_the_cwd(tmp_path, monkeypatch):
+    other = tmp_path / "sub"
+    other.mkdir()
+    (other / "q.jsonl").write_text('{"prompt": "x"}\n')
+    path = write(tmp_path, minimal(tmp_path))
+    monkeypatch.chdir(other)
+    cfg = load_config(path, ["generate.prompts=q.jsonl"])
+    assert cfg.generate.prompts == [other / "q.jsonl"]
+
+
+def test_three_kinds_of_error_reported_together(tmp_path):
+    data = minimal(tmp_path)
+    data["train"]["batch_sise"] = 8  # misspelled key
+    data["train"]["max_steps"] = "many"  # wrong type
+    data["eval"]["prompts"] = "missing.jsonl"  # missing file
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, data))
+    errors = info.value.errors
+    assert len(errors) == 3, errors
+    text = "\n".join(errors)
+    assert "train.batch_sise: unknown key (did you mean 'batch_size'?)" in text
+    assert "train.max_steps:" in text and "'many'" in text
+    assert "eval.prompts.0: file not found:" in text and "missing.jsonl" in text
+
+
+def test_did_you_mean_inside_a_filter_step(tmp_path):
+    data = minimal(tmp_path)
+    data["filter"] = {"steps": [{"name": "length", "min_wrds": 3}, {"name": "nonsense"}]}
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, data))
+    text = "\n".join(info.value.errors)
+    assert "filter.steps.0.min_wrds: unknown key (did you mean 'min_words'?)" in text
+    assert "filter.steps.1" in text and "nonsense" in text
+
+
+def test_student_needs_exactly_one_source(tmp_path):
+    data = minimal(tmp_path)
+    data["train"]["student"] = {}
+    with pytest.raises(ConfigError, match="exactly one of student.model and student.teacher_layers"):
+        load_config(write(tmp_path, data))
+
+
+def test_missing_local_model_directory(tmp_path):
+    data = minimal(tmp_path)
+    data["teacher"] = {"model": "./no/such/model"}
+    with pytest.raises(ConfigError, match="model directory not found"):
+        load_config(write(tmp_path, data))
+    data["teacher"] = {"model": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # a hub id is accepted as is
+    assert load_config(write(tmp_path, data)).teacher.model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_overrides_typed_nested_and_indexed(tmp_path):
+    path = write(tmp_path, minimal(tmp_path))
+    cfg = load_config(path, ["train.max_steps=7", "train.loss.0.weight=0.5", "train.student.teacher_layers=[0, 2]",
+                             "generate.temperature=0", "name=other"])
+    assert cfg.train.max_steps == 7
+    assert cfg.train.loss[0].weight == 0.5 and cfg.train.loss[1].weight == 0.1  # no renormalisation
+    assert cfg.train.student.teacher_layers == [0, 2]
+    assert cfg.generate.temperature == 0.0
+    assert cfg.name == "other"
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+
+
+def test_bad_overrides(tmp_path):
+    path = write(tmp_path, minimal(tmp_path))
+    with pytest.raises(ConfigError, match="not of the form key.sub=value"):
+        load_config(path, ["train.max_steps"])
+    with pytest.raises(ConfigError, match="has no item 5"):
+        load_config(path, ["train.loss.5.weight=1"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(path, ["train.max_stepz=3"])
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("generate:\n  prompts: [unclosed\ntrain: {}\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML \(line \d+"):
+        load_config(path)
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(path)
+
+
+def test_validate_cli_reports_all_errors_exit_2_no_traceback(tmp_path):
+    data = minimal(tmp_path)
+    data["train"]["batch_sise"] = 8
+    data["train"]["max_steps"] = "many"
+    data["eval"]["prompts"] = "missing.jsonl"
+    path = write(tmp_path, data)
+    res = subprocess.run([PYTHON, "-m", "llmdistill.cli", "validate", str(path)], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr + res.stdout
+    assert "did you mean 'batch_size'" in res.stderr
+    assert "train.max_steps" in res.stderr
+    assert "file not found" in res.stderr
+    assert "3 config error(s)" in res.stderr
+
+
+def test_validate_cli_ok(tmp_path):
+    res = subprocess.run([PYTHON, "-m", "llmdistill.cli", "validate"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "config OK" in res.stdout and "generate" in res.stdout

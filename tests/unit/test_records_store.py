@@ -1,0 +1,180 @@
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from llmdistill import records, store
+
+
+def make_sample(i: int, T: int = 5, k: int = 3, level: int = 1, failed: bool = False) -> records.Sample:
+    rng = np.random.default_rng(i)
+    messages = [{"role": "user", "content": f"question {i}"}]
+    gen = {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": 8, "seed": 0, "sample_index": 0}
+    common = dict(
+        id=records.record_id(messages, "test", "chat", "t", gen, 0),
+        prompt_id=records.prompt_id(messages, "test"),
+        messages=messages,
+        source="test",
+        teacher="t",
+        gen=gen,
+        level=level,
+    )
+    if failed:
+        return records.Sample(**common, completion=None, finish_reason="error", error="timeout")
+    lps = np.sort(np.log(rng.dirichlet(np.ones(k + 2), size=T))[:, :k], axis=1)[:, ::-1]
+    return records.Sample(
+        **common,
+        completion=f"answer {i}",
+        finish_reason="stop",
+        usage={"prompt_tokens": 4, "completion_tokens": T},
+        difficulty=1.5,
+        scores={"quality": 0.5},
+        metadata={"answer": "42"},
+        completion_token_ids=list(range(T)),
+        topk_ids=rng.integers(0, 100, size=(T, k)).astype(np.int32),
+        topk_logprobs=lps.astype(np.float16),
+    )
+
+
+def test_round_trip_keeps_every_field_and_compact_dtypes(tmp_path):
+    samples = [make_sample(0), make_sample(1, T=1), make_sample(2, failed=True), make_sample(3, T=7)]
+    writer = store.ShardWriter(tmp_path)
+    writer.write(samples)
+    table = store.read_table(tmp_path)
+    assert table.schema.field("topk_logprobs").type.value_type.value_type == "halffloat"
+    assert str(table.schema.field("topk_ids").type.value_type.value_type) == "int32"
+    back = list(store.iter_samples(tmp_path))
+    assert [s.id for s in back] == [s.id for s in samples]
+    for a, b in zip(samples, back):
+        assert (a.completion, a.finish_reason, a.error, a.scores, a.metadata, a.level) == (
+            b.completion, b.finish_reason, b.error, b.scores, b.metadata, b.level)
+        if a.topk_ids is None:
+            assert b.topk_ids is None and b.topk_logprobs is None
+        else:
+            np.testing.assert_array_equal(a.topk_ids, b.topk_ids)
+            np.testing.assert_array_equal(a.topk_logprobs, b.topk_logprobs)
+            assert b.topk_logprobs.dtype == np.float16
+
+
+def test_datasets_reader(tmp_path):
+    store.ShardWriter(tmp_path).write([make_sample(i) for i in range(3)])
+    ds = store.load_dataset(tmp_path)
+    assert len(ds) == 3
+    assert len(ds[0]["topk_ids"]) == 5 and len(ds[0]["topk_ids"][0]) == 3
+    import datasets
+
+    # and the plain `datasets` parquet loader reads the shards as they are
+    plain = datasets.load_dataset("parquet", data_files=[str(p) for p in store.list_shards(tmp_path)],
+                                  split="train", cache_dir=str(tmp_path / "hf-cache"))
+    assert plain.column_names == ds.column_names
+
+
+def test_shard_numbering_continues_and_no_temporaries_remain(tmp_path):
+    w = store.ShardWriter(tmp_path)
+    w.write([make_sample(0)])
+    w.write([make_sample(1)])
+    w2 = store.ShardWriter(tmp_path)  # a resumed writer
+    w2.write([make_sample(2)])
+    assert [p.name for p in store.list_shards(tmp_path)] == [
+        "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_failed_write_leaves_no_shard(tmp_path, monkeypatch):
+    w = store.ShardWriter(tmp_path)
+    w.write([make_sample(0)])
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", boom)
+    with pytest.raises(OSError):
+        w.write([make_sample(1)])
+    assert [p.name for p in tmp_path.iterdir()] == ["part-00000.parquet"]
+    assert store.read_table(tmp_path).num_rows == 1
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_shard_is_reported_by_name(tmp_path, damage):
+    w = store.ShardWriter(tmp_path)
+    w.write([make_sample(0)])
+    bad = w.write([make_sample(1)])
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not parquet at all" * 10)
+    with pytest.raises(store.StoreError, match="part-00001.parquet"):
+        store.read_table(tmp_path)
+    with pytest.raises(store.StoreError, match="part-00001.parquet"):
+        list(store.iter_samples(tmp_path))
+
+
+def test_success_marker_and_manifest(tmp_path):
+    assert store.read_success(tmp_path) is None
+    with pytest.raises(store.StoreError, match="not a completed dataset"):
+        store.require_complete(tmp_path)
+    store.write_manifest(tmp_path, {"k": 3})
+    store.mark_success(tmp_path, {"fingerprint": "abc"})
+    assert store.read_manifest(tmp_path) == {"k": 3}
+    assert store.require_complete(tmp_path)["fingerprint"] == "abc"
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(store.StoreError, match="corrupt JSON"):
+        store.read_manifest(tmp_path)
+
+
+def test_removed_rows_carry_their_reason(tmp_path):
+    w = store.ShardWriter(tmp_path, records.removed_schema())
+    w.write([make_sample(0), make_sample(1)], ["duplicate", "too_short"])
+    assert store.read_table(tmp_path).column("reason").to_pylist() == ["duplicate", "too_short"]
+
+
+def test_record_id_depends_on_every_input():
+    m = [{"role": "user", "content": "hi"}]
+    gen = {"temperature": 0.7}
+    base = records.record_id(m, "s", "chat", "t", gen, 0)
+    assert base == records.record_id(m, "s", "chat", "t", dict(gen), 0)
+    variants = [
+        records.record_id([{"role": "user", "content": "hi!"}], "s", "chat", "t", gen, 0),
+        records.record_id(m, "s2", "chat", "t", gen, 0),
+        records.record_id(m, "s", "other", "t", gen, 0),
+        records.record_id(m, "s", "chat", "t2", gen, 0),
+        records.record_id(m, "s", "chat", "t", {"temperature": 0.8}, 0),
+        records.record_id(m, "s", "chat", "t", gen, 1),
+    ]
+    assert len({base, *variants}) == 7
+
+
+def test_sample_rejects_misaligned_topk():
+    with pytest.raises(ValueError, match="one to one"):
+        records.Sample(id="x", prompt_id="p", messages=[], completion="a", source="s", teacher="t", gen={},
+                       finish_reason="stop", completion_token_ids=[1, 2],
+                       topk_ids=np.zeros((3, 2)), topk_logprobs=np.zeros((3, 2)))
+
+
+# ------------------------------------------------------------------------------------------ prompts
+def write_lines(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_prompt_file_errors_name_file_and_line(tmp_path):
+    p = write_lines(tmp_path / "p.jsonl", ['{"prompt": "ok", "level": 1}', "{broken", '{"prompt": "x"}'])
+    with pytest.raises(ValueError, match=r"p\.jsonl:2: not valid JSON"):
+        records.read_prompt_file(p)
+    p = write_lines(tmp_path / "q.jsonl", ['{"prompt": "ok", "level": "hard"}'])
+    with pytest.raises(ValueError, match=r"q\.jsonl:1: 'level' must be"):
+        records.read_prompt_file(p)
+    p = write_lines(tmp_path / "r.jsonl", ['{"text": "no prompt key"}'])
+    with pytest.raises(ValueError, match=r"r\.jsonl:1: needs a non-empty 'prompt'"):
+        records.read_prompt_file(p)
+
+
+def test_curriculum_order_dedup_and_even_subsample(tmp_path):
+    lines = [json.dumps({"prompt": f"q{i}", "level": lv}) for i, lv in enumerate([3, 1, 2, 1, 3, 2, 1, 2, 3])]
+    lines.append(json.dumps({"prompt": "q0", "level": 3}))  # an exact repeat is dropped
+    p = write_lines(tmp_path / "p.jsonl", lines)
+    prompts = records.load_prompts([p], system_prompt="be brief")
+    assert [x.level for x in prompts] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert prompts[0].messages[0] == {"role": "system", "content": "be brief"}
+    few = records.load_prompts([p], max_prompts=3)
+    assert [x.level for x in few] == [1, 2, 3]
+    assert [x.level for x in records.load_prompts([p], order="file")][:3] == [3, 1, 2]
