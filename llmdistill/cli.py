@@ -1,0 +1,157 @@
+"""The `llmdistill` command. Heavy libraries (torch, transformers, datasets) load inside the commands
+that need them, so `llmdistill --help` and `llmdistill validate` stay instant.
+
+Exit codes: 0 done; 2 bad input (config, file, model, dataset: one line, no traceback);
+3 the run directory is locked by another process; 1 anything unexpected (with a traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from llmdistill import __version__
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Distil large language models into small, fast students: generate -> filter -> train -> eval.",
+)
+
+EXIT_BAD_INPUT = 2
+EXIT_LOCKED = 3
+
+CONFIG_HELP = "YAML config (default: the embedded demo, configs/demo.yaml)"
+OVERRIDES_HELP = "key.sub=value overrides, e.g. train.max_steps=20 generate.max_prompts=16"
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"llmdistill: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _load(config: str | None, overrides: list[str] | None):
+    from llmdistill.config import ConfigError, load_config
+
+    overrides = list(overrides or [])
+    if config is not None and "=" in config and not Path(config).exists():
+        overrides.insert(0, config)  # `llmdistill run train.max_steps=5`: overrides on the default config
+        config = None
+    try:
+        return load_config(config, overrides)
+    except ConfigError as e:
+        for line in e.errors:
+            typer.echo(f"{e.source}: {line}", err=True)
+        typer.echo(f"llmdistill: {len(e.errors)} config error(s)", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _run(config, overrides, stages, force, standalone, verbose) -> None:
+    _setup_logging(verbose)
+    cfg = _load(config, overrides)
+    from llmdistill.errors import LockedError, UserError
+    from llmdistill.pipeline import STAGES, run_stages
+
+    bad = [s for s in force if s not in STAGES]
+    if bad:
+        _fail(f"--force takes a stage name ({', '.join(STAGES)}), got {', '.join(bad)}", EXIT_BAD_INPUT)
+    try:
+        outcome = run_stages(cfg, stages, set(force), standalone=standalone)
+    except LockedError as e:
+        _fail(str(e), EXIT_LOCKED)
+    except UserError as e:
+        _fail(str(e), EXIT_BAD_INPUT)
+    logging.getLogger("llmdistill").info(
+        "run %s: %s", cfg.run_dir, ", ".join(f"{k} {v}" for k, v in outcome.items()))
+
+
+@app.callback(invoke_without_command=True)
+def _main(version: bool = typer.Option(False, "--version", help="print the version and exit")) -> None:
+    if version:
+        typer.echo(f"llmdistill {__version__}")
+        raise typer.Exit()
+
+
+@app.command()
+def run(
+    config: str | None = typer.Argument(None, help=CONFIG_HELP),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    force: list[str] = typer.Option([], "--force", help="rerun this stage (and the ones after it) even if done"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run every stage (generate, filter, train, eval); finished, unchanged stages are skipped."""
+    from llmdistill.pipeline import STAGES
+
+    _run(config, overrides, STAGES, force, False, verbose)
+
+
+def _stage_command(stage: str, doc: str):
+    def command(
+        config: str | None = typer.Argument(None, help=CONFIG_HELP),
+        overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+        force: bool = typer.Option(False, "--force", help="rerun even if done"),
+        verbose: bool = typer.Option(False, "--verbose", "-v"),
+    ) -> None:
+        _run(config, overrides, (stage,), [stage] if force else [], True, verbose)
+
+    command.__doc__ = doc
+    app.command(name=stage)(command)
+
+
+_stage_command("generate", "Teacher completions with top-k log-probs for the prompts, in curriculum order.")
+_stage_command("filter", "Dedup and heuristic filters over the generated samples (removed rows keep their reason).")
+_stage_command("train", "Train the student (and the SFT baseline, if configured) on the filtered samples.")
+_stage_command("eval", "Compare the trained students with the teacher on held-out prompts.")
+
+
+@app.command()
+def validate(
+    config: str | None = typer.Argument(None, help=CONFIG_HELP),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+) -> None:
+    """Check a config without loading any model: every error at once, exit code 2 if any."""
+    cfg = _load(config, overrides)
+    from llmdistill.pipeline import fingerprints, stage_status
+
+    status = stage_status(cfg)
+    typer.echo(f"config OK: run directory {cfg.run_dir}")
+    for stage, fp in fingerprints(cfg).items():
+        typer.echo(f"  {stage:<9} fingerprint {fp}  {status[stage]}")
+
+
+@app.command()
+def inspect(
+    directory: Path = typer.Argument(..., help="a run directory or a dataset directory (e.g. runs/demo/filter)"),
+    n: int = typer.Option(3, "-n", help="samples to show"),
+    removed: bool = typer.Option(False, "--removed", help="show the rows the filter removed, with reasons"),
+    sample_id: str | None = typer.Option(None, "--id", help="show the sample whose id starts with this"),
+) -> None:
+    """Print a run's stage status, or samples of a dataset (with removal reasons for removed rows)."""
+    from llmdistill.errors import UserError
+    from llmdistill.show import inspect_path
+
+    try:
+        inspect_path(directory, n=n, removed=removed, sample_id=sample_id)
+    except UserError as e:
+        _fail(str(e), EXIT_BAD_INPUT)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

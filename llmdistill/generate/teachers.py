@@ -1,0 +1,160 @@
+"""Teacher backends: one protocol, picked by the short name in `teacher.backend`.
+
+A teacher turns a batch of chat prompts into completions plus, for every completion token, the
+teacher's top-k log-probabilities (`Generation`). Backends record what their log-probs mean in
+`provenance()`, which goes into the dataset manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from llmdistill import models
+from llmdistill.config import GenerateConfig, TeacherConfig
+
+log = logging.getLogger("llmdistill")
+
+
+@dataclass
+class Generation:
+    """One completion. `topk_ids`/`topk_logprobs` are [T, k], row t for `token_ids[t]`."""
+
+    text: str
+    token_ids: list[int]
+    topk_ids: np.ndarray
+    topk_logprobs: np.ndarray
+    finish_reason: str  # "stop" or "length"
+    prompt_tokens: int
+
+
+class Teacher(Protocol):
+    name: str
+
+    def generate(self, prompts: list[list[dict]], seed: int) -> list[Generation]:
+        """Complete each prompt (chat turns) once; `seed` makes the batch reproducible."""
+        ...
+
+    def provenance(self) -> dict:
+        """What the manifest must say about this teacher and its log-probs."""
+        ...
+
+
+class HFTeacher:
+    """transformers `generate` with left padding and the chat template; top-k log-probs per step.
+
+    raw mode: a logits processor placed before the sampling warpers keeps log_softmax(logits).topk(k) of
+    every step as it goes (O(T * B * k) memory, no [T, B, V] tensor is kept).
+    processed mode: the step scores after temperature and top-p (`output_scores`), log-softmaxed.
+    """
+
+    def __init__(self, tcfg: TeacherConfig, gcfg: GenerateConfig):
+        import torch
+
+        self.name = tcfg.model
+        self.tcfg, self.gcfg = tcfg, gcfg
+        self.device = models.pick_device(tcfg.device)
+        self.tokenizer = models.load_tokenizer(tcfg.model, tcfg.revision, tcfg.trust_remote_code)
+        self.tokenizer.padding_side = "left"
+        self.model = models.load_causal_lm(tcfg.model, tcfg.dtype, self.device, tcfg.revision, tcfg.trust_remote_code)
+        self.eos_ids = models.eos_token_ids(self.model, self.tokenizer)
+        self._torch = torch
+
+    def provenance(self) -> dict:
+        g = self.gcfg
+        raw = g.logprob_mode == "raw"
+        return {
+            "teacher": {
+                "name": self.name,
+                "backend": "hf",
+                "source": models.resolve_source(self.name),
+                "revision": self.tcfg.revision,
+                "model_hash": models.model_hash(self.name),
+                "dtype": self.tcfg.dtype,
+            },
+            **models.tokenizer_info(self.tokenizer),
+            "vocab_size": int(self.model.config.vocab_size),
+            "topk": g.topk,
+            "logprob_mode": g.logprob_mode,
+            # raw log-probs are the model's own distribution (T = 1, no truncation) whatever the sampler did
+            "capture_temperature": 1.0 if raw else (g.temperature or 1.0),
+            "capture_top_p": 1.0 if raw else g.top_p,
+        }
+
+    def generate(self, prompts: list[list[dict]], seed: int) -> list[Generation]:
+        torch = self._torch
+        from transformers import LogitsProcessorList
+
+        g = self.gcfg
+        encoded = [models.encode_prompt(self.tokenizer, m) for m in prompts]
+        batch = self.tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt").to(self.device)
+        capture = _TopKCapture(g.topk)
+        sampling = g.temperature > 0
+        kwargs = dict(
+            max_new_tokens=g.max_new_tokens,
+            do_sample=sampling,
+            temperature=g.temperature if sampling else None,
+            top_p=g.top_p if sampling else 1.0,
+            top_k=0,  # no top-k truncation unless configured: the model's generation_config may set one
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.eos_ids,
+            return_dict_in_generate=True,
+        )
+        if g.logprob_mode == "raw":
+            kwargs["logits_processor"] = LogitsProcessorList([capture])
+        else:
+            kwargs["output_scores"] = True
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out = self.model.generate(**batch, **kwargs)
+        if g.logprob_mode == "processed":
+            for step_scores in out.scores:
+                capture(None, step_scores)
+        ids = torch.stack(capture.ids, 1).numpy()  # [B, T, k]
+        lps = torch.stack(capture.logprobs, 1).numpy()
+        new_tokens = out.sequences[:, batch["input_ids"].shape[1]:].cpu().numpy()
+        results = []
+        for row, prompt_ids in enumerate(encoded):
+            toks = new_tokens[row].tolist()
+            end = next((i for i, t in enumerate(toks) if t in self.eos_ids), None)
+            length = len(toks) if end is None else end + 1  # keep the EOS token: the student must learn to stop
+            token_ids = toks[:length]
+            results.append(
+                Generation(
+                    text=self.tokenizer.decode(token_ids, skip_special_tokens=True),
+                    token_ids=token_ids,
+                    topk_ids=ids[row, :length],
+                    topk_logprobs=lps[row, :length],
+                    finish_reason="length" if end is None else "stop",
+                    prompt_tokens=len(prompt_ids),
+                )
+            )
+        return results
+
+
+class _TopKCapture:
+    """A logits processor that records log_softmax(scores).topk(k) at every step and changes nothing."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.ids: list = []
+        self.logprobs: list = []
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        lp = torch.log_softmax(scores.float(), dim=-1)
+        values, indices = lp.topk(min(self.k, lp.shape[-1]), dim=-1)
+        self.ids.append(indices.to(torch.int32).cpu())
+        self.logprobs.append(values.to(torch.float16).cpu())
+        return scores
+
+
+BACKENDS = {"hf": HFTeacher}
+
+
+def build_teacher(tcfg: TeacherConfig, gcfg: GenerateConfig) -> Teacher:
+    return BACKENDS[tcfg.backend](tcfg, gcfg)

