@@ -1,0 +1,38 @@
+"""Student-vs-teacher token metrics on teacher-written text, as pure functions over logits.
+
+For N completion tokens with teacher logits T [N, V], student logits S [N, V] and the teacher's own
+tokens y [N]:
+    kl        sum_tokens KL(softmax(T) || softmax(S))            (dense, exact)
+    agree     sum_tokens [argmax S == argmax T]                  (top-1 agreement)
+    nll       sum_tokens -log softmax(S)[y]                      (student perplexity = exp(nll / N))
+All are sums so batches can be accumulated; `finish` turns them into means.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def token_sums(teacher_logits: torch.Tensor, student_logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    t = torch.log_softmax(teacher_logits.float(), -1)
+    s = torch.log_softmax(student_logits.float(), -1)
+    p = t.exp()
+    kl = torch.where(p > 0, p * (t - s), torch.zeros_like(p)).sum(-1)
+    return {
+        "kl": float(kl.sum()),
+        "agree": float((s.argmax(-1) == t.argmax(-1)).sum()),
+        "nll": float(-s.gather(-1, targets.long().unsqueeze(-1)).sum()),
+        "tokens": int(targets.shape[0]),
+    }
+
+
+def finish(sums: dict[str, float]) -> dict[str, float]:
+    n = max(sums.get("tokens", 0), 1)
+    return {
+        "kl_to_teacher": sums["kl"] / n,
+        "top1_agreement": sums["agree"] / n,
+        "perplexity": math.exp(sums["nll"] / n),
+        "tokens": sums["tokens"],
+    }

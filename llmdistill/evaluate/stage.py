@@ -1,0 +1,203 @@
+"""The eval stage: students vs teacher on held-out prompts.
+
+1. The teacher answers every held-out prompt greedily (cached under runs/<name>/cache/, keyed by the
+   teacher, the prompts and the length, so retraining never pays for it twice).
+2. On those teacher completions, each student is scored against the teacher's full next-token
+   distribution: mean KL(teacher || student) per token, top-1 agreement, the student's perplexity.
+3. Size (parameters) and CPU/GPU latency per generated token (greedy, batch 1) for every model.
+Writes eval/metrics.json and eval/samples.jsonl (side-by-side generations) and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+
+from tqdm.auto import tqdm
+
+from llmdistill import models, records, store
+from llmdistill.config import Config
+from llmdistill.errors import UserError
+from llmdistill.evaluate.metrics import finish, token_sums
+from llmdistill.pipeline import StageContext
+
+log = logging.getLogger("llmdistill")
+
+STUDENT_VARIANTS = ("student", "sft_baseline")
+
+
+def run(cfg: Config, ctx: StageContext) -> None:
+    import torch
+
+    e = cfg.eval
+    try:
+        prompts = records.load_prompts(e.prompts, cfg.generate.system_prompt, "curriculum", e.max_prompts)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    trained_on = set(store.read_table(ctx.stage_dir("filter"), ["prompt_id"]).column("prompt_id").to_pylist())
+    overlap = [p for p in prompts if p.id in trained_on]
+    if overlap:
+        log.warning("eval: %d held-out prompts also appear in the training data; they are left out", len(overlap))
+        prompts = [p for p in prompts if p.id not in trained_on]
+    if not prompts:
+        raise UserError("eval: no held-out prompts left to evaluate on")
+
+    device = models.pick_device(cfg.teacher.device)
+    tokenizer = models.load_tokenizer(cfg.teacher.model, cfg.teacher.revision, cfg.teacher.trust_remote_code)
+    teacher = models.load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, device, cfg.teacher.revision,
+                                    cfg.teacher.trust_remote_code)
+    refs = teacher_references(cfg, ctx, teacher, tokenizer, prompts, device)
+
+    students = {}
+    for name in STUDENT_VARIANTS:
+        path = ctx.upstream_dir / name
+        if store.read_success(path) is not None:
+            students[name] = models.load_causal_lm(str(path), "float32", device)
+    if not students:
+        raise UserError(f"eval: no trained student under {ctx.upstream_dir}")
+
+    scored = {"teacher": teacher, **students}
+    by_level: dict[str, dict[str, dict]] = {name: {} for name in scored}
+    with torch.no_grad():
+        for start in tqdm(range(0, len(refs), e.batch_size), desc="eval: score", unit="batch"):
+            chunk = refs[start : start + e.batch_size]
+            batch, positions, targets, levels = _score_batch(chunk, tokenizer.pad_token_id, device)
+            t_logits = _logits_at(teacher, batch, positions)
+            for name, model in scored.items():
+                s_logits = t_logits if model is teacher else _logits_at(model, batch, positions)
+                for level in sorted(set(levels)):
+                    sel = torch.tensor([lv == level for lv in levels])
+                    part = token_sums(t_logits[sel], s_logits[sel], targets[sel])
+                    acc = by_level[name].setdefault(str(level), dict.fromkeys(part, 0))
+                    for key, value in part.items():
+                        acc[key] += value
+
+    result = {}
+    for name, model in scored.items():
+        total = {key: sum(lv[key] for lv in by_level[name].values()) for key in ("kl", "agree", "nll", "tokens")}
+        result[name] = {**finish(total), "parameters": models.count_parameters(model),
+                        "by_level": {lv: finish(s) for lv, s in sorted(by_level[name].items())}}
+    samples = {}
+    for name, model in {"teacher": teacher, **students}.items():
+        ms, texts = latency(model, tokenizer, prompts[: e.latency_prompts], e.latency_new_tokens, device)
+        result[name]["latency_ms_per_token"] = ms
+        result[name]["device"] = device
+        samples[name] = texts
+    with open(ctx.out_dir / "samples.jsonl", "w", encoding="utf-8") as f:
+        for i, p in enumerate(prompts[: e.latency_prompts]):
+            row = {"prompt": p.messages[-1]["content"], **{name: samples[name][i] for name in samples}}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    metrics = {"eval_prompts": len(prompts), "eval_tokens": result["teacher"]["tokens"],
+               "left_out_overlapping_prompts": len(overlap), "models": result}
+    store.atomic_write_json(ctx.out_dir / "metrics.json", metrics)
+    print_table(metrics)
+
+
+def teacher_references(cfg: Config, ctx: StageContext, teacher, tokenizer, prompts, device) -> list[dict]:
+    """The teacher's greedy completion of every prompt (token ids include the EOS), cached per content."""
+    import torch
+
+    e = cfg.eval
+    key = records.stable_hash({"teacher": cfg.teacher.model_dump(mode="json"), "prompts": [p.id for p in prompts],
+                               "max_new_tokens": e.max_new_tokens, "system": cfg.generate.system_prompt})
+    cache = ctx.run_dir / "cache" / f"eval-refs-{key}.json"
+    if cache.exists():
+        log.info("eval: teacher references from cache %s", cache)
+        return store.read_json(cache)
+    eos = models.eos_token_ids(teacher, tokenizer)
+    tokenizer.padding_side = "left"
+    refs = []
+    for start in tqdm(range(0, len(prompts), e.batch_size), desc="eval: teacher references", unit="batch"):
+        chunk = prompts[start : start + e.batch_size]
+        encoded = [models.encode_prompt(tokenizer, p.messages) for p in chunk]
+        batch = tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt").to(device)
+        with torch.no_grad():
+            out = teacher.generate(**batch, max_new_tokens=e.max_new_tokens, do_sample=False,
+                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+        for p, prompt_ids, row in zip(chunk, encoded, out[:, batch["input_ids"].shape[1]:].tolist()):
+            end = next((i for i, t in enumerate(row) if t in eos), None)
+            completion = row if end is None else row[: end + 1]
+            refs.append({"prompt_id": p.id, "level": p.level, "prompt_ids": prompt_ids, "completion_ids": completion,
+                         "text": tokenizer.decode(completion, skip_special_tokens=True)})
+    store.atomic_write_json(cache, refs)
+    return refs
+
+
+def _score_batch(refs: list[dict], pad_id: int, device):
+    """Right-padded prompt + completion; the positions that predict each completion token and its level."""
+    import torch
+
+    seqs = [r["prompt_ids"] + r["completion_ids"] for r in refs]
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    positions, targets, levels = [], [], []
+    for b, (r, s) in enumerate(zip(refs, seqs)):
+        ids[b, : len(s)] = torch.tensor(s)
+        mask[b, : len(s)] = 1
+        p = len(r["prompt_ids"])
+        for j, tok in enumerate(r["completion_ids"]):
+            positions.append((b, p + j - 1))
+            targets.append(tok)
+            levels.append(r["level"])
+    pos = torch.tensor(positions, dtype=torch.long).reshape(-1, 2)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}, pos, torch.tensor(targets), levels
+
+
+def _logits_at(model, batch, positions):
+    """Logits [N, V] at the given (row, position) pairs, projecting only those hidden states."""
+    hidden = model.get_decoder()(**batch).last_hidden_state
+    h = hidden[positions[:, 0].to(hidden.device), positions[:, 1].to(hidden.device)]
+    logits = model.get_output_embeddings()(h)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = (logits / cap).tanh() * cap
+    return logits.float().cpu()
+
+
+def latency(model, tokenizer, prompts, new_tokens: int, device) -> tuple[float | None, list[str]]:
+    """Median milliseconds per generated token, greedy, batch 1; and the generated texts."""
+    import torch
+
+    eos = models.eos_token_ids(model, tokenizer)
+    per_token, texts = [], []
+    for i, p in enumerate(prompts):
+        ids = torch.tensor([models.encode_prompt(tokenizer, p.messages)], device=device)
+        if i == 0:  # warm-up
+            with torch.no_grad():
+                model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, do_sample=False,
+                               pad_token_id=tokenizer.pad_token_id)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - started
+        gen = out[0, ids.shape[1]:]
+        per_token.append(elapsed / max(len(gen), 1) * 1000)
+        texts.append(tokenizer.decode(gen, skip_special_tokens=True))
+    return (round(statistics.median(per_token), 2) if per_token else None), texts
+
+
+def print_table(metrics: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"eval: {metrics['eval_prompts']} held-out prompts, {metrics['eval_tokens']} teacher tokens")
+    for col in ("model", "params (M)", "KL to teacher", "top-1 agreement", "perplexity", "ms / token"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for name, m in metrics["models"].items():
+        table.add_row(
+            name,
+            f"{m['parameters'] / 1e6:.1f}",
+            f"{m['kl_to_teacher']:.4f}" if "kl_to_teacher" in m else "-",
+            f"{m['top1_agreement']:.3f}" if "top1_agreement" in m else "-",
+            f"{m['perplexity']:.2f}" if "perplexity" in m else "-",
+            f"{m['latency_ms_per_token']:.1f}" if m.get("latency_ms_per_token") is not None else "-",
+        )
+    Console(stderr=True).print(table)

@@ -1,0 +1,72 @@
+"""From filtered samples to training batches.
+
+A training example is the chat-encoded prompt followed by the teacher's own completion tokens (never
+re-tokenised). Labels are -100 on the prompt and padding. The teacher's top-k row for completion token
+j sits at the position that predicts it (prompt_len + j - 1), so `teacher_ids[:, i]` describes the
+distribution of token i + 1, exactly like the shifted labels.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from llmdistill import models
+
+log = logging.getLogger("llmdistill")
+
+IGNORE = -100
+COLUMNS = ["id", "messages", "level", "completion_token_ids", "topk_ids", "topk_logprobs"]
+
+
+def build_examples(dataset, tokenizer, max_seq_len: int):
+    """Add `input_ids` and `prompt_len`; drop rows whose prompt leaves no room for a completion token.
+
+    Completions longer than the room left are cut (their top-k rows with them). Row order is kept.
+    """
+
+    def encode(row):
+        prompt = models.encode_prompt(tokenizer, row["messages"])
+        room = max_seq_len - len(prompt)
+        completion = list(row["completion_token_ids"] or [])[: max(room, 0)]
+        return {"input_ids": prompt + completion, "prompt_len": len(prompt), "n_completion": len(completion)}
+
+    out = dataset.map(encode, desc="tokenize prompts")
+    kept = out.filter(lambda r: r["n_completion"] > 0)
+    if len(kept) < len(out):
+        log.warning("train: %d samples skipped (prompt longer than max_seq_len=%d or empty completion)",
+                    len(out) - len(kept), max_seq_len)
+    return kept
+
+
+class Collator:
+    """Right-padded batches: input_ids, attention_mask, labels [B, L]; teacher_ids/teacher_logprobs [B, L, k]."""
+
+    def __init__(self, pad_token_id: int, with_teacher: bool = True):
+        self.pad = pad_token_id
+        self.with_teacher = with_teacher
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        B, L = len(rows), max(len(r["input_ids"]) for r in rows)
+        input_ids = torch.full((B, L), self.pad, dtype=torch.long)
+        attention = torch.zeros((B, L), dtype=torch.long)
+        labels = torch.full((B, L), IGNORE, dtype=torch.long)
+        batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        if self.with_teacher:
+            k = len(rows[0]["topk_ids"][0])
+            t_ids = torch.zeros((B, L, k), dtype=torch.long)
+            t_lps = torch.zeros((B, L, k), dtype=torch.float32)
+            batch.update(teacher_ids=t_ids, teacher_logprobs=t_lps)
+        for b, r in enumerate(rows):
+            ids = torch.as_tensor(r["input_ids"], dtype=torch.long)
+            n, p = len(ids), r["prompt_len"]
+            input_ids[b, :n] = ids
+            attention[b, :n] = 1
+            labels[b, p:n] = ids[p:]
+            if self.with_teacher:
+                m = n - p  # completion tokens kept after truncation
+                t_ids[b, p - 1 : n - 1] = torch.as_tensor(np.asarray(r["topk_ids"][:m], dtype=np.int64))
+                t_lps[b, p - 1 : n - 1] = torch.as_tensor(np.asarray(r["topk_logprobs"][:m], dtype=np.float32))
+        return batch

@@ -1,0 +1,66 @@
+"""The training objective: weighted loss terms over completion tokens, computed chunk by chunk.
+
+The student's logits for N tokens would be an [N, V] tensor (0.2 MB per token at V = 49k in fp32).
+`chunked_loss` projects at most `chunk_tokens` hidden states through the LM head at a time and wraps
+each chunk in activation checkpointing, so neither the forward nor the backward pass ever holds more
+than one chunk's logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from llmdistill.train import losses
+
+KL_TERMS = ("forward_kl",)
+
+
+def chunked_loss(
+    hidden: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    targets: torch.Tensor,
+    signal,
+    terms: Sequence,
+    chunk_tokens: int = 1024,
+) -> dict[str, torch.Tensor]:
+    """Sum over tokens of each term, unweighted, plus 'total' = sum(weight * scale * term).
+
+    hidden: [N, H] student hidden states at the positions that predict `targets` [N].
+    head: hidden [n, H] -> logits [n, V] (the LM head, plus any logit soft-capping).
+    signal: teacher signal for the same N tokens (`signals.SparseSignal`/`DenseSignal`), or None when
+        no KL term has weight.
+    terms: objects with .name, .weight, .temperature; KL terms are scaled by temperature ** 2.
+    """
+    names = [t.name for t in terms]
+    sums = {name: hidden.new_zeros(()) for name in names}
+    total = hidden.sum() * 0.0  # keeps the graph connected when there are no tokens (all masked)
+    n = hidden.shape[0]
+
+    def chunk_values(h: torch.Tensor, tgt: torch.Tensor, start: int) -> torch.Tensor:
+        logits = head(h)
+        part = None if signal is None else signal.take(slice(start, start + h.shape[0]))
+        values = []
+        for t in terms:
+            if t.name in KL_TERMS:
+                values.append(part.forward_kl(logits, t.temperature).sum())
+            elif t.name == "ce":
+                values.append(losses.cross_entropy(logits, tgt).sum())
+            else:
+                raise ValueError(f"unknown loss term {t.name!r}")
+        return torch.stack(values)
+
+    for start in range(0, n, chunk_tokens):
+        h, tgt = hidden[start : start + chunk_tokens], targets[start : start + chunk_tokens]
+        if torch.is_grad_enabled() and h.requires_grad:
+            values = checkpoint(chunk_values, h, tgt, start, use_reentrant=False)
+        else:
+            values = chunk_values(h, tgt, start)
+        for i, t in enumerate(terms):
+            sums[t.name] = sums[t.name] + values[i]
+            scale = t.temperature**2 if t.name in KL_TERMS else 1.0
+            total = total + t.weight * scale * values[i]
+    sums["total"] = total
+    return sums

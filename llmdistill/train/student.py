@@ -1,0 +1,59 @@
+"""Student construction: an existing model, or a layer subset of the teacher (DistilBERT-style init)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+
+from llmdistill import models
+from llmdistill.config import Config
+from llmdistill.errors import UserError
+
+log = logging.getLogger("llmdistill")
+
+
+def build_student(cfg: Config):
+    """A fresh student (float32 unless configured) on the CPU; the Trainer moves it where it trains."""
+    s = cfg.train.student
+    if s.model is not None:
+        return models.load_causal_lm(s.model, "float32", "cpu", trust_remote_code=cfg.teacher.trust_remote_code)
+    teacher = models.load_causal_lm(cfg.teacher.model, "float32", "cpu", cfg.teacher.revision,
+                                    cfg.teacher.trust_remote_code)
+    return layer_subset(teacher, s.teacher_layers)
+
+
+def layer_subset(model, layers: list[int]):
+    """A copy of a decoder-only model keeping its embeddings, final norm, head and the given layers.
+
+    The new model is built from a config with `num_hidden_layers = len(layers)` (so per-layer indices,
+    caches and `layer_types` are consistent) and the kept layers' weights are copied in order.
+    """
+    n = model.config.num_hidden_layers
+    bad = [i for i in layers if i >= n]
+    if bad:
+        raise UserError(f"train.student.teacher_layers: the teacher has layers 0..{n - 1}, got {bad}")
+    config = copy.deepcopy(model.config)
+    config.num_hidden_layers = len(layers)
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[i] for i in layers]
+    student = type(model)(config)
+    new_of = {old: new for new, old in enumerate(layers)}
+    pattern = re.compile(r"^(.*\.layers\.)(\d+)(\..*)$")
+    state = {}
+    for name, tensor in model.state_dict().items():
+        m = pattern.match(name)
+        if m is None:
+            state[name] = tensor
+        elif int(m.group(2)) in new_of:
+            state[f"{m.group(1)}{new_of[int(m.group(2))]}{m.group(3)}"] = tensor
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embeddings
+    if missing or unexpected:
+        raise UserError(f"layer subset of {type(model).__name__} failed: "
+                        f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if getattr(config, "tie_word_embeddings", False):
+        student.tie_weights()
+    log.info("student: layers %s of %d from the teacher, %.1fM parameters", layers, n,
+             models.count_parameters(student) / 1e6)
+    return student.eval()

@@ -1,0 +1,78 @@
+"""transformers `Trainer` with the distillation objective in `compute_loss`.
+
+The loop stays visible: the student's decoder runs once, the hidden states at completion positions
+are gathered, and `objective.chunked_loss` turns them into the weighted KL + CE sum chunk by chunk.
+Checkpointing, resume, logging, gradient accumulation and `accelerate launch` come from `Trainer`.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import Trainer
+
+from llmdistill.train.objective import chunked_loss
+from llmdistill.train.signals import SparseSignal
+
+
+class DistillTrainer(Trainer):
+    # compute_loss divides by the token count of the whole accumulated batch (num_items_in_batch), so
+    # batch 8 x accumulation 1 and batch 2 x accumulation 4 give the same gradient.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, loss_terms, tail: str, capture_temperature: float, chunk_tokens: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_terms = list(loss_terms)
+        self.tail = tail
+        self.capture_temperature = capture_temperature
+        self.chunk_tokens = chunk_tokens
+        self.needs_teacher = any(t.name != "ce" for t in self.loss_terms)
+        self._term_sums: dict[str, torch.Tensor] = {}
+        self._term_tokens = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        decoder = _unwrap(model).get_decoder()
+        hidden = decoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+        # position i predicts token i + 1
+        mask = labels[:, 1:] != -100
+        h = hidden[:, :-1][mask]
+        targets = labels[:, 1:][mask]
+        signal = None
+        if self.needs_teacher:
+            signal = SparseSignal(inputs["teacher_ids"][:, :-1][mask], inputs["teacher_logprobs"][:, :-1][mask],
+                                  self.capture_temperature, self.tail)
+        sums = chunked_loss(h, _head(model), targets, signal, self.loss_terms, self.chunk_tokens)
+        n_tokens = targets.shape[0]
+        if num_items_in_batch is not None:
+            loss = sums["total"] / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes  # num_items_in_batch counts every process
+        else:
+            loss = sums["total"] / max(n_tokens, 1) / self.current_gradient_accumulation_steps
+        for name, value in sums.items():  # running sums for the log; no per-step sync with .item()
+            self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach()
+        self._term_tokens += n_tokens
+        return (loss, {"hidden": hidden}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._term_tokens and "loss" in logs:
+            for name, value in self._term_sums.items():
+                if name != "total":
+                    logs[f"loss_{name}"] = round(float(value) / self._term_tokens, 5)
+            logs["tokens"] = self._term_tokens
+            self._term_sums, self._term_tokens = {}, 0
+        super().log(logs, start_time)
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _head(model):
+    """hidden [n, H] -> logits [n, V]: the output embeddings, with final-logit soft-capping if the model uses it."""
+    inner = _unwrap(model)
+    lm_head = inner.get_output_embeddings()
+    cap = getattr(inner.config, "final_logit_softcapping", None)
+    if cap:
+        return lambda h: torch.tanh(lm_head(h) / cap) * cap
+    return lm_head

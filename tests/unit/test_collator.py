@@ -1,0 +1,35 @@
+"""The teacher's top-k row for completion token j sits at the position that predicts it."""
+
+import torch
+
+from llmdistill.train.data import IGNORE, Collator
+
+
+def test_alignment_labels_and_padding():
+    k = 2
+    rows = [
+        {"input_ids": [5, 6, 7, 8, 9], "prompt_len": 3,
+         "topk_ids": [[8, 1], [9, 2]], "topk_logprobs": [[-0.1, -2.0], [-0.2, -3.0]]},
+        {"input_ids": [5, 6, 7], "prompt_len": 2,
+         "topk_ids": [[7, 4], [0, 0]], "topk_logprobs": [[-0.5, -1.0], [0, 0]]},
+    ]
+    batch = Collator(pad_token_id=0)(rows)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [5, 6, 7, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert batch["labels"].tolist() == [[IGNORE, IGNORE, IGNORE, 8, 9], [IGNORE, IGNORE, 7, IGNORE, IGNORE]]
+    # position i predicts token i + 1: row 0 completion starts at 3, so its top-k rows sit at 2 and 3
+    assert batch["teacher_ids"][0, 2].tolist() == [8, 1]
+    assert batch["teacher_ids"][0, 3].tolist() == [9, 2]
+    assert batch["teacher_ids"][1, 1].tolist() == [7, 4]
+    # the truncated second row keeps only the completion tokens it has (one)
+    assert batch["teacher_ids"][1, 2].tolist() == [0, 0]
+    assert batch["teacher_logprobs"].shape == (2, 5, k)
+    # every position with a shifted label has a teacher row whose first id is that label
+    mask = batch["labels"][:, 1:] != IGNORE
+    assert torch.equal(batch["teacher_ids"][:, :-1][mask][:, 0], batch["labels"][:, 1:][mask])
+
+
+def test_ce_only_batches_carry_no_teacher_tensors():
+    rows = [{"input_ids": [1, 2, 3], "prompt_len": 1}]
+    batch = Collator(pad_token_id=0, with_teacher=False)(rows)
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}

@@ -1,0 +1,232 @@
+"""Losses pinned against references written from the definitions (plain loops over the vocabulary),
+deliberately independent of the implementation."""
+
+import math
+
+import pytest
+import torch
+
+from llmdistill.config import LossTerm
+from llmdistill.train import losses
+from llmdistill.train.objective import chunked_loss
+from llmdistill.train.signals import DenseSignal, SparseSignal
+
+V, K = 11, 4
+
+
+def softmax_list(xs, T=1.0):
+    m = max(x / T for x in xs)
+    e = [math.exp(x / T - m) for x in xs]
+    s = sum(e)
+    return [v / s for v in e]
+
+
+def naive_dense_kl(t_logits, s_logits, T=1.0):
+    """KL(p || q) = sum_v p_v (log p_v - log q_v), one token, from the definition."""
+    p, q = softmax_list(t_logits, T), softmax_list(s_logits, T)
+    return sum(pv * (math.log(pv) - math.log(qv)) for pv, qv in zip(p, q) if pv > 0)
+
+
+def naive_sparse_bucket_kl(ids, t_logprobs, s_logits):
+    """k stored classes + one 'rest of the vocabulary' class, both sides, T = 1."""
+    p = [math.exp(x) for x in t_logprobs]
+    p_tail = 1.0 - sum(p)
+    q_all = softmax_list(s_logits)
+    q = [q_all[i] for i in ids]
+    q_tail = 1.0 - sum(q)
+    kl = sum(pv * (math.log(pv) - math.log(qv)) for pv, qv in zip(p, q))
+    if p_tail > 0:
+        kl += p_tail * (math.log(p_tail) - math.log(q_tail))
+    return kl
+
+
+def naive_sparse_renorm_kl(ids, t_logprobs, s_logits):
+    p = softmax_list(t_logprobs)  # renormalise over the k ids
+    q_all = softmax_list(s_logits)
+    q = [q_all[i] for i in ids]
+    z = sum(q)
+    return sum(pv * (math.log(pv) - math.log(qv / z)) for pv, qv in zip(p, q))
+
+
+@pytest.fixture()
+def logits():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(6, V, generator=g, dtype=torch.float64) * 2, torch.randn(6, V, generator=g, dtype=torch.float64)
+
+
+def topk_of(teacher_logits, k):
+    lp = torch.log_softmax(teacher_logits, -1)
+    values, ids = lp.topk(k, -1)
+    return ids, values
+
+
+def test_dense_kl_matches_definition(logits):
+    t, s = logits
+    for T in (1.0, 2.0, 0.5):
+        got = losses.forward_kl_dense(s, t, T)
+        want = [naive_dense_kl(t[i].tolist(), s[i].tolist(), T) for i in range(t.shape[0])]
+        assert got.tolist() == pytest.approx(want, rel=1e-5, abs=1e-7)
+
+
+def test_sparse_bucket_matches_definition(logits):
+    t, s = logits
+    ids, lps = topk_of(t, K)
+    got = losses.forward_kl_sparse(s, ids, lps, tail="bucket")
+    want = [naive_sparse_bucket_kl(ids[i].tolist(), lps[i].tolist(), s[i].tolist()) for i in range(t.shape[0])]
+    assert got.tolist() == pytest.approx(want, rel=1e-5)
+
+
+def test_sparse_renormalize_matches_definition(logits):
+    t, s = logits
+    ids, lps = topk_of(t, K)
+    got = losses.forward_kl_sparse(s, ids, lps, tail="renormalize")
+    want = [naive_sparse_renorm_kl(ids[i].tolist(), lps[i].tolist(), s[i].tolist()) for i in range(t.shape[0])]
+    assert got.tolist() == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("tail", ["bucket", "renormalize"])
+@pytest.mark.parametrize("T", [1.0, 2.0])
+def test_sparse_with_k_equal_vocab_equals_dense(logits, tail, T):
+    t, s = logits
+    ids, lps = topk_of(t, V)
+    s1 = s.clone().requires_grad_(True)
+    s2 = s.clone().requires_grad_(True)
+    sparse = losses.forward_kl_sparse(s1, ids, lps, T, tail)
+    dense = losses.forward_kl_dense(s2, t, T)
+    torch.testing.assert_close(sparse.double(), dense.double(), rtol=1e-5, atol=1e-6)
+    sparse.sum().backward()
+    dense.sum().backward()
+    torch.testing.assert_close(s1.grad, s2.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_bucket_sparse_with_large_k_approaches_dense(logits):
+    """The tail bucket is a coarsening of the vocabulary: KL can only shrink (data processing)."""
+    t, s = logits
+    dense = losses.forward_kl_dense(s, t)
+    for k in (2, 5, 8, V - 1):
+        ids, lps = topk_of(t, k)
+        sparse = losses.forward_kl_sparse(s, ids, lps, tail="bucket")
+        assert torch.all(sparse <= dense + 1e-6)
+
+
+def test_retempering_raw_logprobs_matches_dense_at_temperature(logits):
+    """Stored raw log-probs re-tempered to T equal the teacher's softmax(z / T) (k = V: exact)."""
+    t, s = logits
+    ids, lps = topk_of(t, V)
+    got = losses.forward_kl_sparse(s, ids, lps, temperature=3.0)
+    torch.testing.assert_close(got, losses.forward_kl_dense(s, t, 3.0).float(), rtol=1e-5, atol=1e-6)
+
+
+def test_processed_logprobs_captured_at_temperature_are_untempered(logits):
+    """Log-probs captured at Tc, trained at T: equals raw capture trained at T."""
+    t, s = logits
+    ids, lps_tc = topk_of(t / 0.7, V)  # what a sampler at T = 0.7 would report
+    got = losses.forward_kl_sparse(s, ids, lps_tc, temperature=1.5, capture_temperature=0.7)
+    torch.testing.assert_close(got, losses.forward_kl_dense(s, t, 1.5).float(), rtol=1e-4, atol=1e-6)
+
+
+def test_fp16_storage_rounding_does_not_break_the_tail():
+    """Top-k mass that rounds above 1 in fp16 gives an empty tail, not NaN."""
+    lps = torch.tensor([[-0.0001, -12.0, -13.0]], dtype=torch.float16)
+    ids = torch.tensor([[0, 1, 2]])
+    s = torch.randn(1, 5)
+    out = losses.forward_kl_sparse(s, ids, lps, tail="bucket")
+    assert torch.isfinite(out).all()
+
+
+def test_kl_is_zero_for_identical_distributions(logits):
+    t, _ = logits
+    ids, lps = topk_of(t, K)
+    for tail in ("bucket", "renormalize"):
+        out = losses.forward_kl_sparse(t, ids, lps, tail=tail)
+        assert out.abs().max() < 1e-6
+
+
+def test_bf16_inputs_give_finite_close_values(logits):
+    t, s = logits
+    ids, lps = topk_of(t, K)
+    ref = losses.forward_kl_sparse(s.float(), ids, lps.float())
+    got = losses.forward_kl_sparse(s.bfloat16(), ids, lps.to(torch.float16))
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    torch.testing.assert_close(got, ref, rtol=0.05, atol=0.02)
+
+
+def test_cross_entropy_matches_definition(logits):
+    _, s = logits
+    targets = torch.tensor([0, 3, 5, 10, 2, 1])
+    got = losses.cross_entropy(s, targets)
+    want = [-math.log(softmax_list(s[i].tolist())[targets[i]]) for i in range(6)]
+    assert got.tolist() == pytest.approx(want, rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------ chunked objective
+def _setup(n=13, hidden=5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, hidden, generator=g, requires_grad=True)
+    head = torch.nn.Linear(hidden, V, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(V, hidden, generator=g))
+    teacher = torch.randn(n, V, generator=g) * 2
+    targets = torch.randint(0, V, (n,), generator=g)
+    ids, lps = topk_of(teacher, K)
+    return h, head, teacher, targets, SparseSignal(ids, lps)
+
+
+def test_chunked_equals_unchunked_values_and_gradients():
+    terms = [LossTerm(name="forward_kl", weight=0.7, temperature=2.0), LossTerm(name="ce", weight=0.3)]
+    results = []
+    for chunk in (3, 1000):
+        h, head, _, targets, signal = _setup()
+        out = chunked_loss(h, head, targets, signal, terms, chunk_tokens=chunk)
+        out["total"].backward()
+        results.append((out["total"].detach(), h.grad.clone(), head.weight.grad.clone()))
+    for a, b in zip(results[0], results[1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_weights_and_temperature_squared_scaling_are_applied_as_given():
+    h, head, _, targets, signal = _setup()
+    T = 2.0
+    terms = [LossTerm(name="forward_kl", weight=0.9, temperature=T), LossTerm(name="ce", weight=0.1)]
+    out = chunked_loss(h, head, targets, signal, terms, chunk_tokens=4)
+    logits = head(h)
+    kl = losses.forward_kl_sparse(logits, signal.ids, signal.logprobs, T).sum()
+    ce = losses.cross_entropy(logits, targets).sum()
+    torch.testing.assert_close(out["forward_kl"], kl)
+    torch.testing.assert_close(out["total"], 0.9 * T**2 * kl + 0.1 * ce)
+
+
+def test_all_masked_gives_zero_and_a_usable_graph():
+    h, head, _, targets, signal = _setup()
+    terms = [LossTerm(name="forward_kl", weight=1.0), LossTerm(name="ce", weight=1.0)]
+    empty = h[:0]
+    out = chunked_loss(empty, head, targets[:0], signal.take(slice(0, 0)), terms)
+    assert out["total"].item() == 0.0
+    out["total"].backward()
+    assert h.grad is not None and torch.count_nonzero(h.grad) == 0
+
+
+def test_dense_signal_through_the_same_objective():
+    h, head, teacher, targets, _ = _setup()
+    terms = [LossTerm(name="forward_kl", weight=1.0)]
+    dense = chunked_loss(h, head, targets, DenseSignal(teacher), terms, chunk_tokens=5)
+    ids, lps = topk_of(teacher, V)
+    sparse = chunked_loss(h, head, targets, SparseSignal(ids, lps), terms, chunk_tokens=5)
+    torch.testing.assert_close(dense["total"], sparse["total"], rtol=1e-4, atol=1e-5)
+
+
+def test_no_full_logits_tensor_is_kept_for_backward():
+    """With checkpointing, the saved tensors hold at most one chunk of logits, whatever N is."""
+    n, chunk = 64, 8
+    h, head, _, targets, signal = _setup(n=n)
+    terms = [LossTerm(name="forward_kl", weight=1.0), LossTerm(name="ce", weight=1.0)]
+    biggest = []
+
+    def pack(t):
+        biggest.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = chunked_loss(h, head, targets, signal, terms, chunk_tokens=chunk)
+    out["total"].backward()
+    assert max(biggest) < n * V  # no [N, V] tensor saved
