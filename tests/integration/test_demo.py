@@ -1,0 +1,32 @@
+"""The README's demo: the embedded default config with the real SmolLM2-135M-Instruct, shrunk by overrides."""
+
+import subprocess
+
+import pytest
+
+from conftest import PYTHON
+from llmdistill import store
+
+SHRINK = [
+    "generate.max_prompts=6", "generate.batch_size=6", "generate.max_new_tokens=12",
+    "train.max_steps=2", "train.batch_size=3", "train.save_steps=1",
+    "eval.max_prompts=3", "eval.max_new_tokens=8", "eval.latency_prompts=1", "eval.latency_new_tokens=4",
+]
+
+
+@pytest.mark.slow
+def test_demo_config_end_to_end_with_smollm2(tmp_path):
+    cmd = [PYTHON, "-m", "llmdistill.cli", "run", f"output_dir={tmp_path}", *SHRINK]  # no config: the demo
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "demo"
+    manifest = store.read_manifest(run / "generate")
+    assert manifest["provenance"]["vocab_size"] == 49152
+    assert manifest["provenance"]["topk"] == 20
+    assert manifest["counts"]["levels"] == {"1": 2, "2": 2, "3": 2}
+    metrics = store.read_json(run / "eval" / "metrics.json")["models"]
+    assert set(metrics) == {"teacher", "student", "sft_baseline"}
+    assert metrics["student"]["parameters"] < 0.5 * metrics["teacher"]["parameters"]  # 10 of 30 layers
+    # a finished run reruns as a no-op
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stderr.count("skipping") == 4
