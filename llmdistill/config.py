@@ -93,10 +93,10 @@ class TeacherConfig(Section):
 
     model: ModelSource = Field("smollm2-135m-instruct", description="local HF directory, hub id, or a known alias")
     backend: Literal["hf"] = Field("hf", description="hf: transformers generate")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype (float32 on CPU)")
     device: str = Field("auto", description="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="run code shipped with a hub model (off unless you trust it)")
 
 
 # --------------------------------------------------------------------------------------------- generate
@@ -108,14 +108,14 @@ class GenerateConfig(Section):
     max_prompts: int | None = Field(None, gt=0, description="keep this many prompts, spread evenly over the curriculum")
     order: Literal["curriculum", "file"] = Field("curriculum", description="curriculum: easy to hard by level")
     n: int = Field(1, ge=1, description="samples per prompt")
-    max_new_tokens: int = Field(256, ge=1)
+    max_new_tokens: int = Field(256, ge=1, description="completion length cap (finish_reason 'length' when hit)")
     temperature: float = Field(0.7, ge=0.0, description="0 means greedy decoding")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling; 1 disables it")
     topk: int = Field(20, ge=1, description="top-k log-probs stored for every completion token")
     logprob_mode: Literal["raw", "processed"] = Field(
         "raw", description="raw: log-softmax of the model's logits; processed: after temperature/top-p"
     )
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="prompts per generate call (also the unit of seeding)")
     shard_rows: int = Field(256, ge=1, description="rows per Parquet shard (a shard is the unit of resume)")
 
     @field_validator("prompts", mode="before")
@@ -196,7 +196,7 @@ class LossTerm(Section):
     """One term of the training loss: total = sum(weight * term). Weights are used as given."""
 
     name: Literal["forward_kl", "ce"] = Field(description="forward_kl: KL(teacher || student); ce: hard-label CE")
-    weight: float = Field(ge=0.0)
+    weight: float = Field(ge=0.0, description="multiplies the term (KL terms also by T^2); no renormalisation")
     temperature: float = Field(1.0, gt=0.0, description="KL terms: softening temperature (the term is scaled by T^2)")
 
 
@@ -241,21 +241,22 @@ class TrainConfig(Section):
     )
     sft_baseline: bool = Field(False, description="also train a CE-only student on the same data and steps")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps (overrides epochs)")
-    epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(5e-5, gt=0)
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    max_seq_len: int = Field(1024, ge=8)
+    epochs: float = Field(1.0, gt=0, description="passes over the data when max_steps is not set")
+    batch_size: int = Field(8, ge=1, description="samples per device per step")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    lr: float = Field(5e-5, gt=0, description="peak learning rate (AdamW)")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="learning-rate schedule after warm-up")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_seq_len: int = Field(1024, ge=8, description="prompt + completion tokens; longer completions are cut")
     shuffle: bool = Field(False, description="False keeps the curriculum order (easy to hard)")
     chunk_tokens: int = Field(1024, ge=1, description="loss chunk: at most this many tokens' logits exist at once")
-    freeze_embeddings: bool = False
-    bf16: bool = False
-    save_steps: int = Field(50, ge=1)
-    save_total_limit: int = Field(2, ge=1)
-    logging_steps: int = Field(10, ge=1)
+    freeze_embeddings: bool = Field(False, description="keep the input embeddings (and a head tied to them) fixed")
+    bf16: bool = Field(False, description="bf16 mixed precision (GPUs)")
+    save_steps: int = Field(50, ge=1, description="checkpoint every N steps (a killed run resumes from the last)")
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
+    logging_steps: int = Field(10, ge=1, description="log loss terms every N steps")
     report_to: list[str] = Field(default_factory=list, description="e.g. [tensorboard]")
 
     @model_validator(mode="after")
@@ -273,11 +274,11 @@ class EvalConfig(Section):
     """Held-out comparison of the students with the teacher."""
 
     prompts: list[InputFile] = Field(description="held-out JSONL prompts (never used for training)")
-    max_prompts: int | None = Field(None, gt=0)
+    max_prompts: int | None = Field(None, gt=0, description="evaluate on this many, spread over the levels")
     max_new_tokens: int = Field(128, ge=1, description="length of the teacher's reference completions")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="prompts per teacher-reference and scoring batch")
     latency_prompts: int = Field(3, ge=1, description="prompts timed for per-token latency")
-    latency_new_tokens: int = Field(32, ge=1)
+    latency_new_tokens: int = Field(32, ge=1, description="tokens generated per timed prompt (greedy, batch 1)")
 
     @field_validator("prompts", mode="before")
     @classmethod
@@ -291,12 +292,12 @@ class Config(Section):
 
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="run name")
     output_dir: OutputDir = Field(Path("runs"), description="runs are written to output_dir/name")
-    seed: int = 0
-    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    generate: GenerateConfig
-    filter: FilterConfig = Field(default_factory=FilterConfig)
-    train: TrainConfig
-    eval: EvalConfig
+    seed: int = Field(0, description="seeds sampling (per batch) and training")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="see `teacher`")
+    generate: GenerateConfig = Field(description="see `generate`")
+    filter: FilterConfig = Field(default_factory=FilterConfig, description="see `filter`")
+    train: TrainConfig = Field(description="see `train`")
+    eval: EvalConfig = Field(description="see `eval`")
 
     @property
     def run_dir(self) -> Path:

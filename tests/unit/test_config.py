@@ -148,3 +148,9 @@ def test_validate_cli_ok(tmp_path):
     res = subprocess.run([PYTHON, "-m", "llmdistill.cli", "validate"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "config OK" in res.stdout and "generate" in res.stdout
+
+
+def test_configuration_reference_is_current():
+    res = subprocess.run([PYTHON, str(REPO / "scripts" / "config_reference.py"), "--check"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

@@ -1,0 +1,100 @@
+"""Write docs/configuration.md from the config models (the single source of defaults and descriptions).
+
+    python scripts/config_reference.py          # rewrite the file
+    python scripts/config_reference.py --check  # exit 1 if the file is out of date (the tests call this)
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+import typing
+from pathlib import Path
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from llmdistill import config as C
+
+OUT = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+
+HEADER = """# Configuration reference
+
+Generated from `llmdistill/config.py` by `scripts/config_reference.py`; do not edit by hand.
+Every key is checked: an unknown key is an error (with a did-you-mean), so is a wrong type or a
+missing input file. `llmdistill validate CONFIG` reports all of them at once without loading a model.
+Override any key on the command line with `key.sub=value` (YAML syntax for the value), e.g.
+`train.loss.0.weight=0.5` or `train.student.teacher_layers=[0,5,10]`.
+
+Relative input paths in a config file are relative to that file; relative paths typed as overrides,
+and `output_dir`, are relative to the current directory.
+"""
+
+
+def type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return type_name(typing.get_args(tp)[0])
+    if origin is typing.Literal:
+        return " \\| ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner = " \\| ".join(type_name(a) for a in args)
+        return inner + (" \\| null" if len(args) < len(typing.get_args(tp)) else "")
+    if origin is list:
+        return f"list[{type_name(typing.get_args(tp)[0])}]"
+    if isinstance(tp, type):
+        return {"Path": "path", "str": "string", "int": "int", "float": "float", "bool": "bool"}.get(
+            tp.__name__, tp.__name__)
+    return str(tp)
+
+
+def default_text(field) -> str:
+    if field.is_required():
+        return "**required**"
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, list) and value and isinstance(value[0], BaseModel):
+        return "<br>".join(f"`{v.model_dump(exclude_defaults=False)}`" for v in value)
+    if isinstance(value, BaseModel):
+        return "(section defaults)"
+    if value is PydanticUndefined:
+        return ""
+    return f"`{value}`"
+
+
+def section(title: str, model: type[BaseModel], prefix: str) -> list[str]:
+    lines = [f"## {title}", "", (model.__doc__ or "").strip(), "",
+             "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for name, field in model.model_fields.items():
+        tp = field.annotation
+        meaning = (field.description or "").replace("|", "\\|")
+        lines.append(f"| `{prefix}{name}` | {type_name(tp)} | {default_text(field)} | {meaning} |")
+    return lines + [""]
+
+
+def render() -> str:
+    parts = [HEADER]
+    parts += section("Top level", C.Config, "")
+    for name, model in (("teacher", C.TeacherConfig), ("generate", C.GenerateConfig), ("filter", C.FilterConfig),
+                        ("train", C.TrainConfig), ("train.student", C.StudentConfig),
+                        ("train.loss[]", C.LossTerm), ("eval", C.EvalConfig)):
+        parts += section(f"`{name}`", model, f"{name}.".replace("[].", "[i]."))
+    parts.append("## Filter steps (`filter.steps[]`, run in order; `name` picks the step)\n")
+    for model in typing.get_args(typing.get_args(C.FilterStep)[0]):
+        step = typing.get_args(model.model_fields["name"].annotation)[0]
+        params = [f"`{n}` ({type_name(f.annotation)}, default {default_text(f)})"
+                  for n, f in model.model_fields.items() if n != "name"]
+        text = f"- **{step}**: {(model.__doc__ or '').strip()}"
+        parts.append(text + (f" Parameters: {', '.join(params)}." if params else ""))
+    return "\n".join(parts).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    text = render()
+    if "--check" in sys.argv:
+        if not OUT.exists() or OUT.read_text() != text:
+            print(f"{OUT} is out of date: run python scripts/config_reference.py", file=sys.stderr)
+            sys.exit(1)
+    else:
+        OUT.write_text(text)
+        print(f"wrote {OUT}")
