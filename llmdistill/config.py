@@ -21,6 +21,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -80,6 +81,8 @@ def _model_source(value: str, info: ValidationInfo) -> str:
 
 InputFile = Annotated[Path, AfterValidator(_input_file)]
 ModelSource = Annotated[str, AfterValidator(_model_source)]
+# one path or a list of paths
+InputFiles = Annotated[list[InputFile], BeforeValidator(lambda v: [v] if isinstance(v, (str, Path)) else v)]
 OutputDir = Annotated[Path, AfterValidator(_cwd_path)]
 
 
@@ -103,7 +106,7 @@ class TeacherConfig(Section):
 class GenerateConfig(Section):
     """Prompt sources and how the teacher samples completions and log-probs for them."""
 
-    prompts: list[InputFile] = Field(description="JSONL seed files: {prompt, level, source?, answer?, tags?} per line")
+    prompts: InputFiles = Field(description="JSONL seed files: {prompt, level, source?, answer?, tags?} per line")
     system_prompt: str | None = Field(None, description="prepended as a system turn to every prompt")
     max_prompts: int | None = Field(None, gt=0, description="keep this many prompts, spread evenly over the curriculum")
     order: Literal["curriculum", "file"] = Field("curriculum", description="curriculum: easy to hard by level")
@@ -117,11 +120,6 @@ class GenerateConfig(Section):
     )
     batch_size: int = Field(16, ge=1, description="prompts per generate call (also the unit of seeding)")
     shard_rows: int = Field(256, ge=1, description="rows per Parquet shard (a shard is the unit of resume)")
-
-    @field_validator("prompts", mode="before")
-    @classmethod
-    def _one_or_many(cls, v):
-        return [v] if isinstance(v, (str, Path)) else v
 
 
 # ----------------------------------------------------------------------------------------------- filter
@@ -273,17 +271,12 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     """Held-out comparison of the students with the teacher."""
 
-    prompts: list[InputFile] = Field(description="held-out JSONL prompts (never used for training)")
+    prompts: InputFiles = Field(description="held-out JSONL prompts (never used for training)")
     max_prompts: int | None = Field(None, gt=0, description="evaluate on this many, spread over the levels")
     max_new_tokens: int = Field(128, ge=1, description="length of the teacher's reference completions")
     batch_size: int = Field(8, ge=1, description="prompts per teacher-reference and scoring batch")
     latency_prompts: int = Field(3, ge=1, description="prompts timed for per-token latency")
     latency_new_tokens: int = Field(32, ge=1, description="tokens generated per timed prompt (greedy, batch 1)")
-
-    @field_validator("prompts", mode="before")
-    @classmethod
-    def _one_or_many(cls, v):
-        return [v] if isinstance(v, (str, Path)) else v
 
 
 # ----------------------------------------------------------------------------------------------- config

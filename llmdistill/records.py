@@ -140,18 +140,19 @@ class Sample:
         return self.completion is not None and self.error is None
 
 
+# Fields stored as they are; scores/metadata go through JSON and the top-k matrices through offsets.
+_PLAIN_FIELDS = ("id", "prompt_id", "messages", "completion", "source", "teacher", "gen", "usage",
+                 "finish_reason", "error", "level", "difficulty", "completion_token_ids")
+
+
 def samples_to_table(samples: list[Sample], reasons: list[str] | None = None) -> pa.Table:
     """Build an Arrow table from samples (columnar, no per-float Python objects for the top-k)."""
     schema = removed_schema() if reasons is not None else arrow_schema()
     cols: dict[str, Any] = {}
-    for name in ("id", "prompt_id", "messages", "completion", "source", "teacher", "gen", "usage",
-                 "finish_reason", "error", "level", "difficulty"):
+    for name in _PLAIN_FIELDS:
         cols[name] = [getattr(s, name) for s in samples]
     cols["scores"] = [json.dumps(s.scores, sort_keys=True) for s in samples]
     cols["metadata"] = [json.dumps(s.metadata, sort_keys=True, ensure_ascii=False) for s in samples]
-    cols["completion_token_ids"] = [
-        None if s.completion_token_ids is None else np.asarray(s.completion_token_ids, dtype=np.int32) for s in samples
-    ]
     cols["topk_ids"] = _nested(samples, "topk_ids", np.int32, pa.int32())
     cols["topk_logprobs"] = _nested(samples, "topk_logprobs", np.float16, pa.float16())
     if reasons is not None:
@@ -182,35 +183,18 @@ def _nested(samples: list[Sample], name: str, np_dtype, pa_type) -> pa.Array:
 
 def table_to_samples(table: pa.Table) -> list[Sample]:
     """Inverse of `samples_to_table` (the `reason` column, if any, is dropped)."""
-    out = []
-    cols = {name: table.column(name) for name in table.column_names}
-    n = table.num_rows
-    py = {name: cols[name].to_pylist() for name in cols if name not in ("topk_ids", "topk_logprobs")}
-    for i in range(n):
-        ids = cols["topk_ids"][i]
-        lps = cols["topk_logprobs"][i]
-        out.append(
-            Sample(
-                id=py["id"][i],
-                prompt_id=py["prompt_id"][i],
-                messages=py["messages"][i],
-                completion=py["completion"][i],
-                source=py["source"][i],
-                teacher=py["teacher"][i],
-                gen=py["gen"][i],
-                usage=py["usage"][i],
-                finish_reason=py["finish_reason"][i],
-                error=py["error"][i],
-                level=py["level"][i],
-                difficulty=py["difficulty"][i],
-                scores=json.loads(py["scores"][i] or "{}"),
-                metadata=json.loads(py["metadata"][i] or "{}"),
-                completion_token_ids=py["completion_token_ids"][i],
-                topk_ids=None if not ids.is_valid else _matrix(ids, np.int32),
-                topk_logprobs=None if not lps.is_valid else _matrix(lps, np.float16),
-            )
+    py = {name: table.column(name).to_pylist() for name in (*_PLAIN_FIELDS, "scores", "metadata")}
+    ids, lps = table.column("topk_ids"), table.column("topk_logprobs")
+    return [
+        Sample(
+            **{name: py[name][i] for name in _PLAIN_FIELDS},
+            scores=json.loads(py["scores"][i] or "{}"),
+            metadata=json.loads(py["metadata"][i] or "{}"),
+            topk_ids=_matrix(ids[i], np.int32) if ids[i].is_valid else None,
+            topk_logprobs=_matrix(lps[i], np.float16) if lps[i].is_valid else None,
         )
-    return out
+        for i in range(table.num_rows)
+    ]
 
 
 def _matrix(scalar: pa.ListScalar, dtype) -> np.ndarray:
