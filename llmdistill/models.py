@@ -11,6 +11,7 @@ Heavy imports (torch, transformers) happen inside the functions.
 
 from __future__ import annotations
 
+import difflib
 import fcntl
 import hashlib
 import importlib.util
@@ -21,6 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from llmdistill.config import MODEL_ALIASES
 from llmdistill.errors import UserError
 from llmdistill.records import stable_hash
 
@@ -99,7 +101,7 @@ def load_tokenizer(source: str, revision: str | None = None, trust_remote_code: 
     try:
         tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load tokenizer {source!r}: {_first_line(e)}") from None
+        raise UserError(f"cannot load tokenizer {source!r}: {_first_line(e)}{_alias_hint(source)}") from None
     if tok.chat_template is None:
         log.warning("tokenizer %s has no chat template; using the plain 'Role: text' fallback", source)
         tok.chat_template = FALLBACK_CHAT_TEMPLATE
@@ -129,8 +131,13 @@ def load_causal_lm(source: str, dtype: str = "float32", device: str = "cpu", rev
             path, dtype=getattr(torch, dtype), revision=revision, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load model {source!r}: {_first_line(e)}") from None
+        raise UserError(f"cannot load model {source!r}: {_first_line(e)}{_alias_hint(source)}") from None
     return model.to(pick_device(device)).eval()
+
+
+def _alias_hint(source: str) -> str:
+    close = difflib.get_close_matches(source, MODEL_ALIASES, n=1, cutoff=0.6)
+    return f" (did you mean the alias '{close[0]}'?)" if close else ""
 
 
 def _first_line(e: Exception) -> str:

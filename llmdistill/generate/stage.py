@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from llmdistill import __version__, records, store
 from llmdistill.config import Config
 from llmdistill.errors import UserError
+from llmdistill.generate.teachers import build_teacher
 from llmdistill.pipeline import StageContext
 
 log = logging.getLogger("llmdistill")
@@ -73,8 +74,6 @@ def run(cfg: Config, ctx: StageContext) -> None:
     with tqdm(total=len(work), initial=len(work) - sum(len(b) for b in todo), desc="generate", unit="sample") as bar:
         for batch in todo:
             if teacher is None:  # load lazily: a rerun with nothing left to do never loads the model
-                from llmdistill.generate.teachers import build_teacher
-
                 teacher = build_teacher(cfg.teacher, g)
             first_id = batch[0][2]
             seed = int(records.stable_hash([cfg.seed, first_id], 15), 16)
@@ -98,8 +97,6 @@ def run(cfg: Config, ctx: StageContext) -> None:
     if teacher is None and (ctx.out_dir / store.MANIFEST).exists():
         provenance = store.read_manifest(ctx.out_dir)["provenance"]
     else:
-        from llmdistill.generate.teachers import build_teacher
-
         provenance = (teacher or build_teacher(cfg.teacher, g)).provenance()
     table = store.read_table(ctx.out_dir, ["finish_reason", "level", "usage", "error"])
     finish = Counter(table.column("finish_reason").to_pylist())

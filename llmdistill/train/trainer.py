@@ -48,7 +48,9 @@ class DistillTrainer(Trainer):
             if self.args.average_tokens_across_devices:
                 loss = loss * self.accelerator.num_processes  # num_items_in_batch counts every process
         else:
-            loss = sums["total"] / max(n_tokens, 1) / self.current_gradient_accumulation_steps
+            # set by Trainer inside train(); a direct call (evaluation, a test) counts as one micro-batch
+            accumulation = getattr(self, "current_gradient_accumulation_steps", 1)
+            loss = sums["total"] / max(n_tokens, 1) / accumulation
         for name, value in sums.items():  # running sums for the log; no per-step sync with .item()
             self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach()
         self._term_tokens += n_tokens

@@ -1,0 +1,69 @@
+"""Trainer invariants: gradient accumulation does not change the update; the loss matches the objective."""
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, TrainingArguments
+
+from llmdistill.config import LossTerm
+from llmdistill.train.data import Collator
+from llmdistill.train.trainer import DistillTrainer
+
+TERMS = [LossTerm(name="forward_kl", weight=0.8, temperature=2.0), LossTerm(name="ce", weight=0.2)]
+
+
+def examples(vocab: int, n: int = 8, k: int = 4) -> datasets.Dataset:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        prompt_len, completion = 3 + i % 3, 2 + (i * 5) % 7  # ragged lengths: padding must not count
+        ids = rng.integers(4, vocab, size=prompt_len + completion).tolist()
+        logits = rng.normal(size=(completion, vocab))
+        lp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        top = np.argsort(-lp, 1)[:, :k]
+        rows.append({"input_ids": ids, "prompt_len": prompt_len, "topk_ids": top.tolist(),
+                     "topk_logprobs": np.take_along_axis(lp, top, 1).astype(np.float16).tolist()})
+    return datasets.Dataset.from_list(rows)
+
+
+def one_step(teacher_dir, tmp_path, batch_size, accumulation):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
+    args = TrainingArguments(output_dir=str(tmp_path / f"out-{batch_size}-{accumulation}"), max_steps=1,
+                             per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
+                             learning_rate=0.5, optim="sgd", lr_scheduler_type="constant", report_to="none",
+                             train_sampling_strategy="sequential", remove_unused_columns=False, save_strategy="no",
+                             dataloader_pin_memory=False, disable_tqdm=True)
+    trainer = DistillTrainer(model=model, args=args, train_dataset=examples(model.config.vocab_size),
+                             data_collator=Collator(pad_token_id=0), loss_terms=TERMS, tail="bucket",
+                             capture_temperature=1.0, chunk_tokens=5)
+    trainer.train()
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_batch_8_equals_batch_2_times_accumulation_4(tiny, tmp_path):
+    a = one_step(tiny["teacher"], tmp_path, 8, 1)
+    b = one_step(tiny["teacher"], tmp_path, 2, 4)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_loss_is_the_token_mean_of_the_objective(tiny):
+    model = AutoModelForCausalLM.from_pretrained(tiny["teacher"], dtype=torch.float32)
+    ds = examples(model.config.vocab_size, n=3)
+    batch = Collator(pad_token_id=0)([ds[i] for i in range(3)])
+    args = TrainingArguments(output_dir="/tmp/unused", report_to="none", use_cpu=True)
+    trainer = DistillTrainer(model=model, args=args, loss_terms=TERMS, tail="bucket", capture_temperature=1.0,
+                             chunk_tokens=4)
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, batch)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    mask = batch["labels"][:, 1:] != -100
+    from llmdistill.train import losses
+
+    s = logits[mask]
+    kl = losses.forward_kl_sparse(s, batch["teacher_ids"][:, :-1][mask], batch["teacher_logprobs"][:, :-1][mask], 2.0)
+    ce = losses.cross_entropy(s, batch["labels"][:, 1:][mask])
+    want = (0.8 * 4.0 * kl.sum() + 0.2 * ce.sum()) / mask.sum()
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
