@@ -80,7 +80,7 @@ def run(cfg: Config, ctx: StageContext) -> None:
         result[name] = {**finish(total), "parameters": models.count_parameters(model),
                         "by_level": {lv: finish(s) for lv, s in sorted(by_level[name].items())}}
     samples = {}
-    for name, model in {"teacher": teacher, **students}.items():
+    for name, model in scored.items():
         ms, texts = latency(model, tokenizer, prompts[: e.latency_prompts], e.latency_new_tokens, device)
         result[name]["latency_ms_per_token"] = ms
         result[name]["device"] = device
