@@ -190,12 +190,40 @@ class FilterConfig(Section):
 
 
 # ------------------------------------------------------------------------------------------------ train
-class LossTerm(Section):
-    """One term of the training loss: total = sum(weight * term). Weights are used as given."""
+DIVERGENCE_NAMES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd")
 
-    name: Literal["forward_kl", "ce"] = Field(description="forward_kl: KL(teacher || student); ce: hard-label CE")
-    weight: float = Field(ge=0.0, description="multiplies the term (KL terms also by T^2); no renormalisation")
-    temperature: float = Field(1.0, gt=0.0, description="KL terms: softening temperature (the term is scaled by T^2)")
+
+class LossTerm(Section):
+    """One term of the training loss: total = sum(weight * term). Weights are used as given.
+
+    Divergences between teacher p and student q: forward_kl KL(p||q), reverse_kl KL(q||p),
+    jsd beta KL(p||m) + (1-beta) KL(q||m) with m = beta p + (1-beta) q, skew_kl KL(p || alpha p + (1-alpha) q),
+    skew_reverse_kl KL(q || alpha q + (1-alpha) p), tvd 1/2 sum |p - q|; ce is hard-label cross-entropy.
+    """
+
+    name: Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd", "ce"] = Field(
+        description="a divergence to the teacher's distribution, or ce (cross-entropy on the teacher's tokens)")
+    weight: float = Field(ge=0.0, description="multiplies the term (divergences also by T^2); no renormalisation")
+    temperature: float = Field(1.0, gt=0.0, description="divergences: softening temperature (term scaled by T^2)")
+    beta: float | None = Field(None, gt=0.0, lt=1.0, description="jsd only: mixture weight of the teacher (0.5)")
+    alpha: float | None = Field(None, ge=0.0, lt=1.0, description="skew_kl / skew_reverse_kl only: skew (0.1)")
+
+    @model_validator(mode="after")
+    def _params(self):
+        if self.beta is not None and self.name != "jsd":
+            raise ValueError(f"beta applies to jsd only, not {self.name}")
+        if self.alpha is not None and self.name not in ("skew_kl", "skew_reverse_kl"):
+            raise ValueError(f"alpha applies to skew_kl and skew_reverse_kl only, not {self.name}")
+        if self.name == "jsd" and self.beta is None:
+            self.beta = 0.5
+        if self.name in ("skew_kl", "skew_reverse_kl") and self.alpha is None:
+            self.alpha = 0.1
+        return self
+
+    @property
+    def params(self) -> dict[str, float]:
+        """Keyword arguments of the divergence function."""
+        return {k: v for k, v in (("beta", self.beta), ("alpha", self.alpha)) if v is not None}
 
 
 class StudentConfig(Section):

@@ -1,36 +1,55 @@
 """Distillation losses as pure functions.
 
-Shapes: N tokens (already gathered from the batch, no padding), V vocabulary, k stored top-k width.
-Every function returns per-token values of shape [N]; callers reduce (sum / number of tokens).
+Shapes: N tokens (already gathered from the batch, no padding), V vocabulary, k stored top-k width,
+C classes (V for dense signals, k or k + 1 for sparse ones). Every function returns per-token values
+of shape [N]; callers reduce (sum / number of tokens). Inputs in fp16/bf16 are computed in fp32;
+fp64 stays fp64 (for gradcheck).
 
-Forward KL, the distance the student minimises towards the teacher at temperature T:
+The divergences compare the teacher distribution p with the student distribution q, both given as
+log-probabilities over the same C classes:
 
-    KL(p_T || q_T) = sum_v p_T(v) * (log p_T(v) - log q_T(v))
+    forward_kl        KL(p || q)            = sum p (log p - log q)             mode-covering
+    reverse_kl        KL(q || p)                                                  mode-seeking
+    jsd (beta)        beta KL(p || m) + (1 - beta) KL(q || m),  m = beta p + (1 - beta) q   (GKD; 0 < beta < 1)
+    skew_kl (alpha)   KL(p || alpha p + (1 - alpha) q)                          (DistiLLM)
+    skew_reverse_kl   KL(q || alpha q + (1 - alpha) p)                          (DistiLLM)
+    tvd               1/2 sum |p - q|
+Classes with zero probability contribute exactly 0 to a KL sum.
 
-Dense: p_T = softmax(teacher_logits / T). Sparse (stored top-k), the mass outside the teacher's
-top-k ids ("the tail") is handled by one of two documented policies:
+Dense signal: p = softmax(teacher_logits / T), q = softmax(student_logits / T).
 
-- "bucket": the distributions get k + 1 classes, the k stored ids plus one "rest of the vocabulary"
-  class. The teacher's tail mass is 1 - sum(top-k probs) (exact at the capture temperature); the
-  student's is its probability outside those ids, computed exactly from its full logits. With k = V
-  this equals the dense KL.
+Sparse signal (stored top-k), the mass outside the teacher's top-k ids ("the tail") is handled by one
+of two documented policies:
+
+- "bucket": k + 1 classes, the k stored ids plus one "rest of the vocabulary" class. The teacher's tail
+  mass is 1 - sum(top-k probs), floored at TAIL_FLOOR (fp16 storage can round the top-k sum to 1, and
+  a zero-mass class would make reverse-direction divergences infinite); the student's is its exact
+  probability outside those ids. With k = V there is no tail and this is the dense divergence.
 - "renormalize": both distributions are restricted to the k ids and renormalised there; the tail is
   ignored. Simpler, biased when the teacher's top-k mass is far from 1.
 
 Re-tempering stored log-probs: raw log-probs are log_softmax(z), so log_softmax(z / T) =
 log_softmax(logp / T). Log-probs captured at temperature Tc (processed mode, no top-p truncation)
-equal log_softmax(z / Tc), so the student target at T is log_softmax(logp * Tc / T). In the bucket
-policy at T != Tc the tail bucket is re-tempered as a single class: an approximation (its true inner
-spread is unknown), exact at T = Tc. KL terms are multiplied by T^2 by the caller (Hinton et al.) so
+equal log_softmax(z / Tc), so the target at T is log_softmax(logp * Tc / T). In the bucket policy at
+T != Tc the tail bucket is re-tempered as a single class: an approximation (its inner spread is
+unknown), exact at T = Tc. Divergence terms are multiplied by T^2 by the caller (Hinton et al.) so
 their gradients keep the same scale across temperatures.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 TAIL_POLICIES = ("bucket", "renormalize")
+TAIL_FLOOR = 1e-6
+
+
+def _float(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision inputs are computed in fp32; fp32/fp64 are kept."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -38,26 +57,74 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
-def kl_from_logprobs(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
-    """sum_v p(v) (log p(v) - log q(v)) over the last dim; classes with p = 0 contribute exactly 0."""
+# ------------------------------------------------------------------------------------------ divergences
+def forward_kl(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the last dim; classes with p = 0 contribute exactly 0."""
     p = p_logp.exp()
     return torch.where(p > 0, p * (p_logp - q_logp), torch.zeros_like(p)).sum(-1)
 
 
+def reverse_kl(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
+    """KL(q || p)."""
+    return forward_kl(q_logp, p_logp)
+
+
+def _mixture(a_logp: torch.Tensor, b_logp: torch.Tensor, weight_a: float) -> torch.Tensor:
+    """log(weight_a * a + (1 - weight_a) * b), computed in log space."""
+    return torch.logaddexp(a_logp + math.log(weight_a), b_logp + math.log1p(-weight_a))
+
+
+def jsd(p_logp: torch.Tensor, q_logp: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """Generalised Jensen-Shannon divergence (GKD, Agarwal et al. 2024), 0 < beta < 1."""
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"jsd needs 0 < beta < 1, got {beta}")
+    m = _mixture(p_logp, q_logp, beta)
+    return beta * forward_kl(p_logp, m) + (1.0 - beta) * forward_kl(q_logp, m)
+
+
+def skew_kl(p_logp: torch.Tensor, q_logp: torch.Tensor, alpha: float = 0.1) -> torch.Tensor:
+    """KL(p || alpha p + (1 - alpha) q) (DistiLLM, Ko et al. 2024), 0 <= alpha < 1."""
+    return forward_kl(p_logp, _mixture(p_logp, q_logp, alpha) if alpha > 0 else q_logp)
+
+
+def skew_reverse_kl(p_logp: torch.Tensor, q_logp: torch.Tensor, alpha: float = 0.1) -> torch.Tensor:
+    """KL(q || alpha q + (1 - alpha) p) (DistiLLM), 0 <= alpha < 1."""
+    return forward_kl(q_logp, _mixture(q_logp, p_logp, alpha) if alpha > 0 else p_logp)
+
+
+def tvd(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
+    """Total variation distance, 1/2 sum |p - q|."""
+    return 0.5 * (p_logp.exp() - q_logp.exp()).abs().sum(-1)
+
+
+DIVERGENCES = {
+    "forward_kl": forward_kl,
+    "reverse_kl": reverse_kl,
+    "jsd": jsd,
+    "skew_kl": skew_kl,
+    "skew_reverse_kl": skew_reverse_kl,
+    "tvd": tvd,
+}
+
+
+def divergence(name: str, p_logp: torch.Tensor, q_logp: torch.Tensor, **params) -> torch.Tensor:
+    """The named divergence between teacher log-probs p and student log-probs q, per token [N]."""
+    return DIVERGENCES[name](p_logp, q_logp, **params)
+
+
+# ------------------------------------------------------------------------ distributions from the signal
 def teacher_sparse_logprobs(
     topk_logprobs: torch.Tensor, temperature: float = 1.0, tail: str = "bucket", capture_temperature: float = 1.0
 ) -> torch.Tensor:
     """Teacher target over the k stored ids (+ the tail class when tail == 'bucket').
 
-    topk_logprobs: [N, k] log-probs as stored (any float dtype). Returns [N, k] or [N, k + 1], float32.
+    topk_logprobs: [N, k] log-probs as stored. Returns [N, k] or [N, k + 1].
     """
-    lp = topk_logprobs.float()
+    lp = _float(topk_logprobs)
     if tail == "bucket":
-        lse = torch.logsumexp(lp, -1, keepdim=True)
-        # fp16 storage can make the top-k sum exceed 1 by rounding: then the tail is empty
-        lp = lp - lse.clamp(min=0.0)
-        tail_lp = log1mexp(torch.logsumexp(lp, -1).clamp(max=0.0))
-        lp = torch.cat([lp, tail_lp.unsqueeze(-1)], -1)
+        # rounding can push the stored top-k mass to (or past) 1: floor the tail, then renormalise
+        tail_lp = log1mexp(torch.logsumexp(lp, -1).clamp(max=0.0)).clamp(min=math.log(TAIL_FLOOR))
+        lp = torch.log_softmax(torch.cat([lp, tail_lp.unsqueeze(-1)], -1), -1)
     elif tail != "renormalize":
         raise ValueError(f"tail must be one of {TAIL_POLICIES}, got {tail!r}")
     scale = capture_temperature / temperature
@@ -71,9 +138,9 @@ def student_sparse_logprobs(
 ) -> torch.Tensor:
     """Student log-probs at the teacher's ids (+ its exact tail mass for 'bucket').
 
-    student_logits: [N, V]; topk_ids: [N, k] (int64). Returns [N, k] or [N, k + 1], float32.
+    student_logits: [N, V]; topk_ids: [N, k] (int64). Returns [N, k] or [N, k + 1].
     """
-    ls = torch.log_softmax(student_logits.float() / temperature, -1)
+    ls = torch.log_softmax(_float(student_logits) / temperature, -1)
     gathered = ls.gather(-1, topk_ids)
     if tail == "bucket":
         rest = ls.scatter(-1, topk_ids, float("-inf"))  # everything but the teacher's ids
@@ -83,35 +150,49 @@ def student_sparse_logprobs(
     raise ValueError(f"tail must be one of {TAIL_POLICIES}, got {tail!r}")
 
 
-def forward_kl_sparse(
+def sparse_divergence(
+    name: str,
     student_logits: torch.Tensor,
     topk_ids: torch.Tensor,
     topk_logprobs: torch.Tensor,
     temperature: float = 1.0,
     tail: str = "bucket",
     capture_temperature: float = 1.0,
+    **params,
 ) -> torch.Tensor:
-    """KL(teacher_T || student_T) per token, [N], from the stored top-k (see the module doc).
+    """A divergence per token, [N], between the stored teacher top-k and the student's logits [N, V].
 
-    With k = V there is no tail: both policies then reduce to the dense KL (computed as 'renormalize',
-    which avoids a tail class of zero mass on both sides).
+    With k = V there is no tail: both policies then reduce to the dense divergence (computed as
+    'renormalize', which avoids a tail class of zero mass on both sides).
     """
     if topk_ids.shape[-1] >= student_logits.shape[-1]:
         tail = "renormalize"
     p = teacher_sparse_logprobs(topk_logprobs, temperature, tail, capture_temperature)
     q = student_sparse_logprobs(student_logits, topk_ids.long(), temperature, tail)
-    return kl_from_logprobs(p, q)
+    return divergence(name, p, q.to(p.dtype), **params)
 
 
-def forward_kl_dense(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+def dense_divergence(
+    name: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, **params
 ) -> torch.Tensor:
-    """KL(teacher_T || student_T) per token, [N], from full logits [N, V] of both models."""
-    p = torch.log_softmax(teacher_logits.float() / temperature, -1)
-    q = torch.log_softmax(student_logits.float() / temperature, -1)
-    return kl_from_logprobs(p, q)
+    """A divergence per token, [N], between full teacher and student logits [N, V]."""
+    p = torch.log_softmax(_float(teacher_logits) / temperature, -1)
+    q = torch.log_softmax(_float(student_logits) / temperature, -1)
+    return divergence(name, p, q, **params)
+
+
+def forward_kl_sparse(student_logits, topk_ids, topk_logprobs, temperature=1.0, tail="bucket",
+                      capture_temperature=1.0) -> torch.Tensor:
+    """KL(teacher_T || student_T) per token from the stored top-k (the default distillation term)."""
+    return sparse_divergence("forward_kl", student_logits, topk_ids, topk_logprobs, temperature, tail,
+                             capture_temperature)
+
+
+def forward_kl_dense(student_logits, teacher_logits, temperature=1.0) -> torch.Tensor:
+    """KL(teacher_T || student_T) per token from full logits."""
+    return dense_divergence("forward_kl", student_logits, teacher_logits, temperature)
 
 
 def cross_entropy(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Hard-label CE per token, [N]: -log q(target)."""
-    return F.cross_entropy(student_logits.float(), targets.long(), reduction="none")
+    return F.cross_entropy(_float(student_logits), targets.long(), reduction="none")

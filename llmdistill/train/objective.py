@@ -15,8 +15,6 @@ from torch.utils.checkpoint import checkpoint
 
 from llmdistill.train import losses
 
-KL_TERMS = ("forward_kl",)
-
 
 def chunked_loss(
     hidden: torch.Tensor,
@@ -32,7 +30,7 @@ def chunked_loss(
     head: hidden [n, H] -> logits [n, V] (the LM head, plus any logit soft-capping).
     signal: teacher signal for the same N tokens (`signals.SparseSignal`/`DenseSignal`), or None when
         no KL term has weight.
-    terms: objects with .name, .weight, .temperature; KL terms are scaled by temperature ** 2.
+    terms: `config.LossTerm`s; divergence terms are scaled by temperature ** 2.
     """
     names = [t.name for t in terms]
     sums = {name: hidden.new_zeros(()) for name in names}
@@ -44,12 +42,10 @@ def chunked_loss(
         part = None if signal is None else signal.take(slice(start, start + h.shape[0]))
         values = []
         for t in terms:
-            if t.name in KL_TERMS:
-                values.append(part.forward_kl(logits, t.temperature).sum())
-            elif t.name == "ce":
+            if t.name == "ce":
                 values.append(losses.cross_entropy(logits, tgt).sum())
             else:
-                raise ValueError(f"unknown loss term {t.name!r}")
+                values.append(part.divergence(t.name, logits, t.temperature, **t.params).sum())
         return torch.stack(values)
 
     for start in range(0, n, chunk_tokens):
@@ -60,7 +56,7 @@ def chunked_loss(
             values = chunk_values(h, tgt, start)
         for i, t in enumerate(terms):
             sums[t.name] = sums[t.name] + values[i]
-            scale = t.temperature**2 if t.name in KL_TERMS else 1.0
+            scale = 1.0 if t.name == "ce" else t.temperature**2
             total = total + t.weight * scale * values[i]
     sums["total"] = total
     return sums

@@ -1,8 +1,9 @@
 """Teacher signals: what the loss compares the student with, behind one interface.
 
 `SparseSignal` is the stored top-k of the dataset (ids + log-probs, with the temperature they were
-captured at). The loss only calls `forward_kl(student_logits, temperature)` and `take(index)`, so a
-live-teacher signal with dense logits can sit beside it without the trainer knowing which it has.
+captured at); `DenseSignal` holds full teacher logits (a live teacher run under no_grad). The loss
+only calls `take(index)` and `divergence(name, student_logits, temperature, **params)`, so the trainer
+never needs to know which one it has.
 """
 
 from __future__ import annotations
@@ -26,19 +27,19 @@ class SparseSignal:
     def take(self, index: slice) -> SparseSignal:
         return SparseSignal(self.ids[index], self.logprobs[index], self.capture_temperature, self.tail)
 
-    def forward_kl(self, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-        return losses.forward_kl_sparse(student_logits, self.ids, self.logprobs, temperature, self.tail,
-                                        self.capture_temperature)
+    def divergence(self, name: str, student_logits: torch.Tensor, temperature: float, **params) -> torch.Tensor:
+        return losses.sparse_divergence(name, student_logits, self.ids, self.logprobs, temperature, self.tail,
+                                        self.capture_temperature, **params)
 
 
 @dataclass
 class DenseSignal:
-    """Full teacher logits for N tokens, [N, V] (a live teacher run under no_grad)."""
+    """Full teacher logits for N tokens, [N, V]."""
 
     logits: torch.Tensor
 
     def take(self, index: slice) -> DenseSignal:
         return DenseSignal(self.logits[index])
 
-    def forward_kl(self, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-        return losses.forward_kl_dense(student_logits, self.logits, temperature)
+    def divergence(self, name: str, student_logits: torch.Tensor, temperature: float, **params) -> torch.Tensor:
+        return losses.dense_divergence(name, student_logits, self.logits, temperature, **params)

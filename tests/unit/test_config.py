@@ -154,3 +154,16 @@ def test_configuration_reference_is_current():
     res = subprocess.run([PYTHON, str(REPO / "scripts" / "config_reference.py"), "--check"],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_loss_term_parameters(tmp_path):
+    data = minimal(tmp_path)
+    data["train"]["loss"] = [{"name": "jsd", "weight": 1.0}, {"name": "skew_kl", "weight": 0.5, "alpha": 0.2}]
+    cfg = load_config(write(tmp_path, data))
+    assert cfg.train.loss[0].params == {"beta": 0.5} and cfg.train.loss[1].params == {"alpha": 0.2}
+    data["train"]["loss"] = [{"name": "forward_kl", "weight": 1.0, "beta": 0.3}]
+    with pytest.raises(ConfigError, match="beta applies to jsd only"):
+        load_config(write(tmp_path, data))
+    data["train"]["loss"] = [{"name": "jsd", "weight": 1.0, "beta": 1.0}]
+    with pytest.raises(ConfigError, match="train.loss.0.beta"):
+        load_config(write(tmp_path, data))
