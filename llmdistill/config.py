@@ -251,6 +251,26 @@ class StudentConfig(Section):
         return self
 
 
+class OnPolicyConfig(Section):
+    """On-policy distillation through trl (train.mode: on_policy): the student writes completions for the
+    prompts and the local teacher scores them with the generalised JSD."""
+
+    trainer: Literal["distillation", "gkd"] = Field(
+        "distillation", description="distillation: trl.DistillationTrainer (every batch on-policy); "
+        "gkd: trl's GKDTrainer (lmbda mixes student-generated and teacher-written batches)")
+    beta: float = Field(0.5, ge=0.0, le=1.0, description="JSD interpolation (trl): 0 forward KL, 1 reverse KL")
+    lmbda: float = Field(0.5, ge=0.0, le=1.0, description="gkd only: fraction of batches the student generates")
+    seq_kd: bool = Field(False, description="gkd only: off-policy batches use fresh teacher generations")
+    max_new_tokens: int = Field(64, ge=1, description="length of the completions generated during training")
+    temperature: float = Field(1.0, gt=0.0, description="sampling and loss temperature")
+
+    @model_validator(mode="after")
+    def _gkd_only(self):
+        if self.trainer == "distillation" and (self.seq_kd or "lmbda" in self.model_fields_set):
+            raise ValueError("lmbda and seq_kd apply to on_policy.trainer: gkd only")
+        return self
+
+
 def _default_loss() -> list[LossTerm]:
     return [LossTerm(name="forward_kl", weight=0.9, temperature=1.0), LossTerm(name="ce", weight=0.1)]
 
@@ -259,6 +279,11 @@ class TrainConfig(Section):
     """Student fine-tuning on the filtered data with KL (to the stored teacher top-k) + CE losses."""
 
     student: StudentConfig
+    mode: Literal["offline", "seq_kd", "on_policy"] = Field(
+        "offline", description="offline: the loss terms on the generated samples; seq_kd: CE on the teacher's "
+        "text (works across tokenizers); on_policy: trl on-policy distillation (see train.on_policy)")
+    teacher_signal: Literal["stored", "live"] = Field(
+        "stored", description="offline mode: the stored top-k log-probs, or a live teacher's full distribution")
     loss: list[LossTerm] = Field(default_factory=_default_loss)
     tail: Literal["bucket", "renormalize"] = Field(
         "bucket",
@@ -284,6 +309,7 @@ class TrainConfig(Section):
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
     logging_steps: int = Field(10, ge=1, description="log loss terms every N steps")
     report_to: list[str] = Field(default_factory=list, description="e.g. [tensorboard]")
+    on_policy: OnPolicyConfig = Field(default_factory=OnPolicyConfig, description="see `train.on_policy`")
 
     @model_validator(mode="after")
     def _loss_terms(self):
@@ -378,7 +404,7 @@ def _default_at(parts: list[str]) -> Any:
     if isinstance(value, list):
         return [v.model_dump() if isinstance(v, BaseModel) else v for v in value]
     if isinstance(value, BaseModel):
-        return value.model_dump()
+        return value.model_dump(exclude_unset=True)  # only what the override sets counts as set
     return {}
 
 

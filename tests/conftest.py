@@ -117,6 +117,10 @@ def write_prompts(path: Path, n_per_level: int = 4, levels=(1, 2, 3), tag: str =
 @pytest.fixture()
 def tiny_config(tmp_path, tiny):
     """A complete config (as a dict and a file) for a fast end-to-end run on the tiny teacher."""
+    return make_tiny_config(tmp_path, tiny)
+
+
+def make_tiny_config(tmp_path: Path, tiny: dict) -> tuple[Path, dict]:
     seeds = write_prompts(tmp_path / "seeds.jsonl")
     held_out = write_prompts(tmp_path / "eval.jsonl", n_per_level=2, tag="held-out")
     data = {

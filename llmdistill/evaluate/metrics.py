@@ -5,7 +5,8 @@ tokens y [N]:
     kl        sum_tokens KL(softmax(T) || softmax(S))            (dense, exact)
     agree     sum_tokens [argmax S == argmax T]                  (top-1 agreement)
     nll       sum_tokens -log softmax(S)[y]                      (student perplexity = exp(nll / N))
-All are sums so batches can be accumulated; `finish` turns them into means.
+All are sums so batches can be accumulated; `finish` turns them into means. When the two logit widths
+differ (a vocabulary padded with unused rows) both are compared on the shared width, renormalised.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 
 
 def token_sums(teacher_logits: torch.Tensor, student_logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    width = min(teacher_logits.shape[-1], student_logits.shape[-1])
+    teacher_logits, student_logits = teacher_logits[..., :width], student_logits[..., :width]
     t = torch.log_softmax(teacher_logits.float(), -1)
     s = torch.log_softmax(student_logits.float(), -1)
     p = t.exp()

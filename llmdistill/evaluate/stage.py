@@ -50,15 +50,21 @@ def run(cfg: Config, ctx: StageContext) -> None:
                                     cfg.teacher.trust_remote_code)
     refs = teacher_references(cfg, ctx, teacher, tokenizer, prompts, device)
 
-    students = {}
+    students, other_tokenizer = {}, {}
+    teacher_hash = models.tokenizer_info(tokenizer)["tokenizer_hash"]
     for name in STUDENT_VARIANTS:
         path = ctx.upstream_dir / name
         if store.read_success(path) is not None:
             students[name] = models.load_causal_lm(str(path), "float32", device)
+            student_tokenizer = models.load_tokenizer(str(path))
+            if models.tokenizer_info(student_tokenizer)["tokenizer_hash"] != teacher_hash:
+                other_tokenizer[name] = student_tokenizer
     if not students:
         raise UserError(f"eval: no trained student under {ctx.upstream_dir}")
+    for name in other_tokenizer:
+        log.warning("eval: %s uses another tokenizer than the teacher: token-level metrics are left out for it", name)
 
-    scored = {"teacher": teacher, **students}
+    scored = {"teacher": teacher, **{k: v for k, v in students.items() if k not in other_tokenizer}}
     by_level: dict[str, dict[str, dict]] = {name: {} for name in scored}
     with torch.no_grad():
         for start in tqdm(range(0, len(refs), e.batch_size), desc="eval: score", unit="batch"):
@@ -79,9 +85,13 @@ def run(cfg: Config, ctx: StageContext) -> None:
         total = {key: sum(lv[key] for lv in by_level[name].values()) for key in ("kl", "agree", "nll", "tokens")}
         result[name] = {**finish(total), "parameters": models.count_parameters(model),
                         "by_level": {lv: finish(s) for lv, s in sorted(by_level[name].items())}}
+    for name in other_tokenizer:
+        result[name] = {"parameters": models.count_parameters(students[name]), "tokens": 0,
+                        "note": "another tokenizer than the teacher: no token-level metrics"}
     samples = {}
-    for name, model in scored.items():
-        ms, texts = latency(model, tokenizer, prompts[: e.latency_prompts], e.latency_new_tokens, device)
+    for name, model in {"teacher": teacher, **students}.items():
+        ms, texts = latency(model, other_tokenizer.get(name, tokenizer), prompts[: e.latency_prompts],
+                            e.latency_new_tokens, device)
         result[name]["latency_ms_per_token"] = ms
         result[name]["device"] = device
         samples[name] = texts

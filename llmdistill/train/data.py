@@ -1,7 +1,8 @@
 """From filtered samples to training batches.
 
 A training example is the chat-encoded prompt followed by the teacher's own completion tokens (never
-re-tokenised). Labels are -100 on the prompt and padding. The teacher's top-k row for completion token
+re-tokenised, except in sequence-level KD for a student with another tokenizer, where the teacher's
+text is all that can be shared). Labels are -100 on the prompt and padding. The teacher's top-k row for completion token
 j sits at the position that predicts it (prompt_len + j - 1), so `teacher_ids[:, i]` describes the
 distribution of token i + 1, exactly like the shifted labels.
 """
@@ -18,26 +19,38 @@ from llmdistill import models
 log = logging.getLogger("llmdistill")
 
 IGNORE = -100
-COLUMNS = ["id", "messages", "level", "completion_token_ids", "topk_ids", "topk_logprobs"]
+COLUMNS = ["id", "messages", "level", "completion", "finish_reason", "completion_token_ids", "topk_ids",
+           "topk_logprobs"]
 
 
-def build_examples(dataset, tokenizer, max_seq_len: int):
+def build_examples(dataset, tokenizer, max_seq_len: int, retokenize: bool = False, vocab_limit: int | None = None):
     """Add `input_ids` and `prompt_len`; drop rows whose prompt leaves no room for a completion token.
 
     Completions longer than the room left are cut (their top-k rows with them). Row order is kept.
+    retokenize: encode the completion text with `tokenizer` (+ EOS when the teacher stopped) instead of
+        using the teacher's token ids (sequence-level KD across tokenizers; no top-k alignment exists).
+    vocab_limit: skip samples whose completion uses a token id the student does not have.
     """
+    eos = tokenizer.eos_token_id
 
     def encode(row):
         prompt = models.encode_prompt(tokenizer, row["messages"])
         room = max_seq_len - len(prompt)
-        completion = list(row["completion_token_ids"] or [])[: max(room, 0)]
-        return {"input_ids": prompt + completion, "prompt_len": len(prompt), "n_completion": len(completion)}
+        if retokenize:
+            ids = tokenizer(row["completion"] or "", add_special_tokens=False)["input_ids"]
+            ids = ids + ([eos] if row["finish_reason"] == "stop" and eos is not None else [])
+        else:
+            ids = list(row["completion_token_ids"] or [])
+        unusable = vocab_limit is not None and any(i >= vocab_limit for i in ids)
+        completion = ids[: max(room, 0)]
+        return {"input_ids": prompt + completion, "prompt_len": len(prompt),
+                "n_completion": 0 if unusable else len(completion)}
 
     out = dataset.map(encode, desc="tokenize prompts")
     kept = out.filter(lambda r: r["n_completion"] > 0)
     if len(kept) < len(out):
-        log.warning("train: %d samples skipped (prompt longer than max_seq_len=%d or empty completion)",
-                    len(out) - len(kept), max_seq_len)
+        log.warning("train: %d samples skipped (prompt longer than max_seq_len=%d, empty completion, or a "
+                    "token the student does not have)", len(out) - len(kept), max_seq_len)
     return kept
 
 

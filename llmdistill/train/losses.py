@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 TAIL_POLICIES = ("bucket", "renormalize")
 TAIL_FLOOR = 1e-6
+MASKED_LOGP = -1e4  # exp() underflows to exactly 0, but differences and mixtures stay finite
 
 
 def _float(x: torch.Tensor) -> torch.Tensor:
@@ -120,7 +121,7 @@ def teacher_sparse_logprobs(
 
     topk_logprobs: [N, k] log-probs as stored. Returns [N, k] or [N, k + 1].
     """
-    lp = _float(topk_logprobs)
+    lp = _float(topk_logprobs).clamp(min=MASKED_LOGP)
     if tail == "bucket":
         # rounding can push the stored top-k mass to (or past) 1: floor the tail, then renormalise
         tail_lp = log1mexp(torch.logsumexp(lp, -1).clamp(max=0.0)).clamp(min=math.log(TAIL_FLOOR))
@@ -134,14 +135,22 @@ def teacher_sparse_logprobs(
 
 
 def student_sparse_logprobs(
-    student_logits: torch.Tensor, topk_ids: torch.Tensor, temperature: float = 1.0, tail: str = "bucket"
+    student_logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    temperature: float = 1.0,
+    tail: str = "bucket",
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Student log-probs at the teacher's ids (+ its exact tail mass for 'bucket').
 
-    student_logits: [N, V]; topk_ids: [N, k] (int64). Returns [N, k] or [N, k + 1].
+    student_logits: [N, V]; topk_ids: [N, k] (int64, < V); valid: [N, k] bool, False entries get
+    probability 0 (a large negative finite log-prob, so mixtures stay differentiable).
+    Returns [N, k] or [N, k + 1].
     """
     ls = torch.log_softmax(_float(student_logits) / temperature, -1)
     gathered = ls.gather(-1, topk_ids)
+    if valid is not None:
+        gathered = torch.where(valid, gathered, torch.full_like(gathered, MASKED_LOGP))
     if tail == "bucket":
         rest = ls.scatter(-1, topk_ids, float("-inf"))  # everything but the teacher's ids
         return torch.cat([gathered, torch.logsumexp(rest, -1, keepdim=True)], -1)
@@ -164,11 +173,23 @@ def sparse_divergence(
 
     With k = V there is no tail: both policies then reduce to the dense divergence (computed as
     'renormalize', which avoids a tail class of zero mass on both sides).
+
+    Teacher ids the student does not have (>= its logit width V; the preflight allows this only for a
+    vocabulary that differs by padding rows) get probability 0 on both sides, so their teacher mass
+    falls into the tail bucket.
     """
-    if topk_ids.shape[-1] >= student_logits.shape[-1]:
+    V = student_logits.shape[-1]
+    if topk_ids.shape[-1] >= V:
         tail = "renormalize"
+    topk_ids = topk_ids.long()
+    valid = topk_ids < V
+    if not bool(valid.all()):
+        # point invalid entries at a valid id of the same row (harmless duplicates), then mask them out
+        first_valid = topk_ids.gather(-1, valid.to(torch.uint8).argmax(-1, keepdim=True)).clamp(max=V - 1)
+        topk_ids = torch.where(valid, topk_ids, first_valid)
+        topk_logprobs = torch.where(valid, _float(topk_logprobs), torch.full_like(_float(topk_logprobs), -math.inf))
     p = teacher_sparse_logprobs(topk_logprobs, temperature, tail, capture_temperature)
-    q = student_sparse_logprobs(student_logits, topk_ids.long(), temperature, tail)
+    q = student_sparse_logprobs(student_logits, topk_ids, temperature, tail, valid)
     return divergence(name, p, q.to(p.dtype), **params)
 
 

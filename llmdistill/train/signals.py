@@ -1,13 +1,15 @@
 """Teacher signals: what the loss compares the student with, behind one interface.
 
 `SparseSignal` is the stored top-k of the dataset (ids + log-probs, with the temperature they were
-captured at); `DenseSignal` holds full teacher logits (a live teacher run under no_grad). The loss
+captured at); `DenseSignal` holds full teacher logits; `LiveSignal` holds a live teacher's hidden
+states and projects them through its head only inside the loss chunk. The loss
 only calls `take(index)` and `divergence(name, student_logits, temperature, **params)`, so the trainer
 never needs to know which one it has.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -43,3 +45,25 @@ class DenseSignal:
 
     def divergence(self, name: str, student_logits: torch.Tensor, temperature: float, **params) -> torch.Tensor:
         return losses.dense_divergence(name, student_logits, self.logits, temperature, **params)
+
+
+@dataclass
+class LiveSignal:
+    """A live teacher's final hidden states for N tokens, [N, H], and its LM head.
+
+    Logits are projected chunk by chunk, under no_grad, only when a divergence asks for them, so the
+    teacher's [N, V] logits never exist at once either. Rows beyond `vocab` (teacher padding rows the
+    student lacks) are dropped.
+    """
+
+    hidden: torch.Tensor
+    head: Callable[[torch.Tensor], torch.Tensor]
+    vocab: int
+
+    def take(self, index: slice) -> LiveSignal:
+        return LiveSignal(self.hidden[index], self.head, self.vocab)
+
+    def divergence(self, name: str, student_logits: torch.Tensor, temperature: float, **params) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = self.head(self.hidden)[..., : self.vocab]
+        return losses.dense_divergence(name, student_logits, teacher_logits, temperature, **params)

@@ -1,8 +1,13 @@
-"""The train stage: fine-tune the student on the filtered samples with the configured KL + CE terms.
+"""The train stage: fine-tune the student on the filtered samples.
+
+Modes (train.mode):
+    offline    the configured loss terms (divergences + CE) against the stored top-k or a live teacher
+    seq_kd     cross-entropy on the teacher's text (re-tokenised when the student's tokenizer differs)
+    on_policy  trl on-policy distillation: the student generates, the local teacher scores
 
 Outputs under train/:
     student/                   the final student (HF format, with tokenizer)
-    sft_baseline/              the CE-only student, when train.sft_baseline is on
+    sft_baseline/              a CE-only student on the same data and steps, when train.sft_baseline is on
     checkpoints/<variant>/     Trainer checkpoints; a killed run resumes from the last one
     metrics.json               per variant: steps, losses, seconds, parameters
 """
@@ -18,27 +23,11 @@ from llmdistill import models, store
 from llmdistill.config import Config, LossTerm
 from llmdistill.errors import UserError
 from llmdistill.pipeline import StageContext
+from llmdistill.train import preflight
 
 log = logging.getLogger("llmdistill")
 
-
-def preflight(manifest: dict, tokenizer, student_vocab: int, terms: list[LossTerm]) -> None:
-    """Refuse a student whose tokenizer does not match the teacher's stored token ids."""
-    prov = manifest["provenance"]
-    info = models.tokenizer_info(tokenizer)
-    if info["tokenizer_hash"] != prov["tokenizer_hash"]:
-        raise UserError(
-            "train: the student's tokenizer differs from the teacher's (tokenizer hash "
-            f"{info['tokenizer_hash'][:12]} vs {prov['tokenizer_hash'][:12]}); the stored token ids would mean "
-            "different tokens. Use a student with the teacher's tokenizer (e.g. train.student.teacher_layers)"
-        )
-    if student_vocab < prov["tokenizer_size"]:
-        raise UserError(f"train: the student's vocabulary ({student_vocab}) is smaller than the teacher's "
-                        f"tokenizer ({prov['tokenizer_size']})")
-    if any(t.name != "ce" and t.weight > 0 for t in terms) and prov["logprob_mode"] == "processed":
-        if prov["capture_top_p"] < 1.0:
-            raise UserError("train: the stored log-probs were captured after top-p truncation (logprob_mode "
-                            "processed, top_p < 1); they cannot be re-tempered. Regenerate with logprob_mode: raw")
+CE_ONLY = [LossTerm(name="ce", weight=1.0)]
 
 
 def run(cfg: Config, ctx: StageContext) -> None:
@@ -48,46 +37,38 @@ def run(cfg: Config, ctx: StageContext) -> None:
     manifest = store.read_manifest(src)
     if manifest["counts"]["rows"] == 0:
         raise UserError(f"train: {src} has no samples left after filtering; loosen the filter or generate more")
+    prov = manifest["provenance"]
+    if t.mode == "offline" and t.teacher_signal == "stored" and prov["logprob_mode"] == "processed" \
+            and prov["capture_top_p"] < 1.0 and any(x.name != "ce" for x in t.loss):
+        raise UserError("train: the stored log-probs were captured after top-p truncation (logprob_mode processed, "
+                        "top_p < 1); they cannot be re-tempered. Regenerate with logprob_mode: raw")
     student_src = t.student.model or cfg.teacher.model
     tokenizer = models.load_tokenizer(student_src, None if t.student.model else cfg.teacher.revision,
                                       cfg.teacher.trust_remote_code)
-    variants = [("student", t.loss)]
+    variants = [("student", t.mode, t.loss)]
     if t.sft_baseline:
-        variants.append(("sft_baseline", [LossTerm(name="ce", weight=1.0)]))
+        variants.append(("sft_baseline", "seq_kd", CE_ONLY))
 
-    from llmdistill.train.data import COLUMNS, build_examples
+    from llmdistill.train.data import COLUMNS
 
     dataset = store.load_dataset(src, COLUMNS)
-    examples = build_examples(dataset, tokenizer, t.max_seq_len)
     metrics_path = ctx.out_dir / "metrics.json"
     metrics = store.read_json(metrics_path) if metrics_path.exists() else {}
-    for name, terms in variants:
+    for name, mode, terms in variants:
         final_dir = ctx.out_dir / name
         if store.read_success(final_dir) is not None and name in metrics:
             log.info("train: %s already trained, keeping %s", name, final_dir)
             continue
-        metrics[name] = train_variant(cfg, ctx, name, terms, tokenizer, examples, manifest)
+        metrics[name] = train_variant(cfg, ctx, name, mode, terms, tokenizer, dataset, prov)
         store.atomic_write_json(metrics_path, metrics)
 
 
-def train_variant(cfg: Config, ctx: StageContext, name: str, terms: list[LossTerm], tokenizer, examples,
-                  manifest: dict) -> dict:
+def trainer_arguments(cfg: Config, ckpt_dir, **extra) -> dict:
+    """The TrainingArguments every variant shares (trl's configs take the same keys)."""
     import torch
-    from transformers import TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from llmdistill.train.data import Collator
-    from llmdistill.train.student import build_student
-    from llmdistill.train.trainer import DistillTrainer
 
     t = cfg.train
-    torch.manual_seed(cfg.seed)
-    student = build_student(cfg)
-    preflight(manifest, tokenizer, student.config.vocab_size, terms)
-    if t.freeze_embeddings:
-        student.get_input_embeddings().weight.requires_grad_(False)
-    ckpt_dir = ctx.out_dir / "checkpoints" / name
-    args = TrainingArguments(
+    return dict(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
@@ -108,22 +89,43 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, terms: list[LossTer
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
+        **extra,
     )
-    trainer = DistillTrainer(
-        model=student,
-        args=args,
-        train_dataset=examples,
-        data_collator=Collator(tokenizer.pad_token_id, with_teacher=any(x.name != "ce" for x in terms)),
-        processing_class=tokenizer,
-        loss_terms=terms,
-        tail=t.tail,
-        capture_temperature=float(manifest["provenance"]["capture_temperature"]),
-        chunk_tokens=t.chunk_tokens,
-    )
+
+
+def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: list[LossTerm], tokenizer, dataset,
+                  prov: dict) -> dict:
+    import torch
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from llmdistill.train.student import build_student
+
+    t = cfg.train
+    torch.manual_seed(cfg.seed)
+    student = build_student(cfg)
+    teacher_tokenizer = None
+    if models.tokenizer_info(tokenizer)["tokenizer_hash"] != prov["tokenizer_hash"]:
+        teacher_tokenizer = models.load_tokenizer(prov["teacher"]["source"], prov["teacher"]["revision"],
+                                                  cfg.teacher.trust_remote_code)
+    check = preflight.check(prov, teacher_tokenizer, tokenizer, student.config.vocab_size,
+                            "seq_kd" if mode == "seq_kd" or not any(x.name != "ce" for x in terms) else mode)
+    log.info("train: preflight %s: %s", check.outcome, check.message)
+    if t.freeze_embeddings:
+        student.get_input_embeddings().weight.requires_grad_(False)
+    ckpt_dir = ctx.out_dir / "checkpoints" / name
+    if mode == "on_policy":
+        from llmdistill.train.on_policy import build_on_policy_trainer
+
+        trainer = build_on_policy_trainer(cfg, student, tokenizer, dataset, trainer_arguments(cfg, ckpt_dir))
+        description = f"on-policy ({t.on_policy.trainer}, beta {t.on_policy.beta:g})"
+    else:
+        trainer = _offline_trainer(cfg, ckpt_dir, student, tokenizer, dataset, terms, check, prov)
+        description = " + ".join(f"{x.weight:g}*{x.name}" + (f"(T={x.temperature:g})" if x.name != "ce" else "")
+                                 for x in terms)
+        if any(x.name != "ce" for x in terms):
+            description += f", {t.teacher_signal} teacher signal"
     last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
-    log.info("train: %s with loss %s on %d samples", name,
-             " + ".join(f"{x.weight:g}*{x.name}" + (f"(T={x.temperature:g})" if x.name != "ce" else "") for x in terms),
-             len(examples))
+    log.info("train: %s with %s on %d samples", name, description, len(trainer.train_dataset))
     started = time.monotonic()
     state = store.read_json(os.path.join(last, "trainer_state.json")) if last else None
     if state and state["global_step"] >= state["max_steps"]:
@@ -149,15 +151,46 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, terms: list[LossTer
     store.mark_success(final_dir, {"variant": name, "global_step": trainer.state.global_step})
     history = trainer.state.log_history
     store.atomic_write_json(ctx.out_dir / f"log_history.{name}.json", history)
-    term_logs = [h for h in history if any(k.startswith("loss_") for k in h)]
+    term_logs = [h for h in history if "loss" in h]
     out = {
+        "mode": mode,
         "steps": trainer.state.global_step,
         "train_loss": None if training_loss is None else round(training_loss, 5),
         "seconds_this_attempt": seconds,
         "parameters": models.count_parameters(student),
-        "loss_terms": [x.model_dump() for x in terms],
+        "loss_terms": [x.model_dump() for x in terms] if mode != "on_policy" else None,
+        "preflight": check.outcome,
         "last_logged": term_logs[-1] if term_logs else None,
     }
     log.info("train: %s done: %d steps, loss %s, %.0f s -> %s", name, out["steps"], out["train_loss"], seconds,
              final_dir)
     return out
+
+
+def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, check, prov):
+    from transformers import TrainingArguments
+
+    from llmdistill.train.data import Collator, build_examples
+    from llmdistill.train.trainer import DistillTrainer
+
+    t = cfg.train
+    needs_teacher = any(x.name != "ce" for x in terms)
+    live = needs_teacher and t.teacher_signal == "live"
+    examples = build_examples(dataset, tokenizer, t.max_seq_len, retokenize=check.outcome == "retokenize",
+                              vocab_limit=check.student_vocab if check.outcome == "truncate" else None)
+    teacher = None
+    if live:
+        teacher = models.load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, "cpu", cfg.teacher.revision,
+                                        cfg.teacher.trust_remote_code)
+    return DistillTrainer(
+        model=student,
+        args=TrainingArguments(**trainer_arguments(cfg, ckpt_dir)),
+        train_dataset=examples,
+        data_collator=Collator(tokenizer.pad_token_id, with_teacher=needs_teacher and not live),
+        processing_class=tokenizer,
+        loss_terms=terms,
+        tail=t.tail,
+        capture_temperature=float(prov["capture_temperature"]),
+        chunk_tokens=t.chunk_tokens,
+        teacher_model=teacher,
+    )

@@ -11,7 +11,7 @@ import torch
 from transformers import Trainer
 
 from llmdistill.train.objective import chunked_loss
-from llmdistill.train.signals import SparseSignal
+from llmdistill.train.signals import LiveSignal, SparseSignal
 
 
 class DistillTrainer(Trainer):
@@ -19,13 +19,18 @@ class DistillTrainer(Trainer):
     # batch 8 x accumulation 1 and batch 2 x accumulation 4 give the same gradient.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, loss_terms, tail: str, capture_temperature: float, chunk_tokens: int, **kwargs):
+    def __init__(self, *args, loss_terms, tail: str, capture_temperature: float, chunk_tokens: int,
+                 teacher_model=None, **kwargs):
+        """teacher_model: a live teacher (dense signal from its forward pass); None uses the stored top-k."""
         super().__init__(*args, **kwargs)
         self.loss_terms = list(loss_terms)
         self.tail = tail
         self.capture_temperature = capture_temperature
         self.chunk_tokens = chunk_tokens
         self.needs_teacher = any(t.name != "ce" for t in self.loss_terms)
+        self.teacher_model = teacher_model
+        if teacher_model is not None:
+            teacher_model.to(self.args.device).eval().requires_grad_(False)
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_tokens = 0
 
@@ -37,11 +42,8 @@ class DistillTrainer(Trainer):
         mask = labels[:, 1:] != -100
         h = hidden[:, :-1][mask]
         targets = labels[:, 1:][mask]
-        signal = None
-        if self.needs_teacher:
-            signal = SparseSignal(inputs["teacher_ids"][:, :-1][mask], inputs["teacher_logprobs"][:, :-1][mask],
-                                  self.capture_temperature, self.tail)
-        sums = chunked_loss(h, _head(model), targets, signal, self.loss_terms, self.chunk_tokens)
+        sums = chunked_loss(h, _head(model), targets, self._signal(inputs, mask, model), self.loss_terms,
+                            self.chunk_tokens)
         n_tokens = targets.shape[0]
         if num_items_in_batch is not None:
             loss = sums["total"] / num_items_in_batch
@@ -55,6 +57,18 @@ class DistillTrainer(Trainer):
             self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach()
         self._term_tokens += n_tokens
         return (loss, {"hidden": hidden}) if return_outputs else loss
+
+    def _signal(self, inputs, mask, model):
+        """The teacher signal for the tokens selected by `mask` (positions that predict a label)."""
+        if not self.needs_teacher:
+            return None
+        if self.teacher_model is None:
+            return SparseSignal(inputs["teacher_ids"][:, :-1][mask], inputs["teacher_logprobs"][:, :-1][mask],
+                                self.capture_temperature, self.tail)
+        with torch.no_grad():
+            hidden = self.teacher_model.get_decoder()(input_ids=inputs["input_ids"],
+                                                      attention_mask=inputs["attention_mask"]).last_hidden_state
+        return LiveSignal(hidden[:, :-1][mask], _head(self.teacher_model), _unwrap(model).config.vocab_size)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._term_tokens and "loss" in logs:

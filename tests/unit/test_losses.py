@@ -332,3 +332,25 @@ def test_reverse_kl_survives_a_teacher_tail_rounded_to_zero():
     for name in NAMES:
         out = losses.sparse_divergence(name, s, torch.tensor([[0, 1, 2]]), lps, **PARAMS.get(name, {}))
         assert torch.isfinite(out).all(), name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_teacher_ids_beyond_the_student_vocabulary_fall_into_the_tail(name):
+    """A teacher with padding rows (V_t > V_s): ids >= V_s have no student logit; their mass joins the tail."""
+    g = torch.Generator().manual_seed(5)
+    t = torch.randn(4, V + 3, generator=g, dtype=torch.float64) * 2
+    t[:, V:] += 2.0  # make the padding rows likely enough to land in the top-k
+    s = torch.randn(4, V, generator=g, dtype=torch.float64, requires_grad=True)
+    ids, lps = topk_of(t, K + 2)
+    assert (ids >= V).any()
+    got = losses.sparse_divergence(name, s, ids, lps, **PARAMS.get(name, {}))
+    want = []
+    for i in range(4):
+        keep = [j for j, x in enumerate(ids[i].tolist()) if x < V]
+        p = [math.exp(lps[i, j].item()) for j in keep]
+        q_all = softmax_list(s[i].tolist())
+        q = [q_all[ids[i, j].item()] for j in keep]
+        want.append(naive(name, p + [1 - sum(p)], q + [1 - sum(q)], **PARAMS.get(name, {})))
+    assert got.tolist() == pytest.approx(want, rel=1e-7, abs=1e-10)
+    got.sum().backward()
+    assert torch.isfinite(s.grad).all()

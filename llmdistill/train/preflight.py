@@ -1,0 +1,68 @@
+"""Tokenizer preflight: before step 1, decide whether the teacher's token ids mean the same to the student.
+
+Three outcomes:
+- exact: the same tokenizer and the same logit width.
+- truncate: the same vocabulary up to padding rows (e.g. a teacher with 152,064 logit rows and a student
+  with 151,936, both on a 151,665-token tokenizer; or a tokenizer that only adds tokens at the end).
+  Teacher top-k entries at ids the student does not have are moved into the tail, and samples whose
+  completion uses such an id are skipped; the log says so.
+- refuse: different vocabularies. Token-level distillation would train on the wrong tokens, so training
+  stops with the options: sequence-level KD (`train.mode: seq_kd`, which re-tokenises the teacher's
+  text for the student) or a student on the teacher's tokenizer.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from llmdistill import models
+from llmdistill.errors import UserError
+
+log = logging.getLogger("llmdistill")
+
+
+@dataclass
+class Preflight:
+    outcome: str  # "exact" | "truncate" | "retokenize"
+    student_vocab: int  # student logit width: teacher ids >= this are moved into the tail
+    message: str
+
+
+def check(prov: dict, teacher_tokenizer, student_tokenizer, student_vocab: int, mode: str) -> Preflight:
+    """Compare the teacher that made the data (manifest provenance) with the student, before training.
+
+    `teacher_tokenizer` is loaded from the manifest's teacher source (only needed when hashes differ).
+    """
+    teacher_vocab = int(prov["vocab_size"])
+    same = models.tokenizer_info(student_tokenizer)["tokenizer_hash"] == prov["tokenizer_hash"]
+    if mode == "seq_kd":
+        if same:
+            return Preflight("exact", student_vocab, "sequence-level KD on the teacher's own tokens")
+        return Preflight("retokenize", student_vocab,
+                         "sequence-level KD: the teacher's text is re-tokenised with the student's tokenizer")
+    if same and teacher_vocab == student_vocab:
+        return Preflight("exact", student_vocab, f"tokenizers identical, vocabulary {student_vocab}")
+    if same or _prefix_compatible(teacher_tokenizer, student_tokenizer):
+        msg = (f"same vocabulary up to padding rows (teacher logits {teacher_vocab}, student {student_vocab}, "
+               f"tokenizer sizes {prov['tokenizer_size']} / {len(student_tokenizer)}): teacher top-k ids >= "
+               f"{student_vocab} are moved into the tail, samples that use them are skipped")
+        if mode == "on_policy":
+            raise UserError("train: on-policy distillation needs the teacher's exact tokenizer and vocabulary; "
+                            + msg.split(":")[0])
+        return Preflight("truncate", student_vocab, msg)
+    raise UserError(
+        "train: the student's tokenizer differs from the teacher's (tokenizer hash "
+        f"{models.tokenizer_info(student_tokenizer)['tokenizer_hash'][:12]} vs {prov['tokenizer_hash'][:12]}), "
+        "so the stored token ids would mean different tokens. Options: train.mode: seq_kd (sequence-level KD on "
+        "the teacher's text, re-tokenised), or a student on the teacher's tokenizer (e.g. train.student.teacher_layers)"
+    )
+
+
+def _prefix_compatible(teacher_tokenizer, student_tokenizer) -> bool:
+    """True when the smaller vocabulary maps every token to the same id in the larger one."""
+    if teacher_tokenizer is None:
+        return False
+    a, b = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    small, large = (a, b) if len(a) <= len(b) else (b, a)
+    return all(large.get(tok) == i for tok, i in small.items())

@@ -1,0 +1,87 @@
+"""Every loss, teacher-signal kind and training mode trains end to end on the tiny models (CPU),
+and the tokenizer preflight's three outcomes."""
+
+import pytest
+
+from conftest import build_llama, build_tokenizer, make_tiny_config
+from llmdistill import store
+from llmdistill.config import DIVERGENCE_NAMES, load_config
+from llmdistill.errors import UserError
+from llmdistill.pipeline import run_stages
+
+FAST = ["train.max_steps=2", "train.save_steps=2", "train.sft_baseline=false", "eval.latency_prompts=1"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, tiny):
+    path, _ = make_tiny_config(tmp_path_factory.mktemp("modes"), tiny)
+    cfg = load_config(path, FAST)
+    run_stages(cfg, ("generate", "filter"))
+    return path
+
+
+def train(path, *overrides):
+    cfg = load_config(path, [*FAST, *overrides])
+    out = run_stages(cfg)
+    assert out["generate"] == out["filter"] == "skipped" and out["train"] == out["eval"] == "ran"
+    metrics = store.read_json(cfg.run_dir / "train" / "metrics.json")["student"]
+    assert metrics["steps"] == 2
+    assert store.read_json(cfg.run_dir / "eval" / "metrics.json")["models"]["student"]["tokens"] > 0
+    return metrics
+
+
+@pytest.mark.parametrize("name", DIVERGENCE_NAMES)
+@pytest.mark.parametrize("signal", ["stored", "live"])
+def test_each_divergence_with_each_signal(base, name, signal):
+    m = train(base, f"train.loss=[{{name: {name}, weight: 1.0, temperature: 2.0}}, {{name: ce, weight: 0.5}}]",
+              f"train.teacher_signal={signal}")
+    assert m["preflight"] == "exact"
+    logged = m["last_logged"]
+    assert logged[f"loss_{name}"] >= 0 and logged["loss_ce"] > 0
+
+
+def test_sequence_level_kd(base):
+    m = train(base, "train.mode=seq_kd", "train.loss=[{name: ce, weight: 1.0}]")
+    assert m["mode"] == "seq_kd"
+
+
+@pytest.mark.parametrize("trainer", ["distillation", "gkd"])
+def test_on_policy_through_trl(base, trainer):
+    extra = ["train.on_policy.lmbda=0.5"] if trainer == "gkd" else []
+    m = train(base, "train.mode=on_policy", f"train.on_policy.trainer={trainer}", "train.on_policy.max_new_tokens=4",
+              *extra)
+    assert m["mode"] == "on_policy" and m["last_logged"]["loss"] >= 0
+
+
+def test_lmbda_is_refused_for_the_distillation_trainer(base):
+    with pytest.raises(Exception, match="lmbda and seq_kd apply to on_policy.trainer: gkd only"):
+        load_config(base, ["train.on_policy.lmbda=0.3"])
+
+
+# ------------------------------------------------------------------------------------------- preflight
+def test_preflight_exact_truncate_refuse(base, tiny, tmp_path):
+    # exact: the layer-subset student (see above); truncate: the same tokenizer, 6 extra logit rows
+    tok = build_tokenizer(tmp_path / "tok")
+    padded = build_llama(tmp_path / "padded", tok, layers=2)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(padded)
+    model.resize_token_embeddings(len(tok) + 6)
+    model.save_pretrained(padded)
+    cfg = load_config(base, [*FAST, f"train.student.model={padded}", "train.student.teacher_layers=null"])
+    teacher_vocab = store.read_manifest(cfg.run_dir / "filter")["provenance"]["vocab_size"]
+    assert teacher_vocab == len(tok)
+    run_stages(cfg)
+    assert store.read_json(cfg.run_dir / "train" / "metrics.json")["student"]["preflight"] == "truncate"
+    # refuse: a different vocabulary, before any training step
+    cfg = load_config(base, [*FAST, f"train.student.model={tiny['other']}", "train.student.teacher_layers=null"])
+    with pytest.raises(UserError, match="Options: train.mode: seq_kd"):
+        run_stages(cfg)
+    assert not (cfg.run_dir / "train" / "checkpoints" / "student").exists()
+    # ... and the option it names works: sequence-level KD re-tokenises the teacher's text
+    cfg = load_config(base, [*FAST, f"train.student.model={tiny['other']}", "train.student.teacher_layers=null",
+                             "train.mode=seq_kd", "train.loss=[{name: ce, weight: 1.0}]"])
+    run_stages(cfg)
+    assert store.read_json(cfg.run_dir / "train" / "metrics.json")["student"]["preflight"] == "retokenize"
+    evaluated = store.read_json(cfg.run_dir / "eval" / "metrics.json")["models"]["student"]
+    assert "another tokenizer" in evaluated["note"] and evaluated["latency_ms_per_token"] > 0
