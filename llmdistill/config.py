@@ -271,6 +271,16 @@ class OnPolicyConfig(Section):
         return self
 
 
+class LoraConfig(Section):
+    """Train low-rank adapters (peft) instead of every weight; the saved student has them merged in."""
+
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: int = Field(32, ge=1, description="scaling numerator (the update is scaled by alpha / r)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt, or all-linear (every linear layer but the head)")
+
+
 def _default_loss() -> list[LossTerm]:
     return [LossTerm(name="forward_kl", weight=0.9, temperature=1.0), LossTerm(name="ce", weight=0.1)]
 
@@ -310,6 +320,7 @@ class TrainConfig(Section):
     logging_steps: int = Field(10, ge=1, description="log loss terms every N steps")
     report_to: list[str] = Field(default_factory=list, description="e.g. [tensorboard]")
     on_policy: OnPolicyConfig = Field(default_factory=OnPolicyConfig, description="see `train.on_policy`")
+    lora: LoraConfig | None = Field(None, description="LoRA adapters instead of full fine-tuning (see `train.lora`)")
 
     @model_validator(mode="after")
     def _loss_terms(self):

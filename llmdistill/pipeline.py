@@ -11,6 +11,7 @@ Stage modules are imported only when they run, and never import each other.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import fcntl
@@ -55,6 +56,7 @@ class StageContext:
     out_dir: Path
     fingerprint: str
     upstream_dir: Path | None
+    main_process: bool = True  # False on the other ranks of a multi-process train: they write no files
 
     def stage_dir(self, stage: str) -> Path:
         return self.run_dir / stage
@@ -87,6 +89,30 @@ def fingerprints(cfg: Config) -> dict[str, str]:
             }
         )
     return out
+
+
+@dataclass
+class Ranks:
+    """This process's place in a multi-process launch (accelerate launch / torchrun set WORLD_SIZE)."""
+
+    world: int = 1
+    main: bool = True
+    _state: Any = None
+
+    @classmethod
+    def from_environment(cls) -> Ranks:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch
+        from accelerate import PartialState  # sets up the process group (gloo on CPU, nccl on GPUs)
+
+        state = PartialState(cpu=not torch.cuda.is_available())
+        return cls(world=state.num_processes, main=state.is_main_process, _state=state)
+
+    def barrier(self) -> None:
+        if self._state is not None:
+            self._state.wait_for_everyone()
 
 
 class RunLock:
@@ -150,8 +176,13 @@ def run_stages(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, force:
     for stage in force:
         forced.update(STAGES[STAGES.index(stage):])
     outcome = {}
-    with RunLock(run_dir):
-        write_resolved_config(cfg, run_dir)
+    ranks = Ranks.from_environment()
+    if ranks.world > 1 and tuple(stages) != ("train",):
+        raise UserError("only the train stage runs in several processes: use `accelerate launch ... llmdistill "
+                        "train CONFIG` (or torchrun), and run the other stages in one process")
+    with RunLock(run_dir) if ranks.main else contextlib.nullcontext():
+        if ranks.main:
+            write_resolved_config(cfg, run_dir)
         for stage in stages:
             up = UPSTREAM[stage]
             if up and (standalone or up not in stages):
@@ -162,20 +193,26 @@ def run_stages(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, force:
                                     f"run `llmdistill run` (or `llmdistill {up}`) first")
             out_dir = run_dir / stage
             success = store.read_success(out_dir)
+            ranks.barrier()  # every rank has decided before the main one changes anything
             if success and success.get("fingerprint") == fps[stage] and stage not in forced:
                 log.info("stage %s: up to date (fingerprint %s), skipping", stage, fps[stage])
                 outcome[stage] = "skipped"
                 continue
-            _prepare(out_dir, fps[stage], fresh=stage in forced or success is not None)
+            if ranks.main:
+                _prepare(out_dir, fps[stage], fresh=stage in forced or success is not None)
+            ranks.barrier()
             log.info("stage %s: running (fingerprint %s) -> %s", stage, fps[stage], out_dir)
             started = time.monotonic()
             module = importlib.import_module(f"llmdistill.{_PACKAGES[stage]}.stage")
-            ctx = StageContext(stage, run_dir, out_dir, fps[stage], run_dir / up if up else None)
+            ctx = StageContext(stage, run_dir, out_dir, fps[stage], run_dir / up if up else None, ranks.main)
             module.run(cfg, ctx)
             seconds = round(time.monotonic() - started, 1)
-            store.mark_success(out_dir, {"stage": stage, "fingerprint": fps[stage], "seconds": seconds,
-                                         "finished_at": _now(), "llmdistill_version": __version__})
-            (out_dir / STARTED).unlink(missing_ok=True)
+            ranks.barrier()
+            if ranks.main:
+                store.mark_success(out_dir, {"stage": stage, "fingerprint": fps[stage], "seconds": seconds,
+                                             "finished_at": _now(), "llmdistill_version": __version__,
+                                             "processes": ranks.world})
+                (out_dir / STARTED).unlink(missing_ok=True)
             log.info("stage %s: done in %.1f s", stage, seconds)
             outcome[stage] = "ran"
             # a rerun stage invalidates what was built from its old output

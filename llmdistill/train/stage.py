@@ -60,7 +60,8 @@ def run(cfg: Config, ctx: StageContext) -> None:
             log.info("train: %s already trained, keeping %s", name, final_dir)
             continue
         metrics[name] = train_variant(cfg, ctx, name, mode, terms, tokenizer, dataset, prov)
-        store.atomic_write_json(metrics_path, metrics)
+        if ctx.main_process:
+            store.atomic_write_json(metrics_path, metrics)
 
 
 def trainer_arguments(cfg: Config, ckpt_dir, **extra) -> dict:
@@ -88,6 +89,7 @@ def trainer_arguments(cfg: Config, ckpt_dir, **extra) -> dict:
         remove_unused_columns=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
         **extra,
     )
@@ -112,6 +114,8 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
     log.info("train: preflight %s: %s", check.outcome, check.message)
     if t.freeze_embeddings:
         student.get_input_embeddings().weight.requires_grad_(False)
+    if t.lora is not None:
+        student = _with_lora(student, t.lora)
     ckpt_dir = ctx.out_dir / "checkpoints" / name
     if mode == "on_policy":
         from llmdistill.train.on_policy import build_on_policy_trainer
@@ -131,7 +135,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
     if state and state["global_step"] >= state["max_steps"]:
         # killed after the last checkpoint: resuming would run one step too many, so take its weights
         log.info("train: %s finished at %s; saving it as the final student", name, last)
-        trainer.model.load_state_dict(models.load_causal_lm(last).state_dict())
+        trainer._load_from_checkpoint(last)
         trainer.state.global_step = state["global_step"]
         trainer.state.log_history = state["log_history"]
         training_loss = None
@@ -142,15 +146,11 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
     seconds = round(time.monotonic() - started, 1)
 
     final_dir = ctx.out_dir / name
-    tmp = final_dir.with_name(f".{name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(final_dir, ignore_errors=True)
-    os.replace(tmp, final_dir)
-    store.mark_success(final_dir, {"variant": name, "global_step": trainer.state.global_step})
     history = trainer.state.log_history
-    store.atomic_write_json(ctx.out_dir / f"log_history.{name}.json", history)
+    if ctx.main_process:
+        _save_final(trainer, tokenizer, final_dir, lora=t.lora is not None)
+        store.mark_success(final_dir, {"variant": name, "global_step": trainer.state.global_step})
+        store.atomic_write_json(ctx.out_dir / f"log_history.{name}.json", history)
     term_logs = [h for h in history if "loss" in h]
     out = {
         "mode": mode,
@@ -158,6 +158,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
         "train_loss": None if training_loss is None else round(training_loss, 5),
         "seconds_this_attempt": seconds,
         "parameters": models.count_parameters(student),
+        "lora": t.lora.model_dump() if t.lora is not None else None,
         "loss_terms": [x.model_dump() for x in terms] if mode != "on_policy" else None,
         "preflight": check.outcome,
         "last_logged": term_logs[-1] if term_logs else None,
@@ -165,6 +166,33 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
     log.info("train: %s done: %d steps, loss %s, %.0f s -> %s", name, out["steps"], out["train_loss"], seconds,
              final_dir)
     return out
+
+
+def _save_final(trainer, tokenizer, final_dir, lora: bool) -> None:
+    """Write the final student next to its destination, then swap it in with one rename."""
+    tmp = final_dir.with_name(f".{final_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if lora:
+        model.save_pretrained(str(tmp / "adapter"))  # the adapter alone, for peft users
+        model.merge_and_unload().save_pretrained(str(tmp))  # and a plain model with it merged in
+    else:
+        model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(final_dir, ignore_errors=True)
+    os.replace(tmp, final_dir)
+
+
+def _with_lora(student, lora):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    model = get_peft_model(student, config)
+    trainable, total = model.get_nb_trainable_parameters()
+    log.info("train: LoRA r=%d on %s: %.2fM of %.1fM parameters trainable", lora.r, lora.target_modules,
+             trainable / 1e6, total / 1e6)
+    return model
 
 
 def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, check, prov):

@@ -36,8 +36,7 @@ class DistillTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
-        decoder = _unwrap(model).get_decoder()
-        hidden = decoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+        hidden = final_hidden_states(model, inputs["input_ids"], inputs["attention_mask"])
         # position i predicts token i + 1
         mask = labels[:, 1:] != -100
         h = hidden[:, :-1][mask]
@@ -78,6 +77,26 @@ class DistillTrainer(Trainer):
             logs["tokens"] = self._term_tokens
             self._term_sums, self._term_tokens = {}, 0
         super().log(logs, start_time)
+
+
+def final_hidden_states(model, input_ids, attention_mask):
+    """The decoder's final (normed) hidden states [B, L, H], computed through `model`'s own forward.
+
+    Going through the (possibly DDP- or peft-wrapped) model's forward, not straight to its decoder,
+    keeps the wrappers' hooks in play: DDP only all-reduces gradients of a forward it has seen. The
+    model projects just one position (logits_to_keep=1); the loss projects the rest chunk by chunk.
+    """
+    captured = {}
+
+    def grab(module, args, output):
+        captured["hidden"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+    handle = _unwrap(model).get_decoder().register_forward_hook(grab)
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, use_cache=False)
+    finally:
+        handle.remove()
+    return captured["hidden"]
 
 
 def _unwrap(model):

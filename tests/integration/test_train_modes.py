@@ -85,3 +85,21 @@ def test_preflight_exact_truncate_refuse(base, tiny, tmp_path):
     assert store.read_json(cfg.run_dir / "train" / "metrics.json")["student"]["preflight"] == "retokenize"
     evaluated = store.read_json(cfg.run_dir / "eval" / "metrics.json")["models"]["student"]
     assert "another tokenizer" in evaluated["note"] and evaluated["latency_ms_per_token"] > 0
+
+
+def test_lora_trains_adapters_and_saves_a_merged_student(base):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    m = train(base, "train.lora={r: 4, alpha: 8}", "train.lr=0.05")
+    assert m["lora"]["r"] == 4
+    cfg = load_config(base, [*FAST, "train.lora={r: 4, alpha: 8}", "train.lr=0.05"])
+    student_dir = cfg.run_dir / "train" / "student"
+    assert (student_dir / "adapter" / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(student_dir)
+    assert not any("lora" in n for n, _ in merged.named_parameters())  # a plain model
+    teacher = AutoModelForCausalLM.from_pretrained(cfg.teacher.model)
+    # LoRA changed the adapted projections, and only them: the embeddings are the teacher's
+    assert torch.equal(merged.model.embed_tokens.weight, teacher.model.embed_tokens.weight)
+    q_student, q_teacher = merged.model.layers[0].self_attn.q_proj, teacher.model.layers[0].self_attn.q_proj
+    assert not torch.equal(q_student.weight, q_teacher.weight)
