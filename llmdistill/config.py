@@ -271,6 +271,20 @@ class OnPolicyConfig(Section):
         return self
 
 
+class CurriculumConfig(Section):
+    """How training walks through the curriculum (data arrives ordered easy -> hard by level)."""
+
+    pacing: Literal["none", "linear", "root", "step"] = Field(
+        "none", description="none: read the data in order (or shuffled, train.shuffle); linear/root: a growing "
+        "easy-first pool by competence; step: whole levels admitted in turn")
+    start: float = Field(0.2, gt=0.0, le=1.0, description="fraction of the data admitted at step 0")
+    full_at: float = Field(0.8, gt=0.0, le=1.0, description="training progress at which all data is admitted")
+    closed_loop_every: int | None = Field(
+        None, ge=1, description="every N steps, reweight the pool by the per-sample divergence measured so far")
+    drop_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="closed loop: best-matched share left out")
+    repeat_fraction: float = Field(0.1, ge=0.0, le=1.0, description="closed loop: worst-matched share drawn twice")
+
+
 class LoraConfig(Section):
     """Train low-rank adapters (peft) instead of every weight; the saved student has them merged in."""
 
@@ -321,6 +335,7 @@ class TrainConfig(Section):
     report_to: list[str] = Field(default_factory=list, description="e.g. [tensorboard]")
     on_policy: OnPolicyConfig = Field(default_factory=OnPolicyConfig, description="see `train.on_policy`")
     lora: LoraConfig | None = Field(None, description="LoRA adapters instead of full fine-tuning (see `train.lora`)")
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig, description="see `train.curriculum`")
 
     @model_validator(mode="after")
     def _loss_terms(self):
@@ -329,6 +344,14 @@ class TrainConfig(Section):
             raise ValueError(f"loss terms must be distinct, got {names}")
         if not any(t.weight > 0 for t in self.loss):
             raise ValueError("at least one loss term needs a positive weight")
+        c = self.curriculum
+        if c.pacing != "none" and self.max_steps is None:
+            raise ValueError("curriculum pacing needs train.max_steps (the pace is set per step)")
+        if c.closed_loop_every is not None:
+            if c.pacing == "none":
+                raise ValueError("curriculum.closed_loop_every needs a pacing (linear, root or step)")
+            if self.mode != "offline" or all(t.name == "ce" for t in self.loss):
+                raise ValueError("curriculum.closed_loop_every needs train.mode offline with a divergence term")
         return self
 
 

@@ -51,7 +51,7 @@ def build_examples(dataset, tokenizer, max_seq_len: int, retokenize: bool = Fals
     if len(kept) < len(out):
         log.warning("train: %d samples skipped (prompt longer than max_seq_len=%d, empty completion, or a "
                     "token the student does not have)", len(out) - len(kept), max_seq_len)
-    return kept
+    return kept.add_column("row", list(range(len(kept))))  # for per-sample statistics (closed-loop curriculum)
 
 
 class Collator:
@@ -67,6 +67,8 @@ class Collator:
         attention = torch.zeros((B, L), dtype=torch.long)
         labels = torch.full((B, L), IGNORE, dtype=torch.long)
         batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        if "row" in rows[0]:
+            batch["rows"] = torch.tensor([r["row"] for r in rows], dtype=torch.long)
         if self.with_teacher:
             k = len(rows[0]["topk_ids"][0])
             t_ids = torch.zeros((B, L, k), dtype=torch.long)

@@ -221,4 +221,5 @@ def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, 
         capture_temperature=float(prov["capture_temperature"]),
         chunk_tokens=t.chunk_tokens,
         teacher_model=teacher,
+        curriculum=t.curriculum,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
+from llmdistill.train.curriculum import PacedSampler, closed_loop_weights
 from llmdistill.train.objective import chunked_loss
 from llmdistill.train.signals import LiveSignal, SparseSignal
 
@@ -20,9 +21,15 @@ class DistillTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args, loss_terms, tail: str, capture_temperature: float, chunk_tokens: int,
-                 teacher_model=None, **kwargs):
-        """teacher_model: a live teacher (dense signal from its forward pass); None uses the stored top-k."""
+                 teacher_model=None, curriculum=None, **kwargs):
+        """teacher_model: a live teacher (dense signal from its forward pass); None uses the stored top-k.
+        curriculum: a `config.CurriculumConfig` (pacing and the closed loop), or None."""
         super().__init__(*args, **kwargs)
+        self.curriculum = curriculum
+        self.paced_sampler: PacedSampler | None = None
+        self._closed_loop_term = next((t.name for t in loss_terms if t.name != "ce"), None)
+        self._div_sum = self._div_count = None
+        self._last_reweight = 0
         self.loss_terms = list(loss_terms)
         self.tail = tail
         self.capture_temperature = capture_temperature
@@ -41,8 +48,12 @@ class DistillTrainer(Trainer):
         mask = labels[:, 1:] != -100
         h = hidden[:, :-1][mask]
         targets = labels[:, 1:][mask]
+        closed_loop = (self.curriculum is not None and self.curriculum.closed_loop_every is not None
+                       and self._closed_loop_term is not None)
         sums = chunked_loss(h, _head(model), targets, self._signal(inputs, mask, model), self.loss_terms,
-                            self.chunk_tokens)
+                            self.chunk_tokens, per_token=self._closed_loop_term if closed_loop else None)
+        if closed_loop:
+            self._record_divergence(inputs["rows"], mask, sums.pop("per_token"))
         n_tokens = targets.shape[0]
         if num_items_in_batch is not None:
             loss = sums["total"] / num_items_in_batch
@@ -56,6 +67,38 @@ class DistillTrainer(Trainer):
             self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach()
         self._term_tokens += n_tokens
         return (loss, {"hidden": hidden}) if return_outputs else loss
+
+    def _get_train_sampler(self, train_dataset=None):
+        c = self.curriculum
+        if c is None or c.pacing == "none":
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        a = self.args
+        global_batch = a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size
+        self.paced_sampler = PacedSampler(dataset["level"], c.pacing, c.start, c.full_at, a.max_steps, global_batch,
+                                          a.seed)
+        return self.paced_sampler
+
+    def _record_divergence(self, rows, mask, per_token) -> None:
+        """Accumulate each sample's divergence; every `closed_loop_every` steps, reweight the sampler."""
+        n = len(self.train_dataset)
+        if self._div_sum is None:
+            self._div_sum = torch.zeros(n, dtype=torch.float64)
+            self._div_count = torch.zeros(n, dtype=torch.float64)
+        token_rows = rows.to(per_token.device)[mask.nonzero()[:, 0]].cpu()
+        self._div_sum.index_add_(0, token_rows, per_token.double().cpu())
+        self._div_count.index_add_(0, token_rows, torch.ones_like(token_rows, dtype=torch.float64))
+        step, every = self.state.global_step, self.curriculum.closed_loop_every
+        if step > 0 and step % every == 0 and step != self._last_reweight and self.paced_sampler is not None:
+            self._last_reweight = step
+            div_sum, div_count = self._div_sum.clone(), self._div_count.clone()
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(div_sum)  # every rank sees every sample's measurements
+                torch.distributed.all_reduce(div_count)
+            seen = (div_count > 0).nonzero()[:, 0].tolist()
+            means = {i: float(div_sum[i] / div_count[i]) for i in seen}
+            self.paced_sampler.weights = closed_loop_weights(means, n, self.curriculum.drop_fraction,
+                                                             self.curriculum.repeat_fraction)
 
     def _signal(self, inputs, mask, model):
         """The teacher signal for the tokens selected by `mask` (positions that predict a label)."""

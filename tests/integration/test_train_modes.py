@@ -103,3 +103,15 @@ def test_lora_trains_adapters_and_saves_a_merged_student(base):
     assert torch.equal(merged.model.embed_tokens.weight, teacher.model.embed_tokens.weight)
     q_student, q_teacher = merged.model.layers[0].self_attn.q_proj, teacher.model.layers[0].self_attn.q_proj
     assert not torch.equal(q_student.weight, q_teacher.weight)
+
+
+def test_paced_curriculum_with_closed_loop_end_to_end(base):
+    m = train(base, "train.curriculum={pacing: root, start: 0.3, closed_loop_every: 1}")
+    assert m["steps"] == 2
+
+
+def test_curriculum_rules(base):
+    with pytest.raises(Exception, match="curriculum pacing needs train.max_steps"):
+        load_config(base, ["train.max_steps=null", "train.curriculum.pacing=linear"])
+    with pytest.raises(Exception, match="closed_loop_every needs a pacing"):
+        load_config(base, ["train.curriculum.closed_loop_every=5"])

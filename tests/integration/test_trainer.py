@@ -67,3 +67,24 @@ def test_loss_is_the_token_mean_of_the_objective(tiny):
     ce = losses.cross_entropy(s, batch["labels"][:, 1:][mask])
     want = (0.8 * 4.0 * kl.sum() + 0.2 * ce.sum()) / mask.sum()
     assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_paced_curriculum_and_closed_loop(tiny, tmp_path):
+    from llmdistill.config import CurriculumConfig
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny["teacher"], dtype=torch.float32)
+    ds = examples(model.config.vocab_size, n=12)
+    ds = ds.add_column("level", [1] * 4 + [2] * 4 + [3] * 4).add_column("row", list(range(12)))
+    args = TrainingArguments(output_dir=str(tmp_path / "cur"), max_steps=6, per_device_train_batch_size=2,
+                             learning_rate=1e-3, report_to="none", save_strategy="no", disable_tqdm=True,
+                             remove_unused_columns=False, dataloader_pin_memory=False, use_cpu=True)
+    curriculum = CurriculumConfig(pacing="linear", start=0.25, full_at=0.5, closed_loop_every=2,
+                                  drop_fraction=0.5, repeat_fraction=0.25)
+    trainer = DistillTrainer(model=model, args=args, train_dataset=ds, data_collator=Collator(pad_token_id=0),
+                             loss_terms=TERMS, tail="bucket", capture_temperature=1.0, chunk_tokens=8,
+                             curriculum=curriculum)
+    trainer.train()
+    assert trainer.paced_sampler.pools == [3, 6, 9, 12, 12, 12]
+    weights = trainer.paced_sampler.weights
+    assert (weights == 0).any() and (weights == 2).any()  # the closed loop reweighted what it measured
