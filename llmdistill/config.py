@@ -326,7 +326,9 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_seq_len: int = Field(1024, ge=8, description="prompt + completion tokens; longer completions are cut")
     shuffle: bool = Field(False, description="False keeps the curriculum order (easy to hard)")
-    chunk_tokens: int = Field(1024, ge=1, description="loss chunk: at most this many tokens' logits exist at once")
+    chunk_tokens: int | None = Field(
+        None, ge=1, description="loss chunk: at most this many tokens' logits exist at once (default: 2^24 / "
+        "vocabulary, i.e. 64 MB of fp32 logits, within 16..1024)")
     freeze_embeddings: bool = Field(False, description="keep the input embeddings (and a head tied to them) fixed")
     bf16: bool = Field(False, description="bf16 mixed precision (GPUs)")
     save_steps: int = Field(50, ge=1, description="checkpoint every N steps (a killed run resumes from the last)")

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 TAIL_POLICIES = ("bucket", "renormalize")
 TAIL_FLOOR = 1e-6
+TAIL_EXACT = 1e-3  # student tails below this are summed exactly rather than taken as 1 - top-k mass
 MASKED_LOGP = -1e4  # exp() underflows to exactly 0, but differences and mixtures stay finite
 
 
@@ -134,29 +135,70 @@ def teacher_sparse_logprobs(
     return lp
 
 
+def student_logprobs(student_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log_softmax(logits / T) over the vocabulary, in fp32 or better. [N, V] -> [N, V]."""
+    z = _float(student_logits)
+    return torch.log_softmax(z if temperature == 1.0 else z / temperature, -1)
+
+
 def student_sparse_logprobs(
-    student_logits: torch.Tensor,
+    student_logp: torch.Tensor,
     topk_ids: torch.Tensor,
-    temperature: float = 1.0,
     tail: str = "bucket",
     valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Student log-probs at the teacher's ids (+ its exact tail mass for 'bucket').
+    """Student log-probs at the teacher's ids (+ its tail mass for 'bucket').
 
-    student_logits: [N, V]; topk_ids: [N, k] (int64, < V); valid: [N, k] bool, False entries get
-    probability 0 (a large negative finite log-prob, so mixtures stay differentiable).
-    Returns [N, k] or [N, k + 1].
+    student_logp: [N, V] log-probs (see `student_logprobs`); topk_ids: [N, k] (int64, < V); valid: [N, k]
+    bool, False entries get probability 0 (a large negative finite log-prob, so mixtures stay
+    differentiable). Returns [N, k] or [N, k + 1].
+
+    The tail is 1 - (the student's mass on the ids), from the k gathered values; where that mass is
+    within TAIL_EXACT of 1 (a confident student) the subtraction loses precision, so those rows sum the
+    rest of the vocabulary directly.
     """
-    ls = torch.log_softmax(_float(student_logits) / temperature, -1)
-    gathered = ls.gather(-1, topk_ids)
+    gathered = student_logp.gather(-1, topk_ids)
     if valid is not None:
         gathered = torch.where(valid, gathered, torch.full_like(gathered, MASKED_LOGP))
-    if tail == "bucket":
-        rest = ls.scatter(-1, topk_ids, float("-inf"))  # everything but the teacher's ids
-        return torch.cat([gathered, torch.logsumexp(rest, -1, keepdim=True)], -1)
     if tail == "renormalize":
         return gathered - torch.logsumexp(gathered, -1, keepdim=True)
-    raise ValueError(f"tail must be one of {TAIL_POLICIES}, got {tail!r}")
+    if tail != "bucket":
+        raise ValueError(f"tail must be one of {TAIL_POLICIES}, got {tail!r}")
+    on_ids = torch.logsumexp(gathered, -1)
+    rest = log1mexp(on_ids.clamp(max=0.0))
+    tight = (on_ids > math.log1p(-TAIL_EXACT)).nonzero()[:, 0]
+    if tight.numel():
+        exact = torch.logsumexp(student_logp[tight].scatter(-1, topk_ids[tight], float("-inf")), -1)
+        rest = rest.index_put((tight,), exact)
+    return torch.cat([gathered, rest.unsqueeze(-1)], -1)
+
+
+def sparse_divergence_logp(
+    name: str,
+    student_logp: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    temperature: float = 1.0,
+    tail: str = "bucket",
+    capture_temperature: float = 1.0,
+    **params,
+) -> torch.Tensor:
+    """`sparse_divergence` from the student's log-probs at `temperature` (shared with other terms)."""
+    V = student_logp.shape[-1]
+    if topk_ids.shape[-1] >= V:
+        tail = "renormalize"
+    topk_ids = topk_ids.long()
+    valid = topk_ids < V
+    if not bool(valid.all()):
+        # point invalid entries at a valid id of the same row (harmless duplicates), then mask them out
+        first_valid = topk_ids.gather(-1, valid.to(torch.uint8).argmax(-1, keepdim=True)).clamp(max=V - 1)
+        topk_ids = torch.where(valid, topk_ids, first_valid)
+        topk_logprobs = torch.where(valid, _float(topk_logprobs), torch.full_like(_float(topk_logprobs), -math.inf))
+    else:
+        valid = None
+    p = teacher_sparse_logprobs(topk_logprobs, temperature, tail, capture_temperature)
+    q = student_sparse_logprobs(student_logp, topk_ids, tail, valid)
+    return divergence(name, p, q.to(p.dtype), **params)
 
 
 def sparse_divergence(
@@ -178,28 +220,23 @@ def sparse_divergence(
     vocabulary that differs by padding rows) get probability 0 on both sides, so their teacher mass
     falls into the tail bucket.
     """
-    V = student_logits.shape[-1]
-    if topk_ids.shape[-1] >= V:
-        tail = "renormalize"
-    topk_ids = topk_ids.long()
-    valid = topk_ids < V
-    if not bool(valid.all()):
-        # point invalid entries at a valid id of the same row (harmless duplicates), then mask them out
-        first_valid = topk_ids.gather(-1, valid.to(torch.uint8).argmax(-1, keepdim=True)).clamp(max=V - 1)
-        topk_ids = torch.where(valid, topk_ids, first_valid)
-        topk_logprobs = torch.where(valid, _float(topk_logprobs), torch.full_like(_float(topk_logprobs), -math.inf))
-    p = teacher_sparse_logprobs(topk_logprobs, temperature, tail, capture_temperature)
-    q = student_sparse_logprobs(student_logits, topk_ids, temperature, tail, valid)
-    return divergence(name, p, q.to(p.dtype), **params)
+    return sparse_divergence_logp(name, student_logprobs(student_logits, temperature), topk_ids, topk_logprobs,
+                                  temperature, tail, capture_temperature, **params)
+
+
+def dense_divergence_logp(
+    name: str, student_logp: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, **params
+) -> torch.Tensor:
+    """`dense_divergence` from the student's log-probs at `temperature`."""
+    return divergence(name, student_logprobs(teacher_logits, temperature), student_logp, **params)
 
 
 def dense_divergence(
     name: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, **params
 ) -> torch.Tensor:
     """A divergence per token, [N], between full teacher and student logits [N, V]."""
-    p = torch.log_softmax(_float(teacher_logits) / temperature, -1)
-    q = torch.log_softmax(_float(student_logits) / temperature, -1)
-    return divergence(name, p, q, **params)
+    return dense_divergence_logp(name, student_logprobs(student_logits, temperature), teacher_logits, temperature,
+                                 **params)
 
 
 def forward_kl_sparse(student_logits, topk_ids, topk_logprobs, temperature=1.0, tail="bucket",

@@ -2,9 +2,10 @@
 
 `SparseSignal` is the stored top-k of the dataset (ids + log-probs, with the temperature they were
 captured at); `DenseSignal` holds full teacher logits; `LiveSignal` holds a live teacher's hidden
-states and projects them through its head only inside the loss chunk. The loss
-only calls `take(index)` and `divergence(name, student_logits, temperature, **params)`, so the trainer
-never needs to know which one it has.
+states and projects them through its head only inside the loss chunk. The loss only calls
+`take(index)` and `divergence(name, student_logp, temperature, **params)`, so the trainer never needs
+to know which one it has. Divergences receive the student's log-probs at the term's temperature
+(computed once per chunk and shared by every term).
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ class SparseSignal:
     def take(self, index: slice) -> SparseSignal:
         return SparseSignal(self.ids[index], self.logprobs[index], self.capture_temperature, self.tail)
 
-    def divergence(self, name: str, student_logits: torch.Tensor, temperature: float, **params) -> torch.Tensor:
-        return losses.sparse_divergence(name, student_logits, self.ids, self.logprobs, temperature, self.tail,
-                                        self.capture_temperature, **params)
+    def divergence(self, name: str, student_logp: torch.Tensor, temperature: float, **params) -> torch.Tensor:
+        return losses.sparse_divergence_logp(name, student_logp, self.ids, self.logprobs, temperature, self.tail,
+                                             self.capture_temperature, **params)
 
 
 @dataclass
@@ -43,8 +44,8 @@ class DenseSignal:
     def take(self, index: slice) -> DenseSignal:
         return DenseSignal(self.logits[index])
 
-    def divergence(self, name: str, student_logits: torch.Tensor, temperature: float, **params) -> torch.Tensor:
-        return losses.dense_divergence(name, student_logits, self.logits, temperature, **params)
+    def divergence(self, name: str, student_logp: torch.Tensor, temperature: float, **params) -> torch.Tensor:
+        return losses.dense_divergence_logp(name, student_logp, self.logits, temperature, **params)
 
 
 @dataclass
@@ -63,7 +64,7 @@ class LiveSignal:
     def take(self, index: slice) -> LiveSignal:
         return LiveSignal(self.hidden[index], self.head, self.vocab)
 
-    def divergence(self, name: str, student_logits: torch.Tensor, temperature: float, **params) -> torch.Tensor:
+    def divergence(self, name: str, student_logp: torch.Tensor, temperature: float, **params) -> torch.Tensor:
         with torch.no_grad():
             teacher_logits = self.head(self.hidden)[..., : self.vocab]
-        return losses.dense_divergence(name, student_logits, teacher_logits, temperature, **params)
+        return losses.dense_divergence_logp(name, student_logp, teacher_logits, temperature, **params)

@@ -20,7 +20,7 @@ class DistillTrainer(Trainer):
     # batch 8 x accumulation 1 and batch 2 x accumulation 4 give the same gradient.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, loss_terms, tail: str, capture_temperature: float, chunk_tokens: int,
+    def __init__(self, *args, loss_terms, tail: str, capture_temperature: float, chunk_tokens: int | None,
                  teacher_model=None, curriculum=None, **kwargs):
         """teacher_model: a live teacher (dense signal from its forward pass); None uses the stored top-k.
         curriculum: a `config.CurriculumConfig` (pacing and the closed loop), or None."""
@@ -50,8 +50,9 @@ class DistillTrainer(Trainer):
         targets = labels[:, 1:][mask]
         closed_loop = (self.curriculum is not None and self.curriculum.closed_loop_every is not None
                        and self._closed_loop_term is not None)
-        sums = chunked_loss(h, _head(model), targets, self._signal(inputs, mask, model), self.loss_terms,
-                            self.chunk_tokens, per_token=self._closed_loop_term if closed_loop else None)
+        head, head_params = _head(model)
+        sums = chunked_loss(h, head, targets, self._signal(inputs, mask, model), self.loss_terms, self.chunk_tokens,
+                            per_token=self._closed_loop_term if closed_loop else None, head_params=head_params)
         if closed_loop:
             self._record_divergence(inputs["rows"], mask, sums.pop("per_token"))
         n_tokens = targets.shape[0]
@@ -110,7 +111,7 @@ class DistillTrainer(Trainer):
         with torch.no_grad():
             hidden = self.teacher_model.get_decoder()(input_ids=inputs["input_ids"],
                                                       attention_mask=inputs["attention_mask"]).last_hidden_state
-        return LiveSignal(hidden[:, :-1][mask], _head(self.teacher_model), _unwrap(model).config.vocab_size)
+        return LiveSignal(hidden[:, :-1][mask], _head(self.teacher_model)[0], _unwrap(model).config.vocab_size)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._term_tokens and "loss" in logs:
@@ -147,10 +148,12 @@ def _unwrap(model):
 
 
 def _head(model):
-    """hidden [n, H] -> logits [n, V]: the output embeddings, with final-logit soft-capping if the model uses it."""
+    """(hidden [n, H] -> logits [n, V], its trainable tensors): the output embeddings, with final-logit
+    soft-capping if the model uses it."""
     inner = _unwrap(model)
     lm_head = inner.get_output_embeddings()
+    params = [p for p in lm_head.parameters() if p.requires_grad]
     cap = getattr(inner.config, "final_logit_softcapping", None)
     if cap:
-        return lambda h: torch.tanh(lm_head(h) / cap) * cap
-    return lm_head
+        return (lambda h: torch.tanh(lm_head(h) / cap) * cap), params
+    return lm_head, params

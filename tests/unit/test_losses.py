@@ -354,3 +354,26 @@ def test_teacher_ids_beyond_the_student_vocabulary_fall_into_the_tail(name):
     assert got.tolist() == pytest.approx(want, rel=1e-7, abs=1e-10)
     got.sum().backward()
     assert torch.isfinite(s.grad).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_confident_student_tail_is_summed_exactly(name):
+    """When the student puts almost all its mass on the teacher's ids, 1 - (top-k mass) cancels badly;
+    those rows take the tail from the rest of the vocabulary instead (compared in float64)."""
+    g = torch.Generator().manual_seed(7)
+    t = torch.randn(3, V, generator=g, dtype=torch.float64)
+    ids, lps = topk_of(t, K)
+    s = torch.full((3, V), -20.0, dtype=torch.float64)
+    s.scatter_(1, ids, 5.0)  # student tail ~ V * e^-25: far below TAIL_EXACT
+    s.requires_grad_(True)
+    got = losses.sparse_divergence(name, s, ids, lps, **PARAMS.get(name, {}))
+    want = []
+    for i in range(3):
+        p = [math.exp(x) for x in lps[i].tolist()]
+        q_all = softmax_list(s[i].tolist())
+        q = [q_all[j] for j in ids[i].tolist()]
+        q_tail = sum(q_all[j] for j in range(V) if j not in set(ids[i].tolist()))
+        want.append(naive(name, p + [1 - sum(p)], q + [q_tail], **PARAMS.get(name, {})))
+    assert got.tolist() == pytest.approx(want, rel=1e-9)
+    got.sum().backward()
+    assert torch.isfinite(s.grad).all()

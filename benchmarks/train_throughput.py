@@ -1,0 +1,126 @@
+"""Training throughput on this machine: SmolLM2-135M-Instruct teacher, 10-layer student (the demo's).
+
+Claim checked: distilling from the stored top-k costs little over plain SFT (goal: at least 0.85x the
+SFT completion tokens/s); the live teacher's cost is reported (anchor: online KD costs 2.6-3.2x in the
+MobileLLM paper). Variants, all on the same samples, batch and steps:
+
+    sft_hf        transformers' own causal-LM loss (model(labels=...), full logits): the usual baseline
+    sft           our trainer, CE only
+    kd_stored     our trainer, 0.9 forward KL on the stored top-20 + 0.1 CE
+    kd_live       our trainer, 0.9 forward KL on a live teacher's full distribution + 0.1 CE
+
+Variants run in alternation, `--repeats` times each, in one process; the median step time of each is
+compared with the median of `sft` (so machine noise hits all of them alike).
+
+    .venv/bin/python benchmarks/train_throughput.py [--steps 6] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+ROOT = Path(__file__).resolve().parent
+OUT = ROOT / "results" / "train_throughput.json"
+WORK = ROOT / ".work"
+DATA = ["output_dir=" + str(WORK), "name=throughput", "generate.max_prompts=96", "generate.batch_size=32"]
+
+
+def dataset():
+    from llmdistill import store
+    from llmdistill.config import load_config
+    from llmdistill.pipeline import run_stages
+
+    cfg = load_config(None, DATA)
+    run_stages(cfg, ("generate", "filter"))
+    return cfg, store.read_manifest(cfg.run_dir / "filter")["provenance"]
+
+
+def build(cfg, prov, variant: str, steps: int):
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from llmdistill import models, store
+    from llmdistill.config import LossTerm
+    from llmdistill.train.data import COLUMNS, Collator, build_examples
+    from llmdistill.train.stage import trainer_arguments
+    from llmdistill.train.student import build_student
+    from llmdistill.train.trainer import DistillTrainer
+
+    torch.manual_seed(0)
+    tokenizer = models.load_tokenizer(cfg.teacher.model)
+    examples = build_examples(store.load_dataset(cfg.run_dir / "filter", COLUMNS), tokenizer, cfg.train.max_seq_len)
+    student = build_student(cfg)
+    args = TrainingArguments(**{**trainer_arguments(cfg, WORK / "ckpt"), "max_steps": steps, "save_strategy": "no",
+                                "logging_steps": 1000, "disable_tqdm": True, "report_to": "none"})
+    if variant == "sft_hf":
+        collate = Collator(tokenizer.pad_token_id, with_teacher=False)
+        return Trainer(model=student, args=args, train_dataset=examples,
+                       data_collator=lambda rows: {k: v for k, v in collate(rows).items() if k != "rows"})
+    terms = [LossTerm(name="ce", weight=1.0)] if variant == "sft" else cfg.train.loss
+    teacher = models.load_causal_lm(cfg.teacher.model) if variant == "kd_live" else None
+    return DistillTrainer(model=student, args=args, train_dataset=examples,
+                          data_collator=Collator(tokenizer.pad_token_id, with_teacher=variant == "kd_stored"),
+                          loss_terms=terms, tail=cfg.train.tail, capture_temperature=prov["capture_temperature"],
+                          chunk_tokens=cfg.train.chunk_tokens, teacher_model=teacher)
+
+
+def measure(trainer, steps: int) -> dict:
+    """Seconds per step after the first (warm-up) step, and completion tokens per second."""
+    from transformers import TrainerCallback
+
+    marks = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            marks.append(time.perf_counter())
+
+    trainer.add_callback(Clock())
+    trainer.train()
+    per_step = [b - a for a, b in zip(marks, marks[1:])]
+    bs = trainer.args.per_device_train_batch_size
+    tokens = sum(trainer.train_dataset[i]["n_completion"] for i in range(bs, bs * steps))
+    return {"seconds_per_step": statistics.median(per_step), "tokens_per_second": tokens / sum(per_step)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT.parent))
+    cfg, prov = dataset()
+    variants = ("sft_hf", "sft", "kd_stored", "kd_live")
+    runs = {v: [] for v in variants}
+    for _ in range(args.repeats):
+        for v in variants:
+            runs[v].append(measure(build(cfg, prov, v, args.steps), args.steps))
+            print(v, runs[v][-1], flush=True)
+    base = statistics.median(r["tokens_per_second"] for r in runs["sft"])
+    table = []
+    for v in variants:
+        tps = statistics.median(r["tokens_per_second"] for r in runs[v])
+        table.append({"variant": v, "tokens_per_second": round(tps, 1),
+                      "seconds_per_step": round(statistics.median(r["seconds_per_step"] for r in runs[v]), 3),
+                      "ratio_to_sft": round(tps / base, 3)})
+    print(f"\ntraining throughput, batch {cfg.train.batch_size}, {args.steps} steps x {args.repeats} repeats "
+          "(median; completion tokens/s)")
+    print("| variant | tokens/s | s/step | ratio to our SFT |\n| --- | ---: | ---: | ---: |")
+    for r in table:
+        print(f"| {r['variant']} | {r['tokens_per_second']} | {r['seconds_per_step']} | {r['ratio_to_sft']} |")
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps({"steps": args.steps, "repeats": args.repeats, "rows": table, "runs": runs},
+                              indent=2) + "\n")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
