@@ -335,6 +335,8 @@ class TrainConfig(Section):
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
     logging_steps: int = Field(10, ge=1, description="log loss terms every N steps")
     report_to: list[str] = Field(default_factory=list, description="e.g. [tensorboard]")
+    eval_every: int | None = Field(None, ge=1, description="evaluate the loss on held-out samples every N steps")
+    eval_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="share of samples held out when eval_every is set")
     on_policy: OnPolicyConfig = Field(default_factory=OnPolicyConfig, description="see `train.on_policy`")
     lora: LoraConfig | None = Field(None, description="LoRA adapters instead of full fine-tuning (see `train.lora`)")
     curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig, description="see `train.curriculum`")

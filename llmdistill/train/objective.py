@@ -25,37 +25,39 @@ def auto_chunk_tokens(vocab: int) -> int:
 
 def chunked_loss(
     hidden: torch.Tensor,
-    head: Callable[[torch.Tensor], torch.Tensor],
+    head: torch.nn.Linear,
     targets: torch.Tensor,
     signal,
     terms: Sequence,
     chunk_tokens: int | None = None,
     per_token: str | None = None,
-    head_params: Sequence[torch.Tensor] | None = None,
+    logit_post: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Sum over tokens of each term, unweighted, plus 'total' = sum(weight * scale * term).
 
     hidden: [N, H] student hidden states at the positions that predict `targets` [N].
-    head: hidden [n, H] -> logits [n, V] (the LM head, plus any logit soft-capping).
+    head: the LM head, a linear layer (weight [V, H], optional bias); gradients reach `hidden` and its
+        trainable tensors (only 'total' carries them).
+    logit_post: applied to the head's output inside the loss (e.g. final-logit soft-capping).
     signal: teacher signal for the same N tokens (see `signals`), or None when every term is CE.
     terms: `config.LossTerm`s; divergence terms are scaled by temperature ** 2.
+    chunk_tokens: tokens per chunk; None picks `auto_chunk_tokens` of the vocabulary.
     per_token: also return this term's per-token values, detached, as 'per_token' [N] (closed-loop
         curriculum).
-    head_params: the head's trainable tensors (default: those of `head` if it is a module). Gradients
-        reach `hidden` and these; only 'total' carries them.
-    chunk_tokens: None picks `auto_chunk_tokens` of the head's output width.
     """
     from llmdistill.train.losses import student_logprobs
 
-    if head_params is None:
-        head_params = [p for p in head.parameters() if p.requires_grad] if hasattr(head, "parameters") else []
+    if chunk_tokens is None:
+        chunk_tokens = auto_chunk_tokens(head.weight.shape[0])
 
-    def chunk(h: torch.Tensor, tgt: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = head(h)
-        part = None if signal is None else signal.take(slice(start, start + h.shape[0]))
+    def loss_of(logits: torch.Tensor, tgt: torch.Tensor, start: int):
+        """(weighted total, per-term sums, per-token values) of one chunk's raw head output."""
+        if logit_post is not None:
+            logits = logit_post(logits)
+        part = None if signal is None else signal.take(slice(start, start + logits.shape[0]))
         logp: dict[float, torch.Tensor] = {}
-        values, tokens = [], h.new_zeros(0)
-        total = h.new_zeros(())
+        values, tokens = [], logits.new_zeros(0)
+        total = logits.new_zeros(())
         for t in terms:
             temperature = 1.0 if t.name == "ce" else t.temperature
             if temperature not in logp:
@@ -71,15 +73,13 @@ def chunked_loss(
                 tokens = per.detach()
         return total, torch.stack(values), tokens
 
-    if chunk_tokens is None:
-        with torch.no_grad():
-            chunk_tokens = auto_chunk_tokens(head(hidden[:1].detach()).shape[-1] if hidden.shape[0] else 1)
-    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head_params))
+    weight, bias = head.weight, head.bias
+    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad
+                                              or (bias is not None and bias.requires_grad))
     if needs_grad:
-        total, values, tokens = _GradientInForward.apply(hidden, targets, chunk, chunk_tokens, len(head_params),
-                                                         *head_params)
+        total, values, tokens = _GradientInForward.apply(hidden, weight, bias, targets, loss_of, chunk_tokens)
     else:
-        total, values, tokens = _run_chunks(hidden, targets, chunk, chunk_tokens)
+        total, values, tokens = _run_chunks(hidden, weight, bias, targets, loss_of, chunk_tokens)
     sums = {t.name: values[i] for i, t in enumerate(terms)}
     sums["total"] = total
     if per_token is not None:
@@ -87,47 +87,58 @@ def chunked_loss(
     return sums
 
 
-def _run_chunks(hidden, targets, chunk, chunk_tokens):
+def _project(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.nn.functional.linear(h, weight, bias)
+
+
+def _run_chunks(hidden, weight, bias, targets, loss_of, chunk_tokens):
     """No gradient wanted: the chunks' totals, per-term sums and per-token values."""
     total, values, tokens = hidden.new_zeros(()), None, []
-    for start in range(0, hidden.shape[0], chunk_tokens):
-        t, v, tok = chunk(hidden[start : start + chunk_tokens], targets[start : start + chunk_tokens], start)
+    for start in range(0, max(hidden.shape[0], 1), chunk_tokens):
+        h = hidden[start : start + chunk_tokens]
+        t, v, tok = loss_of(_project(h, weight, bias), targets[start : start + chunk_tokens], start)
         total, values = total + t, v if values is None else values + v
-        tokens.append(tok)
-    if values is None:  # no tokens at all
-        t, values, tok = chunk(hidden[:0], targets[:0], 0)
         tokens.append(tok)
     return total, values, torch.cat(tokens)
 
 
 class _GradientInForward(torch.autograd.Function):
-    """Forward: every chunk's loss and its gradients (w.r.t. the hidden rows and the head tensors).
-    Backward: those gradients times the incoming gradient of 'total'."""
+    """Forward: every chunk's loss, and its gradient with respect to the chunk's logits, turned at once
+    into gradients for the hidden rows (dlogits @ W) and accumulated in place into the head's weight
+    and bias gradients (no [V, H] temporary per chunk). Backward: those gradients times the incoming
+    gradient of 'total'."""
 
     @staticmethod
-    def forward(ctx, hidden, targets, chunk, chunk_tokens, n_params, *params):
-        grad_hidden = torch.zeros_like(hidden)
-        grad_params = [torch.zeros_like(p) for p in params]
+    def forward(ctx, hidden, weight, bias, targets, loss_of, chunk_tokens):
+        want_h, want_w = hidden.requires_grad, weight.requires_grad
+        want_b = bias is not None and bias.requires_grad
+        grad_hidden = torch.zeros_like(hidden) if want_h else None
+        grad_weight = torch.zeros_like(weight) if want_w else None
+        grad_bias = torch.zeros_like(bias) if want_b else None
         total, values, tokens = hidden.new_zeros(()), None, []
-        n = hidden.shape[0]
-        for start in range(0, max(n, 1), chunk_tokens):
+        for start in range(0, max(hidden.shape[0], 1), chunk_tokens):
+            h = hidden[start : start + chunk_tokens]
+            logits = _project(h, weight, bias).detach().requires_grad_(True)
             with torch.enable_grad():
-                h = hidden[start : start + chunk_tokens].detach().requires_grad_(True)
-                t, v, tok = chunk(h, targets[start : start + chunk_tokens], start)
-                if h.shape[0]:
-                    grads = torch.autograd.grad(t, [h, *params], allow_unused=True)
-                    grad_hidden[start : start + h.shape[0]] = grads[0]
-                    for acc, g in zip(grad_params, grads[1:]):
-                        if g is not None:
-                            acc += g
+                t, v, tok = loss_of(logits, targets[start : start + chunk_tokens], start)
+                (dlogits,) = torch.autograd.grad(t, [logits]) if h.shape[0] else (None,)
+            if dlogits is not None:
+                dlogits = dlogits.to(weight.dtype)
+                if want_h:
+                    grad_hidden[start : start + h.shape[0]] = dlogits @ weight
+                if want_w:
+                    grad_weight.addmm_(dlogits.t(), h)
+                if want_b:
+                    grad_bias += dlogits.sum(0)
             total, values = total + t.detach(), v if values is None else values + v
             tokens.append(tok)
-        ctx.save_for_backward(grad_hidden, *grad_params)
         tokens = torch.cat(tokens)
+        ctx.grads = (grad_hidden, grad_weight, grad_bias)
         ctx.mark_non_differentiable(values, tokens)
         return total, values, tokens
 
     @staticmethod
     def backward(ctx, grad_total, grad_values, grad_tokens):
-        grad_hidden, *grad_params = ctx.saved_tensors
-        return (grad_hidden * grad_total, None, None, None, None, *(g * grad_total for g in grad_params))
+        grad_hidden, grad_weight, grad_bias = (None if g is None else g * grad_total for g in ctx.grads)
+        ctx.grads = None
+        return grad_hidden, grad_weight, grad_bias, None, None, None

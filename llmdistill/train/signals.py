@@ -60,11 +60,15 @@ class LiveSignal:
     hidden: torch.Tensor
     head: Callable[[torch.Tensor], torch.Tensor]
     vocab: int
+    post: Callable[[torch.Tensor], torch.Tensor] | None = None  # e.g. final-logit soft-capping
 
     def take(self, index: slice) -> LiveSignal:
-        return LiveSignal(self.hidden[index], self.head, self.vocab)
+        return LiveSignal(self.hidden[index], self.head, self.vocab, self.post)
 
     def divergence(self, name: str, student_logp: torch.Tensor, temperature: float, **params) -> torch.Tensor:
         with torch.no_grad():
-            teacher_logits = self.head(self.hidden)[..., : self.vocab]
+            teacher_logits = self.head(self.hidden)
+            if self.post is not None:
+                teacher_logits = self.post(teacher_logits)
+            teacher_logits = teacher_logits[..., : self.vocab]
         return losses.dense_divergence_logp(name, student_logp, teacher_logits, temperature, **params)

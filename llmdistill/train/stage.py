@@ -195,6 +195,31 @@ def _with_lora(student, lora):
     return model
 
 
+def split_held_out(examples, fraction: float):
+    """(train, held-out): a sample is held out when the hash of its id falls in the first `fraction`.
+    Deterministic, so a resumed run holds out the same samples."""
+    import hashlib
+
+    def held(row) -> bool:
+        return int(hashlib.blake2b(row["id"].encode(), digest_size=4).hexdigest(), 16) / 2**32 < fraction
+
+    flags = [held(r) for r in examples.select_columns(["id"])]
+    train = examples.select([i for i, f in enumerate(flags) if not f])
+    held_out = examples.select([i for i, f in enumerate(flags) if f])
+    if len(held_out) == 0 or len(train) == 0:
+        raise UserError(f"train.eval_fraction {fraction} leaves {len(train)} training and {len(held_out)} held-out "
+                        "samples; both need at least one")
+    log.info("train: %d samples held out for the eval loss", len(held_out))
+    return train, held_out
+
+
+def _eval_arguments(t, eval_examples) -> dict:
+    if eval_examples is None:
+        return {}
+    return {"eval_strategy": "steps", "eval_steps": t.eval_every, "per_device_eval_batch_size": t.batch_size,
+            "prediction_loss_only": True}
+
+
 def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, check, prov):
     from transformers import TrainingArguments
 
@@ -206,14 +231,18 @@ def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, 
     live = needs_teacher and t.teacher_signal == "live"
     examples = build_examples(dataset, tokenizer, t.max_seq_len, retokenize=check.outcome == "retokenize",
                               vocab_limit=check.student_vocab if check.outcome == "truncate" else None)
+    eval_examples = None
+    if t.eval_every is not None:
+        examples, eval_examples = split_held_out(examples, t.eval_fraction)
     teacher = None
     if live:
         teacher = models.load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, "cpu", cfg.teacher.revision,
                                         cfg.teacher.trust_remote_code)
     return DistillTrainer(
         model=student,
-        args=TrainingArguments(**trainer_arguments(cfg, ckpt_dir)),
+        args=TrainingArguments(**trainer_arguments(cfg, ckpt_dir), **_eval_arguments(t, eval_examples)),
         train_dataset=examples,
+        eval_dataset=eval_examples,
         data_collator=Collator(tokenizer.pad_token_id, with_teacher=needs_teacher and not live),
         processing_class=tokenizer,
         loss_terms=terms,

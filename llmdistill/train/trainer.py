@@ -50,9 +50,9 @@ class DistillTrainer(Trainer):
         targets = labels[:, 1:][mask]
         closed_loop = (self.curriculum is not None and self.curriculum.closed_loop_every is not None
                        and self._closed_loop_term is not None)
-        head, head_params = _head(model)
+        head, post = _head(model)
         sums = chunked_loss(h, head, targets, self._signal(inputs, mask, model), self.loss_terms, self.chunk_tokens,
-                            per_token=self._closed_loop_term if closed_loop else None, head_params=head_params)
+                            per_token=self._closed_loop_term if closed_loop else None, logit_post=post)
         if closed_loop:
             self._record_divergence(inputs["rows"], mask, sums.pop("per_token"))
         n_tokens = targets.shape[0]
@@ -64,9 +64,10 @@ class DistillTrainer(Trainer):
             # set by Trainer inside train(); a direct call (evaluation, a test) counts as one micro-batch
             accumulation = getattr(self, "current_gradient_accumulation_steps", 1)
             loss = sums["total"] / max(n_tokens, 1) / accumulation
-        for name, value in sums.items():  # running sums for the log; no per-step sync with .item()
-            self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach()
-        self._term_tokens += n_tokens
+        if model.training:  # running sums for the training log; no per-step sync with .item()
+            for name, value in sums.items():
+                self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach()
+            self._term_tokens += n_tokens
         return (loss, {"hidden": hidden}) if return_outputs else loss
 
     def _get_train_sampler(self, train_dataset=None):
@@ -111,7 +112,8 @@ class DistillTrainer(Trainer):
         with torch.no_grad():
             hidden = self.teacher_model.get_decoder()(input_ids=inputs["input_ids"],
                                                       attention_mask=inputs["attention_mask"]).last_hidden_state
-        return LiveSignal(hidden[:, :-1][mask], _head(self.teacher_model)[0], _unwrap(model).config.vocab_size)
+        head, post = _head(self.teacher_model)
+        return LiveSignal(hidden[:, :-1][mask], head, _unwrap(model).config.vocab_size, post)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._term_tokens and "loss" in logs:
@@ -148,12 +150,9 @@ def _unwrap(model):
 
 
 def _head(model):
-    """(hidden [n, H] -> logits [n, V], its trainable tensors): the output embeddings, with final-logit
-    soft-capping if the model uses it."""
+    """(the LM head, a linear layer; the function applied to its output, or None): final-logit
+    soft-capping for the models that use it."""
     inner = _unwrap(model)
     lm_head = inner.get_output_embeddings()
-    params = [p for p in lm_head.parameters() if p.requires_grad]
     cap = getattr(inner.config, "final_logit_softcapping", None)
-    if cap:
-        return (lambda h: torch.tanh(lm_head(h) / cap) * cap), params
-    return lm_head, params
+    return lm_head, ((lambda z: torch.tanh(z / cap) * cap) if cap else None)

@@ -115,3 +115,11 @@ def test_curriculum_rules(base):
         load_config(base, ["train.max_steps=null", "train.curriculum.pacing=linear"])
     with pytest.raises(Exception, match="closed_loop_every needs a pacing"):
         load_config(base, ["train.curriculum.closed_loop_every=5"])
+
+
+def test_held_out_eval_loss_every_n_steps(base):
+    m = train(base, "train.eval_every=1", "train.eval_fraction=0.3")
+    cfg = load_config(base, [*FAST, "train.eval_every=1", "train.eval_fraction=0.3"])
+    history = store.read_json(cfg.run_dir / "train" / "log_history.student.json")
+    assert [h["step"] for h in history if "eval_loss" in h] == [1, 2]
+    assert m["steps"] == 2
