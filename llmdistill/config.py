@@ -360,6 +360,18 @@ class TrainConfig(Section):
 
 
 # ------------------------------------------------------------------------------------------------- eval
+class TaskConfig(Section):
+    """A gradable task: prompts with gold answers, answered greedily by every model and graded."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="task name in the report")
+    prompts: InputFiles = Field(description="JSONL prompts, each with an 'answer'")
+    grader: Literal["contains", "number", "exact"] = Field(
+        "contains", description="contains: the answer appears as whole words; number: the last number in the "
+        "output equals it; exact: the whole output equals it (all after lower-casing, punctuation stripped)")
+    max_new_tokens: int = Field(32, ge=1)
+    max_items: int | None = Field(None, gt=0, description="grade this many items, spread over the file")
+
+
 class EvalConfig(Section):
     """Held-out comparison of the students with the teacher."""
 
@@ -369,6 +381,7 @@ class EvalConfig(Section):
     batch_size: int = Field(8, ge=1, description="prompts per teacher-reference and scoring batch")
     latency_prompts: int = Field(3, ge=1, description="prompts timed for per-token latency")
     latency_new_tokens: int = Field(32, ge=1, description="tokens generated per timed prompt (greedy, batch 1)")
+    tasks: list[TaskConfig] = Field(default_factory=list, description="gradable tasks (see `eval.tasks[]`)")
 
 
 # ----------------------------------------------------------------------------------------------- config

@@ -12,6 +12,7 @@ differ (a vocabulary padded with unused rows) both are compared on the shared wi
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 
@@ -39,3 +40,36 @@ def finish(sums: dict[str, float]) -> dict[str, float]:
         "perplexity": math.exp(sums["nll"] / n),
         "tokens": sums["tokens"],
     }
+
+
+# ---------------------------------------------------------------------------------------- task graders
+_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")
+_PUNCT = re.compile(r"[^\w\s-]")
+
+
+def _normal(text: str) -> str:
+    return " ".join(_PUNCT.sub(" ", text.lower()).split())
+
+
+def _number(text: str) -> float | None:
+    found = _NUMBER.findall(text)
+    if not found:
+        return None
+    try:
+        return float(found[-1].replace(",", ""))
+    except ValueError:
+        return None
+
+
+def grade(grader: str, output: str, answer: str) -> bool:
+    """Is `output` right? contains: the answer's words appear, in order, as whole words of the output;
+    number: the last number in the output equals the answer; exact: equal after normalisation."""
+    if grader == "number":
+        got, want = _number(output), _number(answer)
+        return got is not None and want is not None and got == want
+    out, ans = _normal(output), _normal(answer)
+    if grader == "exact":
+        return out == ans
+    if grader == "contains":
+        return bool(ans) and f" {ans} " in f" {out} "
+    raise ValueError(f"unknown grader {grader!r}")

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from llmdistill import models, records, store
 from llmdistill.config import Config
 from llmdistill.errors import UserError
-from llmdistill.evaluate.metrics import finish, token_sums
+from llmdistill.evaluate.metrics import finish, grade, token_sums
 from llmdistill.pipeline import StageContext
 
 log = logging.getLogger("llmdistill")
@@ -88,9 +88,14 @@ def run(cfg: Config, ctx: StageContext) -> None:
     for name in other_tokenizer:
         result[name] = {"parameters": models.count_parameters(students[name]), "tokens": 0,
                         "note": "another tokenizer than the teacher: no token-level metrics"}
+    everyone = {"teacher": teacher, **students}
+    tokenizers = {name: other_tokenizer.get(name, tokenizer) for name in everyone}
+    for name, tasks in task_scores(cfg, everyone, tokenizers, device).items():
+        if tasks:
+            result[name]["tasks"] = tasks
     samples = {}
-    for name, model in {"teacher": teacher, **students}.items():
-        ms, texts = latency(model, other_tokenizer.get(name, tokenizer), prompts[: e.latency_prompts],
+    for name, model in everyone.items():
+        ms, texts = latency(model, tokenizers[name], prompts[: e.latency_prompts],
                             e.latency_new_tokens, device)
         result[name]["latency_ms_per_token"] = ms
         result[name]["device"] = device
@@ -107,7 +112,6 @@ def run(cfg: Config, ctx: StageContext) -> None:
 
 def teacher_references(cfg: Config, ctx: StageContext, teacher, tokenizer, prompts, device) -> list[dict]:
     """The teacher's greedy completion of every prompt (token ids include the EOS), cached per content."""
-    import torch
 
     e = cfg.eval
     key = records.stable_hash({"teacher": cfg.teacher.model_dump(mode="json"), "prompts": [p.id for p in prompts],
@@ -116,23 +120,59 @@ def teacher_references(cfg: Config, ctx: StageContext, teacher, tokenizer, promp
     if cache.exists():
         log.info("eval: teacher references from cache %s", cache)
         return store.read_json(cache)
-    eos = models.eos_token_ids(teacher, tokenizer)
-    tokenizer.padding_side = "left"
     refs = []
-    for start in tqdm(range(0, len(prompts), e.batch_size), desc="eval: teacher references", unit="batch"):
-        chunk = prompts[start : start + e.batch_size]
-        encoded = [models.encode_prompt(tokenizer, p.messages) for p in chunk]
-        batch = tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt").to(device)
-        with torch.no_grad():
-            out = teacher.generate(**batch, max_new_tokens=e.max_new_tokens, do_sample=False,
-                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
-        for p, prompt_ids, row in zip(chunk, encoded, out[:, batch["input_ids"].shape[1]:].tolist()):
-            end = next((i for i, t in enumerate(row) if t in eos), None)
-            completion = row if end is None else row[: end + 1]
-            refs.append({"prompt_id": p.id, "level": p.level, "prompt_ids": prompt_ids, "completion_ids": completion,
-                         "text": tokenizer.decode(completion, skip_special_tokens=True)})
+    for p, (prompt_ids, completion) in zip(prompts, greedy(teacher, tokenizer, prompts, e.max_new_tokens, e.batch_size,
+                                                              device, "eval: teacher references")):
+        refs.append({"prompt_id": p.id, "level": p.level, "prompt_ids": prompt_ids, "completion_ids": completion,
+                     "text": tokenizer.decode(completion, skip_special_tokens=True)})
     store.atomic_write_json(cache, refs)
     return refs
+
+
+def greedy(model, tokenizer, prompts, max_new_tokens: int, batch_size: int, device, desc: str):
+    """(prompt ids, completion ids up to and including EOS) for each prompt: greedy, left-padded batches."""
+    import torch
+
+    eos = models.eos_token_ids(model, tokenizer)
+    tokenizer.padding_side = "left"
+    out_rows = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
+        encoded = [models.encode_prompt(tokenizer, p.messages) for p in prompts[start : start + batch_size]]
+        batch = tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt").to(device)
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+        for prompt_ids, row in zip(encoded, out[:, batch["input_ids"].shape[1]:].tolist()):
+            end = next((i for i, t in enumerate(row) if t in eos), None)
+            out_rows.append((prompt_ids, row if end is None else row[: end + 1]))
+    return out_rows
+
+
+def task_scores(cfg: Config, models_by_name: dict, tokenizers: dict, device) -> dict[str, dict]:
+    """Accuracy of every model on every gradable task, with the first answers for inspection."""
+    e = cfg.eval
+    out: dict[str, dict] = {name: {} for name in models_by_name}
+    for task in e.tasks:
+        try:
+            items = records.load_prompts(task.prompts, cfg.generate.system_prompt, "file", task.max_items)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        missing = [p for p in items if p.answer is None]
+        if missing:
+            raise UserError(f"eval.tasks {task.name}: {len(missing)} items have no 'answer' "
+                            f"(first: {missing[0].messages[-1]['content'][:60]!r})")
+        for name, model in models_by_name.items():
+            tok = tokenizers[name]
+            answers = [tok.decode(c, skip_special_tokens=True)
+                       for _, c in greedy(model, tok, items, task.max_new_tokens, e.batch_size, device,
+                                          f"eval: {task.name} / {name}")]
+            correct = [grade(task.grader, a, p.answer) for a, p in zip(answers, items)]
+            out[name][task.name] = {"accuracy": sum(correct) / len(items), "correct": sum(correct),
+                                    "total": len(items), "grader": task.grader,
+                                    "examples": [{"prompt": p.messages[-1]["content"], "answer": p.answer,
+                                                  "output": a, "correct": c}
+                                                 for p, a, c in list(zip(items, answers, correct))[:5]]}
+    return out
 
 
 def _score_batch(refs: list[dict], pad_id: int, device):
@@ -199,9 +239,11 @@ def print_table(metrics: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"eval: {metrics['eval_prompts']} held-out prompts, {metrics['eval_tokens']} teacher tokens")
-    for col in ("model", "params (M)", "KL to teacher", "top-1 agreement", "perplexity", "ms / token"):
+    tasks = sorted({t for m in metrics["models"].values() for t in m.get("tasks", {})})
+    for col in ("model", "params (M)", "KL to teacher", "top-1 agreement", "perplexity", "ms / token", *tasks):
         table.add_column(col, justify="right" if col != "model" else "left")
     for name, m in metrics["models"].items():
+        scores = [f"{m['tasks'][t]['accuracy']:.3f}" if t in m.get("tasks", {}) else "-" for t in tasks]
         table.add_row(
             name,
             f"{m['parameters'] / 1e6:.1f}",
@@ -209,5 +251,6 @@ def print_table(metrics: dict) -> None:
             f"{m['top1_agreement']:.3f}" if "top1_agreement" in m else "-",
             f"{m['perplexity']:.2f}" if "perplexity" in m else "-",
             f"{m['latency_ms_per_token']:.1f}" if m.get("latency_ms_per_token") is not None else "-",
+            *scores,
         )
     Console(stderr=True).print(table)

@@ -123,3 +123,18 @@ def test_held_out_eval_loss_every_n_steps(base):
     history = store.read_json(cfg.run_dir / "train" / "log_history.student.json")
     assert [h["step"] for h in history if "eval_loss" in h] == [1, 2]
     assert m["steps"] == 2
+
+
+def test_gradable_task_accuracy_for_every_model(base, tmp_path):
+    import json
+
+    task = tmp_path / "task.jsonl"
+    task.write_text("".join(json.dumps({"prompt": f"say {w}", "level": 1, "answer": w}) + "\n"
+                            for w in ("blue", "one", "cat")))
+    train(base, f"eval.tasks=[{{name: words, prompts: {task}, grader: contains, max_new_tokens: 4}}]")
+    cfg = load_config(base, FAST)
+    models = store.read_json(cfg.run_dir / "eval" / "metrics.json")["models"]
+    for name in ("teacher", "student"):
+        t = models[name]["tasks"]["words"]
+        assert t["total"] == 3 and 0 <= t["correct"] <= 3 and t["grader"] == "contains"
+        assert len(t["examples"]) == 3

@@ -59,3 +59,4 @@ def test_every_configured_step_name_has_a_builder():
     names = {m.model_fields["name"].annotation.__args__[0] for m in
              (C.FailedStep, C.EmptyStep, C.LengthStep, C.RepetitionStep, C.TruncatedStep, C.ExactDedupStep)}
     assert names == set(filters.STEPS)
+
