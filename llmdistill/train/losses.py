@@ -135,9 +135,9 @@ def teacher_sparse_logprobs(
     return lp
 
 
-def student_logprobs(student_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def tempered_logprobs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log_softmax(logits / T) over the vocabulary, in fp32 or better. [N, V] -> [N, V]."""
-    z = _float(student_logits)
+    z = _float(logits)
     return torch.log_softmax(z if temperature == 1.0 else z / temperature, -1)
 
 
@@ -149,7 +149,7 @@ def student_sparse_logprobs(
 ) -> torch.Tensor:
     """Student log-probs at the teacher's ids (+ its tail mass for 'bucket').
 
-    student_logp: [N, V] log-probs (see `student_logprobs`); topk_ids: [N, k] (int64, < V); valid: [N, k]
+    student_logp: [N, V] log-probs (see `tempered_logprobs`); topk_ids: [N, k] (int64, < V); valid: [N, k]
     bool, False entries get probability 0 (a large negative finite log-prob, so mixtures stay
     differentiable). Returns [N, k] or [N, k + 1].
 
@@ -220,7 +220,7 @@ def sparse_divergence(
     vocabulary that differs by padding rows) get probability 0 on both sides, so their teacher mass
     falls into the tail bucket.
     """
-    return sparse_divergence_logp(name, student_logprobs(student_logits, temperature), topk_ids, topk_logprobs,
+    return sparse_divergence_logp(name, tempered_logprobs(student_logits, temperature), topk_ids, topk_logprobs,
                                   temperature, tail, capture_temperature, **params)
 
 
@@ -228,14 +228,14 @@ def dense_divergence_logp(
     name: str, student_logp: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, **params
 ) -> torch.Tensor:
     """`dense_divergence` from the student's log-probs at `temperature`."""
-    return divergence(name, student_logprobs(teacher_logits, temperature), student_logp, **params)
+    return divergence(name, tempered_logprobs(teacher_logits, temperature), student_logp, **params)
 
 
 def dense_divergence(
     name: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, **params
 ) -> torch.Tensor:
     """A divergence per token, [N], between full teacher and student logits [N, V]."""
-    return dense_divergence_logp(name, student_logprobs(student_logits, temperature), teacher_logits, temperature,
+    return dense_divergence_logp(name, tempered_logprobs(student_logits, temperature), teacher_logits, temperature,
                                  **params)
 
 

@@ -45,7 +45,7 @@ def chunked_loss(
     per_token: also return this term's per-token values, detached, as 'per_token' [N] (closed-loop
         curriculum).
     """
-    from llmdistill.train.losses import student_logprobs
+    from llmdistill.train.losses import tempered_logprobs
 
     if chunk_tokens is None:
         chunk_tokens = auto_chunk_tokens(head.weight.shape[0])
@@ -61,7 +61,7 @@ def chunked_loss(
         for t in terms:
             temperature = 1.0 if t.name == "ce" else t.temperature
             if temperature not in logp:
-                logp[temperature] = student_logprobs(logits, temperature)
+                logp[temperature] = tempered_logprobs(logits, temperature)
             if t.name == "ce":
                 per = -logp[1.0].gather(-1, tgt.long().unsqueeze(-1)).squeeze(-1)
             else:
