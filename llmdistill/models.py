@@ -192,6 +192,22 @@ def model_hash(source: str) -> str:
     return h.hexdigest()
 
 
+def lm_head(model):
+    """(the output layer, a linear layer; the function its output goes through, or None).
+
+    The function is final-logit soft-capping (tanh(z / cap) * cap) for the models that use it; training
+    and evaluation both project hidden states through this pair, so they see the same logits.
+    """
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return model.get_output_embeddings(), (_softcap(cap) if cap else None)
+
+
+def _softcap(cap: float):
+    import torch
+
+    return lambda z: torch.tanh(z / cap) * cap
+
+
 def count_parameters(model) -> int:
     """Unique parameters (tied embeddings counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

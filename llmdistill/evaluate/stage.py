@@ -200,11 +200,9 @@ def _logits_at(model, batch, positions):
     """Logits [N, V] at the given (row, position) pairs, projecting only those hidden states."""
     hidden = model.get_decoder()(**batch).last_hidden_state
     h = hidden[positions[:, 0].to(hidden.device), positions[:, 1].to(hidden.device)]
-    logits = model.get_output_embeddings()(h)
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = (logits / cap).tanh() * cap
-    return logits.float().cpu()
+    head, post = models.lm_head(model)
+    logits = head(h)
+    return (logits if post is None else post(logits)).float().cpu()
 
 
 def latency(model, tokenizer, prompts, new_tokens: int, device) -> tuple[float | None, list[str]]:

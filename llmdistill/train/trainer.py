@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
+from llmdistill import models
 from llmdistill.train.curriculum import PacedSampler, closed_loop_weights
 from llmdistill.train.objective import chunked_loss
 from llmdistill.train.signals import LiveSignal, SparseSignal
@@ -150,9 +151,5 @@ def _unwrap(model):
 
 
 def _head(model):
-    """(the LM head, a linear layer; the function applied to its output, or None): final-logit
-    soft-capping for the models that use it."""
-    inner = _unwrap(model)
-    lm_head = inner.get_output_embeddings()
-    cap = getattr(inner.config, "final_logit_softcapping", None)
-    return lm_head, ((lambda z: torch.tanh(z / cap) * cap) if cap else None)
+    """The (possibly wrapped) model's LM head and its output function, see `models.lm_head`."""
+    return models.lm_head(_unwrap(model))
