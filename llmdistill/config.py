@@ -91,15 +91,27 @@ class Section(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------- teacher
+class VLLMOptions(Section):
+    """Options of the `vllm` backend (the offline `vllm.LLM` engine)."""
+
+
+class APIOptions(Section):
+    """Options of the `openai` backend (any OpenAI-compatible HTTP endpoint)."""
+
+
 class TeacherConfig(Section):
     """The model whose outputs (text and top-k log-probs) the student learns from."""
 
     model: ModelSource = Field("smollm2-135m-instruct", description="local HF directory, hub id, or a known alias")
-    backend: Literal["hf"] = Field("hf", description="hf: transformers generate")
+    backend: Literal["hf", "vllm", "openai"] = Field(
+        "hf", description="hf: transformers generate; vllm: offline vLLM engine; openai: an OpenAI-compatible API"
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype (float32 on CPU)")
     device: str = Field("auto", description="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
     trust_remote_code: bool = Field(False, description="run code shipped with a hub model (off unless you trust it)")
+    vllm: VLLMOptions = Field(default_factory=VLLMOptions, description="see `teacher.vllm` (backend vllm)")
+    api: APIOptions = Field(default_factory=APIOptions, description="see `teacher.api` (backend openai)")
 
 
 # --------------------------------------------------------------------------------------------- generate

@@ -15,6 +15,7 @@ import numpy as np
 
 from llmdistill import models
 from llmdistill.config import GenerateConfig, TeacherConfig
+from llmdistill.errors import UserError
 
 log = logging.getLogger("llmdistill")
 
@@ -153,8 +154,22 @@ class _TopKCapture:
         return scores
 
 
-BACKENDS = {"hf": HFTeacher}
+# backend name -> "module:class"; imported only when used, so optional backends cost nothing when absent
+BACKENDS = {
+    "hf": "llmdistill.generate.teachers:HFTeacher",
+    "vllm": "llmdistill.generate.vllm_teacher:VLLMTeacher",
+    "openai": "llmdistill.generate.api_teacher:OpenAITeacher",
+}
 
 
 def build_teacher(tcfg: TeacherConfig, gcfg: GenerateConfig) -> Teacher:
-    return BACKENDS[tcfg.backend](tcfg, gcfg)
+    import importlib
+
+    module, cls = BACKENDS[tcfg.backend].split(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("llmdistill"):
+            raise UserError(f"teacher backend {tcfg.backend!r} is not available in this version") from None
+        raise UserError(f"teacher backend {tcfg.backend!r} needs the package {e.name!r}: {e}") from None
+    return getattr(mod, cls)(tcfg, gcfg)
