@@ -1,8 +1,9 @@
 """The `llmdistill` command. Heavy libraries (torch, transformers, datasets) load inside the commands
 that need them, so `llmdistill --help` and `llmdistill validate` stay instant.
 
-Exit codes: 0 done; 2 bad input (config, file, model, dataset: one line, no traceback);
-3 the run directory is locked by another process; 1 anything unexpected (with a traceback).
+Exit codes: 0 done; 2 bad input (config, file, model, dataset) or a refused read/write (disk full,
+permission denied): one line, no traceback; 3 the run directory is locked by another process;
+1 anything unexpected (with a traceback). See docs/robustness.md.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    typer.echo(f"llmdistill: error: {message}", err=True)
+    typer.echo(f"llmdistill: error: {' '.join(message.splitlines())}", err=True)  # one line, always
     raise typer.Exit(code)
 
 
@@ -55,14 +56,15 @@ def _load(config: str | None, overrides: list[str] | None):
     except ConfigError as e:
         for line in e.errors:
             typer.echo(f"{e.source}: {line}", err=True)
-        typer.echo(f"llmdistill: {len(e.errors)} config error(s)", err=True)
+        if len(e.errors) > 1:  # a single problem stays a single line
+            typer.echo(f"llmdistill: {len(e.errors)} config error(s)", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
 def _run(config, overrides, stages, force, standalone, verbose) -> None:
     _setup_logging(verbose)
     cfg = _load(config, overrides)
-    from llmdistill.errors import LockedError, UserError
+    from llmdistill.errors import LockedError, UserError, describe_os_error
     from llmdistill.pipeline import STAGES, run_stages
 
     bad = [s for s in force if s not in STAGES]
@@ -74,6 +76,9 @@ def _run(config, overrides, stages, force, standalone, verbose) -> None:
         _fail(str(e), EXIT_LOCKED)
     except UserError as e:
         _fail(str(e), EXIT_BAD_INPUT)
+    except OSError as e:  # the run directory cannot be created, a checkpoint cannot be saved, ...
+        logging.getLogger("llmdistill").debug("I/O error", exc_info=True)
+        _fail(describe_os_error(e), EXIT_BAD_INPUT)
     logging.getLogger("llmdistill").info(
         "run %s: %s", cfg.run_dir, ", ".join(f"{k} {v}" for k, v in outcome.items()))
 

@@ -1,10 +1,17 @@
-"""The stage runner: fingerprints, skip-if-done, resume, one lock per run directory.
+"""The stage runner: fingerprints, skip-if-done, resume, stage-and-swap reruns, one lock per run directory.
 
 Each stage's fingerprint hashes the config sections it reads (input files by content), the schema
 version and its upstream stage's fingerprint. A stage is skipped when its `_SUCCESS` carries the
-current fingerprint. A stage directory whose `_STARTED` fingerprint differs from the current one is
-cleared before the stage runs; one with the same fingerprint is left for the stage to resume
-(generate skips committed batches, train restarts from its last checkpoint).
+current fingerprint. Otherwise it runs, in one of two places:
+
+- in place, `<run>/<stage>/`, when that directory holds no completed output. A directory whose
+  `_STARTED` fingerprint is the current one is an interrupted attempt and is resumed (generate skips
+  committed batches, train restarts from its last checkpoint); any other is cleared first.
+- staged, in `<run>/<stage>.next/`, when `<stage>/` holds a completed output (a forced rerun, or a
+  config change). Only once the new output is complete (`_SUCCESS` written) is it swapped in:
+  `<stage>` -> `<stage>.prev`, `<stage>.next` -> `<stage>`, then `<stage>.prev` is removed. A rerun that
+  fails or is killed leaves the previous output untouched; a kill mid-swap is repaired on the next start
+  (`recover`). An interrupted staged attempt with the current fingerprint resumes in `<stage>.next`.
 
 Stage modules are imported only when they run, and never import each other.
 """
@@ -29,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from llmdistill import __version__, records, store
+from llmdistill import __version__, faults, records, store
 from llmdistill.config import Config
 from llmdistill.errors import LockedError, UserError
 
@@ -45,6 +52,7 @@ SECTIONS = {
 }
 UPSTREAM = {"generate": None, "filter": "generate", "train": "filter", "eval": "train"}
 STARTED = "_STARTED"
+NEXT, PREV = ".next", ".prev"  # suffixes of a staged rerun's directory and of the output it replaces
 
 
 @dataclass
@@ -159,7 +167,7 @@ def stage_status(cfg: Config, fps: dict[str, str] | None = None) -> dict[str, st
         if success is not None:
             out[stage] = "done" if success.get("fingerprint") == fps[stage] else "stale"
         else:
-            out[stage] = "partial" if (d / STARTED).exists() else "missing"
+            out[stage] = "partial" if (d / STARTED).exists() or (_sibling(d, NEXT) / STARTED).exists() else "missing"
     return out
 
 
@@ -182,7 +190,10 @@ def run_stages(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, force:
                         "train CONFIG` (or torchrun), and run the other stages in one process")
     with RunLock(run_dir) if ranks.main else contextlib.nullcontext():
         if ranks.main:
+            for stage in STAGES:
+                recover(run_dir / stage, fps[stage])
             write_resolved_config(cfg, run_dir)
+        ranks.barrier()
         for stage in stages:
             up = UPSTREAM[stage]
             if up and (standalone or up not in stages):
@@ -193,26 +204,35 @@ def run_stages(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, force:
                                     f"run `llmdistill run` (or `llmdistill {up}`) first")
             out_dir = run_dir / stage
             success = store.read_success(out_dir)
+            # where this attempt writes: staged beside a completed output, else in place (see the module doc)
+            work_dir = out_dir if success is None else _sibling(out_dir, NEXT)
             ranks.barrier()  # every rank has decided before the main one changes anything
             if success and success.get("fingerprint") == fps[stage] and stage not in forced:
                 log.info("stage %s: up to date (fingerprint %s), skipping", stage, fps[stage])
+                if ranks.main:
+                    _remove(_sibling(out_dir, NEXT))  # an abandoned forced rerun
                 outcome[stage] = "skipped"
                 continue
             if ranks.main:
-                _prepare(out_dir, fps[stage], fresh=stage in forced or success is not None)
+                _prepare(work_dir, fps[stage], fresh=stage in forced)
             ranks.barrier()
-            log.info("stage %s: running (fingerprint %s) -> %s", stage, fps[stage], out_dir)
+            log.info("stage %s: running (fingerprint %s) -> %s", stage, fps[stage], work_dir)
             started = time.monotonic()
             module = importlib.import_module(f"llmdistill.{_PACKAGES[stage]}.stage")
-            ctx = StageContext(stage, run_dir, out_dir, fps[stage], run_dir / up if up else None, ranks.main)
+            ctx = StageContext(stage, run_dir, work_dir, fps[stage], run_dir / up if up else None, ranks.main)
+            faults.set_stage(stage)
             module.run(cfg, ctx)
+            faults.point("stage-end")
             seconds = round(time.monotonic() - started, 1)
             ranks.barrier()
             if ranks.main:
-                store.mark_success(out_dir, {"stage": stage, "fingerprint": fps[stage], "seconds": seconds,
-                                             "finished_at": _now(), "llmdistill_version": __version__,
-                                             "processes": ranks.world})
-                (out_dir / STARTED).unlink(missing_ok=True)
+                store.mark_success(work_dir, {"stage": stage, "fingerprint": fps[stage], "seconds": seconds,
+                                              "finished_at": _now(), "llmdistill_version": __version__,
+                                              "processes": ranks.world})
+                (work_dir / STARTED).unlink(missing_ok=True)
+                if work_dir != out_dir:
+                    _swap_in(work_dir, out_dir)
+            faults.set_stage(None)
             log.info("stage %s: done in %.1f s", stage, seconds)
             outcome[stage] = "ran"
             # a rerun stage invalidates what was built from its old output
@@ -224,15 +244,59 @@ def run_stages(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, force:
 _PACKAGES = {"generate": "generate", "filter": "filter", "train": "train", "eval": "evaluate"}
 
 
-def _prepare(out_dir: Path, fingerprint: str, fresh: bool) -> None:
-    """Clear a stage directory unless it holds an interrupted attempt at this very fingerprint."""
-    started = out_dir / STARTED
+def _prepare(work_dir: Path, fingerprint: str, fresh: bool) -> None:
+    """Clear `work_dir` unless it holds an interrupted attempt at this very fingerprint (and `fresh` is off)."""
+    started = work_dir / STARTED
     previous = started.read_text().strip() if started.exists() else None
-    if out_dir.exists() and (fresh or previous != fingerprint):
-        log.info("clearing %s (outputs of another configuration or a forced rerun)", out_dir)
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if work_dir.exists() and (fresh or previous != fingerprint):
+        log.info("clearing %s (outputs of another configuration or a forced rerun)", work_dir)
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
     store.atomic_write_bytes(started, fingerprint.encode())
+
+
+def _sibling(out_dir: Path, suffix: str) -> Path:
+    return out_dir.with_name(out_dir.name + suffix)
+
+
+def _remove(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+
+
+def _swap_in(staged: Path, out_dir: Path) -> None:
+    """Replace `out_dir` by the completed `staged` directory (two renames; `recover` repairs a kill between them)."""
+    prev = _sibling(out_dir, PREV)
+    _remove(prev)
+    os.replace(out_dir, prev)
+    faults.point("swap")
+    os.replace(staged, out_dir)
+    shutil.rmtree(prev)
+
+
+def recover(out_dir: Path, fingerprint: str) -> None:
+    """Finish (or undo) a swap that a kill interrupted, so `out_dir` always ends up holding a complete output.
+
+    - `<stage>` missing: the kill came between the two renames; finish the swap if `<stage>.next` is
+      complete, else put `<stage>.prev` back.
+    - `<stage>.next` complete with the current fingerprint while `<stage>` is not: the kill came after
+      the staged attempt finished, before its swap; swap it in now instead of redoing the work.
+    - `<stage>.prev` beside a present `<stage>`: the kill came before its removal; remove it.
+    """
+    staged, prev = _sibling(out_dir, NEXT), _sibling(out_dir, PREV)
+    staged_info = store.read_success(staged)
+    if not out_dir.exists():
+        if staged_info is not None:
+            os.replace(staged, out_dir)
+        elif prev.exists():
+            os.replace(prev, out_dir)
+    elif staged_info is not None and staged_info.get("fingerprint") == fingerprint:
+        current = store.read_success(out_dir)
+        if current is None or current.get("fingerprint") != fingerprint:
+            log.info("finishing the interrupted swap of %s into %s", staged, out_dir)
+            _swap_in(staged, out_dir)
+    if prev.exists() and out_dir.exists():
+        shutil.rmtree(prev)
 
 
 def _now() -> str:

@@ -25,8 +25,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from llmdistill import records
-from llmdistill.errors import UserError
+from llmdistill import faults, records
+from llmdistill.errors import StorageError, UserError, describe_os_error, os_error_reason
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "manifest.json"
@@ -41,17 +41,24 @@ class StoreError(UserError):
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that `path` is either the old file or the whole new one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        faults.point("file-tmp")
         os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            _unlink_quietly(tmp)
+        if isinstance(e, OSError):
+            raise StorageError(f"cannot write {path}: {os_error_reason(e)}") from e
         raise
+    _fsync_dir(path.parent)
+    faults.point("file")
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -65,6 +72,15 @@ def read_json(path: Path) -> Any:
         raise StoreError(f"missing file {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StoreError(f"corrupt JSON file {path}: {e}") from None
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (a power cut after it cannot bring the old entry back)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _unlink_quietly(path) -> None:
@@ -101,7 +117,10 @@ class ShardWriter:
 
     def __init__(self, directory: Path, schema: pa.Schema | None = None):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot create {self.directory}: {describe_os_error(e)}") from e
         self.schema = schema or records.arrow_schema()
         existing = list_shards(self.directory)
         self.next_index = int(SHARD_RE.match(existing[-1].name).group(1)) + 1 if existing else 0
@@ -111,16 +130,23 @@ class ShardWriter:
         if table.schema.remove_metadata() != self.schema.remove_metadata():
             raise StoreError(f"shard schema mismatch for {self.directory}:\n{table.schema}\n!=\n{self.schema}")
         path = self.directory / f"part-{self.next_index:05d}.parquet"
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
+        tmp = None
         try:
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
             pq.write_table(table.replace_schema_metadata(self.schema.metadata), tmp, compression="zstd")
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+            faults.point("shard-tmp")
             os.replace(tmp, path)
-        except BaseException:
-            _unlink_quietly(tmp)
+        except BaseException as e:
+            if tmp is not None:
+                _unlink_quietly(tmp)
+            if isinstance(e, OSError):  # disk full, read-only, ...: the shard is not committed
+                raise StorageError(f"cannot write shard {path}: {os_error_reason(e)}") from e
             raise
+        _fsync_dir(self.directory)
+        faults.point("shard")
         self.next_index += 1
         self.rows_written += table.num_rows
         return path

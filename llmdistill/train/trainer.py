@@ -8,9 +8,9 @@ Checkpointing, resume, logging, gradient accumulation and `accelerate launch` co
 from __future__ import annotations
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
-from llmdistill import models
+from llmdistill import faults, models
 from llmdistill.train.curriculum import PacedSampler, closed_loop_weights
 from llmdistill.train.objective import chunked_loss
 from llmdistill.train.signals import LiveSignal, SparseSignal
@@ -41,6 +41,7 @@ class DistillTrainer(Trainer):
             teacher_model.to(self.args.device).eval().requires_grad_(False)
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_tokens = 0
+        self.add_callback(FaultPoints())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
@@ -124,6 +125,16 @@ class DistillTrainer(Trainer):
             logs["tokens"] = self._term_tokens
             self._term_sums, self._term_tokens = {}, 0
         super().log(logs, start_time)
+
+
+class FaultPoints(TrainerCallback):
+    """The `step` and `checkpoint` points of `llmdistill.faults` (inert unless LLMDISTILL_FAULT is set)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        faults.point("step")
+
+    def on_save(self, args, state, control, **kwargs):
+        faults.point("checkpoint")
 
 
 def final_hidden_states(model, input_ids, attention_mask):

@@ -89,7 +89,7 @@ def test_failed_write_leaves_no_shard(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pq, "write_table", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(store.StorageError, match=r"part-00001\.parquet: \[ENOSPC\] No space left on device"):
         w.write([make_sample(1)])
     assert [p.name for p in tmp_path.iterdir()] == ["part-00000.parquet"]
     assert store.read_table(tmp_path).num_rows == 1

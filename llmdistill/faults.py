@@ -1,0 +1,57 @@
+"""Fault injection for the kill-and-rerun tests: a process can be made to SIGKILL itself at a named point.
+
+    LLMDISTILL_FAULT=STAGE:EVENT:N     kill this process the Nth time EVENT happens during STAGE
+                                        (STAGE `*` matches any stage; N counts from 1, per process)
+
+Events (where `point` is called):
+    file-tmp    store.atomic_write_bytes: the temporary file is written and fsynced, not yet renamed
+    file        store.atomic_write_bytes: the file is in place (manifest, stats, _STARTED, _SUCCESS, ...)
+    shard-tmp   store.ShardWriter: a shard's temporary file is written and fsynced, not yet renamed
+    shard       store.ShardWriter: a shard is committed
+    step        train: an optimizer step has finished
+    checkpoint  train: a Trainer checkpoint is saved
+    stage-end   pipeline: the stage's code returned, `_SUCCESS` not yet written
+    swap        pipeline: a staged rerun is half swapped in (the old output moved aside, the new not in place)
+
+Without the variable this module does nothing but one dictionary lookup per call. It exists so the
+tests can kill a real `llmdistill run` at hundreds of exact, reproducible places (docs/robustness.md).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+ENV = "LLMDISTILL_FAULT"
+EVENTS = ("file-tmp", "file", "shard-tmp", "shard", "step", "checkpoint", "stage-end", "swap")
+
+_stage: str | None = None
+_counts: Counter = Counter()
+
+
+def set_stage(stage: str | None) -> None:
+    """Name the stage now running (the pipeline calls this before and after each stage)."""
+    global _stage
+    _stage = stage
+
+
+def parse(spec: str) -> tuple[str, str, int]:
+    """'generate:shard:3' -> ('generate', 'shard', 3); ValueError on anything else."""
+    parts = spec.split(":")
+    if len(parts) != 3 or parts[1] not in EVENTS or not parts[2].isdigit() or int(parts[2]) < 1:
+        raise ValueError(f"{ENV}={spec!r}: expected STAGE:EVENT:N with EVENT one of {', '.join(EVENTS)} and N >= 1")
+    return parts[0], parts[1], int(parts[2])
+
+
+def point(event: str) -> None:
+    """Count `event` in the current stage; SIGKILL this process if it is the configured one."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    stage, name, n = parse(spec)
+    if name != event or stage not in ("*", _stage):
+        return
+    _counts[event] += 1
+    if _counts[event] == n:
+        os.kill(os.getpid(), signal.SIGKILL)
