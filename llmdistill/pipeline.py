@@ -210,9 +210,11 @@ def run_stages(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, force:
             if success and success.get("fingerprint") == fps[stage] and stage not in forced:
                 log.info("stage %s: up to date (fingerprint %s), skipping", stage, fps[stage])
                 if ranks.main:
+                    (out_dir / STARTED).unlink(missing_ok=True)  # killed between _SUCCESS and this unlink
                     _remove(_sibling(out_dir, NEXT))  # an abandoned forced rerun
                 outcome[stage] = "skipped"
                 continue
+            faults.set_stage(stage)
             if ranks.main:
                 _prepare(work_dir, fps[stage], fresh=stage in forced)
             ranks.barrier()
@@ -220,7 +222,6 @@ def run_stages(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, force:
             started = time.monotonic()
             module = importlib.import_module(f"llmdistill.{_PACKAGES[stage]}.stage")
             ctx = StageContext(stage, run_dir, work_dir, fps[stage], run_dir / up if up else None, ranks.main)
-            faults.set_stage(stage)
             module.run(cfg, ctx)
             faults.point("stage-end")
             seconds = round(time.monotonic() - started, 1)
@@ -251,6 +252,8 @@ def _prepare(work_dir: Path, fingerprint: str, fresh: bool) -> None:
     if work_dir.exists() and (fresh or previous != fingerprint):
         log.info("clearing %s (outputs of another configuration or a forced rerun)", work_dir)
         shutil.rmtree(work_dir)
+    elif store.clean_temporaries(work_dir):
+        log.info("removed the temporary files of an interrupted attempt in %s", work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     store.atomic_write_bytes(started, fingerprint.encode())
 

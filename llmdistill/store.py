@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,13 +100,17 @@ def list_shards(directory: Path) -> list[Path]:
 
 
 def clean_temporaries(directory: Path) -> int:
-    """Remove temporary files left by a killed writer; returns how many were removed."""
+    """Remove the temporary files (and directories) a killed writer left anywhere under `directory`;
+    returns how many were removed."""
     directory = Path(directory)
     if not directory.is_dir():
         return 0
-    stale = [p for p in directory.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
-    for p in stale:
-        _unlink_quietly(p)
+    stale = [p for p in directory.rglob(".*.tmp")]
+    for p in sorted(stale, key=lambda p: len(p.parts), reverse=True):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            _unlink_quietly(p)
     return len(stale)
 
 

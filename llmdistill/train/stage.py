@@ -98,7 +98,6 @@ def trainer_arguments(cfg: Config, ckpt_dir, **extra) -> dict:
 def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: list[LossTerm], tokenizer, dataset,
                   prov: dict) -> dict:
     import torch
-    from transformers.trainer_utils import get_last_checkpoint
 
     from llmdistill.train.student import build_student
 
@@ -128,7 +127,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
                                  for x in terms)
         if any(x.name != "ce" for x in terms):
             description += f", {t.teacher_signal} teacher signal"
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    last = last_complete_checkpoint(ckpt_dir)
     log.info("train: %s with %s on %d samples", name, description, len(trainer.train_dataset))
     started = time.monotonic()
     state = store.read_json(os.path.join(last, "trainer_state.json")) if last else None
@@ -166,6 +165,19 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
     log.info("train: %s done: %d steps, loss %s, %.0f s -> %s", name, out["steps"], out["train_loss"], seconds,
              final_dir)
     return out
+
+
+def last_complete_checkpoint(ckpt_dir) -> str | None:
+    """The newest checkpoint whose save finished, or None. Trainer writes trainer_state.json last, so a
+    checkpoint without it was cut short by a kill: it is removed (resuming from it would fail)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    while ckpt_dir.is_dir() and (last := get_last_checkpoint(str(ckpt_dir))) is not None:
+        if os.path.exists(os.path.join(last, "trainer_state.json")):
+            return last
+        log.warning("train: removing the incomplete checkpoint %s (its save was interrupted)", last)
+        shutil.rmtree(last)
+    return None
 
 
 def _save_final(trainer, tokenizer, final_dir, lora: bool) -> None:

@@ -72,6 +72,10 @@ class DistillTrainer(Trainer):
             self._term_tokens += n_tokens
         return (loss, {"hidden": hidden}) if return_outputs else loss
 
+    def _save_optimizer_and_scheduler(self, output_dir):
+        super()._save_optimizer_and_scheduler(output_dir)
+        faults.point("checkpoint-partial")  # weights and optimizer saved, trainer_state.json not yet
+
     def _get_train_sampler(self, train_dataset=None):
         c = self.curriculum
         if c is None or c.pacing == "none":
