@@ -120,17 +120,26 @@ def pick_device(spec: str) -> str:
 
 def load_causal_lm(source: str, dtype: str = "float32", device: str = "cpu", revision: str | None = None,
                    trust_remote_code: bool = False):
-    """A causal LM in eval mode on `device` (safetensors only unless the checkpoint has no other form)."""
+    """A causal LM in eval mode on `device`.
+
+    Weights load from safetensors; a checkpoint that only has pickled `.bin` files loads through
+    `torch.load(weights_only=True)`, which refuses anything but tensors (a pickle cannot run code).
+    Code shipped with a hub model runs only when the config sets `trust_remote_code`.
+    """
+    import pickle
+
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     _quiet_transformers()
     path = resolve_source(source)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, dtype), revision=revision, trust_remote_code=trust_remote_code
+            path, dtype=getattr(torch, dtype), revision=revision, trust_remote_code=trust_remote_code,
+            weights_only=True,
         )
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as e:
         raise UserError(f"cannot load model {source!r}: {_first_line(e)}{_alias_hint(source)}") from None
     return model.to(pick_device(device)).eval()
 
