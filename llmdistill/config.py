@@ -522,7 +522,12 @@ def default_config_path() -> Path:
 
 
 def format_error(err: dict) -> str:
-    loc = [str(p) for p in err["loc"] if not _is_tag(err["loc"], p)]
+    """One line per problem: keys with unprintable characters are shown quoted, newlines escaped."""
+    return _format_error(err).replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _format_error(err: dict) -> str:
+    loc = [str(p) if str(p).isprintable() else repr(str(p)) for p in err["loc"] if not _is_tag(err["loc"], p)]
     where = ".".join(loc) or "config"
     kind = err["type"]
     if kind == "extra_forbidden":

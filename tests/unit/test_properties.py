@@ -208,7 +208,9 @@ def test_bucket_divergence_vanishes_when_the_student_is_the_teacher(pair, name, 
     k = data.draw(st.integers(1, teacher.shape[-1]))
     ids, lps = _topk(teacher, k)
     value = losses.sparse_divergence(name, teacher.clone(), ids, lps, 1.0, "bucket")
-    assert value.abs().max() < 1e-6
+    # zero, up to the documented floor on the teacher's tail mass (a tail below TAIL_FLOOR is raised to it,
+    # which moves at most TAIL_FLOOR * |log TAIL_FLOOR| of divergence)
+    assert value.abs().max() <= 2 * losses.TAIL_FLOOR * abs(math.log(losses.TAIL_FLOOR))
 
 
 @FAST
