@@ -110,12 +110,19 @@ class HFTeacher:
             kwargs["output_scores"] = True
         torch.manual_seed(seed)
         with torch.no_grad():
-            out = self.model.generate(**batch, **kwargs)
+            try:
+                out = self.model.generate(**batch, **kwargs)
+            except RuntimeError as e:
+                if "probability tensor contains" not in str(e):
+                    raise
+                raise self._garbage("its next-token probabilities contain NaN or inf") from None
         if g.logprob_mode == "processed":
             for step_scores in out.scores:
                 capture(None, step_scores)
         ids = torch.stack(capture.ids, 1).numpy()  # [B, T, k]
         lps = torch.stack(capture.logprobs, 1).numpy()
+        if np.isnan(lps).any():  # greedy decoding does not notice NaN logits (-inf is legitimate: top-p masking)
+            raise self._garbage("its log-probs contain NaN")
         new_tokens = out.sequences[:, batch["input_ids"].shape[1]:].cpu().numpy()
         results = []
         for row, prompt_ids in enumerate(encoded):
@@ -134,6 +141,11 @@ class HFTeacher:
                 )
             )
         return results
+
+
+    def _garbage(self, what: str) -> UserError:
+        return UserError(f"teacher {self.name!r} returned garbage: {what} (broken weights, or a dtype that "
+                         f"overflows: try teacher.dtype=float32); nothing was written for this batch")
 
 
 class _TopKCapture:

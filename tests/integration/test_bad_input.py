@@ -215,3 +215,22 @@ def test_read_only_output_dir_is_one_line(run_copy, tmp_path):
     finally:
         ro.chmod(0o755)
     assert "[EACCES] Permission denied" in line and str(ro) in line, line
+
+
+@pytest.mark.parametrize("temperature", [0.7, 0.0], ids=["sampling", "greedy"])
+def test_teacher_returning_garbage_is_one_line(run_copy, tiny, tmp_path, temperature):
+    """A teacher whose weights are NaN loads fine but produces garbage: caught before anything is written."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path, data, run_dir = run_copy
+    before = snapshot(run_dir)
+    teacher = _broken_teacher(tiny, tmp_path, "nan-weights")
+    state = load_file(str(teacher / "model.safetensors"))
+    name = next(k for k in state if k.endswith("layers.0.mlp.down_proj.weight"))
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_file(state, str(teacher / "model.safetensors"), metadata={"format": "pt"})
+    line = error_line(cli("run", path, f"teacher.model={teacher}", f"generate.temperature={temperature}"))
+    assert f"teacher '{teacher}' returned garbage" in line and "NaN" in line, line
+    assert snapshot(run_dir) == before
+    assert not store.list_shards(run_dir / "generate.next")  # no shard of garbage was committed
