@@ -132,3 +132,54 @@ def test_evolution_with_the_tiny_teacher_and_skipped_bad_lines(tiny_config, tmp_
     assert len(prompts) == info["prompts"] and [p["level"] for p in prompts] == sorted(p["level"] for p in prompts)
     ds = store.load_dataset(out)
     assert [p["id"] for p in prompts] == ds["prompt_id"]
+
+
+class Crash(Exception):
+    pass
+
+
+def test_interrupted_multi_teacher_run_resumes_to_the_uninterrupted_result(tiny_config, tiny, tmp_path, monkeypatch):
+    """Teachers run one after the other, so files are written out of plan order; a crash in the second
+    teacher's turn, then a rerun, must still give the plan's ids in plan order with the same content."""
+    from llmdistill.generate import stage
+
+    path, data = tiny_config
+    data["teachers"] = {"other": {"model": str(tiny["other"])}}
+    data["generate"].update(routing=[{"teacher": "other", "levels": [2]}], n=2, batch_size=2, shard_rows=4)
+    write(path, data)
+    cfg = load_config(path)
+    real = stage.build_teacher
+    calls = {"n": 0}
+
+    def crashing(tcfg, g):
+        teacher = real(tcfg, g)
+        if tcfg.model == str(tiny["other"]):
+            generate = teacher.generate
+
+            def generate_then_crash(prompts, seed):
+                calls["n"] += 1
+                if calls["n"] == 3:  # two batches of `other` done (one file), the third dies
+                    raise Crash()
+                return generate(prompts, seed)
+
+            teacher.generate = generate_then_crash
+        return teacher
+
+    monkeypatch.setattr(stage, "build_teacher", crashing)
+    with pytest.raises(Crash):
+        run_stages(cfg, ["generate"])
+    out = cfg.run_dir / "generate"
+    committed = store.read_ids(out)
+    assert len(committed) == 16 + 4  # levels 1 and 3 (default) and the first file of level 2
+    monkeypatch.setattr(stage, "build_teacher", real)
+    run_stages(cfg, ["generate"])
+    resumed = store.load_dataset(out)
+
+    data["output_dir"] = str(tmp_path / "clean")
+    clean_cfg = load_config(write(tmp_path / "clean.yaml", data))
+    run_stages(clean_cfg, ["generate"])
+    clean = store.load_dataset(clean_cfg.run_dir / "generate")
+    assert len(resumed) == len(set(resumed["id"])) == 24
+    assert resumed["id"] == clean["id"] and resumed["level"] == sorted(resumed["level"])
+    assert resumed["completion_token_ids"] == clean["completion_token_ids"]
+    assert set(committed) <= set(resumed["id"])
