@@ -7,9 +7,10 @@ derived from the run seed and the prompt id. A variant is level + 1, keeps its p
 and adds the tags `evol:<operator>` and `parent:<parent prompt id>`.
 
 A rewrite is rejected (and counted by reason) when it failed, was cut off, is empty, repeats its parent,
-or falls outside [min_chars, max_chars]. Every teacher answer is appended to a cache file as it arrives,
-so a killed run re-asks only what it had not received; requests go out in fixed, seeded batches, so the
-answers are the same either way.
+falls outside [min_chars, max_chars], or copies the operator's instructions ("rewritten prompt").
+
+Every teacher answer is appended to a cache file as it arrives, so a killed run re-asks only what it had
+not received; requests go out in fixed, seeded batches, so the answers are the same either way.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from llmdistill.generate.curriculum import render
 log = logging.getLogger("llmdistill")
 
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
-REJECT_REASONS = ("failed", "truncated", "empty", "unchanged", "too_short", "too_long")
+REJECT_REASONS = ("failed", "truncated", "empty", "unchanged", "too_short", "too_long", "leaked_instructions")
+# words of the operator templates that have no place in a rewrite (WizardLM's elimination rule 4)
+_LEAKS = ("rewritten prompt", "given prompt", "rewrite the prompt", "#prompt#")
 _LABEL = re.compile(r"^\s*#*\s*(?:the\s+)?(?:rewritten|new|harder|evolved)\s+prompt\s*#*\s*:?\s*", re.IGNORECASE)
 
 
@@ -68,6 +71,8 @@ def clean(text: str | None, finish_reason: str | None, parent_text: str, ev: Evo
         return t, "too_short"
     if len(t) > ev.max_chars:
         return t, "too_long"
+    if any(leak in t.lower() for leak in _LEAKS):
+        return t, "leaked_instructions"
     return t, None
 
 

@@ -57,10 +57,11 @@ class Item:
 
 
 # ------------------------------------------------------------------------------------------------ prompts
-def build_prompts(cfg: Config, out_dir: Path) -> tuple[list[records.Prompt], dict]:
+def build_prompts(cfg: Config, out_dir: Path, may_ask: bool = True) -> tuple[list[records.Prompt], dict]:
     """The stage's prompt set in curriculum order, and what happened on the way (for the manifest).
 
-    `max_prompts` thins the seed prompts; evolution then adds variants of those."""
+    `max_prompts` thins the seed prompts; evolution then adds variants of those. `may_ask=False` (merge):
+    evolution must already be complete in the cache."""
     g = cfg.generate
     loaded = curriculum.load_sources(g)
     for line in loaded.bad_lines:
@@ -78,11 +79,17 @@ def build_prompts(cfg: Config, out_dir: Path) -> tuple[list[records.Prompt], dic
         ev = g.evolve
         gcfg = g.model_copy(update={"max_new_tokens": ev.max_new_tokens, "temperature": ev.temperature,
                                     "top_p": 1.0})
+
+        def make_teacher():
+            if not may_ask:
+                raise UserError(f"merge: the evolution in {out_dir / EVOLVE_CACHE} is incomplete: no shard has "
+                                "finished it; run the shards first")
+            return build_teacher(cfg.teacher_config(ev.teacher), gcfg)
+
         # shards of one run share the evolved prompts: the first to get here asks, the others wait and read
         with RunLock(out_dir, name=".lock-evolve", wait=True):
-            evolved, info["evolve"] = evolve.evolve(
-                seeds, ev, cfg.seed, g.batch_size, out_dir / EVOLVE_CACHE,
-                lambda: build_teacher(cfg.teacher_config(ev.teacher), gcfg))
+            evolved, info["evolve"] = evolve.evolve(seeds, ev, cfg.seed, g.batch_size, out_dir / EVOLVE_CACHE,
+                                                    make_teacher)
         prompts = records.curriculum_order(seeds + evolved, g.order)
     info["prompts"] = len(prompts)
     return prompts, info
@@ -153,7 +160,7 @@ def gen_params(cfg: Config, sample_index: int) -> dict:
 def run(cfg: Config, ctx: StageContext) -> None:
     g = cfg.generate
     shard = ctx.shard
-    prompts, prompt_info = build_prompts(cfg, ctx.out_dir)
+    prompts, prompt_info = build_prompts(cfg, ctx.out_dir, may_ask=not ctx.merge_only)
     items = plan(cfg, prompts)
     batches = make_batches(items, g.batch_size)
     mine = [j for j in range(len(batches))

@@ -244,6 +244,8 @@ def test_nll_counts_misses_at_the_kth_logprob_and_measure_keys():
     ("what is 2 + 2?", "stop", "unchanged"),
     ("Why?", "stop", "too_short"),
     ("x" * 3000, "stop", "too_long"),
+    ("Boil an egg. Please provide the rewritten prompt that meets all these criteria.", "stop",
+     "leaked_instructions"),
 ])
 def test_evolve_rejects_with_a_reason(text, finish, reason):
     assert evolve.clean(text, finish, "What is 2 + 2?", EvolveConfig())[1] == reason
