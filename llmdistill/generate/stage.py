@@ -4,8 +4,8 @@
    evolution (harder variants, level + 1, cached in evolve.jsonl), then curriculum order;
    the final set is written to prompts.jsonl.
 2. Plan: every (prompt, sample index) gets a record id and a teacher (generate.routing, first matching
-   rule; `default` otherwise), and is cut into fixed batches in plan order. A batch holds one teacher's
-   prompts only (a change of teacher starts a new batch).
+   rule; `default` otherwise); within a level, prompts are grouped by teacher. The plan is cut into fixed
+   batches in plan order; a batch holds one teacher's prompts only (a change of teacher starts a new one).
 3. Generate: teacher by teacher (each loaded once, then released), batch by batch with a per-batch
    seed. A shard file holds consecutive batches of one teacher and is named after its first batch,
    `part-<batch>.parquet`, so the file order is the plan order whatever order the files were written in.
@@ -116,10 +116,16 @@ def route(rules: list[RouteRule], prompt: records.Prompt) -> str:
 
 
 def plan(cfg: Config, prompts: list[records.Prompt]) -> list[Item]:
-    """Every sample the stage must produce, in order: n per prompt, each with its id and teacher."""
+    """Every sample the stage must produce, in order: n per prompt, each with its id and teacher.
+
+    In curriculum order, the prompts of one level are grouped by teacher (in order of first appearance,
+    stable), so batches, which never mix teachers, stay full while the level order is kept."""
+    routed = [(p, route(cfg.generate.routing, p)) for p in prompts]
+    if cfg.generate.order == "curriculum":
+        rank = {name: i for i, name in enumerate(dict.fromkeys(name for _, name in routed))}
+        routed.sort(key=lambda pn: (pn[0].level, rank[pn[1]]))
     out = []
-    for p in prompts:
-        name = route(cfg.generate.routing, p)
+    for p, name in routed:
         model = cfg.teacher_config(name).model
         for i in range(cfg.generate.n):
             out.append(Item(p, i, records.record_id(p.messages, p.source, "chat", model, gen_params(cfg, i), i), name))
@@ -186,7 +192,7 @@ def run(cfg: Config, ctx: StageContext) -> None:
         log.info("generate: shard %d/%d done (%d batches); run `llmdistill merge` once every shard is done",
                  shard[0], shard[1], len(mine))
         return
-    write_prompts(ctx.out_dir / PROMPTS_FILE, prompts)
+    write_prompts(ctx.out_dir / PROMPTS_FILE, list({it.prompt.id: it.prompt for it in items}.values()))
     finish(cfg, ctx, items, prompt_info, new_tokens, time.monotonic() - started)
 
 

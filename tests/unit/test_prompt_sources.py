@@ -332,3 +332,18 @@ def test_validate_dict_accepts_multi_teacher(tmp_path):
                          "teachers": {"big": {"model": "org/big", "backend": "openai"}},
                          "train": {"student": {"teacher_layers": [0]}}, "eval": {"prompts": str(p)}})
     assert cfg.teacher_config("big").model == "org/big" and cfg.teacher_config("default") is cfg.teacher
+
+
+def test_plan_groups_teachers_within_a_level_and_keeps_level_order(tmp_path):
+    from llmdistill.generate.stage import plan
+
+    rows = [{"prompt": f"q{i}", "level": 1 + i // 6, "tags": ["math"] if i % 2 else []} for i in range(12)]
+    seeds = tmp_path / "s.jsonl"
+    seeds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = gen_config(tmp_path, {"prompts": str(seeds), "routing": [{"teacher": "m", "tags": ["math"]}]},
+                     teachers={"m": {"model": "org/m"}})
+    items = plan(cfg, records.curriculum_order(curriculum.load_sources(cfg.generate).prompts))
+    assert [(it.prompt.level, it.teacher) for it in items] == (
+        [(1, "default")] * 3 + [(1, "m")] * 3 + [(2, "default")] * 3 + [(2, "m")] * 3)
+    assert [it.prompt.messages[0]["content"] for it in items[:6]] == ["q0", "q2", "q4", "q1", "q3", "q5"]
+    assert len(make_batches(items, 16)) == 4
