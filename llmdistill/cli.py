@@ -61,7 +61,7 @@ def _load(config: str | None, overrides: list[str] | None):
         raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
-def _run(config, overrides, stages, force, standalone, verbose) -> None:
+def _run(config, overrides, stages, force, standalone, verbose, **kwargs) -> None:
     _setup_logging(verbose)
     cfg = _load(config, overrides)
     from llmdistill.errors import LockedError, UserError, describe_os_error
@@ -71,7 +71,7 @@ def _run(config, overrides, stages, force, standalone, verbose) -> None:
     if bad:
         _fail(f"--force takes a stage name ({', '.join(STAGES)}), got {', '.join(bad)}", EXIT_BAD_INPUT)
     try:
-        outcome = run_stages(cfg, stages, set(force), standalone=standalone)
+        outcome = run_stages(cfg, stages, set(force), standalone=standalone, **kwargs)
     except LockedError as e:
         _fail(str(e), EXIT_LOCKED)
     except UserError as e:
@@ -116,7 +116,38 @@ def _stage_command(stage: str, doc: str):
     app.command(name=stage)(command)
 
 
-_stage_command("generate", "Teacher completions with top-k log-probs for the prompts, in curriculum order.")
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit()) or int(count) < 1 or int(index) >= int(count):
+        _fail(f"--shard takes i/n with 0 <= i < n (e.g. 2/8), got {text!r}", EXIT_BAD_INPUT)
+    return int(index), int(count)
+
+
+@app.command()
+def generate(
+    config: str | None = typer.Argument(None, help=CONFIG_HELP),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    force: bool = typer.Option(False, "--force", help="rerun even if done"),
+    shard: str | None = typer.Option(None, "--shard", help="i/n: generate only shard i (0-based) of n into the "
+                                     "shared run directory; finish with `llmdistill merge`"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Teacher completions with top-k log-probs for the prompts, in curriculum order."""
+    _run(config, overrides, ("generate",), ["generate"] if force else [], True, verbose, shard=_parse_shard(shard))
+
+
+@app.command()
+def merge(
+    config: str | None = typer.Argument(None, help=CONFIG_HELP),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Finish a sharded generate: check that every planned sample is there exactly once, write the manifest."""
+    _run(config, overrides, ("generate",), [], True, verbose, merge_only=True)
+
+
 _stage_command("filter", "Dedup and heuristic filters over the generated samples (removed rows keep their reason).")
 _stage_command("train", "Train the student (and the SFT baseline, if configured) on the filtered samples.")
 _stage_command("eval", "Compare the trained students with the teacher on held-out prompts.")

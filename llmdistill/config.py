@@ -115,10 +115,130 @@ class TeacherConfig(Section):
 
 
 # --------------------------------------------------------------------------------------------- generate
+def _dataset_source(value: str, info: ValidationInfo) -> str:
+    """A local dataset directory becomes absolute (./x, ../x, /x, ~/x must exist); anything else is a hub id
+    or a `datasets` builder name (json, parquet, csv ...)."""
+    path = _resolve_path(value, info)
+    if path.exists():
+        return str(path)
+    if value.startswith((".", "/", "~")):
+        raise ValueError(f"dataset not found: {path}")
+    return value
+
+
+class FileSource(Section):
+    """Seed prompts from files: JSONL ({prompt | messages, level?, source?, answer?, tags?} per line) or plain
+    text (one prompt per non-empty line)."""
+
+    kind: Literal["file"]
+    path: InputFiles = Field(description="one file or a list of files")
+    format: Literal["auto", "jsonl", "text"] = Field("auto", description="auto: .txt is text, anything else JSONL")
+    level: int | None = Field(None, ge=0, description="level of every prompt (JSONL lines without one get 1)")
+    source: str | None = Field(None, description="source name of every prompt (default: the line's, or the file name)")
+    tags: list[str] = Field(default_factory=list, description="tags added to every prompt")
+
+
+class HFDatasetSource(Section):
+    """Prompts from a `datasets` dataset: a hub id, a builder name with data_files (json, parquet, csv), or a
+    directory written by `Dataset.save_to_disk`."""
+
+    kind: Literal["hf_dataset"]
+    path: Annotated[str, AfterValidator(_dataset_source)] = Field(description="hub id, builder name or directory")
+    name: str | None = Field(None, description="dataset configuration name")
+    split: str = Field("train", description="split to read")
+    data_files: InputFiles | None = Field(None, description="local files for a builder (path: json / parquet / csv)")
+    prompt_column: str = Field("prompt", description="column holding the prompt text")
+    level_column: str | None = Field(None, description="column holding the level (overrides `level`)")
+    level: int = Field(1, ge=0, description="level of every prompt when there is no level column")
+    answer_column: str | None = Field(None, description="column holding a gold answer, if any")
+    source: str | None = Field(None, description="source name of every prompt (default: the dataset path)")
+    tags: list[str] = Field(default_factory=list, description="tags added to every prompt")
+    max_rows: int | None = Field(None, gt=0, description="read at most this many rows (the first ones)")
+
+
+class TemplateSource(Section):
+    """Prompts rendered from a Jinja template (in a sandbox: no file access, no attribute escapes) once per
+    combination of `grid` values and once per `rows` entry."""
+
+    kind: Literal["template"]
+    template: InputFile = Field(description="template file, e.g. prompts/explain.md.j2")
+    grid: dict[str, list] = Field(default_factory=dict, description="variable -> values; every combination renders")
+    rows: list[dict] = Field(default_factory=list, description="explicit variable sets, rendered one by one")
+    level: int = Field(1, ge=0, description="level of every rendered prompt")
+    source: str | None = Field(None, description="source name (default: the template file name)")
+    tags: list[str] = Field(default_factory=list, description="tags added to every prompt")
+
+    @model_validator(mode="after")
+    def _some_variables(self):
+        if not self.grid and not self.rows:
+            raise ValueError("a template source needs `grid` or `rows` (the variables to render it with)")
+        if any(not values for values in self.grid.values()):
+            raise ValueError("every `grid` variable needs at least one value")
+        return self
+
+
+PromptSource = Annotated[FileSource | HFDatasetSource | TemplateSource, Field(discriminator="kind")]
+EVOLVE_OPERATORS = ("add_constraints", "deepen", "concretise", "add_reasoning")
+
+
+class EvolveConfig(Section):
+    """Evol-Instruct style evolution: the teacher rewrites prompts into harder variants (level + 1).
+
+    Each operator is a template prompts/evol_<operator>.md (rendered in the sandbox with `prompt`).
+    Evolved prompts are written to the run's generate/prompts.jsonl and reused on a rerun."""
+
+    rounds: int = Field(1, ge=1, le=5, description="evolution rounds; round r evolves the prompts of round r-1")
+    operators: list[Literal["add_constraints", "deepen", "concretise", "add_reasoning"]] = Field(
+        default_factory=lambda: list(EVOLVE_OPERATORS), description="operators to draw from (seeded per prompt)")
+    per_prompt: int = Field(1, ge=1, description="variants asked for per prompt and round (distinct operators)")
+    max_new_tokens: int = Field(192, ge=8, description="length cap of an evolved prompt")
+    temperature: float = Field(0.7, ge=0.0, description="sampling temperature of the rewriting teacher")
+    min_chars: int = Field(12, ge=1, description="shorter rewrites are rejected (reason too_short)")
+    max_chars: int = Field(2000, ge=1, description="longer rewrites are rejected (reason too_long)")
+    teacher: str = Field("default", description="teacher that rewrites (a name from `teachers`, or default)")
+    levels: list[int] | None = Field(None, description="evolve only prompts at these levels (default: all)")
+
+    @field_validator("operators")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError("operators must be a non-empty list of distinct names")
+        return v
+
+    @model_validator(mode="after")
+    def _enough_operators(self):
+        if self.per_prompt > len(self.operators):
+            raise ValueError(f"per_prompt ({self.per_prompt}) exceeds the number of operators ({len(self.operators)})")
+        return self
+
+
+class RouteRule(Section):
+    """Send matching prompts to a named teacher. A rule matches when every criterion it sets matches."""
+
+    teacher: str = Field(description="a name from `teachers` (or default)")
+    sources: list[str] | None = Field(None, description="source names; shell patterns allowed (math/*)")
+    levels: list[int] | None = Field(None, description="curriculum levels")
+    tags: list[str] | None = Field(None, description="any of these tags")
+
+    @model_validator(mode="after")
+    def _some_criterion(self):
+        if self.sources is None and self.levels is None and self.tags is None:
+            raise ValueError("a routing rule needs at least one of sources, levels, tags")
+        return self
+
+
 class GenerateConfig(Section):
     """Prompt sources and how the teacher samples completions and log-probs for them."""
 
-    prompts: InputFiles = Field(description="JSONL seed files: {prompt, level, source?, answer?, tags?} per line")
+    prompts: InputFiles | None = Field(
+        None, description="JSONL seed files (shorthand for a `file` source): {prompt, level, source?, answer?, tags?}")
+    sources: list[PromptSource] = Field(
+        default_factory=list, description="prompt sources (see `generate.sources[]`): file, hf_dataset, template")
+    on_bad_line: Literal["fatal", "skip"] = Field(
+        "fatal", description="a bad prompt line: fatal stops with file:line; skip reports it and goes on")
+    evolve: EvolveConfig | None = Field(None, description="harder variants by the teacher (see `generate.evolve`)")
+    routing: list[RouteRule] = Field(
+        default_factory=list, description="first matching rule picks the teacher; unmatched prompts go to `teacher`")
     system_prompt: str | None = Field(None, description="prepended as a system turn to every prompt")
     max_prompts: int | None = Field(None, gt=0, description="keep this many prompts, spread evenly over the curriculum")
     order: Literal["curriculum", "file"] = Field("curriculum", description="curriculum: easy to hard by level")
@@ -132,6 +252,12 @@ class GenerateConfig(Section):
     )
     batch_size: int = Field(16, ge=1, description="prompts per generate call (also the unit of seeding)")
     shard_rows: int = Field(256, ge=1, description="rows per Parquet shard (a shard is the unit of resume)")
+
+    @model_validator(mode="after")
+    def _some_prompts(self):
+        if self.prompts is None and not self.sources:
+            raise ValueError("set generate.prompts (seed files) or generate.sources")
+        return self
 
 
 # ----------------------------------------------------------------------------------------------- filter
@@ -403,11 +529,32 @@ class Config(Section):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="run name")
     output_dir: OutputDir = Field(Path("runs"), description="runs are written to output_dir/name")
     seed: int = Field(0, description="seeds sampling (per batch) and training")
-    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="see `teacher`")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="see `teacher` (named `default`)")
+    teachers: dict[str, TeacherConfig] = Field(
+        default_factory=dict, description="more teachers by name, picked per prompt by `generate.routing`")
     generate: GenerateConfig = Field(description="see `generate`")
     filter: FilterConfig = Field(default_factory=FilterConfig, description="see `filter`")
     train: TrainConfig = Field(description="see `train`")
     eval: EvalConfig = Field(description="see `eval`")
+
+    @model_validator(mode="after")
+    def _teacher_names(self):
+        if "default" in self.teachers:
+            raise ValueError("teachers: the name 'default' is taken by the `teacher` section")
+        bad = [n for n in self.teachers if not n or not all(c.isalnum() or c in "._-" for c in n)]
+        if bad:
+            raise ValueError(f"teachers: names may use letters, digits, '.', '_' and '-' only, got {bad}")
+        known = ["default", *self.teachers]
+        g = self.generate
+        wanted = [r.teacher for r in g.routing] + ([g.evolve.teacher] if g.evolve else [])
+        unknown = sorted({n for n in wanted if n not in known})
+        if unknown:
+            raise ValueError(f"generate: unknown teacher {', '.join(unknown)} (known: {', '.join(known)})")
+        return self
+
+    def teacher_config(self, name: str) -> TeacherConfig:
+        """The teacher called `name` (`default` is the `teacher` section)."""
+        return self.teacher if name == "default" else self.teachers[name]
 
     @property
     def run_dir(self) -> Path:
@@ -551,7 +698,7 @@ def _format_error(err: dict) -> str:
 
 def _is_tag(loc: tuple, part: Any) -> bool:
     # pydantic puts the discriminator value into the location of union members ("steps.0.length.min_words").
-    tags = {"failed", "empty", "length", "repetition", "truncated", "exact_dedup"}
+    tags = {"failed", "empty", "length", "repetition", "truncated", "exact_dedup", "file", "hf_dataset", "template"}
     i = loc.index(part)
     return isinstance(part, str) and part in tags and i > 0 and isinstance(loc[i - 1], int)
 
@@ -581,9 +728,10 @@ def _step(tp: Any, part: Any) -> Any:
     if origin in (Union, types.UnionType):
         members = [_unwrap(a) for a in typing.get_args(tp) if a is not type(None)]
         for m in members:
-            if isinstance(m, type) and issubclass(m, BaseModel) and "name" in m.model_fields:
-                if part in typing.get_args(m.model_fields["name"].annotation):
-                    return m
+            for tag in ("name", "kind"):  # the discriminators of filter steps and prompt sources
+                if isinstance(m, type) and issubclass(m, BaseModel) and tag in m.model_fields:
+                    if part in typing.get_args(m.model_fields[tag].annotation):
+                        return m
         for m in members:
             nxt = _step(m, part)
             if nxt is not None:

@@ -45,7 +45,7 @@ log = logging.getLogger("llmdistill")
 STAGES = ("generate", "filter", "train", "eval")
 # The config sections each stage reads; anything else can change without rerunning it.
 SECTIONS = {
-    "generate": ("seed", "teacher", "generate"),
+    "generate": ("seed", "teacher", "teachers", "generate"),
     "filter": ("filter",),
     "train": ("seed", "teacher", "train"),
     "eval": ("teacher", "eval"),
@@ -65,6 +65,8 @@ class StageContext:
     fingerprint: str
     upstream_dir: Path | None
     main_process: bool = True  # False on the other ranks of a multi-process train: they write no files
+    shard: tuple[int, int] | None = None  # generate --shard i/n: this process's part of the work
+    merge_only: bool = False  # generate: check that the shards are complete and finish, generate nothing
 
     def stage_dir(self, stage: str) -> Path:
         return self.run_dir / stage
@@ -124,17 +126,22 @@ class Ranks:
 
 
 class RunLock:
-    """An exclusive, non-blocking lock on `run_dir/.lock` (released by the OS if the process dies)."""
+    """An exclusive, non-blocking lock on `run_dir/.lock` (released by the OS if the process dies).
 
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / ".lock"
+    `shared`: several holders at once (the shards of one generate), none beside an exclusive holder.
+    `wait`: block until the lock is free instead of failing. `name`: another lock file in `run_dir`.
+    """
+
+    def __init__(self, run_dir: Path, name: str = ".lock", shared: bool = False, wait: bool = False):
+        self.path = Path(run_dir) / name
+        self.shared, self.wait = shared, wait
         self._fh = None
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+")
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | (0 if self.wait else fcntl.LOCK_NB))
         except OSError as e:
             if e.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
@@ -143,10 +150,11 @@ class RunLock:
             fh.close()
             raise LockedError(f"run directory {self.path.parent} is in use by another llmdistill process "
                               f"(pid {holder}); wait for it to finish") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
+        if not self.shared:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
         self._fh = fh
         return self
 
@@ -172,12 +180,17 @@ def stage_status(cfg: Config, fps: dict[str, str] | None = None) -> dict[str, st
 
 
 def run_stages(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, force: set[str] | frozenset = frozenset(),
-               standalone: bool = False) -> dict[str, str]:
+               standalone: bool = False, shard: tuple[int, int] | None = None,
+               merge_only: bool = False) -> dict[str, str]:
     """Run `stages` in order; returns what happened to each ('skipped' or 'ran').
 
     `force`: stages to rerun even if done (and, through their new outputs, everything after them).
     `standalone`: a single stage command; its upstream must already be done with the current config.
+    `shard` (i, n): generate only, this process's part; n processes share the run directory and none
+    writes `_SUCCESS`. `merge_only`: generate only, finish a sharded run without generating anything.
     """
+    if shard is not None:
+        return _run_shard(cfg, shard, force=bool(force))
     fps = fingerprints(cfg)
     run_dir = cfg.run_dir
     forced = set(force)
@@ -216,12 +229,15 @@ def run_stages(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, force:
                 continue
             faults.set_stage(stage)
             if ranks.main:
+                if merge_only:
+                    _require_started(out_dir, fps[stage])
                 _prepare(work_dir, fps[stage], fresh=stage in forced)
             ranks.barrier()
             log.info("stage %s: running (fingerprint %s) -> %s", stage, fps[stage], work_dir)
             started = time.monotonic()
             module = importlib.import_module(f"llmdistill.{_PACKAGES[stage]}.stage")
-            ctx = StageContext(stage, run_dir, work_dir, fps[stage], run_dir / up if up else None, ranks.main)
+            ctx = StageContext(stage, run_dir, work_dir, fps[stage], run_dir / up if up else None, ranks.main,
+                               merge_only=merge_only)
             module.run(cfg, ctx)
             faults.point("stage-end")
             seconds = round(time.monotonic() - started, 1)
@@ -243,6 +259,40 @@ def run_stages(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, force:
 
 
 _PACKAGES = {"generate": "generate", "filter": "filter", "train": "train", "eval": "evaluate"}
+
+
+def _run_shard(cfg: Config, shard: tuple[int, int], force: bool) -> dict[str, str]:
+    """One shard of the generate stage. Shards hold the run lock shared (so no unsharded run can start
+    beside them) and a lock of their own (so one shard never runs twice at once)."""
+    index, count = shard
+    if not 0 <= index < count:
+        raise UserError(f"--shard {index}/{count}: the index must be in 0..{count - 1}")
+    if force:
+        raise UserError("--force cannot be combined with --shard (it would delete the other shards' work)")
+    fp = fingerprints(cfg)["generate"]
+    out_dir = cfg.run_dir / "generate"
+    with RunLock(cfg.run_dir, shared=True), RunLock(cfg.run_dir, name=f".lock-shard-{index}-of-{count}"):
+        success = store.read_success(out_dir)
+        if success and success.get("fingerprint") == fp:
+            log.info("stage generate: up to date (fingerprint %s), skipping shard %d/%d", fp, index, count)
+            return {"generate": "skipped"}
+        with RunLock(cfg.run_dir, name=".lock-prepare", wait=True):  # one shard clears a stale directory
+            write_resolved_config(cfg, cfg.run_dir)
+            _prepare(out_dir, fp, fresh=success is not None)
+        log.info("stage generate: shard %d/%d (fingerprint %s) -> %s", index, count, fp, out_dir)
+        module = importlib.import_module("llmdistill.generate.stage")
+        module.run(cfg, StageContext("generate", cfg.run_dir, out_dir, fp, None, shard=shard))
+    return {"generate": f"ran shard {index}/{count}"}
+
+
+def _require_started(out_dir: Path, fingerprint: str) -> None:
+    """merge: the shards must have run with this very config (merging never clears their work)."""
+    started = out_dir / STARTED
+    previous = started.read_text().strip() if started.exists() else None
+    if previous != fingerprint:
+        state = "no shard has run" if previous is None else f"the shards ran with another config ({previous})"
+        raise UserError(f"merge: {out_dir}: {state}; run `llmdistill generate CONFIG --shard i/n` for every i "
+                        "with this config first")
 
 
 def _prepare(work_dir: Path, fingerprint: str, fresh: bool) -> None:

@@ -231,68 +231,97 @@ class Prompt:
         return prompt_id(self.messages, self.source)
 
 
-def read_prompt_file(path, system_prompt: str | None = None) -> list[Prompt]:
-    """Read a JSONL prompt file. Each line: {"prompt": str | "messages": [...], "level": int,
-    "source"?: str, "answer"?: str, "tags"?: [str]}. A bad line raises ValueError naming file and line."""
+def read_prompt_file(path, system_prompt: str | None = None, *, format: str = "auto", level: int | None = None,
+                     source: str | None = None, tags: list[str] | tuple = (),
+                     bad_lines: list[str] | None = None) -> list[Prompt]:
+    """Read a prompt file.
+
+    JSONL (the default; `format="text"` or a .txt file reads one prompt per non-empty line instead): each line
+    {"prompt": str | "messages": [...], "level": int, "source"?: str, "answer"?: str, "tags"?: [str]}.
+    `level` / `source` given here override the lines'; `tags` are added to every prompt.
+    A bad line raises ValueError "file:line: problem", or, when a `bad_lines` list is given, is appended to
+    it and skipped."""
     from pathlib import Path
 
     path = Path(path)
+    text_format = format == "text" or (format == "auto" and path.suffix == ".txt")
     out = []
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{where}: expected a JSON object")
-            messages = obj.get("messages")
-            if messages is None:
-                text = obj.get("prompt")
-                if not isinstance(text, str) or not text.strip():
-                    raise ValueError(f"{where}: needs a non-empty 'prompt' string or a 'messages' list")
-                messages = [{"role": "user", "content": text}]
-            elif not (isinstance(messages, list) and all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages
-            ) and messages):
-                raise ValueError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
-            messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-            if system_prompt and messages[0]["role"] != "system":
-                messages = [{"role": "system", "content": system_prompt}] + messages
-            level = obj.get("level", 1)
-            if not isinstance(level, int) or isinstance(level, bool) or level < 0:
-                raise ValueError(f"{where}: 'level' must be a non-negative integer, got {level!r}")
-            answer = obj.get("answer")
-            out.append(
-                Prompt(
-                    messages=messages,
-                    level=level,
-                    source=str(obj.get("source") or path.stem),
-                    answer=None if answer is None else str(answer),
-                    tags=[str(t) for t in obj.get("tags") or []],
-                )
-            )
+                obj = {"prompt": line.strip()} if text_format else _json_line(line)
+                out.append(prompt_from_dict(obj, path, system_prompt, level, source, tags))
+            except ValueError as e:
+                message = f"{path}:{lineno}: {e}"
+                if bad_lines is None:
+                    raise ValueError(message) from None
+                bad_lines.append(message)
+    return out
+
+
+def _json_line(line: str) -> dict:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise ValueError("expected a JSON object")
+    return obj
+
+
+def prompt_from_dict(obj: dict, path, system_prompt, level, source, tags) -> Prompt:
+    """One prompt from a parsed line; ValueError (without the location) if the line is not a prompt."""
+    messages = obj.get("messages")
+    if messages is None:
+        text = obj.get("prompt")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("needs a non-empty 'prompt' string or a 'messages' list")
+        messages = [{"role": "user", "content": text}]
+    elif not (isinstance(messages, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in messages
+    ) and messages):
+        raise ValueError("'messages' must be a non-empty list of {role, content} objects")
+    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if system_prompt and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system_prompt}] + messages
+    if level is None:
+        level = obj.get("level", 1)
+        if not isinstance(level, int) or isinstance(level, bool) or level < 0:
+            raise ValueError(f"'level' must be a non-negative integer, got {level!r}")
+    answer = obj.get("answer")
+    line_tags = obj.get("tags") or []
+    if not isinstance(line_tags, list):
+        raise ValueError(f"'tags' must be a list, got {line_tags!r}")
+    return Prompt(
+        messages=messages,
+        level=level,
+        source=source or str(obj.get("source") or path.stem),
+        answer=None if answer is None else str(answer),
+        tags=[str(t) for t in line_tags] + [t for t in tags if t not in line_tags],
+    )
+
+
+def curriculum_order(prompts: list[Prompt], order: str = "curriculum", max_prompts: int | None = None) -> list[Prompt]:
+    """Drop repeated prompts (same id), sort easy to hard (stable, by level) unless `order == "file"`, and keep
+    `max_prompts` spread evenly over the ordered list, so a shrunken run still covers every level."""
+    seen, out = set(), []
+    for p in prompts:
+        if p.id not in seen:
+            seen.add(p.id)
+            out.append(p)
+    if order == "curriculum":
+        out.sort(key=lambda p: p.level)
+    if max_prompts is not None and max_prompts < len(out):
+        step = len(out) / max_prompts
+        out = [out[int(i * step)] for i in range(max_prompts)]
     return out
 
 
 def load_prompts(paths, system_prompt: str | None = None, order: str = "curriculum",
                  max_prompts: int | None = None) -> list[Prompt]:
-    """Prompts from several files, without repeats, in curriculum order (stable sort by level) unless
-    `order == "file"`; `max_prompts` keeps that many spread evenly over the ordered list, so a shrunken run
-    still covers every level."""
-    seen, prompts = set(), []
-    for path in paths:
-        for p in read_prompt_file(path, system_prompt):
-            if p.id not in seen:
-                seen.add(p.id)
-                prompts.append(p)
-    if order == "curriculum":
-        prompts.sort(key=lambda p: p.level)
-    if max_prompts is not None and max_prompts < len(prompts):
-        step = len(prompts) / max_prompts
-        prompts = [prompts[int(i * step)] for i in range(max_prompts)]
-    return prompts
+    """Prompts from several JSONL files, without repeats, in curriculum order (see `curriculum_order`)."""
+    prompts = [p for path in paths for p in read_prompt_file(path, system_prompt)]
+    return curriculum_order(prompts, order, max_prompts)

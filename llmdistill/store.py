@@ -96,7 +96,8 @@ def list_shards(directory: Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir() if SHARD_RE.match(p.name))
+    return sorted((p for p in directory.iterdir() if SHARD_RE.match(p.name)),
+                  key=lambda p: int(SHARD_RE.match(p.name).group(1)))
 
 
 def clean_temporaries(directory: Path) -> int:
@@ -117,7 +118,9 @@ def clean_temporaries(directory: Path) -> int:
 class ShardWriter:
     """Appends shards `part-NNNNN.parquet` to a directory, one atomic file per `write` call.
 
-    Numbering continues after the shards already there, so a resumed writer never overwrites.
+    Numbering continues after the shards already there, so a resumed writer never overwrites. A caller
+    that names shards itself passes `index` (generate: the plan position of the shard's first batch, so
+    that file order is plan order and parallel writers never collide); an existing name is an error.
     """
 
     def __init__(self, directory: Path, schema: pa.Schema | None = None):
@@ -131,10 +134,12 @@ class ShardWriter:
         self.next_index = int(SHARD_RE.match(existing[-1].name).group(1)) + 1 if existing else 0
         self.rows_written = 0
 
-    def write_table(self, table: pa.Table) -> Path:
+    def write_table(self, table: pa.Table, index: int | None = None) -> Path:
         if table.schema.remove_metadata() != self.schema.remove_metadata():
             raise StoreError(f"shard schema mismatch for {self.directory}:\n{table.schema}\n!=\n{self.schema}")
-        path = self.directory / f"part-{self.next_index:05d}.parquet"
+        path = self.directory / f"part-{self.next_index if index is None else index:05d}.parquet"
+        if index is not None and path.exists():
+            raise StoreError(f"shard {path} already exists")
         tmp = None
         try:
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}.", suffix=".tmp")
@@ -152,12 +157,13 @@ class ShardWriter:
             raise
         _fsync_dir(self.directory)
         faults.point("shard")
-        self.next_index += 1
+        if index is None:
+            self.next_index += 1
         self.rows_written += table.num_rows
         return path
 
-    def write(self, samples: list[records.Sample], reasons: list[str] | None = None) -> Path:
-        return self.write_table(records.samples_to_table(samples, reasons))
+    def write(self, samples: list[records.Sample], reasons: list[str] | None = None, index: int | None = None) -> Path:
+        return self.write_table(records.samples_to_table(samples, reasons), index)
 
 
 def _open_shard(path: Path) -> pq.ParquetFile:

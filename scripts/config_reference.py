@@ -86,7 +86,19 @@ def render() -> str:
                   for n, f in model.model_fields.items() if n != "name"]
         text = f"- **{step}**: {(model.__doc__ or '').strip()}"
         parts.append(text + (f" Parameters: {', '.join(params)}." if params else ""))
+    parts += prompt_sources()
     return "\n".join(parts).rstrip() + "\n"
+
+
+def prompt_sources() -> list[str]:
+    """Prompt sources (`generate.sources[]`, picked by `kind`), evolution and routing."""
+    parts = [""]
+    for model in typing.get_args(typing.get_args(C.PromptSource)[0]):
+        kind = typing.get_args(model.model_fields["kind"].annotation)[0]
+        parts += section(f"`generate.sources[]` with `kind: {kind}`", model, "")
+    parts += section("`generate.evolve`", C.EvolveConfig, "generate.evolve.")
+    parts += section("`generate.routing[]`", C.RouteRule, "")
+    return parts
 
 
 if __name__ == "__main__":

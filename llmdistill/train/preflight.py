@@ -66,3 +66,20 @@ def _prefix_compatible(teacher_tokenizer, student_tokenizer) -> bool:
     a, b = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
     small, large = (a, b) if len(a) <= len(b) else (b, a)
     return all(large.get(tok) == i for tok, i in small.items())
+
+
+def check_teacher_mix(manifest: dict, present: set[str], logit_loss: bool) -> bool:
+    """Several teachers in one dataset (generate.routing): True when their tokenizers differ.
+
+    Their stored token ids and top-k then belong to different vocabularies: a logit loss (offline mode
+    with a divergence term) is refused; text-only training (seq_kd, CE-only) re-tokenises every row."""
+    teachers = manifest.get("teachers") or {}
+    hashes = {name: teachers[name]["tokenizer_hash"] for name in sorted(present) if name in teachers}
+    if len(set(hashes.values())) <= 1:
+        return False
+    if logit_loss:
+        listed = ", ".join(f"{name} ({h[:12]})" for name, h in hashes.items())
+        raise UserError(f"train: the data mixes teachers with different tokenizers ({listed}); their logits cannot "
+                        "be distilled together. Route every prompt to teachers sharing one tokenizer, or use "
+                        "train.mode: seq_kd (text only)")
+    return True

@@ -52,6 +52,8 @@ def run(cfg: Config, ctx: StageContext) -> None:
     from llmdistill.train.data import COLUMNS
 
     dataset = store.load_dataset(src, COLUMNS)
+    present = set(store.read_table(src, ["teacher"]).column("teacher").to_pylist())
+    mixed = preflight.check_teacher_mix(manifest, present, t.mode == "offline" and any(x.name != "ce" for x in t.loss))
     metrics_path = ctx.out_dir / "metrics.json"
     metrics = store.read_json(metrics_path) if metrics_path.exists() else {}
     for name, mode, terms in variants:
@@ -59,7 +61,9 @@ def run(cfg: Config, ctx: StageContext) -> None:
         if store.read_success(final_dir) is not None and name in metrics:
             log.info("train: %s already trained, keeping %s", name, final_dir)
             continue
-        metrics[name] = train_variant(cfg, ctx, name, mode, terms, tokenizer, dataset, prov)
+        # mixed tokenizers (text-only training): no single teacher tokenizer, so every row is re-tokenised
+        variant_prov = {**prov, "tokenizer_hash": None} if mixed and mode != "on_policy" else prov
+        metrics[name] = train_variant(cfg, ctx, name, mode, terms, tokenizer, dataset, variant_prov)
         if ctx.main_process:
             store.atomic_write_json(metrics_path, metrics)
 

@@ -1,0 +1,157 @@
+"""Curriculum building: prompts from seed files, `datasets` datasets and templates, each with a level.
+
+Sources are read in config order into one list of `records.Prompt`; `records.curriculum_order` then
+drops repeats and sorts easy to hard. Templates render in a sandboxed Jinja environment: no loader (a
+template cannot include or read files), attributes starting with `_` are off limits (no
+`''.__class__.__mro__` escapes), the sandbox's immutable variant forbids mutating values, and an
+undefined variable is an error instead of an empty string.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmdistill import records
+from llmdistill.config import FileSource, GenerateConfig, HFDatasetSource, TemplateSource
+from llmdistill.errors import UserError
+
+
+@dataclass
+class Loaded:
+    """What the sources gave: the prompts (source order) and every bad line or row that was skipped."""
+
+    prompts: list[records.Prompt] = field(default_factory=list)
+    bad_lines: list[str] = field(default_factory=list)
+
+
+def load_sources(g: GenerateConfig) -> Loaded:
+    """Read every configured source (`generate.prompts` first, as a `file` source, then `generate.sources`).
+
+    A bad line or row raises UserError "file:line: problem" when `g.on_bad_line` is fatal; with skip it is
+    recorded in `Loaded.bad_lines` and left out."""
+    out = Loaded()
+    bad = out.bad_lines if g.on_bad_line == "skip" else None
+    for path in g.prompts or []:
+        out.prompts += _read_file(path, g.system_prompt, bad)
+    for src in g.sources:
+        if isinstance(src, FileSource):
+            for path in src.path:
+                out.prompts += _read_file(path, g.system_prompt, bad, format=src.format, level=src.level,
+                                          source=src.source, tags=src.tags)
+        elif isinstance(src, HFDatasetSource):
+            out.prompts += dataset_prompts(src, g.system_prompt, bad)
+        elif isinstance(src, TemplateSource):
+            out.prompts += template_prompts(src, g.system_prompt)
+    return out
+
+
+def _read_file(path, system_prompt, bad, **kwargs) -> list[records.Prompt]:
+    try:
+        return records.read_prompt_file(path, system_prompt, bad_lines=bad, **kwargs)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+# -------------------------------------------------------------------------------------------- templates
+def sandbox():
+    """The Jinja environment every llmdistill template renders in (see the module docstring)."""
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+
+
+def render(template_text: str, variables: dict, where: str) -> str:
+    """Render a template in the sandbox; any failure (syntax, undefined variable, unsafe access, include)
+    is a UserError naming `where`."""
+    import jinja2
+    from jinja2.sandbox import SecurityError
+
+    try:
+        return sandbox().from_string(template_text).render(**variables).strip()
+    except jinja2.TemplateSyntaxError as e:
+        raise UserError(f"{where}:{e.lineno}: template syntax error: {e.message}") from None
+    except SecurityError as e:
+        raise UserError(f"{where}: template refused by the sandbox: {e}") from None
+    except jinja2.UndefinedError as e:
+        raise UserError(f"{where}: template uses an undefined variable: {e.message}") from None
+    except (jinja2.TemplateError, TypeError) as e:  # TypeError: include/import without a loader
+        raise UserError(f"{where}: template cannot render: {e}") from None
+
+
+def template_prompts(src: TemplateSource, system_prompt: str | None) -> list[records.Prompt]:
+    """One prompt per `grid` combination (in the order written), then one per `rows` entry.
+
+    A variable named `answer` becomes the prompt's gold answer."""
+    path = Path(src.template)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason})") from None
+    keys = list(src.grid)
+    sets = [dict(zip(keys, values)) for values in itertools.product(*src.grid.values())] if keys else []
+    sets += src.rows
+    name = src.source or path.name.split(".")[0]
+    out = []
+    for i, variables in enumerate(sets):
+        content = render(text, variables, f"{path} (variables #{i}: {variables})")
+        if not content:
+            raise UserError(f"{path}: renders to an empty prompt with variables {variables}")
+        messages = [{"role": "user", "content": content}]
+        if system_prompt:
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        answer = variables.get("answer")
+        out.append(records.Prompt(messages=messages, level=src.level, source=name,
+                                  answer=None if answer is None else str(answer), tags=list(src.tags)))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ hf datasets
+def open_dataset(src: HFDatasetSource):
+    """The configured split as a `datasets.Dataset`: a save_to_disk directory, or `load_dataset`."""
+    import datasets
+
+    path = Path(src.path)
+    try:
+        if path.is_dir() and any((path / f).exists() for f in ("state.json", "dataset_dict.json")):
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                if src.split not in ds:
+                    raise UserError(f"{path}: no split {src.split!r} (has {', '.join(ds)})")
+                ds = ds[src.split]
+            return ds
+        files = [str(f) for f in src.data_files] if src.data_files else None
+        return datasets.load_dataset(src.path, src.name, split=src.split, data_files=files)
+    except UserError:
+        raise
+    except Exception as e:  # datasets raises many types (FileNotFoundError, ValueError, its own) for bad input
+        raise UserError(f"dataset {src.path!r} (split {src.split!r}) cannot be loaded: "
+                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def dataset_prompts(src: HFDatasetSource, system_prompt: str | None, bad: list[str] | None) -> list[records.Prompt]:
+    ds = open_dataset(src)
+    wanted = [c for c in (src.prompt_column, src.level_column, src.answer_column) if c]
+    missing = [c for c in wanted if c not in ds.column_names]
+    if missing:
+        raise UserError(f"dataset {src.path!r}: no column {', '.join(map(repr, missing))} "
+                        f"(columns: {', '.join(ds.column_names)})")
+    if src.max_rows is not None:
+        ds = ds.select(range(min(src.max_rows, len(ds))))
+    name = src.source or Path(src.path).name
+    out = []
+    for i, row in enumerate(ds.select_columns(wanted)):
+        obj = {"prompt": row[src.prompt_column], "level": row[src.level_column] if src.level_column else src.level,
+               "answer": row[src.answer_column] if src.answer_column else None}
+        try:
+            out.append(records.prompt_from_dict(obj, Path(name), system_prompt, None, name, src.tags))
+        except ValueError as e:
+            message = f"{src.path}[row {i}]: {e}"
+            if bad is None:
+                raise UserError(message) from None
+            bad.append(message)
+    return out
