@@ -394,6 +394,10 @@ class EvalConfig(Section):
     latency_prompts: int = Field(3, ge=1, description="prompts timed for per-token latency")
     latency_new_tokens: int = Field(32, ge=1, description="tokens generated per timed prompt (greedy, batch 1)")
     tasks: list[TaskConfig] = Field(default_factory=list, description="gradable tasks (see `eval.tasks[]`)")
+    topk: int = Field(10, ge=1, description="k of the top-k overlap between student and teacher next-token lists")
+    ece_bins: int = Field(15, ge=1, description="equal-width confidence bins of the expected calibration error")
+    compare_to: ModelSource | None = Field(
+        None, description="a previously promoted student to score beside the new ones (retrain sets it)")
 
 
 # ----------------------------------------------------------------------------------------------- config
