@@ -156,7 +156,8 @@ def plot_kl_histogram(token_kl: dict[str, list[float]] | None) -> bytes | None:
 
 
 def plot_calibration(models: dict[str, dict]) -> bytes | None:
-    curves = {n: m["calibration"] for n, m in models.items() if m.get("calibration")}
+    # the teacher is left out: on its own greedy text its top token is the reference by construction
+    curves = {n: m["calibration"] for n, m in models.items() if m.get("calibration") and n != "teacher"}
     if not curves:
         return None
     fig, ax = _figure(5.5, 4.2)
@@ -203,16 +204,16 @@ def plot_latency_size(models: dict[str, dict]) -> bytes | None:
     if not points:
         return None
     fig, ax = _figure(6.0, 4.0)
-    for i, (name, m) in enumerate(points.items()):
-        x, y = m["parameters"] / 1e6, m["latency_ms_per_token"]
-        ax.scatter([x], [y], s=60)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4 - 12 * i))  # stagger equal points
+    for marker, (name, m) in zip("osD^v<>", points.items()):
+        ax.scatter([m["parameters"] / 1e6], [m["latency_ms_per_token"]], s=70, marker=marker, alpha=0.8,
+                   label=f"{name}: {m['parameters'] / 1e6:.1f}M, {m['latency_ms_per_token']:.1f} ms")
     device = next(iter(points.values())).get("device", "?")
     ax.set(xlabel="parameters (millions)", ylabel="ms per generated token (greedy, batch 1)",
            title=f"Latency vs size on {device}")
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
     return _png(fig)
 
 
@@ -342,6 +343,11 @@ th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5em 0}
 """
 
 
+# marks every image the browser decoded (data-decoded = its pixel width): tests read it from the DOM
+_DECODED = ("<script>window.addEventListener('load',()=>document.querySelectorAll('img').forEach("
+            "i=>{if(i.complete&&i.naturalWidth>0)i.dataset.decoded=i.naturalWidth;}));</script>")
+
+
 def render(data: dict) -> str:
     """The report page for collected run data (see `collect`)."""
     models = _models(data)
@@ -378,7 +384,7 @@ def render(data: dict) -> str:
         parts.append(f"<h2>{_esc(title)}</h2>{body}")
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>llmdistill report: {_esc(data['name'])}</title><style>{_CSS}</style></head><body>"
-            + "\n".join(parts) + "</body></html>\n")
+            + "\n".join(parts) + _DECODED + "</body></html>\n")
 
 
 def report_metrics(data: dict) -> dict:
