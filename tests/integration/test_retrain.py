@@ -135,3 +135,23 @@ def test_bad_gate_metric_is_a_config_error(retrain_config):
     assert res.returncode == 2 and "unknown gate metric" in res.stderr
     res = cli("retrain", path, "retrain.gates=[{metric: 'task:facts'}]")
     assert res.returncode == 2 and "task:facts" in res.stderr
+
+
+def test_a_failed_retrain_is_resumed_without_generating_again(retrain_config, tmp_path):
+    path, _ = retrain_config
+    sdir = state_dir(load_config(path))
+    # a filter that keeps nothing: train refuses (bad input, exit 2) after generate has run
+    code, events, res = retrain(path, "filter.steps=[{name: length, min_words: 1000}]")
+    assert code == 2, res.stdout + res.stderr[-3000:]
+    assert [e["stage"] for e in events if e["event"] == "stage"] == ["generate", "filter", "train"]
+    assert events[-2]["status"] == "failed" and "no samples left" in events[-1]["error"]
+    pending = store.read_json(sdir / S.PENDING)
+    assert S.current_student(sdir) is None and len(S.read_lines(sdir / S.SEEN)) == 12
+
+    code, events, res = retrain(path)  # fixed config: the same run directory is resumed
+    assert code == 0, res.stdout + res.stderr[-3000:]
+    assert events[0]["event"] == "resume" and events[0]["run_dir"] == pending["run_dir"]
+    statuses = {e["stage"]: e["status"] for e in events if e["event"] == "stage"}
+    assert statuses["generate"] == "skipped" and statuses["filter"] == "ran"
+    assert S.read_pointer(sdir)["current"]["run_dir"] == pending["run_dir"]
+    assert not (sdir / S.PENDING).exists()
