@@ -55,12 +55,12 @@ def collect(run_dir: Path) -> dict:
         history = _read(path)
         if history:
             histories[path.name[len("log_history."):-len(".json")]] = history
+    import yaml
+
     config = None
     try:
-        import yaml
-
         config = yaml.safe_load((run_dir / "config.resolved.yaml").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, yaml.YAMLError):
         pass
     generate = _read(run_dir / "generate" / "manifest.json")
     return {

@@ -136,6 +136,9 @@ def _retrain_locked(cfg: Config, sdir: Path) -> int:
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         run_dir = cfg.run_dir / f"retrain-{stamp}"
         run_dir.mkdir(parents=True)
+        # one cache for every retrain run: the teacher's eval references are computed once
+        (sdir / "cache").mkdir(parents=True, exist_ok=True)
+        (run_dir / "cache").symlink_to(sdir / "cache", target_is_directory=True)
         write_prompts(run_dir / "prompts.jsonl", fresh)
         n_new = len(fresh)
         # recorded before generation: a failed run is resumed from pending.json, never generated again

@@ -90,6 +90,7 @@ def test_retrain_promotes_refuses_on_a_failing_gate_and_rolls_back(retrain_confi
     assert resolved["train"]["student"]["model"] == verdict["warm_start_from"]
     assert "promoted" in store.read_json(run2 / "eval" / "metrics.json")["models"]
     assert "history_dedup" in store.read_json(run2 / "filter" / "stats.json")["steps"]
+    assert (run2 / "cache").resolve() == (sdir / "cache").resolve() and len(list((sdir / "cache").iterdir())) == 1
     page = (run2 / "report" / "index.html").read_text()
     assert 'id="table-gates"' in page and "not promoted" in page
 
