@@ -79,6 +79,11 @@ def _model_source(value: str, info: ValidationInfo) -> str:
     return value
 
 
+def _real_dir(value: str) -> str:
+    """A local directory with its symlinks resolved (a hub id or alias is left as is)."""
+    return str(Path(value).resolve()) if Path(value).is_dir() else value
+
+
 InputFile = Annotated[Path, AfterValidator(_input_file)]
 ModelSource = Annotated[str, AfterValidator(_model_source)]
 # one path or a list of paths
@@ -405,8 +410,9 @@ class EvalConfig(Section):
     tasks: list[TaskConfig] = Field(default_factory=list, description="gradable tasks (see `eval.tasks[]`)")
     topk: int = Field(10, ge=1, description="k of the top-k overlap between student and teacher next-token lists")
     ece_bins: int = Field(15, ge=1, description="equal-width confidence bins of the expected calibration error")
-    compare_to: ModelSource | None = Field(
-        None, description="a previously promoted student to score beside the new ones (retrain sets it)")
+    compare_to: Annotated[ModelSource, AfterValidator(_real_dir)] | None = Field(
+        None, description="a previously promoted student to score beside the new ones (retrain sets it); a "
+        "symlink such as retrain-state/student is resolved, so the eval reruns when it moves")
 
 
 # ---------------------------------------------------------------------------------------------- retrain

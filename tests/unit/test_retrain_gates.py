@@ -63,3 +63,21 @@ def test_line_sets(tmp_path):
     assert S.read_lines(path) == set()
     assert S.add_lines(path, ["b", "a"]) == 2 and S.add_lines(path, ["a", "c"]) == 1
     assert S.read_lines(path) == {"a", "b", "c"}
+
+
+def test_compare_to_resolves_the_promoted_symlink(tmp_path):
+    """The eval fingerprint sees the real directory, so moving the pointer reruns the eval."""
+    from llmdistill.config import load_config
+    from llmdistill.pipeline import fingerprints
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    link = tmp_path / "student"
+    link.symlink_to(tmp_path / "a")
+    first = load_config(None, [f"eval.compare_to={link}"])
+    assert first.eval.compare_to == str((tmp_path / "a").resolve())
+    link.unlink()
+    link.symlink_to(tmp_path / "b")
+    second = load_config(None, [f"eval.compare_to={link}"])
+    assert fingerprints(first)["eval"] != fingerprints(second)["eval"]
+    assert fingerprints(first)["train"] == fingerprints(second)["train"]
