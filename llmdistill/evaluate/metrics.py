@@ -108,7 +108,8 @@ def finish(sums: dict) -> dict[str, float]:
         "tokens": sums["tokens"],
     }
     if "bin_count" in sums:
-        out["ece"] = expected_calibration_error(sums["bin_count"], sums["bin_conf"], sums["bin_correct"])
+        ece = expected_calibration_error(sums["bin_count"], sums["bin_conf"], sums["bin_correct"])
+        out["ece"] = None if math.isnan(ece) else ece  # no tokens: no calibration (and valid JSON)
         out["calibration"] = [
             {"bin": i, "count": int(c), "confidence": f / c, "accuracy": a / c}
             for i, (c, f, a) in enumerate(zip(sums["bin_count"], sums["bin_conf"], sums["bin_correct"])) if c

@@ -84,7 +84,7 @@ def run(cfg: Config, ctx: StageContext) -> None:
                 s_logits = t_logits if model is teacher else _logits_at(model, batch, positions)
                 stats = token_stats(t_logits, s_logits, targets, e.topk)
                 if name in token_kl:
-                    token_kl[name].extend(round(float(v), 5) for v in stats["kl"])
+                    token_kl[name].extend(round(v, 5) for v in stats["kl"].tolist())
                 for level in sorted(set(levels)):
                     sel = torch.tensor([lv == level for lv in levels])
                     part = sums_of({key: v[sel] for key, v in stats.items()}, e.ece_bins)
