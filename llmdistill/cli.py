@@ -4,6 +4,7 @@ that need them, so `llmdistill --help` and `llmdistill validate` stay instant.
 Exit codes: 0 done; 2 bad input (config, file, model, dataset) or a refused read/write (disk full,
 permission denied): one line, no traceback; 3 the run directory is locked by another process;
 1 anything unexpected (with a traceback). See docs/robustness.md.
+`retrain` adds 10 (not promoted: a gate failed) and 11 (nothing to do: no new prompts); see docs/retrain.md.
 """
 
 from __future__ import annotations
@@ -81,6 +82,14 @@ def _run(config, overrides, stages, force, standalone, verbose, **kwargs) -> Non
         _fail(describe_os_error(e), EXIT_BAD_INPUT)
     logging.getLogger("llmdistill").info(
         "run %s: %s", cfg.run_dir, ", ".join(f"{k} {v}" for k, v in outcome.items()))
+    if "eval" in stages:
+        _write_report(cfg.run_dir)
+
+
+def _write_report(run_dir: Path) -> None:
+    from llmdistill.report import write_report
+
+    typer.echo(f"report: {write_report(run_dir)}")
 
 
 @app.callback(invoke_without_command=True)
@@ -183,6 +192,54 @@ def inspect(
         inspect_path(directory, n=n, removed=removed, sample_id=sample_id)
     except UserError as e:
         _fail(str(e), EXIT_BAD_INPUT)
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="a run directory, e.g. runs/demo"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Write RUN_DIR/report/index.html (one self-contained page with plots) and RUN_DIR/report/metrics.json."""
+    _setup_logging(verbose)
+    if not run_dir.is_dir():
+        _fail(f"not a run directory: {run_dir}", EXIT_BAD_INPUT)
+    _write_report(run_dir)
+
+
+@app.command()
+def retrain(
+    config: str | None = typer.Argument(None, help=CONFIG_HELP),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """For schedulers: generate only new prompts, train from the promoted student, promote if the gates pass.
+
+    One JSON line per stage on stdout. Exit codes: 0 promoted, 10 not promoted (a gate failed),
+    11 nothing to do (no new prompts), 2 bad input, 3 another retrain holds the lock, 1 failure."""
+    _setup_logging(verbose)
+    cfg = _load(config, overrides)
+    from llmdistill.retrain.run import retrain as run_retrain
+
+    raise typer.Exit(run_retrain(cfg))
+
+
+@app.command()
+def rollback(
+    config: str | None = typer.Argument(None, help=CONFIG_HELP),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+) -> None:
+    """Point the promoted student back at the one promoted before it (the history is kept)."""
+    cfg = _load(config, overrides)
+    from llmdistill.errors import LockedError, UserError
+    from llmdistill.retrain.run import rollback as run_rollback
+
+    try:
+        restored = run_rollback(cfg)
+    except LockedError as e:
+        _fail(str(e), EXIT_LOCKED)
+    except UserError as e:
+        _fail(str(e), EXIT_BAD_INPUT)
+    typer.echo(f"rolled back: promoted student is now {restored['student']} (promoted {restored['promoted_at']})")
 
 
 def main() -> None:

@@ -79,6 +79,11 @@ def _model_source(value: str, info: ValidationInfo) -> str:
     return value
 
 
+def _real_dir(value: str) -> str:
+    """A local directory with its symlinks resolved (a hub id or alias is left as is)."""
+    return str(Path(value).resolve()) if Path(value).is_dir() else value
+
+
 InputFile = Annotated[Path, AfterValidator(_input_file)]
 ModelSource = Annotated[str, AfterValidator(_model_source)]
 # one path or a list of paths
@@ -295,6 +300,15 @@ class TruncatedStep(Section):
     name: Literal["truncated"]
 
 
+class HistoryDedupStep(Section):
+    """Remove samples already kept by an earlier run (reason `history_duplicate`): exact match of the
+    normalised prompt + completion against a history file of keys that `llmdistill retrain` maintains."""
+
+    name: Literal["history_dedup"]
+    path: Annotated[Path, AfterValidator(_resolve_path)] = Field(
+        description="history file: one key per line (a missing file is an empty history)")
+
+
 class ExactDedupStep(Section):
     """Remove exact duplicates of (prompt, completion) after normalisation (reason `duplicate`)."""
 
@@ -305,7 +319,7 @@ class ExactDedupStep(Section):
 
 
 FilterStep = Annotated[
-    FailedStep | EmptyStep | LengthStep | RepetitionStep | TruncatedStep | ExactDedupStep,
+    FailedStep | EmptyStep | LengthStep | RepetitionStep | TruncatedStep | ExactDedupStep | HistoryDedupStep,
     Field(discriminator="name"),
 ]
 
@@ -520,6 +534,54 @@ class EvalConfig(Section):
     latency_prompts: int = Field(3, ge=1, description="prompts timed for per-token latency")
     latency_new_tokens: int = Field(32, ge=1, description="tokens generated per timed prompt (greedy, batch 1)")
     tasks: list[TaskConfig] = Field(default_factory=list, description="gradable tasks (see `eval.tasks[]`)")
+    topk: int = Field(10, ge=1, description="k of the top-k overlap between student and teacher next-token lists")
+    ece_bins: int = Field(15, ge=1, description="equal-width confidence bins of the expected calibration error")
+    compare_to: Annotated[ModelSource, AfterValidator(_real_dir)] | None = Field(
+        None, description="a previously promoted student to score beside the new ones (retrain sets it); a "
+        "symlink such as retrain-state/student is resolved, so the eval reruns when it moves")
+
+
+# ---------------------------------------------------------------------------------------------- retrain
+GATE_METRICS = {  # metric -> True when higher is better
+    "top1_agreement": True, "topk_overlap": True, "kl_to_teacher": False, "jsd_to_teacher": False,
+    "perplexity": False, "ece": False,
+}
+
+
+class GateConfig(Section):
+    """A promotion gate: the new student may be worse than the promoted one by at most `max_regression`."""
+
+    metric: str = Field(description="top1_agreement, topk_overlap, kl_to_teacher, jsd_to_teacher, perplexity, ece, "
+                                    "or task:<name> (accuracy on an eval.tasks entry)")
+    max_regression: float = Field(
+        0.0, description="allowed worsening in the metric's own units (negative: demand that much improvement)")
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in GATE_METRICS and not (v.startswith("task:") and len(v) > 5):
+            raise ValueError(f"unknown gate metric {v!r}; use one of {', '.join(GATE_METRICS)} or task:<name>")
+        return v
+
+    @property
+    def higher_is_better(self) -> bool:
+        return GATE_METRICS.get(self.metric, True)
+
+
+def _default_gates() -> list[GateConfig]:
+    return [GateConfig(metric="top1_agreement", max_regression=0.01),
+            GateConfig(metric="kl_to_teacher", max_regression=0.05)]
+
+
+class RetrainConfig(Section):
+    """`llmdistill retrain`: incremental runs on new prompts, gated promotion (see docs/retrain.md)."""
+
+    state_dir: OutputDir | None = Field(
+        None, description="promoted pointer, seen prompts, kept history, lock (default: <output_dir>/<name>/"
+        "retrain-state); retrain runs go to <output_dir>/<name>/retrain-<UTC time>")
+    gates: list[GateConfig] = Field(default_factory=_default_gates, description="all must pass to promote")
+    warm_start: bool = Field(True, description="the new student starts from the promoted one (if any)")
+    min_new_prompts: int = Field(1, ge=1, description="fewer new prompts than this: nothing to do (exit 11)")
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -536,6 +598,16 @@ class Config(Section):
     filter: FilterConfig = Field(default_factory=FilterConfig, description="see `filter`")
     train: TrainConfig = Field(description="see `train`")
     eval: EvalConfig = Field(description="see `eval`")
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig, description="see `retrain`")
+
+    @model_validator(mode="after")
+    def _gate_tasks(self):
+        tasks = {t.name for t in self.eval.tasks}
+        unknown = [g.metric for g in self.retrain.gates if g.metric.startswith("task:") and g.metric[5:] not in tasks]
+        if unknown:
+            raise ValueError(f"retrain.gates: {', '.join(unknown)} name no eval.tasks entry "
+                             f"(tasks: {', '.join(sorted(tasks)) or 'none'})")
+        return self
 
     @model_validator(mode="after")
     def _teacher_names(self):
@@ -698,7 +770,8 @@ def _format_error(err: dict) -> str:
 
 def _is_tag(loc: tuple, part: Any) -> bool:
     # pydantic puts the discriminator value into the location of union members ("steps.0.length.min_words").
-    tags = {"failed", "empty", "length", "repetition", "truncated", "exact_dedup", "file", "hf_dataset", "template"}
+    tags = {"failed", "empty", "length", "repetition", "truncated", "exact_dedup", "file", "hf_dataset", "template",
+            "history_dedup"}
     i = loc.index(part)
     return isinstance(part, str) and part in tags and i > 0 and isinstance(loc[i - 1], int)
 

@@ -2,10 +2,12 @@
 
 1. The teacher answers every held-out prompt greedily (cached under runs/<name>/cache/, keyed by the
    teacher, the prompts and the length, so retraining never pays for it twice).
-2. On those teacher completions, each student is scored against the teacher's full next-token
-   distribution: mean KL(teacher || student) per token, top-1 agreement, the student's perplexity.
-3. Size (parameters) and CPU/GPU latency per generated token (greedy, batch 1) for every model.
-Writes eval/metrics.json and eval/samples.jsonl (side-by-side generations) and prints a table.
+2. On those teacher completions, each student (and the previously promoted one, eval.compare_to) is
+   scored against the teacher's full next-token distribution: mean KL(teacher || student) and JSD per
+   token, top-1 agreement, top-k overlap, the student's perplexity and its calibration error (ECE).
+3. Gradable tasks, size (parameters, bytes) and CPU/GPU latency per generated token (greedy, batch 1).
+Writes eval/metrics.json, eval/token_kl.json (per-token KL, for the report's histogram) and
+eval/samples.jsonl (side-by-side generations) and prints a table.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from tqdm.auto import tqdm
 from llmdistill import models, records, store
 from llmdistill.config import Config
 from llmdistill.errors import UserError
-from llmdistill.evaluate.metrics import finish, grade, token_sums
+from llmdistill.evaluate.metrics import add_sums, finish, grade, sums_of, token_stats
 from llmdistill.pipeline import StageContext
 
 log = logging.getLogger("llmdistill")
 
 STUDENT_VARIANTS = ("student", "sft_baseline")
+PROMOTED = "promoted"  # the previously promoted student (eval.compare_to), scored beside the new ones
 
 
 def run(cfg: Config, ctx: StageContext) -> None:
@@ -61,11 +64,17 @@ def run(cfg: Config, ctx: StageContext) -> None:
                 other_tokenizer[name] = student_tokenizer
     if not students:
         raise UserError(f"eval: no trained student under {ctx.upstream_dir}")
+    if e.compare_to is not None:
+        students[PROMOTED] = models.load_causal_lm(e.compare_to, "float32", device)
+        promoted_tokenizer = models.load_tokenizer(e.compare_to)
+        if models.tokenizer_info(promoted_tokenizer)["tokenizer_hash"] != teacher_hash:
+            other_tokenizer[PROMOTED] = promoted_tokenizer
     for name in other_tokenizer:
         log.warning("eval: %s uses another tokenizer than the teacher: token-level metrics are left out for it", name)
 
     scored = {"teacher": teacher, **{k: v for k, v in students.items() if k not in other_tokenizer}}
     by_level: dict[str, dict[str, dict]] = {name: {} for name in scored}
+    token_kl: dict[str, list[float]] = {name: [] for name in scored if name != "teacher"}
     with torch.no_grad():
         for start in tqdm(range(0, len(refs), e.batch_size), desc="eval: score", unit="batch"):
             chunk = refs[start : start + e.batch_size]
@@ -73,20 +82,28 @@ def run(cfg: Config, ctx: StageContext) -> None:
             t_logits = _logits_at(teacher, batch, positions)
             for name, model in scored.items():
                 s_logits = t_logits if model is teacher else _logits_at(model, batch, positions)
+                stats = token_stats(t_logits, s_logits, targets, e.topk)
+                if name in token_kl:
+                    token_kl[name].extend(round(v, 5) for v in stats["kl"].tolist())
                 for level in sorted(set(levels)):
                     sel = torch.tensor([lv == level for lv in levels])
-                    part = token_sums(t_logits[sel], s_logits[sel], targets[sel])
-                    acc = by_level[name].setdefault(str(level), dict.fromkeys(part, 0))
-                    for key, value in part.items():
-                        acc[key] += value
+                    part = sums_of({key: v[sel] for key, v in stats.items()}, e.ece_bins)
+                    add_sums(by_level[name].setdefault(str(level), {}), part)
 
     result = {}
     for name, model in scored.items():
-        total = {key: sum(lv[key] for lv in by_level[name].values()) for key in ("kl", "agree", "nll", "tokens")}
-        result[name] = {**finish(total), "parameters": models.count_parameters(model),
-                        "by_level": {lv: finish(s) for lv, s in sorted(by_level[name].items())}}
+        total: dict = {}
+        for part in by_level[name].values():
+            add_sums(total, part)
+        per_level = {}
+        for lv, sums in sorted(by_level[name].items()):
+            per_level[lv] = finish(sums)
+            per_level[lv].pop("calibration", None)
+        result[name] = {**finish(total), "parameters": models.count_parameters(model), "bytes": _bytes(model),
+                        "by_level": per_level}
     for name in other_tokenizer:
-        result[name] = {"parameters": models.count_parameters(students[name]), "tokens": 0,
+        result[name] = {"parameters": models.count_parameters(students[name]), "bytes": _bytes(students[name]),
+                        "tokens": 0,
                         "note": "another tokenizer than the teacher: no token-level metrics"}
     everyone = {"teacher": teacher, **students}
     tokenizers = {name: other_tokenizer.get(name, tokenizer) for name in everyone}
@@ -105,9 +122,15 @@ def run(cfg: Config, ctx: StageContext) -> None:
             row = {"prompt": p.messages[-1]["content"], **{name: samples[name][i] for name in samples}}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     metrics = {"eval_prompts": len(prompts), "eval_tokens": result["teacher"]["tokens"],
-               "left_out_overlapping_prompts": len(overlap), "models": result}
+               "left_out_overlapping_prompts": len(overlap), "topk": e.topk, "ece_bins": e.ece_bins,
+               "compare_to": e.compare_to, "models": result}
+    store.atomic_write_json(ctx.out_dir / "token_kl.json", token_kl)
     store.atomic_write_json(ctx.out_dir / "metrics.json", metrics)
     print_table(metrics)
+
+
+def _bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def teacher_references(cfg: Config, ctx: StageContext, teacher, tokenizer, prompts, device) -> list[dict]:
@@ -238,7 +261,8 @@ def print_table(metrics: dict) -> None:
 
     table = Table(title=f"eval: {metrics['eval_prompts']} held-out prompts, {metrics['eval_tokens']} teacher tokens")
     tasks = sorted({t for m in metrics["models"].values() for t in m.get("tasks", {})})
-    for col in ("model", "params (M)", "KL to teacher", "top-1 agreement", "perplexity", "ms / token", *tasks):
+    for col in ("model", "params (M)", "KL to teacher", "JSD", "top-1 agreement", f"top-{metrics['topk']} overlap",
+                "perplexity", "ECE", "ms / token", *tasks):
         table.add_column(col, justify="right" if col != "model" else "left")
     for name, m in metrics["models"].items():
         scores = [f"{m['tasks'][t]['accuracy']:.3f}" if t in m.get("tasks", {}) else "-" for t in tasks]
@@ -246,8 +270,11 @@ def print_table(metrics: dict) -> None:
             name,
             f"{m['parameters'] / 1e6:.1f}",
             f"{m['kl_to_teacher']:.4f}" if "kl_to_teacher" in m else "-",
+            f"{m['jsd_to_teacher']:.4f}" if "jsd_to_teacher" in m else "-",
             f"{m['top1_agreement']:.3f}" if "top1_agreement" in m else "-",
+            f"{m['topk_overlap']:.3f}" if "topk_overlap" in m else "-",
             f"{m['perplexity']:.2f}" if "perplexity" in m else "-",
+            f"{m['ece']:.3f}" if "ece" in m else "-",
             f"{m['latency_ms_per_token']:.1f}" if m.get("latency_ms_per_token") is not None else "-",
             *scores,
         )

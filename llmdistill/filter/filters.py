@@ -70,20 +70,39 @@ def repetition(step: C.RepetitionStep) -> Step:
     return check
 
 
+def dedup_key(messages: list[dict], completion: str | None, scope: str = "prompt_completion") -> bytes:
+    """The exact-dedup key: a digest of the normalised completion (and prompt, for scope prompt_completion)."""
+    key = normalise(completion or "")
+    if scope == "prompt_completion":
+        key = normalise(" ".join(m["content"] for m in messages)) + "\x00" + key
+    return hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
+
+
 def exact_dedup(step: C.ExactDedupStep) -> Step:
     seen: set[bytes] = set()
 
     def check(s: Sample) -> Verdict:
-        key = normalise(s.completion or "")
-        if step.scope == "prompt_completion":
-            key = normalise(" ".join(m["content"] for m in s.messages)) + "\x00" + key
-        digest = hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
+        digest = dedup_key(s.messages, s.completion, step.scope)
         if digest in seen:
             return "duplicate"
         seen.add(digest)
         return None
 
     return check
+
+
+def read_history(path) -> set[bytes]:
+    """Keys (hex, one per line) of samples kept by earlier runs; a missing file is an empty history."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return {bytes.fromhex(line.strip()) for line in f if line.strip()}
+    except FileNotFoundError:
+        return set()
+
+
+def history_dedup(step: C.HistoryDedupStep) -> Step:
+    history = read_history(step.path)
+    return lambda s: "history_duplicate" if dedup_key(s.messages, s.completion) in history else None
 
 
 STEPS: dict[str, Callable] = {
@@ -93,6 +112,7 @@ STEPS: dict[str, Callable] = {
     "length": length,
     "repetition": repetition,
     "exact_dedup": exact_dedup,
+    "history_dedup": history_dedup,
 }
 
 

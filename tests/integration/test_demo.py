@@ -27,6 +27,8 @@ def test_demo_config_end_to_end_with_smollm2(tmp_path):
     metrics = store.read_json(run / "eval" / "metrics.json")["models"]
     assert set(metrics) == {"teacher", "student", "sft_baseline"}
     assert metrics["student"]["parameters"] < 0.5 * metrics["teacher"]["parameters"]  # 10 of 30 layers
+    assert f"report: {run / 'report' / 'index.html'}" in res.stdout  # the run ends with the HTML report
+    assert (run / "report" / "metrics.json").exists()
     # a finished run reruns as a no-op
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stderr.count("skipping") == 4

@@ -57,6 +57,18 @@ def test_exact_dedup_prompt_scope_keeps_same_answer_to_different_prompts():
 
 def test_every_configured_step_name_has_a_builder():
     names = {m.model_fields["name"].annotation.__args__[0] for m in
-             (C.FailedStep, C.EmptyStep, C.LengthStep, C.RepetitionStep, C.TruncatedStep, C.ExactDedupStep)}
+             (C.FailedStep, C.EmptyStep, C.LengthStep, C.RepetitionStep, C.TruncatedStep, C.ExactDedupStep,
+              C.HistoryDedupStep)}
     assert names == set(filters.STEPS)
 
+
+
+def test_history_dedup_removes_what_an_earlier_run_kept(tmp_path):
+    kept_before = sample("Paris.", prompt="capital of France?")
+    history = tmp_path / "kept_history.txt"
+    assert filters.read_history(history) == set()  # no file yet: an empty history
+    history.write_text(filters.dedup_key(kept_before.messages, kept_before.completion).hex() + "\n")
+    check = filters.history_dedup(C.HistoryDedupStep(name="history_dedup", path=history))
+    assert check(sample("  PARIS. ", prompt="Capital of  France?")) == "history_duplicate"  # after normalising
+    assert check(sample("Paris.", prompt="capital of Italy?")) is None
+    assert check(sample("Rome.", prompt="capital of France?")) is None

@@ -1,0 +1,1 @@
+"""Scheduled incremental retraining: new prompts only, gated promotion, rollback (see run.py)."""

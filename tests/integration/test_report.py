@@ -1,0 +1,126 @@
+"""The HTML run report: every plot and table present, images that decode, in pure Python and in headless
+Chromium (Debian's `chromium` package; that test is skipped where it is not installed)."""
+
+import base64
+import json
+import shutil
+import struct
+import subprocess
+from html.parser import HTMLParser
+
+import pytest
+import yaml
+
+from conftest import PYTHON
+from llmdistill import store
+from llmdistill.report import PLOTS, TABLES, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class Elements(HTMLParser):
+    """Ids of <img> and <table> elements, the images' src, and 'not available' notes."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.tables, self.missing, self.decoded = {}, set(), [], {}
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.images[a.get("id")] = a.get("src", "")
+            if "data-decoded" in a:
+                self.decoded[a.get("id")] = int(a["data-decoded"])
+        elif tag == "table":
+            self.tables.add(a.get("id"))
+        elif tag == "p" and a.get("class") == "missing":
+            self.missing.append(a.get("id"))
+
+
+def parse(text: str) -> Elements:
+    p = Elements()
+    p.feed(text)
+    return p
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG_MAGIC and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture(scope="module")
+def reported_run(tmp_path_factory, tiny):
+    """A finished tiny run through the CLI: `llmdistill run` ends by writing the report."""
+    from conftest import make_tiny_config
+
+    tmp = tmp_path_factory.mktemp("report")
+    path, data = make_tiny_config(tmp, tiny)
+    tasks = tmp / "task.jsonl"
+    tasks.write_text("".join(json.dumps({"prompt": f"what is {a} plus {b}", "answer": str(a + b)}) + "\n"
+                             for a, b in ((1, 2), (2, 3), (3, 4))))
+    data["eval"]["tasks"] = [{"name": "sums", "prompts": str(tasks), "grader": "number", "max_new_tokens": 4}]
+    path.write_text(yaml.safe_dump(data))
+    res = subprocess.run([PYTHON, "-m", "llmdistill.cli", "run", str(path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run_dir = tmp / "runs" / "tiny"
+    page = run_dir / "report" / "index.html"
+    assert f"report: {page}" in res.stdout
+    return run_dir
+
+
+def test_report_has_every_plot_and_table_with_images_that_decode(reported_run):
+    page = parse((reported_run / "report" / "index.html").read_text(encoding="utf-8"))
+    assert set(PLOTS) <= set(page.images), page.missing
+    assert set(TABLES) <= page.tables
+    assert not page.missing
+    for plot_id in PLOTS:
+        src = page.images[plot_id]
+        assert src.startswith("data:image/png;base64,")
+        width, height = png_size(base64.b64decode(src.split(",", 1)[1], validate=True))
+        assert width > 100 and height > 100
+    metrics = store.read_json(reported_run / "report" / "metrics.json")
+    assert set(metrics["eval"]["models"]) == {"teacher", "student", "sft_baseline"}
+    assert metrics["filter"]["input_rows"] == 12 and metrics["train"]["student"]["steps"] == 4
+
+
+def test_report_shows_missing_pieces_as_not_available(reported_run, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(reported_run / "filter", partial / "filter", ignore=shutil.ignore_patterns("*.parquet"))
+    page = parse(write_report(partial).read_text(encoding="utf-8"))
+    assert "plot-funnel" in page.images and "table-funnel" in page.tables
+    assert {"plot-loss-missing", "table-summary-missing", "plot-kl-histogram-missing"} <= set(page.missing)
+    empty = parse(write_report(tmp_path / "empty").read_text(encoding="utf-8"))
+    assert not empty.images and "table-run" in empty.tables
+
+
+def test_report_command(reported_run, tmp_path):
+    (reported_run / "report" / "index.html").unlink()
+    res = subprocess.run([PYTHON, "-m", "llmdistill.cli", "report", str(reported_run)], capture_output=True, text=True)
+    assert res.returncode == 0 and (reported_run / "report" / "index.html").exists()
+    res = subprocess.run([PYTHON, "-m", "llmdistill.cli", "report", str(tmp_path / "nope")], capture_output=True,
+                         text=True)
+    assert res.returncode == 2 and "not a run directory" in res.stderr
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _chromium(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           "--virtual-time-budget=10000", *args], capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install chromium)")
+def test_report_renders_in_headless_chromium(reported_run, tmp_path):
+    url = (reported_run / "report" / "index.html").resolve().as_uri()
+    dom = _chromium("--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    page = parse(dom.stdout)
+    assert set(TABLES) <= page.tables
+    # the page's own script marks every image the browser decoded with its pixel width
+    assert set(PLOTS) <= set(page.decoded) and all(w > 100 for w in page.decoded.values()), page.decoded
+    shot = tmp_path / "report.png"
+    res = _chromium(f"--screenshot={shot}", "--window-size=1280,4000", url)
+    assert res.returncode == 0 and shot.exists(), res.stderr[-2000:]
+    data = shot.read_bytes()
+    assert png_size(data) == (1280, 4000) and len(data) > 50_000  # a blank page compresses to a few KB
