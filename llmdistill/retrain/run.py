@@ -52,16 +52,11 @@ def emit(event: str, **fields) -> None:
 
 def new_prompts(cfg: Config, seen: set[str]) -> list[records.Prompt]:
     """The configured prompts never generated before, in curriculum order, capped by generate.max_prompts."""
+    from llmdistill.generate.curriculum import load_sources  # every source kind: files, datasets, templates
+
     g = cfg.generate
-    try:
-        prompts = records.load_prompts(g.prompts, g.system_prompt, g.order)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    fresh = [p for p in prompts if p.id not in seen]
-    if g.max_prompts is not None and g.max_prompts < len(fresh):
-        step = len(fresh) / g.max_prompts
-        fresh = [fresh[int(i * step)] for i in range(g.max_prompts)]
-    return fresh
+    prompts = records.curriculum_order(load_sources(g).prompts, g.order)
+    return records.curriculum_order([p for p in prompts if p.id not in seen], g.order, g.max_prompts)
 
 
 def write_prompts(path: Path, prompts: list[records.Prompt]) -> None:
@@ -76,6 +71,7 @@ def run_config(cfg: Config, run_dir: Path, prompts_file: Path, promoted: Path | 
     data["name"] = run_dir.name
     data["output_dir"] = str(run_dir.parent)
     data["generate"]["prompts"] = [str(prompts_file)]
+    data["generate"]["sources"] = []  # the new prompts of every source are already in prompts_file
     data["generate"]["max_prompts"] = None
     if promoted is not None and cfg.retrain.warm_start:
         data["train"]["student"] = {"model": str(promoted), "teacher_layers": None}
