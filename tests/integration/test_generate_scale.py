@@ -100,6 +100,11 @@ def test_routed_teachers_each_load_once_and_the_trainer_refuses_to_mix_tokenizer
 
     with pytest.raises(UserError, match="mixes teachers with different tokenizers .*default .*other"):
         run_stages(cfg, ["filter", "train"])
+    # text-only training is allowed: every row is re-tokenised with the student's tokenizer
+    text_only = load_config(path, ["train.mode=seq_kd", "train.loss=[{name: ce, weight: 1.0}]",
+                                   "train.sft_baseline=false", "train.max_steps=2"])
+    run_stages(text_only, ["filter", "train"])
+    assert store.read_json(cfg.run_dir / "train" / "metrics.json")["student"]["preflight"] == "retokenize"
 
 
 def test_evolution_with_the_tiny_teacher_and_skipped_bad_lines(tiny_config, tmp_path):
