@@ -106,6 +106,11 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
     from llmdistill.train.student import build_student
 
     t = cfg.train
+    if mode == "seq_kd" and any(x.name != "ce" for x in terms):
+        # sequence-level KD learns the teacher's text; token-level divergences belong to mode offline
+        log.info("train: %s: mode seq_kd trains on the teacher's text with cross-entropy; the divergence terms "
+                 "(%s) are not used", name, ", ".join(x.name for x in terms if x.name != "ce"))
+        terms = CE_ONLY
     torch.manual_seed(cfg.seed)
     student = build_student(cfg)
     teacher_tokenizer = None

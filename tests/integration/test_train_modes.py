@@ -77,10 +77,14 @@ def test_preflight_exact_truncate_refuse(base, tiny, tmp_path):
     cfg = load_config(base, [*FAST, f"train.student.model={tiny['other']}", "train.student.teacher_layers=null"])
     with pytest.raises(UserError, match="Options: train.mode: seq_kd"):
         run_stages(cfg)
-    assert not (cfg.run_dir / "train" / "checkpoints" / "student").exists()
+    # the refused rerun is staged beside the finished one: no step taken, the earlier student untouched
+    assert not (cfg.run_dir / "train.next" / "checkpoints" / "student").exists()
+    assert store.read_json(cfg.run_dir / "train" / "metrics.json")["student"]["preflight"] == "truncate"
     # ... and the option it names works: sequence-level KD re-tokenises the teacher's text
+    # (the default loss keeps its forward_kl term in the config: seq_kd trains on the text with CE alone)
     cfg = load_config(base, [*FAST, f"train.student.model={tiny['other']}", "train.student.teacher_layers=null",
-                             "train.mode=seq_kd", "train.loss=[{name: ce, weight: 1.0}]"])
+                             "train.mode=seq_kd"])
+    assert any(x.name == "forward_kl" for x in cfg.train.loss)
     run_stages(cfg)
     assert store.read_json(cfg.run_dir / "train" / "metrics.json")["student"]["preflight"] == "retokenize"
     evaluated = store.read_json(cfg.run_dir / "eval" / "metrics.json")["models"]["student"]
