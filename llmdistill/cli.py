@@ -2,7 +2,8 @@
 that need them, so `llmdistill --help` and `llmdistill validate` stay instant.
 
 Exit codes: 0 done; 2 bad input (config, file, model, dataset: one line, no traceback);
-3 the run directory is locked by another process; 1 anything unexpected (with a traceback).
+3 the run directory is locked by another process; 4 a spending budget was reached (finished work kept);
+1 anything unexpected (with a traceback).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ app = typer.Typer(
 
 EXIT_BAD_INPUT = 2
 EXIT_LOCKED = 3
+EXIT_BUDGET = 4
 
 CONFIG_HELP = "YAML config (default: the embedded demo, configs/demo.yaml)"
 OVERRIDES_HELP = "key.sub=value overrides, e.g. train.max_steps=20 generate.max_prompts=16"
@@ -62,7 +64,7 @@ def _load(config: str | None, overrides: list[str] | None):
 def _run(config, overrides, stages, force, standalone, verbose) -> None:
     _setup_logging(verbose)
     cfg = _load(config, overrides)
-    from llmdistill.errors import LockedError, UserError
+    from llmdistill.errors import BudgetExceeded, LockedError, UserError
     from llmdistill.pipeline import STAGES, run_stages
 
     bad = [s for s in force if s not in STAGES]
@@ -72,6 +74,8 @@ def _run(config, overrides, stages, force, standalone, verbose) -> None:
         outcome = run_stages(cfg, stages, set(force), standalone=standalone)
     except LockedError as e:
         _fail(str(e), EXIT_LOCKED)
+    except BudgetExceeded as e:
+        _fail(str(e), EXIT_BUDGET)
     except UserError as e:
         _fail(str(e), EXIT_BAD_INPUT)
     logging.getLogger("llmdistill").info(

@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class LockedError(UserError):
     """Another llmdistill process holds the run directory."""
+
+
+class BudgetExceeded(UserError):
+    """A configured spending limit was reached: the run stopped cleanly with its finished work kept."""

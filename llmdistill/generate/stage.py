@@ -74,13 +74,18 @@ def run(cfg: Config, ctx: StageContext) -> None:
     with tqdm(total=len(work), initial=len(work) - sum(len(b) for b in todo), desc="generate", unit="sample") as bar:
         for batch in todo:
             if teacher is None:  # load lazily: a rerun with nothing left to do never loads the model
-                teacher = build_teacher(cfg.teacher, g)
+                teacher = build_teacher(cfg.teacher, g, cache_dir=ctx.run_dir / "cache")
             first_id = batch[0][2]
             seed = int(records.stable_hash([cfg.seed, first_id], 15), 16)
-            results = teacher.generate([p.messages for p, _, _ in batch], seed=seed)
+            try:
+                results = teacher.generate([p.messages for p, _, _ in batch], seed=seed)
+            except (UserError, KeyboardInterrupt):
+                if pending:  # whole batches only: commit them, so a rerun resumes after them
+                    writer.write(pending)
+                raise
             for (prompt, idx, rid), res in zip(batch, results):
                 pending.append(_to_sample(cfg, prompt, idx, rid, res))
-                new_tokens += len(res.token_ids)
+                new_tokens += len(res.token_ids or ())
             bar.update(len(batch))
             bar.set_postfix(tok_s=f"{new_tokens / max(time.monotonic() - started, 1e-9):.0f}")
             if len(pending) >= g.shard_rows:
@@ -97,7 +102,7 @@ def run(cfg: Config, ctx: StageContext) -> None:
     if teacher is None and (ctx.out_dir / store.MANIFEST).exists():
         provenance = store.read_manifest(ctx.out_dir)["provenance"]
     else:
-        provenance = (teacher or build_teacher(cfg.teacher, g)).provenance()
+        provenance = (teacher or build_teacher(cfg.teacher, g, cache_dir=ctx.run_dir / "cache")).provenance()
     table = store.read_table(ctx.out_dir, ["finish_reason", "level", "usage", "error"])
     finish = Counter(table.column("finish_reason").to_pylist())
     levels = Counter(table.column("level").to_pylist())
@@ -110,6 +115,10 @@ def run(cfg: Config, ctx: StageContext) -> None:
         "prompt_tokens": int(sum(u["prompt_tokens"] for u in usage)),
         "completion_tokens": int(sum(u["completion_tokens"] for u in usage)),
     }
+    if counts["failed"]:
+        log.warning("generate: %d of %d samples failed (reasons in the `error` column); `llmdistill generate "
+                    "--force` retries only those when the teacher keeps a request cache", counts["failed"],
+                    counts["rows"])
     store.write_manifest(
         ctx.out_dir,
         {
@@ -133,7 +142,7 @@ def run(cfg: Config, ctx: StageContext) -> None:
 
 
 def _to_sample(cfg: Config, prompt: records.Prompt, idx: int, rid: str, res) -> records.Sample:
-    nll = _mean_nll(res.token_ids, res.topk_ids, res.topk_logprobs)
+    nll = _mean_nll(res.token_ids, res.topk_ids, res.topk_logprobs) if res.topk_ids is not None else None
     return records.Sample(
         id=rid,
         prompt_id=prompt.id,
@@ -142,8 +151,9 @@ def _to_sample(cfg: Config, prompt: records.Prompt, idx: int, rid: str, res) -> 
         source=prompt.source,
         teacher=cfg.teacher.model,
         gen=gen_params(cfg, idx),
-        usage={"prompt_tokens": res.prompt_tokens, "completion_tokens": len(res.token_ids)},
+        usage={"prompt_tokens": res.prompt_tokens, "completion_tokens": len(res.token_ids or ())},
         finish_reason=res.finish_reason,
+        error=res.error,
         level=prompt.level,
         difficulty=nll,
         metadata={"answer": prompt.answer, "tags": prompt.tags} if prompt.answer or prompt.tags else {},
