@@ -117,7 +117,8 @@ class FakeOpenAI:
         self.latency_s, self.fault_rate, self.faults, self.seed = latency_s, fault_rate, tuple(faults), seed
         self.api_key, self.unmappable_rate, self.retry_after_s = api_key, unmappable_rate, retry_after_s
         self.host, self.port, self.max_top_logprobs = host, port, max_top_logprobs
-        self.seen: Counter = Counter()  # request key -> times received
+        self.seen: Counter = Counter()  # request key -> times received (since the last reset_counts)
+        self.attempts: Counter = Counter()  # the same, never reset: faults are drawn per (key, attempt)
         self.statuses: Counter = Counter()
         self.contents: list[dict] = []  # one entry per request: {key, prompt, status}
         self.in_flight = 0
@@ -228,7 +229,8 @@ class FakeOpenAI:
         key = _key(body)
         with self._lock:
             self.seen[key] += 1
-            attempt = self.seen[key]
+            self.attempts[key] += 1
+            attempt = self.attempts[key]
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
