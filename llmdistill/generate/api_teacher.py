@@ -51,6 +51,7 @@ FINISH = {"stop": "stop", "eos": "stop", "end_turn": "stop", "stop_sequence": "s
 @dataclass
 class _Outcome:
     reply: dict | None = None
+    parsed: ac.Reply | None = None  # `reply` already read (a fresh reply; a cached one is read later)
     error: str | None = None
     skipped: bool = False  # not sent: the budget was reached
 
@@ -84,7 +85,7 @@ class OpenAITeacher:
         self._reserved = 0.0  # worst-case dollars of the requests in flight
         self._budget_hit = False
         self._checked_ids = False
-        for noisy in ("openai", "httpx", "httpx2", "httpcore"):  # their debug logs echo request options
+        for noisy in ("openai", "httpx", "httpx2", "httpcore", "httpcore2"):  # their debug logs echo request options
             logging.getLogger(noisy).setLevel(logging.WARNING)
         log.info("teacher: openai backend, model %r at %s (%s endpoint, logprobs %s)", self.served_model,
                  _safe_url(self.opts.base_url), self.opts.endpoint, self.opts.token_mapping)
@@ -183,8 +184,9 @@ class OpenAITeacher:
                 self.meter.cache_hits += 1
                 return _Outcome(reply=hit)
         self.meter.requests += 1
-        estimate = self._estimate_tokens(body)
-        worst = ac.cost_usd(estimate - self.gcfg.max_new_tokens, self.gcfg.max_new_tokens, o.price)
+        # only the tokens/min bucket and the budget need the estimate (it renders the chat template)
+        estimate = self._estimate_tokens(body) if self.tpm is not None or o.budget_usd is not None else 0
+        worst = ac.cost_usd(max(estimate - self.gcfg.max_new_tokens, 0), self.gcfg.max_new_tokens, o.price)
         reason = "not sent"
         for attempt in range(o.max_retries + 1):
             if o.budget_usd is not None and self._spent() + self._reserved + worst > o.budget_usd:
@@ -203,8 +205,8 @@ class OpenAITeacher:
                 finally:
                     self._reserved -= worst
             if reply is not None:
-                self._account(key, reply, estimate)
-                return _Outcome(reply=reply)
+                self._account(key, reply[0], estimate)
+                return _Outcome(reply=reply[0], parsed=reply[1])
             if retry_after is False:  # not retryable
                 break
             if attempt < o.max_retries:
@@ -218,8 +220,8 @@ class OpenAITeacher:
         log.warning("api: request failed: %s", reason)
         return _Outcome(error=reason)
 
-    async def _send(self, body: dict) -> tuple[dict | None, str, float | None | bool]:
-        """(good reply or None, reason, Retry-After seconds or None; False when a retry cannot help)."""
+    async def _send(self, body: dict) -> tuple[tuple[dict, ac.Reply] | None, str, float | None | bool]:
+        """((good reply, read) or None, reason, Retry-After seconds or None; False when a retry cannot help)."""
         import openai
 
         path = "/chat/completions" if self.opts.endpoint == "chat" else "/completions"
@@ -241,16 +243,15 @@ class OpenAITeacher:
             return None, f"HTTP {status}: {message}", False
         try:
             reply = ac.decode_json(text)
-            ac.read_reply(reply, self.opts.endpoint, self.want_logprobs)
+            parsed = ac.read_reply(reply, self.opts.endpoint, self.want_logprobs)
         except ac.MalformedReply as e:
             return None, f"malformed reply: {e}", None
         if self.opts.token_mapping == "token_ids" and not self._checked_ids:
-            self._check_token_ids(reply)
-        return reply, "", None
+            self._check_token_ids(parsed)
+        return (reply, parsed), "", None
 
-    def _check_token_ids(self, reply: dict) -> None:
+    def _check_token_ids(self, parsed: ac.Reply) -> None:
         """Fail fast when a server ignores return_tokens_as_token_ids (every token would be unmapped)."""
-        parsed = ac.read_reply(reply, self.opts.endpoint, True)
         if parsed.tokens:
             if not parsed.tokens[0].token.startswith("token_id:"):
                 raise UserError(f"teacher api: the server ignored return_tokens_as_token_ids (first token "
@@ -290,7 +291,7 @@ class OpenAITeacher:
     def _generation(self, outcome: _Outcome) -> Generation:
         if outcome.reply is None:
             return _failed(outcome.error or "no reply")
-        reply = ac.read_reply(outcome.reply, self.opts.endpoint, self.want_logprobs)
+        reply = outcome.parsed or ac.read_reply(outcome.reply, self.opts.endpoint, self.want_logprobs)
         finish = FINISH.get(reply.finish_reason or "")
         if finish is None:
             return _failed(f"finish_reason {reply.finish_reason!r}", reply.text, reply.prompt_tokens)
