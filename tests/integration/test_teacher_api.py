@@ -252,3 +252,28 @@ def test_text_only_mode_and_completions_endpoint(tmp_path, tiny, server):
     prompts = [c["prompt"] for c in srv.stats()["contents"] if isinstance(c["prompt"], list)
                and isinstance(c["prompt"][0], int)]
     assert len(prompts) == len(data)  # the prompt went out as token ids of the local chat template
+
+
+@pytest.mark.slow
+def test_demo_prompts_through_the_api_example_config(tmp_path, server):
+    """configs/openai-vllm.yaml on the demo prompts, the server answering over SmolLM2's tokenizer: the
+    manifest names the API as the source of the logits and carries the same tokenizer hash as the hf
+    teacher, so training accepts the data."""
+    from llmdistill import models
+
+    tok_dir = models.resolve_source("smollm2-135m-instruct")
+    srv = FakeOpenAI(Path(tok_dir)).start()
+    try:
+        cfg = load_config(REPO / "configs" / "openai-vllm.yaml",
+                          [f"output_dir={tmp_path}", f"teacher.api.base_url={srv.base_url}",
+                           "generate.max_prompts=24", "generate.max_new_tokens=16"])
+        run_stages(cfg, ["generate"])
+    finally:
+        srv.stop()
+    manifest = store.read_manifest(cfg.run_dir / "generate")
+    prov = manifest["provenance"]
+    assert manifest["counts"]["rows"] == 24 and manifest["counts"]["failed"] == 0
+    assert prov["logprobs_source"].startswith("api: server token ids") and prov["topk"] == 20
+    hf_tokenizer = models.load_tokenizer("smollm2-135m-instruct")
+    assert prov["tokenizer_hash"] == models.tokenizer_info(hf_tokenizer)["tokenizer_hash"]
+    assert prov["vocab_size"] == 49152
