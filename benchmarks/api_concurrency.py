@@ -112,8 +112,9 @@ def main() -> None:
               f"{r['client_cpu_ms_per_request']:>17.2f} {r['failed']:>6}")
     ok = rows[-1]["fraction_of_ideal"] >= 0.85
     print(f"claim (64 in flight >= 85 % of ideal): {'met' if ok else 'NOT met'}")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"latency_s": args.latency, "load_average": round(os.getloadavg()[0], 1),
+    out = OUT if args.latency == 0.2 else OUT.with_name(f"api_concurrency_latency{args.latency:g}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"latency_s": args.latency, "load_average": round(os.getloadavg()[0], 1),
                                "cpu_count": os.cpu_count(), "max_new_tokens": args.max_new_tokens, "topk": args.topk,
                                "tokenizer": tok.name, "rows": rows, "claim_met": ok}, indent=2) + "\n")
 

@@ -80,6 +80,7 @@ class HFTeacher:
                 "model_hash": models.model_hash(self.name),
                 "dtype": self.tcfg.dtype,
             },
+            "logprobs_source": "hf: the local model's logits (transformers generate)",
             **models.tokenizer_info(self.tokenizer),
             "vocab_size": int(self.model.config.vocab_size),
             "topk": g.topk,
