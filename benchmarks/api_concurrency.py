@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -94,7 +95,10 @@ def main() -> None:
     rows = []
     try:
         for c in (1, 8, 64):
+            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/reset", method="POST")).read()
             row = measure(tok, port, c, c * args.rounds, args.max_new_tokens, args.topk)
+            stats = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/stats"))
+            row["server_max_in_flight"] = stats["max_in_flight"]
             row["ideal_requests_per_s"] = round(c / args.latency, 2)
             row["fraction_of_ideal"] = round(row["requests_per_s"] / row["ideal_requests_per_s"], 3)
             rows.append(row)
@@ -105,11 +109,11 @@ def main() -> None:
           f"tokens, top-{args.topk} logprobs, tokenizer {tok.name}, load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} cores")
     print(f"{'concurrency':>11} {'requests':>8} {'seconds':>8} {'req/s':>8} {'ideal':>8} {'of ideal':>8} "
-          f"{'client CPU ms/req':>17} {'failed':>6}")
+          f"{'in flight':>9} {'client CPU ms/req':>17} {'failed':>6}")
     for r in rows:
         print(f"{r['concurrency']:>11} {r['requests']:>8} {r['seconds']:>8.2f} {r['requests_per_s']:>8.1f} "
               f"{r['ideal_requests_per_s']:>8.1f} {r['fraction_of_ideal']:>8.1%} "
-              f"{r['client_cpu_ms_per_request']:>17.2f} {r['failed']:>6}")
+              f"{r['server_max_in_flight']:>9} {r['client_cpu_ms_per_request']:>17.2f} {r['failed']:>6}")
     ok = rows[-1]["fraction_of_ideal"] >= 0.85
     print(f"claim (64 in flight >= 85 % of ideal): {'met' if ok else 'NOT met'}")
     out = OUT if args.latency == 0.2 else OUT.with_name(f"api_concurrency_latency{args.latency:g}.json")

@@ -16,7 +16,7 @@ added latency per reply and an optional share of top-logprob tokens that exist i
     python tests/fakeopenai.py --tokenizer DIR --port 0 --latency 0.2        # prints "PORT <n>"
 
 `GET /stats` (or `srv.stats()`) returns how many requests each request-content key received, the
-statuses sent and the largest number of requests in flight at once.
+statuses sent and the largest number of requests in flight at once; `POST /reset` zeroes them.
 """
 
 from __future__ import annotations
@@ -213,6 +213,9 @@ class FakeOpenAI:
     async def _route(self, method: str, path: str, headers: dict, raw: bytes):
         if method == "GET" and path == "/stats":
             return 200, json.dumps({k: v for k, v in self.stats().items() if k != "contents"}).encode(), {}
+        if method == "POST" and path == "/reset":
+            self.reset_counts()
+            return 200, b"{}", {}
         if method == "GET" and path == "/v1/models":
             return 200, json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]}).encode(), {}
         if method != "POST" or path not in ("/v1/chat/completions", "/v1/completions"):
