@@ -277,3 +277,15 @@ def test_demo_prompts_through_the_api_example_config(tmp_path, server):
     hf_tokenizer = models.load_tokenizer("smollm2-135m-instruct")
     assert prov["tokenizer_hash"] == models.tokenizer_info(hf_tokenizer)["tokenizer_hash"]
     assert prov["vocab_size"] == 49152
+
+
+def test_a_refused_request_fails_its_sample_at_once(tmp_path, tiny, server):
+    srv = server()  # refuses top_logprobs > 20 with HTTP 400, as OpenAI and vLLM do
+    cfg = load_config(api_config(tmp_path, tiny, srv, n_prompts=6, generate={"topk": 21}))
+    run_stages(cfg, ["generate"])
+    data = rows(cfg)
+    assert all(r["finish_reason"] == "error" and r["error"].startswith("HTTP 400: top_logprobs must be <= 20")
+               for r in data)
+    assert srv.stats()["requests"] == 6  # not retried
+    usage = store.read_manifest(cfg.run_dir / "generate")["provenance"]["api_usage"]
+    assert usage["failed"] == {"HTTP 400": 6} and usage["retries"] == {}
