@@ -103,14 +103,12 @@ class APIPrice(Section):
 
 
 class APIOptions(Section):
-    """Options of the `openai` backend (any OpenAI-compatible HTTP endpoint: OpenAI, vLLM, SGLang, TGI, llama.cpp).
-
-    `teacher.model` names the LOCAL tokenizer (HF directory, hub id or alias) used to map top-logprob
-    tokens to ids; `served_model` is the name the server knows the model by.
-    """
+    """The `openai` backend (OpenAI, vLLM, SGLang, TGI, llama.cpp); `teacher.model` names the LOCAL tokenizer."""
 
     base_url: str = Field("https://api.openai.com/v1", description="endpoint root, e.g. http://127.0.0.1:8000/v1")
-    served_model: str | None = Field(None, description="model name sent in requests (default: teacher.model)")
+    served_model: str | None = Field(
+        None, description="the name the server knows the model by, sent in requests (default: teacher.model, which "
+        "names the local tokenizer that maps top-logprob tokens to ids)")
     api_key_env: str | None = Field(
         "OPENAI_API_KEY", description="NAME of the environment variable holding the key (never the key itself); "
         "null sends no key (a local server)")
