@@ -3,7 +3,7 @@ that need them, so `llmdistill --help` and `llmdistill validate` stay instant.
 
 Exit codes: 0 done; 2 bad input (config, file, model, dataset) or a refused read/write (disk full,
 permission denied): one line, no traceback; 3 the run directory is locked by another process;
-1 anything unexpected (with a traceback). See docs/robustness.md.
+4 a spending budget was reached (finished work kept); 1 anything unexpected (with a traceback). See docs/robustness.md.
 `retrain` adds 10 (not promoted: a gate failed) and 11 (nothing to do: no new prompts); see docs/retrain.md.
 """
 
@@ -26,6 +26,7 @@ app = typer.Typer(
 
 EXIT_BAD_INPUT = 2
 EXIT_LOCKED = 3
+EXIT_BUDGET = 4
 
 CONFIG_HELP = "YAML config (default: the embedded demo, configs/demo.yaml)"
 OVERRIDES_HELP = "key.sub=value overrides, e.g. train.max_steps=20 generate.max_prompts=16"
@@ -65,7 +66,7 @@ def _load(config: str | None, overrides: list[str] | None):
 def _run(config, overrides, stages, force, standalone, verbose, **kwargs) -> None:
     _setup_logging(verbose)
     cfg = _load(config, overrides)
-    from llmdistill.errors import LockedError, UserError, describe_os_error
+    from llmdistill.errors import BudgetExceeded, LockedError, UserError, describe_os_error
     from llmdistill.pipeline import STAGES, run_stages
 
     bad = [s for s in force if s not in STAGES]
@@ -75,6 +76,8 @@ def _run(config, overrides, stages, force, standalone, verbose, **kwargs) -> Non
         outcome = run_stages(cfg, stages, set(force), standalone=standalone, **kwargs)
     except LockedError as e:
         _fail(str(e), EXIT_LOCKED)
+    except BudgetExceeded as e:
+        _fail(str(e), EXIT_BUDGET)
     except UserError as e:
         _fail(str(e), EXIT_BAD_INPUT)
     except OSError as e:  # the run directory cannot be created, a checkpoint cannot be saved, ...

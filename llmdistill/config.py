@@ -100,8 +100,58 @@ class VLLMOptions(Section):
     """Options of the `vllm` backend (the offline `vllm.LLM` engine)."""
 
 
+class APIPrice(Section):
+    """What the endpoint charges, in US dollars per million tokens (0 for a server of your own)."""
+
+    prompt: float = Field(0.0, ge=0.0, description="USD per 1M prompt (input) tokens")
+    completion: float = Field(0.0, ge=0.0, description="USD per 1M completion (output) tokens")
+
+
 class APIOptions(Section):
-    """Options of the `openai` backend (any OpenAI-compatible HTTP endpoint)."""
+    """The `openai` backend (OpenAI, vLLM, SGLang, TGI, llama.cpp); `teacher.model` names the LOCAL tokenizer."""
+
+    base_url: str = Field("https://api.openai.com/v1", description="endpoint root, e.g. http://127.0.0.1:8000/v1")
+    served_model: str | None = Field(
+        None, description="the name the server knows the model by, sent in requests (default: teacher.model, which "
+        "names the local tokenizer that maps top-logprob tokens to ids)")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY", description="NAME of the environment variable holding the key (never the key itself); "
+        "null sends no key (a local server)")
+    endpoint: Literal["chat", "completions"] = Field(
+        "chat", description="chat: /chat/completions with the server's chat template; completions: /completions "
+        "with the prompt as token ids from the local tokenizer's chat template (exactly the tokens training uses)")
+    token_mapping: Literal["token_ids", "tokenizer", "none"] = Field(
+        "tokenizer", description="how top-logprob tokens become ids: token_ids: vLLM's --return-tokens-as-token-ids "
+        "('token_id:N' strings); tokenizer: look the token's bytes up in the local tokenizer; none: text only "
+        "(no logprobs requested; add logits later with annotate)")
+    max_concurrency: int = Field(16, ge=1, description="requests in flight at once (also keep generate.batch_size "
+                                 ">= this: one batch is the unit of concurrency)")
+    requests_per_minute: float | None = Field(None, gt=0, description="request rate limit (token bucket)")
+    tokens_per_minute: float | None = Field(
+        None, gt=0, description="token rate limit; a request counts its estimated prompt tokens + max_new_tokens")
+    timeout_s: float = Field(60.0, gt=0, description="per-request timeout (an attempt that takes longer is retried)")
+    max_retries: int = Field(6, ge=0, description="retries of one request on 429, 5xx, timeouts, malformed replies")
+    backoff_base_s: float = Field(0.5, gt=0, description="first retry waits up to this; doubles every retry (full "
+                                  "jitter); a server's Retry-After is honoured")
+    backoff_max_s: float = Field(30.0, gt=0, description="cap of one retry wait")
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = Field(
+        "max_tokens", description="request field for generate.max_new_tokens (chat endpoint)")
+    price: APIPrice = Field(default_factory=APIPrice, description="see `teacher.api.price`")
+    budget_usd: float | None = Field(
+        None, gt=0, description="stop (exit code 4, finished work kept) before spending more than this on this run "
+        "(paid replies counted from the request cache, across reruns)")
+    cache: bool = Field(True, description="keep every good reply in run_dir/cache/api.sqlite, keyed by request "
+                        "content: a rerun or resume re-sends only requests without a stored reply")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict, description="extra request fields passed as they are (e.g. {top_k: 50} for vLLM)")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        # the value is never echoed: someone may have pasted the key itself here
+        if v is not None and not (v.replace("_", "a").isalnum() and v.isascii() and not v[0].isdigit()):
+            raise ValueError("must be the NAME of an environment variable (letters, digits, _), not a key")
+        return v
 
 
 class TeacherConfig(Section):

@@ -32,3 +32,7 @@ def describe_os_error(e: OSError) -> str:
     """One line naming the errno and the path(s), e.g. `[EACCES] Permission denied: /runs/x`."""
     where = e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"
     return f"{os_error_reason(e)}: {where}" if where is not None else os_error_reason(e)
+
+
+class BudgetExceeded(UserError):
+    """A configured spending limit was reached: the run stopped cleanly with its finished work kept."""

@@ -79,6 +79,9 @@ def render() -> str:
                         ("train", C.TrainConfig), ("train.student", C.StudentConfig),
                         ("train.loss[]", C.LossTerm), ("eval", C.EvalConfig)):
         parts += section(f"`{name}`", model, f"{name}.".replace("[].", "[i]."))
+        if name == "teacher":  # the openai backend's options
+            parts += section("`teacher.api`", C.APIOptions, "teacher.api.")
+            parts += section("`teacher.api.price`", C.APIPrice, "teacher.api.price.")
     parts.append("## Filter steps (`filter.steps[]`, run in order; `name` picks the step)\n")
     for model in typing.get_args(typing.get_args(C.FilterStep)[0]):
         step = typing.get_args(model.model_fields["name"].annotation)[0]

@@ -205,7 +205,7 @@ def generate_batches(cfg: Config, out_dir: Path, batches: list[list[Item]], todo
     initial = total - sum(len(batches[j]) for j in todo)
     with tqdm(total=total, initial=initial, desc="generate", unit="sample") as bar:
         for name in teachers:
-            teacher = build_teacher(cfg.teacher_config(name), g)  # one teacher in memory at a time
+            teacher = build_teacher(cfg.teacher_config(name), g, cache_dir=cfg.run_dir / "cache")  # one at a time
             store.atomic_write_json(out_dir / TEACHERS_DIR / f"{name}.json", teacher.provenance())
             pending: list[records.Sample] = []
             first = last = -1
@@ -217,10 +217,15 @@ def generate_batches(cfg: Config, out_dir: Path, batches: list[list[Item]], todo
                     first = j
                 batch = batches[j]
                 seed = int(records.stable_hash([cfg.seed, batch[0].id], 15), 16)
-                results = teacher.generate([it.prompt.messages for it in batch], seed=seed)
+                try:
+                    results = teacher.generate([it.prompt.messages for it in batch], seed=seed)
+                except (UserError, KeyboardInterrupt):
+                    if pending:  # whole batches only: commit them, so a rerun resumes after them
+                        writer.write(pending, index=first)
+                    raise
                 for it, res in zip(batch, results):
                     pending.append(_to_sample(cfg, it, res))
-                    new_tokens += len(res.token_ids)
+                    new_tokens += len(res.token_ids or ())
                 last = j
                 bar.update(len(batch))
                 bar.set_postfix(tok_s=f"{new_tokens / max(time.monotonic() - started, 1e-9):.0f}")
@@ -277,6 +282,10 @@ def finish(cfg: Config, ctx: StageContext, items: list[Item], prompt_info: dict,
     teachers = {name: teacher_provenance(cfg, ctx.out_dir, name) for name in teacher_rows}
     main = "default" if "default" in teachers else next(iter(teachers))
     scores = [json.loads(s or "{}") for s in table.column("scores").to_pylist()]
+    if counts["failed"]:
+        log.warning("generate: %d of %d samples failed (reasons in the `error` column); `llmdistill generate "
+                    "--force` retries only those when the teacher keeps a request cache", counts["failed"],
+                    counts["rows"])
     store.write_manifest(
         ctx.out_dir,
         {
@@ -307,14 +316,14 @@ def teacher_provenance(cfg: Config, out_dir: Path, name: str) -> dict:
     path = out_dir / TEACHERS_DIR / f"{name}.json"
     if path.exists():
         return store.read_json(path)
-    prov = build_teacher(cfg.teacher_config(name), cfg.generate).provenance()
+    prov = build_teacher(cfg.teacher_config(name), cfg.generate, cache_dir=cfg.run_dir / "cache").provenance()
     store.atomic_write_json(path, prov)
     return prov
 
 
 def _to_sample(cfg: Config, item: Item, res) -> records.Sample:
     prompt = item.prompt
-    scores = difficulty.measure(res.token_ids, res.topk_ids, res.topk_logprobs)
+    scores = difficulty.measure(res.token_ids, res.topk_ids, res.topk_logprobs) if res.topk_ids is not None else {}
     metadata = {"answer": prompt.answer, "tags": prompt.tags} if prompt.answer or prompt.tags else {}
     return records.Sample(
         id=item.id,
@@ -324,8 +333,9 @@ def _to_sample(cfg: Config, item: Item, res) -> records.Sample:
         source=prompt.source,
         teacher=item.teacher,
         gen=gen_params(cfg, item.sample_index),
-        usage={"prompt_tokens": res.prompt_tokens, "completion_tokens": len(res.token_ids)},
+        usage={"prompt_tokens": res.prompt_tokens, "completion_tokens": len(res.token_ids or ())},
         finish_reason=res.finish_reason,
+        error=res.error,
         level=prompt.level,
         difficulty=scores.get("teacher_nll"),
         scores=scores,

@@ -22,14 +22,18 @@ log = logging.getLogger("llmdistill")
 
 @dataclass
 class Generation:
-    """One completion. `topk_ids`/`topk_logprobs` are [T, k], row t for `token_ids[t]`."""
+    """One completion. `topk_ids`/`topk_logprobs` are [T, k], row t for `token_ids[t]`.
 
-    text: str
-    token_ids: list[int]
-    topk_ids: np.ndarray
-    topk_logprobs: np.ndarray
-    finish_reason: str  # "stop" or "length"
+    A failed request has `error` set (finish_reason "error"); a text-only teacher leaves the token fields None.
+    """
+
+    text: str | None
+    token_ids: list[int] | None
+    topk_ids: np.ndarray | None
+    topk_logprobs: np.ndarray | None
+    finish_reason: str  # "stop", "length" or "error"
     prompt_tokens: int
+    error: str | None = None
 
 
 class Teacher(Protocol):
@@ -76,6 +80,7 @@ class HFTeacher:
                 "model_hash": models.model_hash(self.name),
                 "dtype": self.tcfg.dtype,
             },
+            "logprobs_source": "hf: the local model's logits (transformers generate)",
             **models.tokenizer_info(self.tokenizer),
             "vocab_size": int(self.model.config.vocab_size),
             "topk": g.topk,
@@ -174,7 +179,8 @@ BACKENDS = {
 }
 
 
-def build_teacher(tcfg: TeacherConfig, gcfg: GenerateConfig) -> Teacher:
+def build_teacher(tcfg: TeacherConfig, gcfg: GenerateConfig, cache_dir=None) -> Teacher:
+    """The backend named by `tcfg.backend`; `cache_dir` (run_dir/cache) goes to backends that keep a cache."""
     import importlib
 
     module, cls = BACKENDS[tcfg.backend].split(":")
@@ -184,4 +190,7 @@ def build_teacher(tcfg: TeacherConfig, gcfg: GenerateConfig) -> Teacher:
         if e.name and e.name.startswith("llmdistill"):
             raise UserError(f"teacher backend {tcfg.backend!r} is not available in this version") from None
         raise UserError(f"teacher backend {tcfg.backend!r} needs the package {e.name!r}: {e}") from None
-    return getattr(mod, cls)(tcfg, gcfg)
+    teacher_cls = getattr(mod, cls)
+    if getattr(teacher_cls, "accepts_cache_dir", False):
+        return teacher_cls(tcfg, gcfg, cache_dir=cache_dir)
+    return teacher_cls(tcfg, gcfg)

@@ -1,0 +1,389 @@
+"""The `openai` teacher backend: any OpenAI-compatible endpoint through the async `openai` client.
+
+One `generate` call sends its batch's requests concurrently (at most `max_concurrency` in flight,
+under the requests/min and tokens/min buckets), retrying 429, 5xx, timeouts, connection errors and
+malformed replies with exponential backoff and full jitter. Every good reply is committed to a SQLite
+request cache (run_dir/cache/api.sqlite) before it is used, keyed by the request's content, so:
+
+- a killed run, rerun, re-sends only the requests that had no stored reply (those in flight, and any
+  of the unfinished batch that had failed);
+- a rerun of a finished stage (`--force generate`, or a changed config) re-sends only the requests
+  that failed; good replies come back from the cache for free.
+
+A request that exhausts its retries, or that the server refuses (400, 422), becomes a failed sample
+with its reason (the `error` column), never a crash. 401, 403 and 404 stop the run (no other request
+can succeed). The cost of every paid reply is counted from `teacher.api.price`; with
+`teacher.api.budget_usd`, no request starts once the money spent in this run (paid replies in the
+cache) plus the worst case of those in flight could pass the budget: the batch stops and the stage
+exits with BudgetExceeded (exit code 4), everything finished before it committed.
+
+The API key is read from the environment variable NAMED by `teacher.api.api_key_env`; it is never
+logged, stored or put into an error message (any echo of it is replaced by `[redacted]`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from llmdistill import models
+from llmdistill.config import GenerateConfig, TeacherConfig
+from llmdistill.errors import BudgetExceeded, UserError
+from llmdistill.generate import api_client as ac
+from llmdistill.generate.teachers import Generation
+from llmdistill.generate.token_map import UNMAPPED_ID, TokenMapper
+from llmdistill.records import stable_hash
+
+log = logging.getLogger("llmdistill")
+
+FINISH = {"stop": "stop", "eos": "stop", "end_turn": "stop", "stop_sequence": "stop", "length": "length",
+          "max_tokens": "length"}
+
+
+@dataclass
+class _Outcome:
+    reply: dict | None = None
+    parsed: ac.Reply | None = None  # `reply` already read (a fresh reply; a cached one is read later)
+    error: str | None = None
+    skipped: bool = False  # not sent: the budget was reached
+
+
+class OpenAITeacher:
+    accepts_cache_dir = True
+
+    def __init__(self, tcfg: TeacherConfig, gcfg: GenerateConfig, cache_dir: Path | None = None):
+        self.tcfg, self.gcfg, self.opts = tcfg, gcfg, tcfg.api
+        self.name = tcfg.model
+        self.served_model = self.opts.served_model or tcfg.model
+        self.api_key = _read_key(self.opts.api_key_env)
+        self.want_logprobs = self.opts.token_mapping != "none"
+        self.tokenizer = None
+        self.vocab_size = None
+        if self.want_logprobs or self.opts.endpoint == "completions":
+            self.tokenizer = models.load_tokenizer(tcfg.model, tcfg.revision, tcfg.trust_remote_code)
+            self.vocab_size = _vocab_size(tcfg, self.tokenizer)
+        self.mapper = TokenMapper(self.opts.token_mapping, self.tokenizer) if self.want_logprobs else None
+        if self.mapper is not None:
+            self.mapper.vocab_size = self.vocab_size
+        self.cache = ac.RequestCache(Path(cache_dir) / "api.sqlite") if self.opts.cache and cache_dir else None
+        self.spent_before = self.cache.spent_usd() if self.cache else 0.0
+        self.meter = ac.Meter()
+        self.rpm = ac.TokenBucket(self.opts.requests_per_minute) if self.opts.requests_per_minute else None
+        self.tpm = ac.TokenBucket(self.opts.tokens_per_minute) if self.opts.tokens_per_minute else None
+        self.rng = random.Random(0)
+        self._loop = asyncio.new_event_loop()
+        self._client = None
+        self._sem: asyncio.Semaphore | None = None
+        self._reserved = 0.0  # worst-case dollars of the requests in flight
+        self._budget_hit = False
+        self._checked_ids = False
+        for noisy in ("openai", "httpx", "httpx2", "httpcore", "httpcore2"):  # their debug logs echo request options
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        log.info("teacher: openai backend, model %r at %s (%s endpoint, logprobs %s)", self.served_model,
+                 _safe_url(self.opts.base_url), self.opts.endpoint, self.opts.token_mapping)
+
+    # ------------------------------------------------------------------------------------ protocol
+    def provenance(self) -> dict:
+        g = self.gcfg
+        raw = g.logprob_mode == "raw"
+        prov = {
+            "teacher": {
+                "name": self.name,
+                "backend": "openai",
+                "served_model": self.served_model,
+                "base_url": _safe_url(self.opts.base_url),
+                "endpoint": self.opts.endpoint,
+            },
+            "logprobs_source": {"token_ids": "api: server token ids (return_tokens_as_token_ids)",
+                                "tokenizer": "api: token strings mapped through the local tokenizer",
+                                "none": "none: text only (add logits with annotate)"}[self.opts.token_mapping],
+            "topk": g.topk if self.want_logprobs else None,
+            # the server decides what its logprobs are (vLLM: --logprobs-mode); the config states it
+            "logprob_mode": g.logprob_mode,
+            "capture_temperature": 1.0 if raw else (g.temperature or 1.0),
+            "capture_top_p": 1.0 if raw else g.top_p,
+            "vocab_size": self.vocab_size,
+            "api_usage": {**self.meter.as_dict(), "spent_usd_in_run": round(self._spent(), 6)},
+        }
+        if self.tokenizer is not None:
+            prov.update(models.tokenizer_info(self.tokenizer))
+        if self.mapper is not None:
+            prov["token_mapping"] = self.mapper.report()
+        log.info("teacher api: %s", _summary(prov["api_usage"], prov.get("token_mapping")))
+        return prov
+
+    def generate(self, prompts: list[list[dict]], seed: int) -> list[Generation]:
+        bodies = [self._body(messages, _request_seed(seed, i)) for i, messages in enumerate(prompts)]
+        outcomes = self._loop.run_until_complete(self._batch(bodies))
+        if self._budget_hit:
+            raise BudgetExceeded(
+                f"teacher.api.budget_usd ${self.opts.budget_usd:g} reached (${self._spent():.4f} spent in this run): "
+                "finished batches are committed and every paid reply is in the request cache; raise the budget "
+                "and rerun to continue")
+        return [self._generation(o) for o in outcomes]
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._loop.run_until_complete(self._client.close())
+            self._client = None
+        if self.cache is not None:
+            self.cache.close()
+
+    # -------------------------------------------------------------------------------------- requests
+    def _body(self, messages: list[dict], seed: int) -> dict:
+        g, o = self.gcfg, self.opts
+        body: dict = {"model": self.served_model, "temperature": g.temperature, "top_p": g.top_p, "n": 1,
+                      "seed": seed}
+        if o.endpoint == "chat":
+            body["messages"] = messages
+            body[o.max_tokens_field] = g.max_new_tokens
+            if self.want_logprobs:
+                body["logprobs"] = True
+                body["top_logprobs"] = g.topk
+        else:
+            # the exact prompt tokens training will see (same chat template, same tokenizer)
+            body["prompt"] = models.encode_prompt(self.tokenizer, messages)
+            body["max_tokens"] = g.max_new_tokens
+            if self.want_logprobs:
+                body["logprobs"] = g.topk
+        if o.token_mapping == "token_ids":
+            body["return_tokens_as_token_ids"] = True
+        body.update(o.extra_body)
+        return body
+
+    async def _batch(self, bodies: list[dict]) -> list[_Outcome]:
+        if self._client is None:
+            import openai
+
+            self._client = openai.AsyncOpenAI(base_url=self.opts.base_url, api_key=self.api_key or "none",
+                                              max_retries=0, timeout=self.opts.timeout_s)
+            self._sem = asyncio.Semaphore(self.opts.max_concurrency)
+        tasks = [asyncio.ensure_future(self._request(b)) for b in bodies]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def _request(self, body: dict) -> _Outcome:
+        o = self.opts
+        key = ac.cache_key(o.endpoint, body)
+        if self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                self.meter.cache_hits += 1
+                return _Outcome(reply=hit)
+        self.meter.requests += 1
+        # only the tokens/min bucket and the budget need the estimate (it renders the chat template)
+        estimate = self._estimate_tokens(body) if self.tpm is not None or o.budget_usd is not None else 0
+        worst = ac.cost_usd(max(estimate - self.gcfg.max_new_tokens, 0), self.gcfg.max_new_tokens, o.price)
+        reason = "not sent"
+        for attempt in range(o.max_retries + 1):
+            if o.budget_usd is not None and self._spent() + self._reserved + worst > o.budget_usd:
+                self._budget_hit = True
+                return _Outcome(skipped=True, error="budget reached")
+            retry_after = None
+            async with self._sem:
+                if self.rpm is not None:
+                    await asyncio.sleep(self.rpm.reserve(1))
+                if self.tpm is not None:
+                    await asyncio.sleep(self.tpm.reserve(estimate))
+                self.meter.attempts += 1
+                self._reserved += worst
+                try:
+                    reply, reason, retry_after = await self._send(body)
+                finally:
+                    self._reserved -= worst
+            if reply is not None:
+                self._account(key, reply[0], estimate)
+                return _Outcome(reply=reply[0], parsed=reply[1])
+            if retry_after is False:  # not retryable
+                break
+            if attempt < o.max_retries:
+                self.meter.count(self.meter.retries, reason.split(":")[0])
+                wait = ac.backoff_delay(attempt, o.backoff_base_s, o.backoff_max_s, self.rng, retry_after or None)
+                log.debug("api: %s, retry %d in %.2f s", reason, attempt + 1, wait)
+                await asyncio.sleep(wait)
+        else:
+            reason = f"{reason} (gave up after {o.max_retries + 1} attempts)"
+        self.meter.count(self.meter.failed, reason.split(":")[0].split(" (")[0])
+        log.warning("api: request failed: %s", reason)
+        return _Outcome(error=reason)
+
+    async def _send(self, body: dict) -> tuple[tuple[dict, ac.Reply] | None, str, float | None | bool]:
+        """((good reply, read) or None, reason, Retry-After seconds or None; False when a retry cannot help)."""
+        import openai
+
+        path = "/chat/completions" if self.opts.endpoint == "chat" else "/completions"
+        try:
+            text = await self._client.post(path, cast_to=str, body=body)
+        except openai.APITimeoutError:
+            return None, f"timeout: no reply within {self.opts.timeout_s:g} s", None
+        except openai.APIConnectionError as e:
+            return None, self._redact(f"connection error: {e}"), None
+        except openai.APIStatusError as e:
+            status = e.status_code
+            message = self._redact(_error_message(e))
+            if status in ac.FATAL_STATUSES:
+                raise UserError(f"teacher api {_safe_url(self.opts.base_url)}: HTTP {status} "
+                                f"{ac.FATAL_STATUSES[status]}: {message}"
+                                + (f" (key from ${self.opts.api_key_env})" if status in (401, 403) else "")) from None
+            if ac.is_retryable(status):
+                return None, f"HTTP {status}: {message}", ac.parse_retry_after(e.response.headers)
+            return None, f"HTTP {status}: {message}", False
+        try:
+            reply = ac.decode_json(text)
+            parsed = ac.read_reply(reply, self.opts.endpoint, self.want_logprobs)
+        except ac.MalformedReply as e:
+            return None, f"malformed reply: {e}", None
+        if self.opts.token_mapping == "token_ids" and not self._checked_ids:
+            self._check_token_ids(parsed)
+        return (reply, parsed), "", None
+
+    def _check_token_ids(self, parsed: ac.Reply) -> None:
+        """Fail fast when a server ignores return_tokens_as_token_ids (every token would be unmapped)."""
+        if parsed.tokens:
+            if not parsed.tokens[0].token.startswith("token_id:"):
+                raise UserError(f"teacher api: the server ignored return_tokens_as_token_ids (first token "
+                                f"{parsed.tokens[0].token!r}); use teacher.api.token_mapping: tokenizer, or start "
+                                "vLLM with --return-tokens-as-token-ids")
+            self._checked_ids = True
+
+    def _account(self, key: str, reply: dict, estimate: int) -> None:
+        usage = reply.get("usage") or {}
+        p, c = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        cost = ac.cost_usd(p, c, self.opts.price)
+        self.meter.prompt_tokens += p
+        self.meter.completion_tokens += c
+        self.meter.cost_usd += cost
+        if self.tpm is not None and (p or c):
+            self.tpm.refund(estimate - (p + c))
+        if self.cache is not None:
+            self.cache.put(key, reply, p, c, cost)
+
+    def _spent(self) -> float:
+        return self.spent_before + self.meter.cost_usd
+
+    def _estimate_tokens(self, body: dict) -> int:
+        """Prompt tokens (counted when a tokenizer is at hand, else ~1 per 3 bytes) + max_new_tokens."""
+        if "prompt" in body:
+            prompt = len(body["prompt"])
+        elif self.tokenizer is not None:
+            prompt = len(models.encode_prompt(self.tokenizer, body["messages"]))
+        else:
+            prompt = sum(len(m["content"].encode()) // 3 + 4 for m in body["messages"])
+        return prompt + self.gcfg.max_new_tokens
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self.api_key, "[redacted]") if self.api_key else text
+
+    # ------------------------------------------------------------------------------------- mapping
+    def _generation(self, outcome: _Outcome) -> Generation:
+        if outcome.reply is None:
+            return _failed(outcome.error or "no reply")
+        reply = outcome.parsed or ac.read_reply(outcome.reply, self.opts.endpoint, self.want_logprobs)
+        finish = FINISH.get(reply.finish_reason or "")
+        if finish is None:
+            return _failed(f"finish_reason {reply.finish_reason!r}", reply.text, reply.prompt_tokens)
+        if not self.want_logprobs:
+            return Generation(text=reply.text, token_ids=None, topk_ids=None, topk_logprobs=None,
+                              finish_reason=finish, prompt_tokens=reply.prompt_tokens)
+        k = self.gcfg.topk
+        ids, unmapped = [], []
+        top_ids = np.full((len(reply.tokens), k), UNMAPPED_ID, dtype=np.int32)
+        top_lps = np.full((len(reply.tokens), k), -np.inf, dtype=np.float32)
+        for t, tok in enumerate(reply.tokens):
+            i = self.mapper.lookup(tok.token, tok.raw)
+            if i is None:
+                self.mapper.note_unmapped(tok.token, "completion")
+                unmapped.append(tok.token)
+            ids.append(i)
+            seen = set()
+            for j, (s, raw, lp) in enumerate(sorted(tok.top, key=lambda x: -x[2])[:k]):
+                m = self.mapper.lookup(s, raw)
+                if m is None or m in seen:
+                    self.mapper.note_unmapped(s, "alternative")
+                    m = UNMAPPED_ID  # kept with its log-prob: training moves this mass into the tail
+                else:
+                    seen.add(m)
+                top_ids[t, j], top_lps[t, j] = m, lp if math.isfinite(lp) else -np.inf
+        self.mapper.counts["tokens"] += len(reply.tokens)
+        if unmapped:
+            return _failed(f"unmapped completion tokens: {len(unmapped)} of {len(ids)} "
+                           f"(e.g. {unmapped[0]!r}; check teacher.model is the served model's tokenizer)",
+                           reply.text, reply.prompt_tokens)
+        return Generation(text=reply.text, token_ids=ids, topk_ids=top_ids, topk_logprobs=top_lps.astype(np.float16),
+                          finish_reason=finish, prompt_tokens=reply.prompt_tokens)
+
+
+def _failed(reason: str, text: str | None = None, prompt_tokens: int = 0) -> Generation:
+    return Generation(text=text, token_ids=None, topk_ids=None, topk_logprobs=None, finish_reason="error",
+                      prompt_tokens=prompt_tokens, error=reason)
+
+
+def _request_seed(batch_seed: int, index: int) -> int:
+    """A per-request seed from the batch seed and the position: distinct samples of one prompt stay distinct."""
+    return int(stable_hash([batch_seed, index], 8), 16) & 0x7FFFFFFF
+
+
+def _read_key(env_name: str | None) -> str | None:
+    if env_name is None:
+        return None
+    key = os.environ.get(env_name)
+    if not key:
+        raise UserError(f"teacher.api.api_key_env: the environment variable {env_name} is not set (export it, or "
+                        "set teacher.api.api_key_env: null for a server that needs no key)")
+    return key
+
+
+def _safe_url(url: str) -> str:
+    """The URL without any user:password part (never written anywhere with credentials)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _error_message(e) -> str:
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
+        msg = body.get("message") or (body.get("error") or {}).get("message") if isinstance(body.get("error"), dict) \
+            else body.get("message")
+        if msg:
+            return str(msg)[:300]
+    return str(getattr(e, "message", e))[:300]
+
+
+def _vocab_size(tcfg: TeacherConfig, tokenizer) -> int:
+    """The teacher's logit width from its config.json when it is at hand, else the tokenizer's size."""
+    try:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(models.resolve_source(tcfg.model), revision=tcfg.revision,
+                                         trust_remote_code=tcfg.trust_remote_code)
+        return max(int(cfg.vocab_size), len(tokenizer))
+    except Exception:  # noqa: BLE001 - a tokenizer-only directory: its size is the best we know
+        return len(tokenizer)
+
+
+def _summary(usage: dict, mapping: dict | None) -> str:
+    text = (f"{usage['requests']} requests sent ({usage['attempts']} attempts), {usage['cache_hits']} from the "
+            f"cache, retries {usage['retries'] or 0}, failed {usage['failed'] or 0}, "
+            f"{usage['prompt_tokens']}+{usage['completion_tokens']} tokens, ${usage['cost_usd']:.4f} "
+            f"(${usage['spent_usd_in_run']:.4f} in this run)")
+    if mapping:
+        unmapped = {k: v for k, v in mapping.items() if k.startswith("unmapped_") and k != "unmapped_examples"}
+        if unmapped:
+            text += f"; tokens that did not map: {unmapped} e.g. {', '.join(mapping['unmapped_examples'])}"
+    return text

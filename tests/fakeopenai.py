@@ -1,0 +1,345 @@
+"""A small OpenAI-shaped HTTP server for tests and benchmarks (asyncio, standard library + `tokenizers`).
+
+It answers `POST /v1/chat/completions` and `POST /v1/completions` like OpenAI or a vLLM server would,
+with `logprobs` / `top_logprobs`, from a tiny deterministic "model" over a real byte-level BPE
+tokenizer: every step draws k candidate token ids and their log-probs from a generator seeded by the
+request content, and samples (or, at temperature 0, takes the best) of them. So replies are repeatable
+and a client can check that the token ids it maps back from token strings are the ids the server used.
+
+Faults for robustness tests, decided per (request content, how many times it was seen) from a seed, so
+they do not depend on arrival order: `429` (with Retry-After), `500`, `timeout` (the reply never comes
+until the client gives up), `garbage` (a 200 whose body is not JSON, or JSON without choices). Plus an
+added latency per reply and an optional share of top-logprob tokens that exist in no vocabulary.
+
+    srv = FakeOpenAI(tokenizer_dir, latency_s=0.2, fault_rate=0.2).start()   # background thread
+    srv.base_url ... srv.stop()
+    python tests/fakeopenai.py --tokenizer DIR --port 0 --latency 0.2        # prints "PORT <n>"
+
+`GET /stats` (or `srv.stats()`) returns how many requests each request-content key received, the
+statuses sent and the largest number of requests in flight at once; `POST /reset` zeroes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import math
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+FAULT_KINDS = ("429", "500", "timeout", "garbage")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table (what byte-level BPE vocabularies use)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def _key(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24]
+
+
+class TinyModel:
+    """Deterministic top-k distributions over a real tokenizer's vocabulary."""
+
+    def __init__(self, tokenizer_dir: Path, stop_prob: float = 0.08):
+        from tokenizers import Tokenizer
+
+        self.tok = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+        added = self.tok.get_added_tokens_decoder()
+        self.special = {i for i, t in added.items() if t.special}
+        byte_decoder = {c: b for b, c in _bytes_to_unicode().items()}
+        vocab = self.tok.get_vocab()
+        self.bytes_of: dict[int, bytes] = {}
+        for token, i in vocab.items():
+            if i in self.special:
+                continue
+            self.bytes_of[i] = bytes(byte_decoder[c] for c in token)
+        self.candidates = sorted(self.bytes_of)
+        self.stop_prob = stop_prob
+
+    def prompt_tokens(self, body: dict) -> int:
+        if "messages" in body:
+            text = "".join(m.get("content") or "" for m in body["messages"])
+            return len(self.tok.encode(text).ids) + 4 * len(body["messages"])
+        prompt = body.get("prompt", "")
+        return len(prompt) if isinstance(prompt, list) else len(self.tok.encode(prompt).ids)
+
+    def complete(self, body: dict, k: int) -> tuple[list[int], list[list[tuple[int, float]]], list[float], str]:
+        """(chosen ids, top-k (id, logprob) per step, chosen logprobs, finish reason)."""
+        content = {x: body.get(x) for x in ("messages", "prompt", "seed", "model")}
+        rng = random.Random(_key(content))
+        temperature = body.get("temperature", 1.0)
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 16
+        chosen, tops, chosen_lp = [], [], []
+        finish = "length"
+        for step in range(max_tokens):
+            if step >= 2 and rng.random() < self.stop_prob:
+                finish = "stop"
+                break
+            width = max(k, 1)
+            ids = rng.sample(self.candidates, width)
+            logits = sorted((rng.gauss(0, 2) for _ in range(width)), reverse=True)
+            z = max(logits)
+            norm = math.log(sum(math.exp(v - z) for v in logits)) + z
+            # the k candidates carry 90 % of the mass, the rest of the vocabulary the other 10 %
+            lps = [v - norm + math.log(0.9) for v in logits]
+            if temperature and temperature > 0:
+                pick = rng.choices(range(width), weights=[math.exp(v) for v in lps])[0]
+            else:
+                pick = 0
+            chosen.append(ids[pick])
+            chosen_lp.append(lps[pick])
+            tops.append(list(zip(ids, lps))[:k])
+        return chosen, tops, chosen_lp, finish
+
+
+class FakeOpenAI:
+    def __init__(self, tokenizer_dir: Path, *, latency_s: float = 0.0, fault_rate: float = 0.0,
+                 faults: tuple[str, ...] = FAULT_KINDS, seed: int = 0, api_key: str | None = None,
+                 unmappable_rate: float = 0.0, retry_after_s: float = 0.05, host: str = "127.0.0.1",
+                 port: int = 0, max_top_logprobs: int = 20):
+        self.model = TinyModel(tokenizer_dir)
+        self.latency_s, self.fault_rate, self.faults, self.seed = latency_s, fault_rate, tuple(faults), seed
+        self.api_key, self.unmappable_rate, self.retry_after_s = api_key, unmappable_rate, retry_after_s
+        self.host, self.port, self.max_top_logprobs = host, port, max_top_logprobs
+        self.seen: Counter = Counter()  # request key -> times received (since the last reset_counts)
+        self.attempts: Counter = Counter()  # the same, never reset: faults are drawn per (key, attempt)
+        self.statuses: Counter = Counter()
+        self.contents: list[dict] = []  # one entry per request: {key, prompt, status}
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.auth_headers: Counter = Counter()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self) -> FakeOpenAI:
+        self._thread = threading.Thread(target=self._serve_forever, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("fake OpenAI server did not start")
+        return self
+
+    def _serve_forever(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._loop.run_until_complete(self._open())
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.close()
+
+    async def _open(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+
+        async def _close():
+            self._server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(_close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop = None
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            self.seen.clear()
+            self.statuses.clear()
+            self.contents.clear()
+            self.max_in_flight = 0
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"requests": sum(self.seen.values()), "by_key": dict(self.seen), "statuses": dict(self.statuses),
+                    "max_in_flight": self.max_in_flight, "contents": list(self.contents)}
+
+    # ------------------------------------------------------------------------------------------ HTTP
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                method, path, _ = line.decode("latin-1").split(" ", 2)
+                headers = {}
+                while True:
+                    h = await reader.readline()
+                    if h in (b"\r\n", b"\n", b""):
+                        break
+                    name, _, value = h.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+                status, payload, extra = await self._route(method, path.split("?")[0], headers, body)
+                if status is None:  # a "timeout" fault: hold the connection until the client gives up
+                    await asyncio.sleep(3600)
+                    break
+                head = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}",
+                        "Content-Type: application/json", f"Content-Length: {len(payload)}", "Connection: keep-alive"]
+                head += [f"{k}: {v}" for k, v in extra.items()]
+                writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def _route(self, method: str, path: str, headers: dict, raw: bytes):
+        if method == "GET" and path == "/stats":
+            return 200, json.dumps({k: v for k, v in self.stats().items() if k != "contents"}).encode(), {}
+        if method == "POST" and path == "/reset":
+            self.reset_counts()
+            return 200, b"{}", {}
+        if method == "GET" and path == "/v1/models":
+            return 200, json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]}).encode(), {}
+        if method != "POST" or path not in ("/v1/chat/completions", "/v1/completions"):
+            return 404, _error("not found", "not_found"), {}
+        auth = headers.get("authorization")
+        with self._lock:
+            self.auth_headers[auth] += 1
+        if self.api_key is not None and auth != f"Bearer {self.api_key}":
+            return 401, _error("invalid api key", "invalid_api_key"), {}
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError:
+            return 400, _error("body is not JSON", "invalid_request_error"), {}
+        key = _key(body)
+        with self._lock:
+            self.seen[key] += 1
+            self.attempts[key] += 1
+            attempt = self.attempts[key]
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s)
+            status, payload, extra = self._reply(path, body, key, attempt)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+        with self._lock:
+            self.statuses[str(status)] += 1
+            prompt = body.get("messages", body.get("prompt"))
+            self.contents.append({"key": key, "prompt": prompt, "status": status})
+        return status, payload, extra
+
+    def _fault(self, key: str, attempt: int) -> str | None:
+        if not self.fault_rate:
+            return None
+        rng = random.Random(f"{self.seed}:{key}:{attempt}")
+        if rng.random() >= self.fault_rate:
+            return None
+        return rng.choice(self.faults)
+
+    def _reply(self, path: str, body: dict, key: str, attempt: int):
+        fault = self._fault(key, attempt)
+        if fault == "429":
+            return 429, _error("rate limit reached", "rate_limit_exceeded"), {"Retry-After": str(self.retry_after_s)}
+        if fault == "500":
+            return 500, _error("internal error", "server_error"), {}
+        if fault == "timeout":
+            return None, b"", {}
+        if fault == "garbage":
+            return 200, (b'{"choices": [' if attempt % 2 else b'{"object": "chat.completion"}'), {}
+        chat = path.endswith("chat/completions")
+        if chat:
+            want = bool(body.get("logprobs"))
+            k = int(body.get("top_logprobs") or 0) if want else 0
+        else:
+            want = body.get("logprobs") is not None
+            k = int(body.get("logprobs") or 0)
+        if k > self.max_top_logprobs:
+            return 400, _error(f"top_logprobs must be <= {self.max_top_logprobs}", "invalid_request_error"), {}
+        chosen, tops, chosen_lp, finish = self.model.complete(body, k)
+        as_ids = bool(body.get("return_tokens_as_token_ids"))
+        rng = random.Random(f"unmappable:{key}")
+        text = self.model.tok.decode(chosen)
+
+        def tok(i: int) -> str:
+            if as_ids:
+                return f"token_id:{i}"
+            return self.model.bytes_of[i].decode("utf-8", errors="replace")
+
+        def alt(i: int) -> tuple[str, list[int]]:
+            if self.unmappable_rate and rng.random() < self.unmappable_rate:
+                return ("\u2603nowhere", list("\u2603nowhere".encode())) if not as_ids else ("garbled", [])
+            return tok(i), list(self.model.bytes_of[i])
+
+        usage = {"prompt_tokens": self.model.prompt_tokens(body), "completion_tokens": len(chosen)}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        created = int(time.time())
+        if chat:
+            logprobs = None
+            if want:
+                content = []
+                for i, lp, top in zip(chosen, chosen_lp, tops):
+                    alts = [alt(j) + (v,) for j, v in top]
+                    content.append({"token": tok(i), "logprob": lp, "bytes": list(self.model.bytes_of[i]),
+                                    "top_logprobs": [{"token": t, "logprob": v, "bytes": b} for t, b, v in alts]})
+                logprobs = {"content": content}
+            reply = {"id": f"chatcmpl-{key}", "object": "chat.completion", "created": created, "model": body["model"],
+                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                  "logprobs": logprobs, "finish_reason": finish}], "usage": usage}
+        else:
+            logprobs = None
+            if want:
+                logprobs = {"tokens": [tok(i) for i in chosen], "token_logprobs": chosen_lp,
+                            "top_logprobs": [{alt(j)[0]: v for j, v in top} for top in tops],
+                            "text_offset": list(range(len(chosen)))}
+            reply = {"id": f"cmpl-{key}", "object": "text_completion", "created": created, "model": body["model"],
+                     "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}],
+                     "usage": usage}
+        return 200, json.dumps(reply).encode(), {}
+
+
+def _error(message: str, code: str) -> bytes:
+    return json.dumps({"error": {"message": message, "type": code, "code": code}}).encode()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokenizer", required=True, help="directory with a byte-level BPE tokenizer.json")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--latency", type=float, default=0.0, help="seconds added to every reply")
+    ap.add_argument("--fault-rate", type=float, default=0.0)
+    ap.add_argument("--faults", default=",".join(FAULT_KINDS))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    srv = FakeOpenAI(Path(args.tokenizer), latency_s=args.latency, fault_rate=args.fault_rate,
+                     faults=tuple(args.faults.split(",")), seed=args.seed, port=args.port).start()
+    print(f"PORT {srv.port}", flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    done.wait()
+    srv.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""The openai teacher backend end to end against a real HTTP server on 127.0.0.1 (tests/fakeopenai.py):
+token mapping, faults and retries, resume after SIGKILL, rerun of failures only, budget, secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from fakeopenai import FakeOpenAI
+
+from conftest import PYTHON, REPO
+from llmdistill import store
+from llmdistill.config import load_config
+from llmdistill.generate.token_map import UNMAPPED_ID
+from llmdistill.pipeline import run_stages
+
+
+@pytest.fixture()
+def server(tiny):
+    """A factory of fake servers over the tiny teacher's tokenizer; every one is stopped at teardown."""
+    started = []
+
+    def make(**kwargs) -> FakeOpenAI:
+        srv = FakeOpenAI(tiny["teacher"], **kwargs).start()
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
+
+
+def write_prompts(path: Path, n: int) -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            f.write(json.dumps({"prompt": f"question {i}: why is the sky blue", "level": 1 + i % 3,
+                                "source": "api-test"}) + "\n")
+    return path
+
+
+def api_config(tmp_path: Path, tiny, srv: FakeOpenAI, n_prompts: int = 12, name: str = "api", generate=None,
+               **api) -> Path:
+    data = {
+        "name": name,
+        "output_dir": str(tmp_path / "runs"),
+        "teacher": {"model": str(tiny["teacher"]), "backend": "openai",
+                    "api": {"base_url": srv.base_url, "served_model": "tiny", "api_key_env": None,
+                            "backoff_base_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 10.0, **api}},
+        "generate": {"prompts": str(write_prompts(tmp_path / "prompts.jsonl", n_prompts)), "max_new_tokens": 8,
+                     "topk": 5, "batch_size": 8, "shard_rows": 8, **(generate or {})},
+        "filter": {"steps": [{"name": "failed"}, {"name": "empty"}]},
+        "train": {"student": {"teacher_layers": [0, 3]}, "max_steps": 2, "batch_size": 4, "save_steps": 2,
+                  "logging_steps": 1},
+        "eval": {"prompts": str(tmp_path / "prompts.jsonl"), "max_new_tokens": 4},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def rows(cfg) -> list[dict]:
+    table = store.read_table(cfg.run_dir / "generate")
+    return table.to_pylist()
+
+
+def test_api_data_maps_to_the_servers_token_ids_and_trains(tmp_path, tiny, server):
+    srv = server()
+    by_tokenizer = load_config(api_config(tmp_path, tiny, srv, name="tok", token_mapping="tokenizer"))
+    by_ids = load_config(api_config(tmp_path, tiny, srv, name="ids", token_mapping="token_ids"))
+    run_stages(by_tokenizer, ["generate", "filter", "train"])
+    run_stages(by_ids, ["generate"])
+    a, b = rows(by_tokenizer), rows(by_ids)
+    assert [r["id"] for r in a] == [r["id"] for r in b] and all(r["error"] is None for r in a + b)
+    for x, y in zip(a, b):  # the same tokens whether named by id or by text
+        assert x["completion_token_ids"] == y["completion_token_ids"] and x["topk_ids"] == y["topk_ids"]
+        assert len(x["topk_ids"]) == len(x["completion_token_ids"]) == x["usage"]["completion_tokens"]
+    manifest = store.read_manifest(by_tokenizer.run_dir / "generate")
+    prov = manifest["provenance"]
+    assert prov["teacher"]["backend"] == "openai" and prov["teacher"]["served_model"] == "tiny"
+    assert prov["logprobs_source"].startswith("api: token strings mapped")
+    assert prov["token_mapping"]["tokens"] > 0 and "unmapped_completion" not in prov["token_mapping"]
+    assert store.read_manifest(by_ids.run_dir / "generate")["provenance"]["logprobs_source"].startswith(
+        "api: server token ids")
+    assert (by_tokenizer.run_dir / "train" / "_SUCCESS").exists()  # the API data trains a student
+
+
+def test_500_requests_with_20_percent_faults_then_rerun_resends_only_failures(tmp_path, tiny, server):
+    srv = server(fault_rate=0.2, seed=3)
+    cfg = load_config(api_config(tmp_path, tiny, srv, n_prompts=500, max_retries=1, max_concurrency=64,
+                                 timeout_s=1.0, generate={"batch_size": 128, "shard_rows": 128}))
+    run_stages(cfg, ["generate"])
+    first = rows(cfg)
+    assert len(first) == 500 and len({r["id"] for r in first}) == 500
+    failed = [r for r in first if r["error"] is not None]
+    for r in first:  # answered, or failed with its reason
+        assert (r["error"] is None and r["completion"] is not None and r["topk_ids"]) or \
+            (r["finish_reason"] == "error" and "gave up after 2 attempts" in r["error"])
+    assert 5 < len(failed) < 80, len(failed)  # about 0.2^2 = 4 % of the requests fail twice
+    stats = srv.stats()
+    assert {"429", "500", "None"} <= set(stats["statuses"])  # the faults really happened
+    manifest = store.read_manifest(cfg.run_dir / "generate")
+    assert manifest["counts"]["failed"] == len(failed)
+    assert sum(manifest["provenance"]["api_usage"]["retries"].values()) > 50
+
+    srv.reset_counts()
+    run_stages(cfg, ["generate"], force={"generate"})
+    resent = {json.dumps(c["prompt"]) for c in srv.stats()["contents"]}
+    assert resent == {json.dumps(r["messages"]) for r in failed}  # only the failed ones went out again
+    second = rows(cfg)
+    assert sorted(r["id"] for r in second) == sorted(r["id"] for r in first)
+    assert sum(r["error"] is not None for r in second) < len(failed)
+    ok_before = {r["id"]: r["completion_token_ids"] for r in first if r["error"] is None}
+    assert all(ok_before[r["id"]] == r["completion_token_ids"] for r in second if r["id"] in ok_before)
+
+
+def test_sigkill_then_rerun_resends_only_what_was_in_flight(tmp_path, tiny, server):
+    srv = server(latency_s=0.25)
+    path = api_config(tmp_path, tiny, srv, n_prompts=64, max_concurrency=8, generate={"batch_size": 16,
+                                                                                       "shard_rows": 16})
+    cfg = load_config(path)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([PYTHON, "-m", "llmdistill.cli", "generate", str(path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while srv.stats()["requests"] < 28 and time.monotonic() < deadline:  # mid-batch, some shards committed
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)  # let the server finish the requests it was serving
+    seen_before = set(srv.stats()["by_key"])
+    db = sqlite3.connect(cfg.run_dir / "cache" / "api.sqlite")
+    cached = {k for (k,) in db.execute("SELECT key FROM replies")}
+    db.close()
+    assert 0 < len(cached) < 64
+
+    srv.reset_counts()
+    run_stages(cfg, ["generate"])
+    after = srv.stats()["by_key"]
+    lost_in_flight = len(seen_before) - len(cached)  # sent before the kill, no reply stored
+    resent = set(after) & seen_before
+    assert len(resent) == lost_in_flight <= 8  # only the requests in flight at the kill went out again
+    assert len(after) - len(resent) == 64 - len(seen_before)  # plus the ones never sent before
+    assert all(n == 1 for n in after.values())
+    ids = store.read_ids(cfg.run_dir / "generate")
+    assert len(ids) == 64 and len(set(ids)) == 64  # no duplicates
+
+    clean = load_config(api_config(tmp_path, tiny, srv, n_prompts=64, name="clean", max_concurrency=8,
+                                   cache=False, generate={"batch_size": 16, "shard_rows": 16}))
+    run_stages(clean, ["generate"])
+    by_id = {r["id"]: r["completion_token_ids"] for r in rows(clean)}
+    assert {r["id"]: r["completion_token_ids"] for r in rows(cfg)} == by_id  # the kill changed nothing
+
+
+def test_budget_stops_cleanly_with_exit_code_4_then_continues(tmp_path, tiny, server):
+    srv = server()
+    # 1000 $ per 1M completion tokens: at most 8 tokens = 0.8 cent per request
+    path = api_config(tmp_path, tiny, srv, n_prompts=40, budget_usd=0.1, price={"completion": 1000.0},
+                      generate={"batch_size": 4, "shard_rows": 4})
+    cfg = load_config(path)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run([PYTHON, "-m", "llmdistill.cli", "generate", str(path)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 4, res.stderr[-2000:]
+    assert "budget_usd $0.1 reached" in res.stderr and "Traceback" not in res.stderr
+    db = sqlite3.connect(cfg.run_dir / "cache" / "api.sqlite")
+    spent, paid = db.execute("SELECT SUM(cost_usd), COUNT(*) FROM replies").fetchone()
+    db.close()
+    assert spent <= 0.1 and paid >= 10
+    committed = store.read_ids(cfg.run_dir / "generate")
+    assert committed and len(committed) % 4 == 0 and len(committed) <= paid  # whole batches, all committed
+    assert not (cfg.run_dir / "generate" / "_SUCCESS").exists()
+
+    srv.reset_counts()
+    more = load_config(path, ["teacher.api.budget_usd=10"])
+    run_stages(more, ["generate"])
+    assert srv.stats()["requests"] == 40 - paid  # paid replies came from the cache
+    assert len(store.read_ids(more.run_dir / "generate")) == 40
+
+
+def test_api_key_comes_from_the_environment_and_is_never_written(tmp_path, tiny, server):
+    key = "sk-test-DO-NOT-LEAK-1234567890abcdef"
+    srv = server(api_key=key, fault_rate=0.3, seed=1)
+    path = api_config(tmp_path, tiny, srv, name="secret", api_key_env="LLMD_TEST_KEY", max_retries=1,
+                      timeout_s=0.3, generate={"batch_size": 12})
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LLMD_TEST_KEY": key}
+    res = subprocess.run([PYTHON, "-m", "llmdistill.cli", "generate", str(path), "-v"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    cfg = load_config(path)
+    assert (cfg.run_dir / "generate" / "_SUCCESS").exists(), res.stderr[-3000:]
+    assert srv.auth_headers[f"Bearer {key}"] > 0  # the key was sent
+    assert key not in res.stdout + res.stderr
+    for f in cfg.run_dir.rglob("*"):
+        if f.is_file():
+            assert key.encode() not in f.read_bytes(), f
+
+    # a run with no cached replies (another name), so requests really go out with the wrong key
+    from llmdistill.errors import UserError
+
+    os.environ["LLMD_TEST_KEY"] = "sk-wrong-key-0000"
+    try:
+        with pytest.raises(UserError) as e:
+            run_stages(load_config(path, ["name=secret2"]), ["generate"])
+        assert "HTTP 401 authentication failed" in str(e.value) and "sk-wrong-key-0000" not in str(e.value)
+        del os.environ["LLMD_TEST_KEY"]
+        with pytest.raises(UserError, match="LLMD_TEST_KEY is not set"):
+            run_stages(load_config(path, ["name=secret3"]), ["generate"])
+    finally:
+        os.environ.pop("LLMD_TEST_KEY", None)
+
+
+def test_pasted_key_in_the_config_is_refused_without_echo(tmp_path, tiny, server):
+    srv = server()
+    path = api_config(tmp_path, tiny, srv, api_key_env="sk-live-abc-123")
+    from llmdistill.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert "api_key_env" in str(e.value) and "sk-live-abc-123" not in str(e.value)
+
+
+def test_unmappable_alternatives_are_counted_and_kept_out_of_the_vocabulary(tmp_path, tiny, server):
+    srv = server(unmappable_rate=0.2)
+    cfg = load_config(api_config(tmp_path, tiny, srv, token_mapping="tokenizer"))
+    run_stages(cfg, ["generate"])
+    data = rows(cfg)
+    ids = np.concatenate([np.asarray(r["topk_ids"]).reshape(-1) for r in data])
+    counted = store.read_manifest(cfg.run_dir / "generate")["provenance"]["token_mapping"]
+    assert counted["unmapped_alternative"] == int((ids == UNMAPPED_ID).sum()) > 0
+    assert "'☃nowhere'" in counted["unmapped_examples"]
+
+
+def test_text_only_mode_and_completions_endpoint(tmp_path, tiny, server):
+    srv = server()
+    text = load_config(api_config(tmp_path, tiny, srv, name="text", token_mapping="none"))
+    run_stages(text, ["generate"])
+    assert all(r["completion"] is not None and r["topk_ids"] is None and r["error"] is None for r in rows(text))
+    assert store.read_manifest(text.run_dir / "generate")["provenance"]["logprobs_source"].startswith("none")
+
+    comp = load_config(api_config(tmp_path, tiny, srv, name="comp", endpoint="completions",
+                                  token_mapping="token_ids"))
+    run_stages(comp, ["generate"])
+    data = rows(comp)
+    assert all(r["error"] is None and len(r["topk_ids"]) == len(r["completion_token_ids"]) for r in data)
+    prompts = [c["prompt"] for c in srv.stats()["contents"] if isinstance(c["prompt"], list)
+               and isinstance(c["prompt"][0], int)]
+    assert len(prompts) == len(data)  # the prompt went out as token ids of the local chat template
+
+
+@pytest.mark.slow
+def test_demo_prompts_through_the_api_example_config(tmp_path, server):
+    """configs/openai-vllm.yaml on the demo prompts, the server answering over SmolLM2's tokenizer: the
+    manifest names the API as the source of the logits and carries the same tokenizer hash as the hf
+    teacher, so training accepts the data."""
+    from llmdistill import models
+
+    tok_dir = models.resolve_source("smollm2-135m-instruct")
+    srv = FakeOpenAI(Path(tok_dir)).start()
+    try:
+        cfg = load_config(REPO / "configs" / "openai-vllm.yaml",
+                          [f"output_dir={tmp_path}", f"teacher.api.base_url={srv.base_url}",
+                           "generate.max_prompts=24", "generate.max_new_tokens=16"])
+        run_stages(cfg, ["generate"])
+    finally:
+        srv.stop()
+    manifest = store.read_manifest(cfg.run_dir / "generate")
+    prov = manifest["provenance"]
+    assert manifest["counts"]["rows"] == 24 and manifest["counts"]["failed"] == 0
+    assert prov["logprobs_source"].startswith("api: server token ids") and prov["topk"] == 20
+    hf_tokenizer = models.load_tokenizer("smollm2-135m-instruct")
+    assert prov["tokenizer_hash"] == models.tokenizer_info(hf_tokenizer)["tokenizer_hash"]
+    assert prov["vocab_size"] == 49152
+
+
+def test_a_refused_request_fails_its_sample_at_once(tmp_path, tiny, server):
+    srv = server()  # refuses top_logprobs > 20 with HTTP 400, as OpenAI and vLLM do
+    cfg = load_config(api_config(tmp_path, tiny, srv, n_prompts=6, generate={"topk": 21}))
+    run_stages(cfg, ["generate"])
+    data = rows(cfg)
+    assert all(r["finish_reason"] == "error" and r["error"].startswith("HTTP 400: top_logprobs must be <= 20")
+               for r in data)
+    assert srv.stats()["requests"] == 6  # not retried
+    usage = store.read_manifest(cfg.run_dir / "generate")["provenance"]["api_usage"]
+    assert usage["failed"] == {"HTTP 400": 6} and usage["retries"] == {}

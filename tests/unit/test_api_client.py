@@ -1,0 +1,193 @@
+"""The openai backend's pure parts: backoff, rate limits, cost, cache keys, the request cache, reply
+reading and token mapping."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from llmdistill.config import APIPrice
+from llmdistill.generate import api_client as ac
+from llmdistill.generate.token_map import UNMAPPED_ID, TokenMapper, _byte_decoder, _entry_bytes, token_bytes
+
+
+# ------------------------------------------------------------------------------------------ backoff
+def test_backoff_full_jitter_stays_under_the_exponential_ceiling():
+    rng = random.Random(0)
+    for attempt in range(8):
+        ceiling = min(10.0, 0.5 * 2**attempt)
+        waits = [ac.backoff_delay(attempt, 0.5, 10.0, rng) for _ in range(200)]
+        assert all(0.0 <= w <= ceiling for w in waits)
+        assert max(waits) > 0.8 * ceiling and min(waits) < 0.2 * ceiling  # spread over the whole range
+
+
+def test_backoff_honours_retry_after_up_to_the_cap():
+    rng = random.Random(1)
+    assert all(ac.backoff_delay(0, 0.1, 30.0, rng, retry_after=2.0) >= 2.0 for _ in range(50))
+    assert all(ac.backoff_delay(0, 0.1, 5.0, rng, retry_after=600.0) <= 5.0 for _ in range(50))
+
+
+def test_parse_retry_after():
+    assert ac.parse_retry_after({"retry-after": "3"}) == 3.0
+    assert ac.parse_retry_after({"retry-after-ms": "250"}) == 0.25
+    assert ac.parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) is None
+    assert ac.parse_retry_after({}) is None
+
+
+def test_retryable_statuses():
+    assert all(ac.is_retryable(s) for s in (408, 409, 429, 500, 502, 503, 504))
+    assert not any(ac.is_retryable(s) for s in (400, 401, 403, 404, 422))
+
+
+# --------------------------------------------------------------------------------------- rate limit
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_token_bucket_serves_callers_in_order_at_the_rate():
+    clock = Clock()
+    bucket = ac.TokenBucket(per_minute=120, clock=clock)  # 2 per second, burst 2
+    waits = [bucket.reserve(1) for _ in range(6)]
+    assert waits == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.5, 2.0])
+    clock.t = 10.0  # idle time refills only up to the burst
+    assert [bucket.reserve(1) for _ in range(3)] == pytest.approx([0.0, 0.0, 0.5])
+
+
+def test_token_bucket_lets_a_request_larger_than_the_burst_through_later():
+    clock = Clock()
+    bucket = ac.TokenBucket(per_minute=600, clock=clock)  # 10 tokens/s, burst 10
+    assert bucket.reserve(40) == pytest.approx(3.0)  # 30 tokens of debt at 10/s
+    bucket.refund(25)  # the reply used 15 tokens, not 40
+    assert bucket.reserve(1) == pytest.approx(0.6)
+
+
+# ---------------------------------------------------------------------------------------------- cost
+def test_cost_from_the_price_table():
+    price = APIPrice(prompt=0.15, completion=0.60)
+    assert ac.cost_usd(1_000_000, 0, price) == pytest.approx(0.15)
+    assert ac.cost_usd(2000, 500, price) == pytest.approx(2000 * 0.15e-6 + 500 * 0.60e-6)
+    assert ac.cost_usd(123, 456, APIPrice()) == 0.0
+
+
+# --------------------------------------------------------------------------------------------- cache
+def test_cache_key_covers_the_request_content_only():
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "seed": 1, "temperature": 0.7}
+    reordered = dict(reversed(list(body.items())))
+    assert ac.cache_key("chat", body) == ac.cache_key("chat", reordered)
+    assert ac.cache_key("chat", body) != ac.cache_key("completions", body)
+    for change in ({"seed": 2}, {"temperature": 0.0}, {"model": "n"},
+                   {"messages": [{"role": "user", "content": "hi!"}]}):
+        assert ac.cache_key("chat", {**body, **change}) != ac.cache_key("chat", body)
+
+
+def test_request_cache_round_trip_and_spend(tmp_path):
+    cache = ac.RequestCache(tmp_path / "c" / "api.sqlite")
+    assert cache.get("k1") is None
+    cache.put("k1", {"choices": [{"text": "x"}]}, 10, 5, 0.25)
+    cache.put("k2", {"choices": []}, 1, 1, 0.5)
+    cache.close()
+    again = ac.RequestCache(tmp_path / "c" / "api.sqlite")
+    assert again.get("k1") == {"choices": [{"text": "x"}]}
+    assert len(again) == 2 and again.spent_usd() == pytest.approx(0.75)
+
+
+def test_meter_counts():
+    m = ac.Meter()
+    m.count(m.retries, "HTTP 429")
+    m.count(m.retries, "HTTP 429")
+    m.count(m.failed, "timeout")
+    assert m.as_dict()["retries"] == {"HTTP 429": 2} and m.as_dict()["failed"] == {"timeout": 1}
+
+
+# ------------------------------------------------------------------------------------------- replies
+CHAT = {
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop",
+                 "logprobs": {"content": [
+                     {"token": "H", "logprob": -0.1, "bytes": [72],
+                      "top_logprobs": [{"token": "H", "logprob": -0.1, "bytes": [72]},
+                                       {"token": "Y", "logprob": -2.5, "bytes": [89]}]},
+                     {"token": "i", "logprob": -0.2, "bytes": [105], "top_logprobs": []}]}}],
+    "usage": {"prompt_tokens": 7, "completion_tokens": 2},
+}
+
+
+def test_read_chat_reply():
+    r = ac.read_reply(CHAT, "chat", True)
+    assert r.text == "Hi" and r.finish_reason == "stop" and r.prompt_tokens == 7 and r.completion_tokens == 2
+    assert [t.token for t in r.tokens] == ["H", "i"] and r.tokens[0].top[1] == ("Y", [89], -2.5)
+
+
+def test_read_completions_reply():
+    obj = {"choices": [{"text": "ab", "finish_reason": "length",
+                        "logprobs": {"tokens": ["a", "b"], "token_logprobs": [-0.5, -1.0],
+                                     "top_logprobs": [{"a": -0.5, "c": -1.5}, {"b": -1.0}]}}],
+           "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+    r = ac.read_reply(obj, "completions", True)
+    assert r.text == "ab" and [t.logprob for t in r.tokens] == [-0.5, -1.0] and r.tokens[0].top[1] == ("c", None, -1.5)
+
+
+@pytest.mark.parametrize("obj, endpoint, want", [
+    ({"object": "chat.completion"}, "chat", False),
+    ({"choices": []}, "chat", False),
+    ({"choices": [{"finish_reason": "stop"}]}, "chat", False),
+    ({"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}]}, "chat", True),  # logprobs missing
+    ({"choices": [{"message": {"content": "x"}, "logprobs": {"content": [{"logprob": -1}]}}]}, "chat", True),
+    ({"choices": [{"text": "x", "logprobs": {"tokens": ["x"], "token_logprobs": []}}]}, "completions", True),
+])
+def test_malformed_replies_are_named(obj, endpoint, want):
+    with pytest.raises(ac.MalformedReply):
+        ac.read_reply(obj, endpoint, want)
+
+
+def test_decode_json_rejects_garbage():
+    with pytest.raises(ac.MalformedReply, match="not JSON"):
+        ac.decode_json('{"choices": [')
+    with pytest.raises(ac.MalformedReply):
+        ac.decode_json("[1, 2]")
+
+
+# --------------------------------------------------------------------------------------- token map
+def test_token_ids_mode_parses_and_never_guesses():
+    m = TokenMapper("token_ids")
+    m.vocab_size = 100
+    assert m.lookup("token_id:42") == 42
+    assert m.lookup("token_id:100") is None  # outside the vocabulary
+    assert m.lookup(" Paris") is None and m.lookup("token_id:x") is None
+
+
+def test_tokenizer_mode_maps_every_vocabulary_entry_back(tiny):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny["teacher"])
+    m = TokenMapper("tokenizer", tok)
+    specials = set(tok.all_special_ids)
+    decoder = _byte_decoder()
+    for token, i in tok.get_vocab().items():
+        if i in specials:
+            continue
+        raw = bytes(decoder[c] for c in token)
+        assert m.lookup(raw.decode("utf-8", errors="replace"), list(raw)) == i  # by the bytes field
+        if raw.decode("utf-8", errors="ignore").encode() == raw:  # whole UTF-8: the string alone maps too
+            assert m.lookup(raw.decode("utf-8")) == i
+    assert m.lookup("<|im_end|>") == tok.convert_tokens_to_ids("<|im_end|>")
+    assert m.lookup("\u2603 not a token") is None
+    m.note_unmapped("\u2603 not a token", "alternative")
+    assert m.report()["unmapped_alternative"] == 1 and m.report()["unmapped_examples"]
+
+
+def test_sentencepiece_entries_and_openai_bytes_form():
+    decoder = _byte_decoder()
+    assert _entry_bytes("<0x0A>", False, False, decoder) == b"\n"
+    assert _entry_bytes("\u2581Paris", False, False, decoder) == b" Paris"
+    assert _entry_bytes("\u0120Paris", False, True, decoder) == b" Paris"  # byte-level: Ġ is the space byte
+    assert token_bytes("bytes:\\xe2\\x80", None) == b"\xe2\x80"
+    assert token_bytes("ignored", [226, 130, 172]) == "€".encode()
+
+
+def test_unmapped_id_is_outside_any_vocabulary():
+    assert UNMAPPED_ID == 2**31 - 1
