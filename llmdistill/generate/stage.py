@@ -231,6 +231,8 @@ def generate_batches(cfg: Config, out_dir: Path, batches: list[list[Item]], todo
                 bar.set_postfix(tok_s=f"{new_tokens / max(time.monotonic() - started, 1e-9):.0f}")
             if pending:
                 writer.write(pending, index=first)
+            # again once done: some backends count what they saw (e.g. API tokens that did not map to ids)
+            store.atomic_write_json(out_dir / TEACHERS_DIR / f"{name}.json", teacher.provenance())
             del teacher
             gc.collect()
     return new_tokens

@@ -76,7 +76,7 @@ def test_routed_teachers_each_load_once_and_the_trainer_refuses_to_mix_tokenizer
     cfg = load_config(path)
     loaded = []
     real = stage.build_teacher
-    monkeypatch.setattr(stage, "build_teacher", lambda tcfg, g: loaded.append(tcfg.model) or real(tcfg, g))
+    monkeypatch.setattr(stage, "build_teacher", lambda tcfg, g, **kw: loaded.append(tcfg.model) or real(tcfg, g, **kw))
     run_stages(cfg, ["generate"])
     assert loaded == [str(tiny["teacher"]), str(tiny["other"])]  # one at a time, each once
 
@@ -156,8 +156,8 @@ def test_interrupted_multi_teacher_run_resumes_to_the_uninterrupted_result(tiny_
     real = stage.build_teacher
     calls = {"n": 0}
 
-    def crashing(tcfg, g):
-        teacher = real(tcfg, g)
+    def crashing(tcfg, g, **kw):
+        teacher = real(tcfg, g, **kw)
         if tcfg.model == str(tiny["other"]):
             generate = teacher.generate
 
