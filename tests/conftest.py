@@ -117,6 +117,18 @@ def tiny_vllm(tmp_path_factory) -> Path:
     return build_llama(root / "teacher", tok, layers=2, hidden=128, init_range=0.3)
 
 
+@pytest.fixture(scope="session")
+def vllm_server(tiny_vllm, tmp_path_factory):
+    """A real vLLM OpenAI-compatible server on 127.0.0.1 serving `tiny_vllm` as model "tiny"
+    (tokens returned as `token_id:N`); stopped by PID at the end of the session."""
+    from vllm_server import SKIP_REASON, VLLMServer, vllm_python
+
+    if vllm_python() is None:
+        pytest.skip(SKIP_REASON)
+    with VLLMServer(tiny_vllm, name="tiny", log_path=tmp_path_factory.mktemp("vllm-server") / "server.log") as s:
+        yield s
+
+
 def write_prompts(path: Path, n_per_level: int = 4, levels=(1, 2, 3), tag: str = "p") -> Path:
     with open(path, "w", encoding="utf-8") as f:
         for level in levels:

@@ -269,8 +269,8 @@ class VLLMTeacher:
 
     def generate(self, prompts: list[list[dict]], seed: int) -> list[Generation]:
         encoded = [models.encode_prompt(self.tokenizer, m) for m in prompts]
-        outs = self.engine.call({"op": "generate", "prompts": encoded, "params": self.sampling_params(seed, len(encoded)),
-                                 "k": self.gcfg.topk})
+        params = self.sampling_params(seed, len(encoded))
+        outs = self.engine.call({"op": "generate", "prompts": encoded, "params": params, "k": self.gcfg.topk})
         results = []
         for prompt_ids, out in zip(encoded, outs):
             token_ids = out["token_ids"]
