@@ -153,6 +153,28 @@ class GenerateConfig(Section):
     shard_rows: int = Field(256, ge=1, description="rows per Parquet shard (a shard is the unit of resume)")
 
 
+# --------------------------------------------------------------------------------------------- annotate
+class AnnotateConfig(Section):
+    """Re-score the generated text with a local teacher (teacher forcing) and store its top-k log-probs.
+
+    This gives logits for text written by an API teacher, by people, or by an older run, and lets a run
+    swap teachers without regenerating. When enabled, filter reads annotate's output instead of generate's.
+    """
+
+    enabled: bool = Field(False, description="run the annotate stage between generate and filter")
+    teacher: TeacherConfig = Field(
+        default_factory=TeacherConfig, description="the local teacher that scores the text (backend hf or vllm)")
+    topk: int = Field(20, ge=1, description="top-k log-probs stored for every completion token")
+    batch_size: int = Field(8, ge=1, description="samples scored per forward pass / engine call")
+
+    @field_validator("teacher")
+    @classmethod
+    def _local(cls, v: TeacherConfig) -> TeacherConfig:
+        if v.backend == "openai":
+            raise ValueError("annotate scores text with a local model: backend hf or vllm, not openai")
+        return v
+
+
 # ----------------------------------------------------------------------------------------------- filter
 class FailedStep(Section):
     """Remove samples whose generation failed (reason `failed`)."""
@@ -417,13 +439,14 @@ class EvalConfig(Section):
 
 # ----------------------------------------------------------------------------------------------- config
 class Config(Section):
-    """A whole run: generate -> filter -> train -> eval, written under output_dir/name."""
+    """A whole run: generate -> (annotate) -> filter -> train -> eval, written under output_dir/name."""
 
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="run name")
     output_dir: OutputDir = Field(Path("runs"), description="runs are written to output_dir/name")
     seed: int = Field(0, description="seeds sampling (per batch) and training")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="see `teacher`")
     generate: GenerateConfig = Field(description="see `generate`")
+    annotate: AnnotateConfig = Field(default_factory=AnnotateConfig, description="see `annotate`")
     filter: FilterConfig = Field(default_factory=FilterConfig, description="see `filter`")
     train: TrainConfig = Field(description="see `train`")
     eval: EvalConfig = Field(description="see `eval`")

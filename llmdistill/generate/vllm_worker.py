@@ -71,10 +71,11 @@ class Engine:
         }
 
     def generate(self, prompts: list[list[int]], params: list[dict], k: int) -> list[dict]:
-        """One completion per prompt; `params` are SamplingParams keyword arguments (seed included)."""
+        """One completion per prompt; `params` are SamplingParams keyword arguments (seed included).
+        Each result has the token ids, vLLM's finish reason and text, and the [T, k] top-k (packed)."""
         from vllm import SamplingParams
 
-        sampling = [SamplingParams(logprobs=k, **p) for p in params]
+        sampling = [SamplingParams(logprobs=k or None, **p) for p in params]  # k = 0: no log-probs at all
         outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], sampling, use_tqdm=False)
         results = []
         for out in outs:
