@@ -302,8 +302,8 @@ class VLLMTeacher:
         return results
 
     def max_length(self) -> int:
-        """Prompt + completion tokens the engine accepts."""
-        return int(self.info["max_model_len"])
+        """Prompt + completion tokens `score` accepts (it asks for one new token after them)."""
+        return int(self.info["max_model_len"]) - 1
 
     def close(self) -> None:
         self.engine.close()
