@@ -113,3 +113,14 @@ def test_vllm_annotate_matches_hf_annotate(tiny_config, tiny_vllm):
         g = gen[s.id]
         assert s.completion_token_ids == g.completion_token_ids
         assert_same_topk(s.topk_ids, s.topk_logprobs, g.topk_ids, g.topk_logprobs)
+
+
+def test_cli_annotate_command(tiny_config):
+    import subprocess
+
+    from conftest import PYTHON
+
+    res = subprocess.run([PYTHON, "-m", "llmdistill.cli", "annotate", str(tiny_config[0])], capture_output=True,
+                         text=True)
+    assert res.returncode == 2
+    assert "stage annotate is disabled in this config: set annotate.enabled: true" in res.stderr
