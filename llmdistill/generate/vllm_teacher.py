@@ -293,12 +293,10 @@ class VLLMTeacher:
         outs = self.engine.call({"op": "score", "prompts": encoded, "completions": completions,
                                  "k": self.gcfg.topk})
         results = []
-        for comp, out in zip(completions, outs):
+        for prompt_ids, comp, out in zip(encoded, completions, outs):
             ids, lps, own = _unpack(out, len(comp))
             results.append(Scored(topk_ids=ids.copy(), topk_logprobs=lps.astype(np.float16),
-                                  token_logprobs=own.astype(np.float32), prompt_tokens=0))
-        for r, p in zip(results, encoded):
-            r.prompt_tokens = len(p)
+                                  token_logprobs=own.astype(np.float32), prompt_tokens=len(prompt_ids)))
         return results
 
     def max_length(self) -> int:
