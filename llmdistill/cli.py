@@ -21,7 +21,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Distil large language models into small, fast students: generate -> filter -> train -> eval.",
+    help="Distil large language models into small, fast students: generate -> (annotate) -> filter -> train -> eval.",
 )
 
 EXIT_BAD_INPUT = 2
@@ -160,6 +160,7 @@ def merge(
     _run(config, overrides, ("generate",), [], True, verbose, merge_only=True)
 
 
+_stage_command("annotate", "Re-score the generated text with a local teacher (top-k log-probs by teacher forcing).")
 _stage_command("filter", "Dedup and heuristic filters over the generated samples (removed rows keep their reason).")
 _stage_command("train", "Train the student (and the SFT baseline, if configured) on the filtered samples.")
 _stage_command("eval", "Compare the trained students with the teacher on held-out prompts.")

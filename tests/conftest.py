@@ -70,7 +70,8 @@ def build_tokenizer(path: Path, vocab_size: int = 320, seed_text: str = ""):
     return fast
 
 
-def build_llama(path: Path, tokenizer, layers: int = 4, hidden: int = 64, seed: int = 0) -> Path:
+def build_llama(path: Path, tokenizer, layers: int = 4, hidden: int = 64, seed: int = 0,
+                init_range: float = 0.02) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -87,6 +88,7 @@ def build_llama(path: Path, tokenizer, layers: int = 4, hidden: int = 64, seed: 
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        initializer_range=init_range,
     )
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(path)
@@ -103,6 +105,28 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     other_tok = build_tokenizer(root / "tok2", vocab_size=300, seed_text="zebra quantum " * 50)
     other = build_llama(root / "other", other_tok, layers=2)
     return {"teacher": teacher, "other": other}
+
+
+@pytest.fixture(scope="session")
+def tiny_vllm(tmp_path_factory) -> Path:
+    """A tiny Llama that vLLM can run (head_dim 64: hidden 128, 2 heads), with weights drawn wide enough
+    (std 0.3) that its next-token distributions are peaked: greedy decoding then does not hinge on
+    float rounding, so two engines must agree on it."""
+    root = tmp_path_factory.mktemp("tiny-vllm")
+    tok = build_tokenizer(root / "tok")
+    return build_llama(root / "teacher", tok, layers=2, hidden=128, init_range=0.3)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_vllm, tmp_path_factory):
+    """A real vLLM OpenAI-compatible server on 127.0.0.1 serving `tiny_vllm` as model "tiny"
+    (tokens returned as `token_id:N`); stopped by PID at the end of the session."""
+    from vllm_server import SKIP_REASON, VLLMServer, vllm_python
+
+    if vllm_python() is None:
+        pytest.skip(SKIP_REASON)
+    with VLLMServer(tiny_vllm, name="tiny", log_path=tmp_path_factory.mktemp("vllm-server") / "server.log") as s:
+        yield s
 
 
 def write_prompts(path: Path, n_per_level: int = 4, levels=(1, 2, 3), tag: str = "p") -> Path:

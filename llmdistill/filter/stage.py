@@ -76,7 +76,7 @@ def run(cfg: Config, ctx: StageContext) -> None:
     store.write_manifest(
         ctx.out_dir,
         {**manifest, "stage": "filter", "fingerprint": ctx.fingerprint, "llmdistill_version": __version__,
-         "upstream": {"generate": manifest["fingerprint"]},
+         "upstream": {manifest["stage"]: manifest["fingerprint"]},
          "counts": {"rows": n_kept, "removed": n_in - n_kept, "levels": stats["levels_kept"]}},
     )
     summary = ", ".join(f"{k} {v}" for k, v in counts.most_common()) or "none"

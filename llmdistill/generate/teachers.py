@@ -36,6 +36,17 @@ class Generation:
     error: str | None = None
 
 
+@dataclass
+class Scored:
+    """A finished text re-scored by teacher forcing (annotate): `topk_*` are [T, k], row t is the
+    distribution that token t is drawn from; `token_logprobs` [T] is the log-prob of each actual token."""
+
+    topk_ids: np.ndarray
+    topk_logprobs: np.ndarray
+    token_logprobs: np.ndarray
+    prompt_tokens: int
+
+
 class Teacher(Protocol):
     name: str
 
@@ -151,6 +162,42 @@ class HFTeacher:
     def _garbage(self, what: str) -> UserError:
         return UserError(f"teacher {self.name!r} returned garbage: {what} (broken weights, or a dtype that "
                          f"overflows: try teacher.dtype=float32); nothing was written for this batch")
+
+    def score(self, prompts: list[list[dict]], completions: list[list[int]]) -> list[Scored]:
+        """Teacher forcing: one forward pass over prompt + completion (right padding, so positions are
+        unchanged) gives, at every completion token, the distribution it is drawn from. Raw log-probs,
+        top-k best first; the head is applied only to the completion positions."""
+        torch = self._torch
+        encoded = [models.encode_prompt(self.tokenizer, m) for m in prompts]
+        seqs = [p + c for p, c in zip(encoded, completions)]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+        head, cap = models.lm_head(self.model)
+        k = self.gcfg.topk
+        results = []
+        with torch.no_grad():
+            hidden = self.model.base_model(input_ids=ids.to(self.device),
+                                           attention_mask=mask.to(self.device)).last_hidden_state
+            for i, (p, c) in enumerate(zip(encoded, completions)):
+                if not c:
+                    results.append(Scored(np.zeros((0, k), np.int32), np.zeros((0, k), np.float16),
+                                          np.zeros(0, np.float32), len(p)))
+                    continue
+                logits = head(hidden[i, len(p) - 1 : len(p) - 1 + len(c)])
+                lp = torch.log_softmax((cap(logits) if cap else logits).float(), dim=-1)
+                values, indices = lp.topk(min(k, lp.shape[-1]), dim=-1)
+                own = lp.gather(1, torch.tensor(c, device=lp.device)[:, None])[:, 0]
+                results.append(Scored(indices.to(torch.int32).cpu().numpy(), values.to(torch.float16).cpu().numpy(),
+                                      own.cpu().numpy(), len(p)))
+        return results
+
+    def max_length(self) -> int:
+        """Prompt + completion tokens the model takes."""
+        return int(getattr(self.model.config, "max_position_embeddings", None) or 1 << 30)
 
 
 class _TopKCapture:

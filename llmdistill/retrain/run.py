@@ -112,7 +112,7 @@ def retrain(cfg: Config) -> int:
 
 
 def _retrain_locked(cfg: Config, sdir: Path) -> int:
-    from llmdistill.pipeline import STAGES, run_stages
+    from llmdistill.pipeline import active_stages, run_stages
     from llmdistill.report import write_report
 
     promoted = S.current_student(sdir)
@@ -144,7 +144,7 @@ def _retrain_locked(cfg: Config, sdir: Path) -> int:
         emit("start", run_dir=str(run_dir), new_prompts=n_new, promoted=str(promoted) if promoted else None)
     rcfg = run_config(cfg, run_dir, run_dir / "prompts.jsonl", promoted, sdir / S.HISTORY)
 
-    for stage in STAGES:
+    for stage in active_stages(rcfg):
         started = time.monotonic()
         try:
             with contextlib.redirect_stdout(sys.stderr):  # stdout carries only our JSON lines (Trainer prints)
