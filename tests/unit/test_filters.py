@@ -56,7 +56,12 @@ def test_exact_dedup_prompt_scope_keeps_same_answer_to_different_prompts():
 
 
 def test_every_configured_step_name_has_a_builder():
-    names = {m.model_fields["name"].annotation.__args__[0] for m in
-             (C.FailedStep, C.EmptyStep, C.LengthStep, C.RepetitionStep, C.TruncatedStep, C.ExactDedupStep)}
-    assert names == set(filters.STEPS)
+    import typing
+
+    from llmdistill.filter import scorers, stage
+
+    members = typing.get_args(typing.get_args(C.FilterStep)[0])
+    names = {m.model_fields["name"].annotation.__args__[0] for m in members}
+    assert names == set(C.FILTER_STEP_NAMES)
+    assert names == set(filters.STEPS) | {"decontaminate"} | set(scorers.SCORERS) | set(stage.CORPUS_STEPS)
 
