@@ -61,17 +61,23 @@ def word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     encoded = [t.lower().encode("utf-8") for t in texts]
     if not encoded:
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    data = np.frombuffer(b"\x00".join(encoded), dtype=np.uint8)
+    # a NUL before, between and after the texts: no word touches the ends or crosses two texts
+    data = np.frombuffer(b"\x00" + b"\x00".join(encoded) + b"\x00", dtype=np.uint8)
     lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
-    doc_start = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
-    is_word = _WORD_BYTE[data].astype(np.int8)
-    edges = np.diff(is_word, prepend=np.int8(0), append=np.int8(0))
-    starts = np.flatnonzero(edges == 1)
-    ends = np.flatnonzero(edges == -1)
-    pw, inv = _pow_tables(len(data) + 1)
+    doc_start = np.concatenate([[1], np.cumsum(lengths + 1)[:-1] + 1])
+    is_word = _WORD_BYTE[data]
+    starts = np.flatnonzero(is_word[1:] & ~is_word[:-1]) + 1
+    ends = np.flatnonzero(is_word[:-1] & ~is_word[1:]) + 1
+    n = len(data)
+    pw, inv = _pow_tables(n + 1)
+    prefix = np.empty(n + 1, dtype=np.uint64)
+    prefix[0] = 0
     with np.errstate(over="ignore"):
-        prefix = np.concatenate([[np.uint64(0)], np.cumsum(data.astype(np.uint64) * pw[: len(data)])])
-        h = (prefix[ends] - prefix[starts]) * inv[starts]  # sum_i byte_i * P^i over the word, position-free
+        vals = data.astype(np.uint64)
+        vals *= pw[:n]
+        np.cumsum(vals, out=prefix[1:])
+        h = prefix[ends] - prefix[starts]
+        h *= inv[starts]  # sum_i byte_i * P^i over the word, position-free
         h = mix64(h ^ (ends - starts).astype(np.uint64) * _K)
     doc = np.searchsorted(doc_start, starts, side="right") - 1
     return h, doc

@@ -14,7 +14,6 @@ import yaml
 from llmdistill import config as C
 from llmdistill import records, store
 from llmdistill.filter import scorers
-from llmdistill.filter import stage as fstage
 from llmdistill.pipeline import STARTED, fingerprints, run_stages
 from tests.conftest import PYTHON, REPO, make_tiny_config
 

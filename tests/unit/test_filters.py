@@ -65,3 +65,39 @@ def test_every_configured_step_name_has_a_builder():
     assert names == set(C.FILTER_STEP_NAMES)
     assert names == set(filters.STEPS) | {"decontaminate"} | set(scorers.SCORERS) | set(stage.CORPUS_STEPS)
 
+
+
+def test_duplicate_lines():
+    step = C.RepetitionStep(name="repetition", max_fraction=1.0, max_duplicate_lines=0.3)
+    looped = "Step one.\nStep two.\nStep two.\nStep two.\nDone."
+    assert filters.duplicate_line_fraction(looped) == 1 - 3 / 5
+    assert run(step, [sample(looped), sample("a\nb\nc\nd"), sample("x\nx")]) == ["duplicate_lines", None, None]
+
+
+def test_refusal_phrases_at_the_start_only():
+    step = C.RefusalStep(name="refusal", window=60)
+    texts = ["I’m sorry, but I can’t help with that.", "As an AI language model, I cannot browse.",
+             "Paris is the capital of France.", "x " * 40 + "i'm unable to find more"]
+    assert run(step, [sample(t) for t in texts]) == ["refusal", "refusal", None, None]
+
+
+def test_structured_outputs_must_parse():
+    step = C.StructuredStep(name="structured", format="json")
+    good, fenced = '{"a": [1, 2]}', 'Here you go:\n```json\n{"a": 1}\n```\nDone.'
+    bad, bad_fenced = '{"a": [1, 2}', '```json\n{"a": }\n```'
+    assert run(step, [sample(good), sample(fenced), sample(bad), sample(bad_fenced)]) == [
+        None, None, "parse_error:json", "parse_error:json"]
+    py = C.StructuredStep(name="structured", format="python", sources=["code"])
+    other = sample("def f(:")
+    code = sample("def f(:")
+    code.source = "code"
+    assert run(py, [other, code, sample("```python\nx = 1\n```")]) == [None, "parse_error:python", None]
+
+
+def test_charset_and_encoding_rules():
+    step = C.CharsetStep(name="charset", scripts=["LATIN"], max_foreign_fraction=0.1)
+    texts = ["Ça va très bien, merci.", "Это предложение на русском.", "Mostly English text with a single foreign word один inside it",
+             "broken \ufffd text"]
+    assert run(step, [sample(t) for t in texts]) == [None, "charset", None, "bad_encoding"]
+    cyr = C.CharsetStep(name="charset", scripts=["CYRILLIC"], max_foreign_fraction=0.1)
+    assert run(cyr, [sample(texts[1]), sample("plain english")]) == [None, "charset"]
