@@ -96,8 +96,8 @@ def test_structured_outputs_must_parse():
 
 def test_charset_and_encoding_rules():
     step = C.CharsetStep(name="charset", scripts=["LATIN"], max_foreign_fraction=0.1)
-    texts = ["Ça va très bien, merci.", "Это предложение на русском.", "Mostly English text with a single foreign word один inside it",
-             "broken \ufffd text"]
+    texts = ["Ça va très bien, merci.", "Это предложение на русском.",
+             "Mostly English text with a single foreign word один inside it", "broken \ufffd text"]
     assert run(step, [sample(t) for t in texts]) == [None, "charset", None, "bad_encoding"]
     cyr = C.CharsetStep(name="charset", scripts=["CYRILLIC"], max_foreign_fraction=0.1)
     assert run(cyr, [sample(texts[1]), sample("plain english")]) == [None, "charset"]
