@@ -332,9 +332,8 @@ class JudgeStep(_Scorer):
 
     name: Literal["judge"]
     teacher: TeacherConfig = Field(default_factory=lambda: TeacherConfig(), description="the judge model")
-    prompt: InputFile = Field(Path(__file__).resolve().parent.parent / "prompts" / "judge_quality.jinja",
-                              description="Jinja rubric template (variables: prompt, completion, scale_min, "
-                              "scale_max)")
+    prompt: InputFile | None = Field(None, description="Jinja rubric template (variables: prompt, completion, "
+                                     "scale_min, scale_max); default: the built-in prompts/judge_quality.jinja")
     scale_min: int = Field(1)
     scale_max: int = Field(10)
     max_new_tokens: int = Field(64, ge=1)

@@ -23,6 +23,8 @@ from llmdistill.records import Sample
 
 log = logging.getLogger("llmdistill")
 
+DEFAULT_RUBRIC = Path(__file__).resolve().parent.parent.parent / "prompts" / "judge_quality.jinja"
+
 
 class Scorer:
     needs_topk = False
@@ -75,7 +77,7 @@ class JudgeScorer(Scorer):
 
     def prompt(self, s: Sample) -> list[dict]:
         question = "\n".join(m["content"] for m in s.messages if m["role"] != "system")
-        text = render_rubric(self.step.prompt, prompt=question, completion=s.completion or "",
+        text = render_rubric(self.step.prompt or DEFAULT_RUBRIC, prompt=question, completion=s.completion or "",
                              scale_min=self.step.scale_min, scale_max=self.step.scale_max)
         return [{"role": "user", "content": text}]
 

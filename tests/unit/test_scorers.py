@@ -30,8 +30,8 @@ def test_parse_judgement(text, expected):
 
 
 def test_rubric_renders_prompt_and_answer():
-    step = C.JudgeStep(name="judge")
-    text = scorers.render_rubric(step.prompt, prompt="Q?", completion="A.", scale_min=1, scale_max=5)
+    assert C.JudgeStep(name="judge").prompt is None  # the built-in rubric
+    text = scorers.render_rubric(scorers.DEFAULT_RUBRIC, prompt="Q?", completion="A.", scale_min=1, scale_max=5)
     assert "Q?" in text and "A." in text and "Score: N" in text and "from 1 to 5" in text
 
 
