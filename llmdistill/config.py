@@ -328,7 +328,8 @@ class _Scorer(Section):
 class JudgeStep(_Scorer):
     """An LLM judge: any teacher backend rates each (prompt, answer) with the rubric in `prompt`; the reply's
     `Score: N` is parsed and checked against [`scale_min`, `scale_max`]. A reply without a valid score leaves
-    the row unscored (counted as judge_unparsed; removed with reason `unparsed:<key>` when `drop_unparsed`)."""
+    the row unscored (counted in stats.json scorers.<key>.unscored; removed with reason `unparsed:<key>` when
+    `drop_unparsed`)."""
 
     name: Literal["judge"]
     teacher: TeacherConfig = Field(default_factory=lambda: TeacherConfig(), description="the judge model")
