@@ -187,13 +187,15 @@ def inspect(
     n: int = typer.Option(3, "-n", help="samples to show"),
     removed: bool = typer.Option(False, "--removed", help="show the rows the filter removed, with reasons"),
     sample_id: str | None = typer.Option(None, "--id", help="show the sample whose id starts with this"),
+    reason: str | None = typer.Option(None, "--reason", help="removed rows with this reason (or reason prefix, "
+                                      "e.g. contamination); implies --removed"),
 ) -> None:
     """Print a run's stage status, or samples of a dataset (with removal reasons for removed rows)."""
     from llmdistill.errors import UserError
     from llmdistill.show import inspect_path
 
     try:
-        inspect_path(directory, n=n, removed=removed, sample_id=sample_id)
+        inspect_path(directory, n=n, removed=removed, sample_id=sample_id, reason=reason)
     except UserError as e:
         _fail(str(e), EXIT_BAD_INPUT)
 

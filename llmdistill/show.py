@@ -14,7 +14,8 @@ from llmdistill.errors import UserError
 STAGES = ("generate", "annotate", "filter", "train", "eval")
 
 
-def inspect_path(path: Path, n: int = 3, removed: bool = False, sample_id: str | None = None) -> None:
+def inspect_path(path: Path, n: int = 3, removed: bool = False, sample_id: str | None = None,
+                 reason: str | None = None) -> None:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} does not exist")
@@ -26,9 +27,27 @@ def inspect_path(path: Path, n: int = 3, removed: bool = False, sample_id: str |
             return
     else:
         dataset = path
-    if removed:
+    if removed or reason:
         dataset = dataset / "removed" if (dataset / "removed").is_dir() else dataset
-    show_samples(console, dataset, n, sample_id)
+        shards = store.list_shards(dataset)
+        if not shards or "reason" not in store.read_shard(shards[0]).schema.names:
+            raise UserError(f"{dataset} holds no removed rows (give a run directory or its filter/ directory)")
+        show_reasons(console, dataset)
+    show_samples(console, dataset, n, sample_id, reason)
+
+
+def show_reasons(console: Console, dataset: Path) -> None:
+    """Counts of removed rows per reason (reason prefixes such as contamination:* match with --reason)."""
+    from collections import Counter
+
+    counts = Counter(r for p in store.list_shards(dataset) for r in store.read_shard(p, ["reason"]).column(
+        "reason").to_pylist())
+    table = Table(title=f"removed rows in {dataset}")
+    table.add_column("reason")
+    table.add_column("rows", justify="right")
+    for r, c in counts.most_common():
+        table.add_row(r, str(c))
+    console.print(table)
 
 
 def show_run(console: Console, run_dir: Path) -> None:
@@ -61,7 +80,7 @@ def show_run(console: Console, run_dir: Path) -> None:
     console.print(table)
 
 
-def show_samples(console: Console, dataset: Path, n: int, sample_id: str | None) -> None:
+def show_samples(console: Console, dataset: Path, n: int, sample_id: str | None, reason: str | None = None) -> None:
     shown = 0
     for path in store.list_shards(dataset):
         table = store.read_shard(path)
@@ -69,12 +88,15 @@ def show_samples(console: Console, dataset: Path, n: int, sample_id: str | None)
         for row in rows:
             if sample_id and not row["id"].startswith(sample_id):
                 continue
+            if reason and not (row.get("reason") == reason or (row.get("reason") or "").startswith(reason + ":")):
+                continue
             _print_row(console, row)
             shown += 1
             if shown >= n:
                 return
     if shown == 0:
-        console.print(f"no samples{' matching ' + sample_id if sample_id else ''} in {dataset}")
+        what = " ".join(x for x in (sample_id and f"id {sample_id}", reason and f"reason {reason}") if x)
+        console.print(f"no samples{' matching ' + what if what else ''} in {dataset}")
 
 
 def _print_row(console: Console, row: dict) -> None:
@@ -98,6 +120,9 @@ def _print_row(console: Console, row: dict) -> None:
     scores = json.loads(row["scores"] or "{}")
     if scores:
         console.print(f"  scores {scores}", highlight=False)
+    meta = {k: v for k, v in json.loads(row["metadata"] or "{}").items() if k.endswith("_of")}
+    if meta:
+        console.print(f"  {', '.join(f'{k} {v[:16]}' for k, v in meta.items())}", highlight=False)
     console.print()
 
 

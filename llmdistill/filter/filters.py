@@ -62,47 +62,106 @@ def length(step: C.LengthStep) -> Step:
     return check
 
 
+def duplicate_line_fraction(text: str) -> float:
+    """Fraction of the non-empty lines that repeat an earlier line (whitespace-trimmed); 0 below 3 lines."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) < 3:
+        return 0.0
+    return 1.0 - len(set(lines)) / len(lines)
+
+
 def repetition(step: C.RepetitionStep) -> Step:
     def check(s: Sample) -> Verdict:
-        frac = repeated_ngram_fraction(words(s.completion or ""), step.n)
-        return "repetition" if frac > step.max_fraction else None
+        text = s.completion or ""
+        if repeated_ngram_fraction(words(text), step.n) > step.max_fraction:
+            return "repetition"
+        if step.max_duplicate_lines is not None and duplicate_line_fraction(text) > step.max_duplicate_lines:
+            return "duplicate_lines"
+        return None
 
     return check
 
 
-def dedup_key(messages: list[dict], completion: str | None, scope: str = "prompt_completion") -> bytes:
-    """The exact-dedup key: a digest of the normalised completion (and prompt, for scope prompt_completion)."""
-    key = normalise(completion or "")
-    if scope == "prompt_completion":
-        key = normalise(" ".join(m["content"] for m in messages)) + "\x00" + key
-    return hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
+def refusal(step: C.RefusalStep) -> Step:
+    phrases = [normalise(p) for p in step.phrases]
+
+    def check(s: Sample) -> Verdict:
+        head = normalise((s.completion or "")[: step.window]).replace("’", "'")
+        return "refusal" if any(p in head for p in phrases) else None
+
+    return check
+
+
+_FENCE = re.compile(r"```[\w+-]*[ \t]*\n(.*?)```", re.DOTALL)
+
+
+def parses(text: str, fmt: str) -> bool:
+    """Whether `text` (its first fenced code block, if any) parses as `fmt` (json, yaml or python)."""
+    import ast
+    import json
+
+    import yaml
+
+    m = _FENCE.search(text)
+    body = m.group(1) if m else text.strip()
+    try:
+        if fmt == "json":
+            json.loads(body)
+        elif fmt == "yaml":
+            yaml.safe_load(body)
+        else:
+            ast.parse(body)
+    except (ValueError, SyntaxError, yaml.YAMLError):
+        return False
+    return True
+
+
+def structured(step: C.StructuredStep) -> Step:
+    def check(s: Sample) -> Verdict:
+        if step.sources is not None and s.source not in step.sources:
+            return None
+        if step.tags is not None and not set(step.tags) & set(s.metadata.get("tags") or []):
+            return None
+        return None if parses(s.completion or "", step.format) else f"parse_error:{step.format}"
+
+    return check
+
+
+def script_of(ch: str) -> str:
+    """The Unicode script of a letter, from its name's first word (LATIN, GREEK, CJK, ...)."""
+    name = unicodedata.name(ch, "")
+    return name.split(" ", 1)[0] if name else "UNKNOWN"
+
+
+def charset(step: C.CharsetStep) -> Step:
+    allowed = {x.upper() for x in step.scripts}
+
+    def check(s: Sample) -> Verdict:
+        text = s.completion or ""
+        if text.count("\ufffd") > step.max_replacement_chars:
+            return "bad_encoding"
+        letters = [ch for ch in text if ch.isalpha()]
+        if not letters:
+            return None
+        foreign = sum(1 for ch in letters if not ch.isascii() and script_of(ch) not in allowed)
+        if "LATIN" not in allowed:
+            foreign += sum(1 for ch in letters if ch.isascii())
+        return "charset" if foreign / len(letters) > step.max_foreign_fraction else None
+
+    return check
 
 
 def exact_dedup(step: C.ExactDedupStep) -> Step:
     seen: set[bytes] = set()
 
     def check(s: Sample) -> Verdict:
-        digest = dedup_key(s.messages, s.completion, step.scope)
+        digest = exact_hash(s, step.scope)
         if digest in seen:
             return "duplicate"
         seen.add(digest)
         return None
 
     return check
-
-
-def read_history(path) -> set[bytes]:
-    """Keys (hex, one per line) of samples kept by earlier runs; a missing file is an empty history."""
-    try:
-        with open(path, encoding="ascii") as f:
-            return {bytes.fromhex(line.strip()) for line in f if line.strip()}
-    except FileNotFoundError:
-        return set()
-
-
-def history_dedup(step: C.HistoryDedupStep) -> Step:
-    history = read_history(step.path)
-    return lambda s: "history_duplicate" if dedup_key(s.messages, s.completion) in history else None
 
 
 STEPS: dict[str, Callable] = {
@@ -112,9 +171,27 @@ STEPS: dict[str, Callable] = {
     "length": length,
     "repetition": repetition,
     "exact_dedup": exact_dedup,
-    "history_dedup": history_dedup,
+    "refusal": refusal,
+    "structured": structured,
+    "charset": charset,
 }
 
 
 def build_steps(steps: list) -> list[tuple[str, Step]]:
+    """Row predicates for the per-row steps among `steps` (corpus steps and scorers live elsewhere)."""
     return [(s.name, STEPS[s.name](s)) for s in steps]
+
+
+def text_key(s: Sample, scope: str) -> str:
+    """The text a dedup step compares: the completion, or the prompt turns and the completion."""
+    if scope == "prompt_completion":
+        return " ".join(m["content"] for m in s.messages) + "\n" + (s.completion or "")
+    return s.completion or ""
+
+
+def exact_hash(s: Sample, scope: str) -> bytes:
+    """16-byte digest of the normalised text of `scope` (what exact_dedup and the history index compare)."""
+    key = normalise(s.completion or "")
+    if scope == "prompt_completion":
+        key = normalise(" ".join(m["content"] for m in s.messages)) + "\x00" + key
+    return hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()

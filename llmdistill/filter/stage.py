@@ -1,83 +1,524 @@
-"""The filter stage: run the configured steps over the generated samples, in order.
+"""The filter stage: run the configured steps and scorers over the generated samples, in order.
 
-Kept rows go to `filter/` in their original (curriculum) order with their top-k columns untouched;
-removed rows go to `filter/removed/` with the reason code of the first step that rejected them.
-Nothing disappears without a count: stats.json holds counts per reason and per level.
+Kept rows go to `filter/` in their original (curriculum) order; removed rows go to `filter/removed/`
+with the reason code of the first step that rejected them. Rows are never rebuilt: the final pass
+filters the generate shards' Arrow batches and replaces only the `scores` and `metadata` columns, so
+every kept row's `completion_token_ids` and `topk_*` columns are the generate stage's, byte for byte.
+
+Steps run one after the other over the rows still alive, reading light columns (text, level, no top-k)
+`filter.read_rows` at a time:
+- row steps (failed, empty, length, repetition, refusal, structured, charset, exact_dedup, decontaminate):
+  consecutive ones share one pass;
+- scorers (judge, reward_model, perplexity, confidence): batched; each batch's scores are committed to
+  `filter/scores/<i>-<name>/` as they come, so a killed stage resumes without scoring a row twice;
+- corpus steps (near_dedup, semantic_dedup): one pass to hash or embed, a decision on the whole corpus
+  (clusters; one representative kept by `keep`), and for near_dedup a pass over the candidates only;
+- history_dedup: checks against the persistent index and adds the kept rows to it at the end.
+What stays in memory per row: its reason, level, id and scores (a few dozen bytes), plus per corpus
+step 8 bytes per LSH band (near) or the embedding (semantic).
+stats.json holds counts per reason and per level, score histograms and cluster sizes; decontamination
+steps also write decontamination.json (which eval items were hit, by which samples).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 
-from tqdm.auto import tqdm
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from llmdistill import __version__, records, store
+from llmdistill import config as C
 from llmdistill.config import Config
-from llmdistill.filter.filters import build_steps
+from llmdistill.filter import filters, minhash, scorers
 from llmdistill.pipeline import StageContext
 
 log = logging.getLogger("llmdistill")
 
 REMOVED = "removed"
+SCORES = "scores"
+DECONTAMINATION = "decontamination.json"
+LIGHT_COLUMNS = [c for c in records.arrow_schema().names
+                 if c not in ("topk_ids", "topk_logprobs", "completion_token_ids")]
+CORPUS_STEPS = ("near_dedup", "semantic_dedup", "history_dedup")
+
+
+class Rows:
+    """Per-row state of a stage run: who is still alive, why the others left, what they scored."""
+
+    def __init__(self, src: Path, read_rows: int):
+        self.src, self.read_rows = src, read_rows
+        table = store.read_table(src, ["id", "level"])
+        self.ids: list[str] = table.column("id").to_pylist()
+        self.levels = np.asarray(table.column("level").to_numpy(zero_copy_only=False), dtype=np.int64)
+        self.n = len(self.ids)
+        self.reasons: list[str | None] = [None] * self.n
+        self.scores: dict[str, np.ndarray] = {}
+        self.metadata: dict[int, dict] = {}
+
+    def alive(self, i: int) -> bool:
+        return self.reasons[i] is None
+
+    def alive_indices(self) -> np.ndarray:
+        return np.array([i for i, r in enumerate(self.reasons) if r is None], dtype=np.int64)
+
+    def remove(self, i: int, reason: str, **meta) -> None:
+        self.reasons[i] = reason
+        if meta:
+            self.metadata.setdefault(i, {}).update(meta)
+
+    def set_score(self, i: int, key: str, value: float) -> None:
+        if key not in self.scores:
+            self.scores[key] = np.full(self.n, np.nan)
+        self.scores[key][i] = value
+
+    def samples(self, full: bool = False, only: np.ndarray | None = None) -> Iterator[tuple[int, records.Sample]]:
+        """(row index, sample) of the alive rows (or of the rows in sorted `only`), in order; `full` adds the
+        teacher-signal columns."""
+        columns = None if full else LIGHT_COLUMNS
+        wanted = None if only is None else set(only.tolist())
+        i = 0
+        for path in store.list_shards(self.src):
+            pf = store._open_shard(path)
+            for batch in pf.iter_batches(batch_size=self.read_rows, columns=columns):
+                rows = range(i, i + batch.num_rows)
+                i += batch.num_rows
+                keep = [j for j in rows if (j in wanted if wanted is not None else self.alive(j))]
+                if not keep:
+                    continue
+                table = pa.Table.from_batches([batch]).take([j - rows.start for j in keep])
+                yield from zip(keep, _to_samples(table, full))
+
+
+def _to_samples(table: pa.Table, full: bool) -> list[records.Sample]:
+    if full:
+        return records.table_to_samples(table)
+    py = table.to_pylist()
+    out = []
+    for row in py:
+        row["scores"] = json.loads(row["scores"] or "{}")
+        row["metadata"] = json.loads(row["metadata"] or "{}")
+        out.append(records.Sample(**row))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- row steps
+def run_row_steps(rows: Rows, steps: list, out_dir: Path, stats: dict) -> None:
+    from llmdistill.filter.decontam import Decontaminator
+
+    checks = []
+    for s in steps:
+        checks.append(Decontaminator(s) if s.name == "decontaminate" else filters.STEPS[s.name](s))
+    for i, sample in rows.samples():
+        for check in checks:
+            reason = check(sample)
+            if reason is not None:
+                rows.remove(i, reason)
+                break
+    for check in checks:
+        if hasattr(check, "report"):
+            report = check.report()
+            path = out_dir / DECONTAMINATION
+            if path.exists():  # several decontaminate steps: one report with every eval set
+                report["eval_sets"] = {**store.read_json(path)["eval_sets"], **report["eval_sets"]}
+            store.atomic_write_json(path, report)
+            stats["decontamination"] = {k: {"items": v["items"], "items_hit": v["items_hit"]}
+                                        for k, v in report["eval_sets"].items()}
+
+
+# --------------------------------------------------------------------------------------------- scorers
+def _cache_dir(out_dir: Path, index: int, step) -> Path:
+    return out_dir / SCORES / f"{index:02d}-{step.key or step.name}"
+
+
+def load_score_cache(directory: Path) -> dict[str, dict]:
+    """id -> scores dict of the batches already committed by an earlier attempt."""
+    out = {}
+    for path in store.list_shards(directory):
+        t = store.read_shard(path)
+        for rid, s in zip(t.column("id").to_pylist(), t.column("scores").to_pylist()):
+            out[rid] = json.loads(s)
+    return out
+
+
+_CACHE_SCHEMA = pa.schema([("id", pa.string()), ("scores", pa.string())])
+
+
+def run_scorer(rows: Rows, step, index: int, out_dir: Path, stats: dict, scorer=None) -> None:
+    scorer = scorer or scorers.build_scorer(step)
+    cache_dir = _cache_dir(out_dir, index, step)
+    store.clean_temporaries(cache_dir)
+    cached = load_score_cache(cache_dir)
+    writer = store.ShardWriter(cache_dir, _CACHE_SCHEMA)
+    done: dict[int, dict] = {}
+    batch: list[tuple[int, records.Sample]] = []
+    resumed = 0
+
+    def flush() -> None:
+        results = scorer.score([s for _, s in batch])
+        writer.write_table(pa.table({"id": [s.id for _, s in batch],
+                                     "scores": [json.dumps(r) for r in results]}, schema=_CACHE_SCHEMA))
+        for (i, _), r in zip(batch, results):
+            done[i] = r
+        batch.clear()
+
+    for i, sample in rows.samples(full=scorer.needs_topk):
+        if sample.id in cached:
+            done[i] = cached[sample.id]
+            resumed += 1
+            continue
+        batch.append((i, sample))
+        if len(batch) >= step.batch_size:
+            flush()
+    if batch:
+        flush()
+    unscored = 0
+    for i, result in done.items():
+        if not result:
+            unscored += 1
+            if getattr(step, "drop_unparsed", False):
+                rows.remove(i, f"unparsed:{scorer.key}")
+            continue
+        for key, value in result.items():
+            rows.set_score(i, key, value)
+        for key, lo, hi in scorers.thresholds(step):
+            v = result.get(key)
+            if v is None:
+                continue
+            if lo is not None and v < lo:
+                rows.remove(i, f"low_score:{key}")
+                break
+            if hi is not None and v > hi:
+                rows.remove(i, f"high_score:{key}")
+                break
+    stats.setdefault("scorers", {})[scorer.key] = {"scored": len(done) - unscored, "unscored": unscored,
+                                                  "resumed_from_cache": resumed}
+    if resumed:
+        log.info("filter: %s resumed %d scores from %s", scorer.key, resumed, cache_dir)
+
+
+# ------------------------------------------------------------------------------------------ dedup steps
+def _text_chunks(rows: Rows, scope: str, chunk: int, only: np.ndarray | None = None):
+    """(row indices, texts) chunks of the alive rows (or of `only`)."""
+    idx, texts = [], []
+    for i, s in rows.samples(only=only):
+        idx.append(i)
+        texts.append(filters.text_key(s, scope))
+        if len(idx) >= chunk:
+            yield np.array(idx), texts
+            idx, texts = [], []
+    if idx:
+        yield np.array(idx), texts
+
+
+def choose_representatives(labels: np.ndarray, members: np.ndarray, rows: Rows, keep: str,
+                           score: str | None) -> tuple[dict[int, int], list[int]]:
+    """({removed row: kept row}, cluster sizes) for clusters (equal `labels`) over row indices `members`
+    (ascending, i.e. first seen first)."""
+    order = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    removed, sizes = {}, []
+    for group in np.split(order, bounds):
+        if len(group) < 2:
+            continue
+        ids = members[group]
+        if keep == "lowest_level":
+            rep = ids[np.argmin(rows.levels[ids])]  # argmin returns the first of equal levels
+        elif keep == "highest_score":
+            vals = rows.scores.get(score, np.full(rows.n, np.nan))[ids]
+            rep = ids[np.argmax(np.where(np.isnan(vals), -np.inf, vals))]
+        else:
+            rep = ids[0]
+        sizes.append(len(ids))
+        for j in ids:
+            if j != rep:
+                removed[int(j)] = int(rep)
+    return removed, sizes
+
+
+def _apply_clusters(rows: Rows, step, removed: dict[int, int], sizes: list[int], reason: str, stats: dict,
+                    field: str) -> None:
+    for j, rep in removed.items():
+        rows.remove(j, reason, **{field: rows.ids[rep]})
+    hist = Counter(sizes)
+    stats.setdefault("clusters", {})[reason] = {
+        "clusters": len(sizes), "rows_removed": len(removed), "largest": max(sizes, default=0),
+        "size_histogram": {str(k): v for k, v in sorted(hist.items())}}
+
+
+def run_near_dedup(rows: Rows, step: C.NearDedupStep, stats: dict) -> None:
+    finder = minhash.NearDuplicateFinder(step.threshold, step.num_perm, step.bands, step.ngram, step.seed)
+    members: list[np.ndarray] = []
+    for idx, texts in _text_chunks(rows, step.scope, step.chunk_rows):
+        finder.add(texts)
+        members.append(idx)
+    members_arr = np.concatenate(members) if members else np.zeros(0, np.int64)
+
+    def read(local: np.ndarray):
+        for idx, texts in _text_chunks(rows, step.scope, step.chunk_rows, only=members_arr[local]):
+            yield np.searchsorted(members_arr, idx), texts
+
+    candidates = finder.candidates()
+    pairs, _ = minhash.verify_pairs(candidates, read, step.ngram, step.threshold)
+    labels = minhash.components(len(members_arr), pairs)
+    removed, sizes = choose_representatives(labels, members_arr, rows, step.keep, step.score)
+    stats.setdefault("near_dedup", {}).update({"bands": finder.bands, "candidate_pairs": len(candidates),
+                                               "verified_pairs": len(pairs)})
+    _apply_clusters(rows, step, removed, sizes, "near_duplicate", stats, "near_duplicate_of")
+
+
+def run_semantic_dedup(rows: Rows, step: C.SemanticDedupStep, stats: dict) -> None:
+    from llmdistill.filter import semantic
+
+    embedder = semantic.Embedder(step.model, step.device, step.max_length, step.batch_size)
+    members, embs = [], []
+    for idx, texts in _text_chunks(rows, step.scope, 4096):
+        members.append(idx)
+        embs.append(embedder.embed(texts).astype(np.float16))  # half the memory; cosines are checked in fp32
+    members_arr = np.concatenate(members) if members else np.zeros(0, np.int64)
+    emb = np.concatenate(embs) if embs else np.zeros((0, embedder.dim), np.float16)
+    pairs, _ = semantic.similar_pairs(emb, step.threshold, step.bits, step.tables, step.seed)
+    labels = minhash.components(len(members_arr), pairs)
+    removed, sizes = choose_representatives(labels, members_arr, rows, step.keep, step.score)
+    stats.setdefault("semantic_dedup", {}).update({"verified_pairs": len(pairs)})
+    _apply_clusters(rows, step, removed, sizes, "semantic_duplicate", stats, "semantic_duplicate_of")
+
+
+class HistoryStep:
+    """history_dedup: drop rows an earlier run kept; remember this run's kept rows at the end."""
+
+    def __init__(self, step: C.HistoryDedupStep, owner: str):
+        from llmdistill.filter.history import HistoryIndex
+
+        self.step, self.owner = step, owner
+        self.index = HistoryIndex.open(step.path, scope=step.scope,
+                                       threshold=step.near_threshold or 0.8).exclude(owner)
+
+    def _hashes(self, samples: list[records.Sample]) -> tuple[np.ndarray, np.ndarray]:
+        from llmdistill.filter.history import exact_u64
+
+        p = self.index.params
+        exact = exact_u64([filters.exact_hash(s, p["scope"]) for s in samples])
+        sigs, _ = minhash.signatures([filters.text_key(s, p["scope"]) for s in samples], p["ngram"],
+                                     p["num_perm"], p["seed"])
+        return exact, sigs
+
+    def run(self, rows: Rows, stats: dict) -> None:
+        seen = Counter()
+        batch: list[tuple[int, records.Sample]] = []
+
+        def check() -> None:
+            exact, sigs = self._hashes([s for _, s in batch])
+            hit = self.index.contains_exact(exact)
+            near = (self.index.near_matches(sigs, self.step.near_threshold) if self.step.near_threshold
+                    else np.zeros(len(batch), bool))
+            for (i, _), e, nm in zip(batch, hit, near):
+                if e or nm:
+                    reason = "seen_before" if e else "seen_before_near"
+                    rows.remove(i, reason)
+                    seen[reason] += 1
+            batch.clear()
+
+        for item in rows.samples():
+            batch.append(item)
+            if len(batch) >= 4096:
+                check()
+        if batch:
+            check()
+        stats["history"] = {"path": str(self.step.path), "index_rows": len(self.index), **seen}
+
+    def add_kept(self, rows: Rows) -> int:
+        exact, sigs, ids = [], [], []
+        chunk: list[records.Sample] = []
+        for _, s in rows.samples():
+            chunk.append(s)
+            if len(chunk) >= 4096:
+                e, g = self._hashes(chunk)
+                exact.append(e), sigs.append(g), ids.extend(x.id for x in chunk)
+                chunk = []
+        if chunk:
+            e, g = self._hashes(chunk)
+            exact.append(e), sigs.append(g), ids.extend(x.id for x in chunk)
+        if not ids:
+            return 0
+        self.index.add(self.owner, np.concatenate(exact), np.concatenate(sigs), ids)
+        return len(ids)
+
+
+# ------------------------------------------------------------------------------------------- the stage
+def plan_passes(steps: list) -> list[tuple[str, list[tuple[int, object]]]]:
+    """Group the configured steps into passes: consecutive row steps share one; the others run alone."""
+    passes: list[tuple[str, list]] = []
+    for i, s in enumerate(steps):
+        kind = ("scorer" if s.name in scorers.SCORERS else s.name if s.name in CORPUS_STEPS else "rows")
+        if kind == "rows" and passes and passes[-1][0] == "rows":
+            passes[-1][1].append((i, s))
+        else:
+            passes.append((kind, [(i, s)]))
+    return passes
 
 
 def run(cfg: Config, ctx: StageContext) -> None:
     src = ctx.upstream_dir
     store.require_complete(src)
     manifest = store.read_manifest(src)
-    # filtering is cheap: an interrupted attempt is redone from scratch rather than resumed
-    for path in store.list_shards(ctx.out_dir) + store.list_shards(ctx.out_dir / REMOVED):
+    out = ctx.out_dir
+    # the kept/removed shards are redone from scratch; committed scores (filter/scores/) are reused
+    for path in store.list_shards(out) + store.list_shards(out / REMOVED):
         path.unlink()
-    steps = build_steps(cfg.filter.steps)
-    kept_writer = store.ShardWriter(ctx.out_dir)
-    removed_writer = store.ShardWriter(ctx.out_dir / REMOVED, records.removed_schema())
-    shard_rows = cfg.generate.shard_rows
-    kept: list[records.Sample] = []
-    removed: list[records.Sample] = []
-    reasons: list[str] = []
-    counts: Counter = Counter()
-    levels_in, levels_kept = Counter(), Counter()
-    total = manifest["counts"]["rows"]
-    for sample in tqdm(store.iter_samples(src), total=total, desc="filter", unit="sample"):
-        levels_in[sample.level] += 1
-        reason = next((r for r in (check(sample) for _, check in steps) if r is not None), None)
-        if reason is None:
-            kept.append(sample)
-            levels_kept[sample.level] += 1
-            if len(kept) >= shard_rows:
-                kept_writer.write(kept)
-                kept = []
-        else:
-            counts[reason] += 1
-            removed.append(sample)
-            reasons.append(reason)
-            if len(removed) >= shard_rows:
-                removed_writer.write(removed, reasons)
-                removed, reasons = [], []
-    if kept:
-        kept_writer.write(kept)
-    if removed:
-        removed_writer.write(removed, reasons)
-    n_in = sum(levels_in.values())
-    n_kept = kept_writer.rows_written
-    stats = {
-        "input_rows": n_in,
-        "kept": n_kept,
-        "removed": n_in - n_kept,
+    (out / DECONTAMINATION).unlink(missing_ok=True)
+    rows = Rows(src, cfg.filter.read_rows)
+    stats: dict = {}
+    history: list[HistoryStep] = []
+    owner = f"{ctx.run_dir.resolve()}@{ctx.fingerprint}"
+    for kind, group in plan_passes(cfg.filter.steps):
+        before = sum(r is None for r in rows.reasons)
+        names = "+".join(s.name for _, s in group)
+        if kind == "rows":
+            run_row_steps(rows, [s for _, s in group], out, stats)
+        elif kind == "scorer":
+            (index, step), = group
+            run_scorer(rows, step, index, out, stats)
+        elif kind == "near_dedup":
+            run_near_dedup(rows, group[0][1], stats)
+        elif kind == "semantic_dedup":
+            run_semantic_dedup(rows, group[0][1], stats)
+        elif kind == "history_dedup":
+            h = HistoryStep(group[0][1], owner)
+            h.run(rows, stats)
+            history.append(h)
+        after = sum(r is None for r in rows.reasons)
+        log.info("filter: %s removed %d (%d left)", names, before - after, after)
+    n_kept = write_outputs(rows, src, out, cfg.generate.shard_rows)
+    for h in history:
+        if h.step.update:
+            stats["history"]["added"] = h.add_kept(rows)
+    stats = {**summarise(rows, cfg), **stats}
+    if n_kept == 0:
+        log.warning("filter: every sample was removed (%s)", stats["removed_by_reason"])
+    store.atomic_write_json(out / store.STATS, stats)
+    store.write_manifest(
+        out,
+        {**manifest, "stage": "filter", "fingerprint": ctx.fingerprint, "llmdistill_version": __version__,
+         "upstream": {"generate": manifest["fingerprint"]},
+         "counts": {"rows": n_kept, "removed": rows.n - n_kept, "levels": stats["levels_kept"]}},
+    )
+    for line in summary_lines(stats):
+        log.info("filter: %s", line)
+    log.info("filter: -> %s", out)
+
+
+def write_outputs(rows: Rows, src: Path, out: Path, shard_rows: int) -> int:
+    """Kept rows to `out`, removed rows (with `reason`) to `out/removed`, in input order. Only the `scores`
+    and `metadata` columns of a row are rewritten (with what the steps added)."""
+    kept_w = _Buffered(store.ShardWriter(out), shard_rows)
+    removed_w = _Buffered(store.ShardWriter(out / REMOVED, records.removed_schema()), shard_rows)
+    score_keys = list(rows.scores)
+    i = 0
+    for path in store.list_shards(src):
+        for batch in store._open_shard(path).iter_batches(batch_size=rows.read_rows):
+            table = pa.Table.from_batches([batch])
+            span = range(i, i + table.num_rows)
+            i += table.num_rows
+            table = _update_json_columns(table, span, rows, score_keys)
+            alive = pa.array([rows.reasons[j] is None for j in span])
+            kept_w.add(table.filter(alive))
+            gone = table.filter(pc.invert(alive))
+            if gone.num_rows:
+                reasons = [rows.reasons[j] for j in span if rows.reasons[j] is not None]
+                removed_w.add(gone.append_column(pa.field("reason", pa.string()), pa.array(reasons, pa.string())))
+    kept_w.close()
+    removed_w.close()
+    return kept_w.writer.rows_written
+
+
+def _update_json_columns(table: pa.Table, span: range, rows: Rows, score_keys: list[str]) -> pa.Table:
+    touched = [j for j in span if j in rows.metadata or any(not np.isnan(rows.scores[k][j]) for k in score_keys)]
+    if not touched:
+        return table
+    scores = table.column("scores").to_pylist()
+    meta = table.column("metadata").to_pylist()
+    for j in touched:
+        r = j - span.start
+        if any(not np.isnan(rows.scores[k][j]) for k in score_keys):
+            d = json.loads(scores[r] or "{}")
+            d.update({k: float(rows.scores[k][j]) for k in score_keys if not np.isnan(rows.scores[k][j])})
+            scores[r] = json.dumps(d, sort_keys=True)
+        if j in rows.metadata:
+            d = json.loads(meta[r] or "{}")
+            d.update(rows.metadata[j])
+            meta[r] = json.dumps(d, sort_keys=True, ensure_ascii=False)
+    table = table.set_column(table.schema.get_field_index("scores"), "scores", pa.array(scores, pa.string()))
+    return table.set_column(table.schema.get_field_index("metadata"), "metadata", pa.array(meta, pa.string()))
+
+
+class _Buffered:
+    """Collects tables and writes shards of `rows` rows."""
+
+    def __init__(self, writer: store.ShardWriter, rows: int):
+        self.writer, self.rows, self.parts, self.pending = writer, rows, [], 0
+
+    def add(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        self.parts.append(table)
+        self.pending += table.num_rows
+        while self.pending >= self.rows:
+            t = pa.concat_tables(self.parts)
+            self.writer.write_table(t.slice(0, self.rows))
+            rest = t.slice(self.rows)
+            self.parts, self.pending = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def close(self) -> None:
+        if self.pending:
+            self.writer.write_table(pa.concat_tables(self.parts))
+            self.parts, self.pending = [], 0
+
+
+def histogram(values: np.ndarray, bins: int = 10) -> dict:
+    counts, edges = np.histogram(values, bins=bins)
+    return {"edges": [round(float(e), 4) for e in edges], "counts": counts.tolist()}
+
+
+def summarise(rows: Rows, cfg: Config) -> dict:
+    counts = Counter(r for r in rows.reasons if r is not None)
+    kept = np.array([r is None for r in rows.reasons], bool)
+    levels_in = Counter(rows.levels.tolist())
+    levels_kept = Counter(rows.levels[kept].tolist())
+    score_stats = {}
+    for key, vals in rows.scores.items():
+        v = vals[~np.isnan(vals)]
+        if len(v):
+            score_stats[key] = {"count": int(len(v)), "mean": round(float(v.mean()), 4),
+                                "min": round(float(v.min()), 4), "max": round(float(v.max()), 4),
+                                "histogram": histogram(v)}
+    return {
+        "input_rows": rows.n,
+        "kept": int(kept.sum()),
+        "removed": int(rows.n - kept.sum()),
         "removed_by_reason": dict(counts.most_common()),
         "levels_in": {str(k): v for k, v in sorted(levels_in.items())},
         "levels_kept": {str(k): v for k, v in sorted(levels_kept.items())},
-        "steps": [name for name, _ in steps],
+        "steps": [s.name for s in cfg.filter.steps],
+        "scores": score_stats,
     }
-    if n_kept == 0:
-        log.warning("filter: every sample was removed (%s)", stats["removed_by_reason"])
-    store.atomic_write_json(ctx.out_dir / store.STATS, stats)
-    store.write_manifest(
-        ctx.out_dir,
-        {**manifest, "stage": "filter", "fingerprint": ctx.fingerprint, "llmdistill_version": __version__,
-         "upstream": {manifest["stage"]: manifest["fingerprint"]},
-         "counts": {"rows": n_kept, "removed": n_in - n_kept, "levels": stats["levels_kept"]}},
-    )
-    summary = ", ".join(f"{k} {v}" for k, v in counts.most_common()) or "none"
-    log.info("filter: kept %d of %d (removed: %s) -> %s", n_kept, n_in, summary, ctx.out_dir)
+
+
+def summary_lines(stats: dict) -> list[str]:
+    """The printed summary: counts per reason, score histograms, cluster sizes."""
+    lines = [f"kept {stats['kept']} of {stats['input_rows']} ({stats['removed']} removed)"]
+    for reason, n in stats["removed_by_reason"].items():
+        lines.append(f"  removed {n:>6}  {reason}")
+    for key, s in stats.get("scores", {}).items():
+        bars = " ".join(str(c) for c in s["histogram"]["counts"])
+        lines.append(f"  score {key}: n {s['count']} mean {s['mean']} [{s['min']}, {s['max']}] histogram {bars}")
+    for reason, c in stats.get("clusters", {}).items():
+        lines.append(f"  {reason} clusters {c['clusters']}, largest {c['largest']}, sizes {c['size_histogram']}")
+    for name, d in stats.get("decontamination", {}).items():
+        lines.append(f"  eval set {name}: {d['items_hit']} of {d['items']} items hit")
+    return lines

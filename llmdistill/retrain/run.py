@@ -83,14 +83,6 @@ def run_config(cfg: Config, run_dir: Path, prompts_file: Path, promoted: Path | 
     return validate_dict(data, base_dir=run_dir, source=f"retrain run {run_dir.name}")
 
 
-def kept_keys(filter_dir: Path) -> list[str]:
-    from llmdistill.filter.filters import dedup_key
-
-    table = store.read_table(filter_dir, ["messages", "completion"])
-    return [dedup_key(m, c).hex() for m, c in zip(table.column("messages").to_pylist(),
-                                                  table.column("completion").to_pylist())]
-
-
 def retrain(cfg: Config) -> int:
     """Run one retrain; returns the exit code (see the module docstring). Never raises."""
     from llmdistill.pipeline import RunLock
@@ -163,7 +155,7 @@ def _retrain_locked(cfg: Config, sdir: Path) -> int:
     emit("stage", stage="gates", status="passed" if not failed else "failed",
          seconds=round(time.monotonic() - started, 1), gates=verdicts)
 
-    added = S.add_lines(sdir / S.HISTORY, kept_keys(run_dir / "filter"))
+    added = store.read_manifest(run_dir / "filter")["counts"]["rows"]  # the filter put them in the history index
     if failed:
         decision, code = "not promoted", EXIT_NOT_PROMOTED
         reason = "; ".join(f"{v['metric']}: {v['why']}" for v in failed)

@@ -3,7 +3,7 @@
     promoted.json     the pointer: the current promoted student, every promotion so far, and events
     student           a symlink to the current promoted student directory (for servers that load it)
     seen_prompts.txt  content hashes (prompt ids) of every prompt ever handed to generation
-    kept_history.txt  dedup keys of every sample a retrain run kept (read by the filter's history_dedup)
+    history/          the filter's persistent HistoryIndex of every sample a retrain run kept
     pending.json      the retrain run in progress; a failed run is resumed by the next retrain
     .lock             the lock that keeps two schedules from running at once
 
@@ -22,7 +22,7 @@ from llmdistill.errors import UserError
 POINTER = "promoted.json"
 STUDENT_LINK = "student"
 SEEN = "seen_prompts.txt"
-HISTORY = "kept_history.txt"
+HISTORY = "history"
 PENDING = "pending.json"
 
 

@@ -56,19 +56,48 @@ def test_exact_dedup_prompt_scope_keeps_same_answer_to_different_prompts():
 
 
 def test_every_configured_step_name_has_a_builder():
-    names = {m.model_fields["name"].annotation.__args__[0] for m in
-             (C.FailedStep, C.EmptyStep, C.LengthStep, C.RepetitionStep, C.TruncatedStep, C.ExactDedupStep,
-              C.HistoryDedupStep)}
-    assert names == set(filters.STEPS)
+    import typing
+
+    from llmdistill.filter import scorers, stage
+
+    members = typing.get_args(typing.get_args(C.FilterStep)[0])
+    names = {m.model_fields["name"].annotation.__args__[0] for m in members}
+    assert names == set(C.FILTER_STEP_NAMES)
+    assert names == set(filters.STEPS) | {"decontaminate"} | set(scorers.SCORERS) | set(stage.CORPUS_STEPS)
 
 
 
-def test_history_dedup_removes_what_an_earlier_run_kept(tmp_path):
-    kept_before = sample("Paris.", prompt="capital of France?")
-    history = tmp_path / "kept_history.txt"
-    assert filters.read_history(history) == set()  # no file yet: an empty history
-    history.write_text(filters.dedup_key(kept_before.messages, kept_before.completion).hex() + "\n")
-    check = filters.history_dedup(C.HistoryDedupStep(name="history_dedup", path=history))
-    assert check(sample("  PARIS. ", prompt="Capital of  France?")) == "history_duplicate"  # after normalising
-    assert check(sample("Paris.", prompt="capital of Italy?")) is None
-    assert check(sample("Rome.", prompt="capital of France?")) is None
+def test_duplicate_lines():
+    step = C.RepetitionStep(name="repetition", max_fraction=1.0, max_duplicate_lines=0.3)
+    looped = "Step one.\nStep two.\nStep two.\nStep two.\nDone."
+    assert filters.duplicate_line_fraction(looped) == 1 - 3 / 5
+    assert run(step, [sample(looped), sample("a\nb\nc\nd"), sample("x\nx")]) == ["duplicate_lines", None, None]
+
+
+def test_refusal_phrases_at_the_start_only():
+    step = C.RefusalStep(name="refusal", window=60)
+    texts = ["I’m sorry, but I can’t help with that.", "As an AI language model, I cannot browse.",
+             "Paris is the capital of France.", "x " * 40 + "i'm unable to find more"]
+    assert run(step, [sample(t) for t in texts]) == ["refusal", "refusal", None, None]
+
+
+def test_structured_outputs_must_parse():
+    step = C.StructuredStep(name="structured", format="json")
+    good, fenced = '{"a": [1, 2]}', 'Here you go:\n```json\n{"a": 1}\n```\nDone.'
+    bad, bad_fenced = '{"a": [1, 2}', '```json\n{"a": }\n```'
+    assert run(step, [sample(good), sample(fenced), sample(bad), sample(bad_fenced)]) == [
+        None, None, "parse_error:json", "parse_error:json"]
+    py = C.StructuredStep(name="structured", format="python", sources=["code"])
+    other = sample("def f(:")
+    code = sample("def f(:")
+    code.source = "code"
+    assert run(py, [other, code, sample("```python\nx = 1\n```")]) == [None, "parse_error:python", None]
+
+
+def test_charset_and_encoding_rules():
+    step = C.CharsetStep(name="charset", scripts=["LATIN"], max_foreign_fraction=0.1)
+    texts = ["Ça va très bien, merci.", "Это предложение на русском.",
+             "Mostly English text with a single foreign word один inside it", "broken \ufffd text"]
+    assert run(step, [sample(t) for t in texts]) == [None, "charset", None, "bad_encoding"]
+    cyr = C.CharsetStep(name="charset", scripts=["CYRILLIC"], max_foreign_fraction=0.1)
+    assert run(cyr, [sample(texts[1]), sample("plain english")]) == [None, "charset"]

@@ -1,0 +1,283 @@
+"""Near-duplicate detection: word shingles hashed in numpy, R-MinHash signatures from rensa, LSH banding,
+candidates verified by exact Jaccard, clusters by connected components.
+
+Everything works on chunks of texts so memory stays bounded: a corpus pass keeps only `bands` 64-bit
+band keys per document (128 bytes at 16 bands); the exact check re-reads the few documents that are
+candidates. Hashing is native: a chunk's texts are lower-cased, encoded and joined into one byte array,
+word boundaries and per-word polynomial hashes come from vectorised prefix sums (uint64 arithmetic
+wraps modulo 2^64), and n-word shingles are mixed from consecutive word hashes. Hashes are stable across
+processes and machines, so signatures can be stored (see `history.py`).
+
+rensa's full-set R-MinHash is used, never its position-sensitive "rho" mode (one edited word hides a
+duplicate there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+_P = np.uint64(0x100000001B3)  # odd: invertible modulo 2^64
+_P_INV = np.uint64(pow(0x100000001B3, -1, 2**64))
+_K = np.uint64(0x9E3779B97F4A7C15)
+
+# bytes that belong to a word: ASCII letters (text is lower-cased first), digits, '_', and every byte of a
+# multi-byte UTF-8 character (non-ASCII letters; a non-ASCII punctuation mark joins a word, which is harmless)
+_WORD_BYTE = np.zeros(256, dtype=bool)
+for _c in b"abcdefghijklmnopqrstuvwxyz0123456789_":
+    _WORD_BYTE[_c] = True
+_WORD_BYTE[0x80:] = True
+
+_powers = np.ones(1, dtype=np.uint64)
+_inv_powers = np.ones(1, dtype=np.uint64)
+
+
+def _pow_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
+    global _powers, _inv_powers
+    if len(_powers) < n:
+        size = max(n, 2 * len(_powers))
+        with np.errstate(over="ignore"):
+            _powers = np.concatenate([[np.uint64(1)], np.cumprod(np.full(size - 1, _P, dtype=np.uint64))])
+            _inv_powers = np.concatenate([[np.uint64(1)], np.cumprod(np.full(size - 1, _P_INV, dtype=np.uint64))])
+    return _powers[:n], _inv_powers[:n]
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, vectorised: spreads every input bit over the output."""
+    with np.errstate(over="ignore"):
+        x = x ^ (x >> np.uint64(30))
+        x = x * np.uint64(0xBF58476D1CE4E5B9)
+        x = x ^ (x >> np.uint64(27))
+        x = x * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, doc) of every word of every text, in order: a uint64 hash per word and the text it is in.
+
+    A word is a maximal run of [a-z0-9_] or non-ASCII bytes after lower-casing (as `\\w+` for most text).
+    """
+    encoded = [t.lower().encode("utf-8") for t in texts]
+    if not encoded:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    # a NUL before, between and after the texts: no word touches the ends or crosses two texts
+    data = np.frombuffer(b"\x00" + b"\x00".join(encoded) + b"\x00", dtype=np.uint8)
+    lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
+    doc_start = np.concatenate([[1], np.cumsum(lengths + 1)[:-1] + 1])
+    is_word = _WORD_BYTE[data]
+    starts = np.flatnonzero(is_word[1:] & ~is_word[:-1]) + 1
+    ends = np.flatnonzero(is_word[:-1] & ~is_word[1:]) + 1
+    n = len(data)
+    pw, inv = _pow_tables(n + 1)
+    prefix = np.empty(n + 1, dtype=np.uint64)
+    prefix[0] = 0
+    with np.errstate(over="ignore"):
+        vals = data.astype(np.uint64)
+        vals *= pw[:n]
+        np.cumsum(vals, out=prefix[1:])
+        h = prefix[ends] - prefix[starts]
+        h *= inv[starts]  # sum_i byte_i * P^i over the word, position-free
+        h = mix64(h ^ (ends - starts).astype(np.uint64) * _K)
+    doc = np.searchsorted(doc_start, starts, side="right") - 1
+    return h, doc
+
+
+def shingle_hashes(texts: list[str], n: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, offsets): the n-word shingle hashes of every text, flat, text i at hashes[offsets[i]:offsets[i+1]].
+
+    A text with fewer than n words has no shingles (it can only be an exact duplicate).
+    """
+    h, doc = word_hashes(texts)
+    if len(h) >= n:
+        m = len(h) - n + 1
+        valid = doc[: m] == doc[n - 1:]
+        sh = h[:m].copy()
+        with np.errstate(over="ignore"):
+            for j in range(1, n):
+                sh = mix64(sh * _K + h[j: j + m])
+        sh, sdoc = sh[valid], doc[:m][valid]
+    else:
+        sh, sdoc = np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    counts = np.bincount(sdoc, minlength=len(texts)) if len(texts) else np.zeros(0, np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.uint64)
+    return sh, offsets
+
+
+def shingle_sets(texts: list[str], n: int = 3) -> list[np.ndarray]:
+    """Sorted unique shingle hashes per text (for exact Jaccard)."""
+    sh, off = shingle_hashes(texts, n)
+    off = off.astype(np.int64)
+    return [np.unique(sh[off[i]: off[i + 1]]) for i in range(len(texts))]
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact Jaccard similarity of two sorted unique hash arrays (0 when both are empty)."""
+    if len(a) == 0 and len(b) == 0:
+        return 0.0
+    inter = len(np.intersect1d(a, b, assume_unique=True))
+    return inter / (len(a) + len(b) - inter)
+
+
+def signatures(texts: list[str], n: int = 3, num_perm: int = 128, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(signatures [len, num_perm] uint32, has_shingles [len] bool): full-set R-MinHash of the shingle sets."""
+    import rensa
+
+    sh, off = shingle_hashes(texts, n)
+    if not texts:
+        return np.zeros((0, num_perm), np.uint32), np.zeros(0, bool)
+    mat = rensa.RMinHash.digest_matrix_from_flat_token_hashes(sh, off, num_perm, seed)
+    sig = np.asarray(mat.to_rows(), dtype=np.uint32).reshape(len(texts), num_perm)
+    return sig, np.diff(off.astype(np.int64)) > 0
+
+
+def band_keys(sig: np.ndarray, bands: int) -> np.ndarray:
+    """[len, bands] uint64: one hash per band of `rows = num_perm // bands` consecutive signature values."""
+    n, p = sig.shape
+    rows = p // bands
+    s = sig[:, : bands * rows].astype(np.uint64).reshape(n, bands, rows)
+    key = np.zeros((n, bands), np.uint64)
+    with np.errstate(over="ignore"):
+        for r in range(rows):
+            key = mix64(key * _K + s[:, :, r] + np.uint64(r + 1))
+    return key
+
+
+def collision_probability(j: float, bands: int, rows: int) -> float:
+    """P(two documents of Jaccard j share at least one band) = 1 - (1 - j^rows)^bands."""
+    return 1.0 - (1.0 - j**rows) ** bands
+
+
+def optimal_bands(threshold: float, num_perm: int, fn_weight: float = 0.95) -> tuple[int, int]:
+    """(bands, rows) with bands * rows <= num_perm minimising the weighted area of false positives below
+    `threshold` and false negatives above it. Candidates are verified by exact Jaccard, so a false positive
+    only costs a check: the default weighs misses 19 to 1."""
+    xs_lo = np.linspace(0.0, threshold, 200)
+    xs_hi = np.linspace(threshold, 1.0, 200)
+    best, best_cost = (1, num_perm), float("inf")
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            fp = np.trapezoid(1 - (1 - xs_lo**r) ** b, xs_lo)
+            fn = np.trapezoid((1 - xs_hi**r) ** b, xs_hi)
+            cost = (1 - fn_weight) * fp + fn_weight * fn
+            if cost < best_cost:
+                best, best_cost = (b, r), cost
+    return best
+
+
+def candidate_pairs(keys: np.ndarray, valid: np.ndarray | None = None, max_bucket: int = 1000) -> np.ndarray:
+    """[M, 2] int64 pairs (i < j) of documents that share a band key, without repeats.
+
+    In a bucket of m documents each is paired with the bucket's first and with its predecessor (2m pairs,
+    not m^2): connected components over the verified pairs still join the bucket. Buckets larger than
+    `max_bucket` (boilerplate repeated thousands of times) are cut into slices of that size.
+    """
+    n = keys.shape[0]
+    idx_all = np.arange(n, dtype=np.int64) if valid is None else np.flatnonzero(valid)
+    out = []
+    for b in range(keys.shape[1]):
+        k = keys[idx_all, b]
+        order = np.argsort(k, kind="stable")
+        ks, ids = k[order], idx_all[order]
+        same = ks[1:] == ks[:-1]
+        if not same.any():
+            continue
+        # position of each element inside its run of equal keys
+        run_start = np.concatenate([[True], ~same])
+        first_pos = np.maximum.accumulate(np.where(run_start, np.arange(len(ks)), 0))
+        pos_in_run = np.arange(len(ks)) - first_pos
+        slice_start = first_pos + (pos_in_run // max_bucket) * max_bucket
+        member = np.flatnonzero(pos_in_run % max_bucket > 0)
+        out.append(np.stack([ids[slice_start[member]], ids[member]], 1))
+        pred = np.flatnonzero(same) + 1
+        pred = pred[pos_in_run[pred] % max_bucket > 1]
+        out.append(np.stack([ids[pred - 1], ids[pred]], 1))
+    if not out:
+        return np.zeros((0, 2), np.int64)
+    pairs = np.concatenate(out)
+    pairs = np.sort(pairs, axis=1)
+    code = pairs[:, 0] * np.int64(n) + pairs[:, 1]
+    code = np.unique(code)
+    return np.stack([code // n, code % n], 1)
+
+
+def components(n: int, edges: np.ndarray) -> np.ndarray:
+    """Connected-component label of each of `n` nodes given [M, 2] edges (singletons get their own label)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if len(edges) == 0:
+        return np.arange(n)
+    graph = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def verify_pairs(pairs: np.ndarray, read: Callable, ngram: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(pairs, jaccards) of the candidate pairs whose exact shingle Jaccard is >= threshold.
+
+    `read(docs)` gets the sorted indices of the candidate documents and yields (indices, texts) chunks
+    that cover them; only those documents' shingle sets are held.
+    """
+    if len(pairs) == 0:
+        return pairs, np.zeros(0)
+    sets: dict[int, np.ndarray] = {}
+    for idx, texts in read(np.unique(pairs)):
+        for d, s in zip(np.asarray(idx).tolist(), shingle_sets(texts, ngram)):
+            sets[d] = s
+    js = np.fromiter((jaccard(sets[a], sets[b]) for a, b in pairs.tolist()), dtype=np.float64, count=len(pairs))
+    keep = js >= threshold
+    return pairs[keep], js[keep]
+
+
+class NearDuplicateFinder:
+    """Streaming near-duplicate search over a corpus seen once in chunks, then verified.
+
+        finder = NearDuplicateFinder(threshold=0.8)
+        for chunk in corpus_chunks: finder.add(chunk)           # pass 1: signatures -> band keys
+        pairs, js = finder.verified_pairs(read)                 # pass 2: exact Jaccard of candidates
+        labels = components(finder.count, pairs)
+    """
+
+    def __init__(self, threshold: float = 0.8, num_perm: int = 128, bands: int | None = None, ngram: int = 3,
+                 seed: int = 1, keep_signatures: bool = False):
+        self.threshold, self.num_perm, self.ngram, self.seed = threshold, num_perm, ngram, seed
+        self.bands = bands or optimal_bands(threshold, num_perm)[0]
+        self.keep_signatures = keep_signatures
+        self._keys: list[np.ndarray] = []
+        self._valid: list[np.ndarray] = []
+        self._sigs: list[np.ndarray] = []
+        self.count = 0
+
+    def add(self, texts: list[str]) -> np.ndarray:
+        """Add a chunk of texts (indices continue from earlier chunks); returns their signatures."""
+        sig, valid = signatures(texts, self.ngram, self.num_perm, self.seed)
+        self._keys.append(band_keys(sig, self.bands))
+        self._valid.append(valid)
+        if self.keep_signatures:
+            self._sigs.append(sig)
+        self.count += len(texts)
+        return sig
+
+    def candidates(self) -> np.ndarray:
+        keys = np.concatenate(self._keys) if self._keys else np.zeros((0, self.bands), np.uint64)
+        valid = np.concatenate(self._valid) if self._valid else np.zeros(0, bool)
+        self._keys = [keys]
+        self._valid = [valid]
+        return candidate_pairs(keys, valid)
+
+    def signatures(self) -> np.ndarray:
+        return np.concatenate(self._sigs) if self._sigs else np.zeros((0, self.num_perm), np.uint32)
+
+    def verified_pairs(self, read: Callable) -> tuple[np.ndarray, np.ndarray]:
+        return verify_pairs(self.candidates(), read, self.ngram, self.threshold)
+
+
+def reader(texts: list[str], chunk: int = 4096) -> Callable:
+    """A `read` for `verify_pairs` over an in-memory list of texts."""
+
+    def read(docs: np.ndarray) -> Iterable[tuple[np.ndarray, list[str]]]:
+        for i in range(0, len(docs), chunk):
+            part = docs[i: i + chunk]
+            yield part, [texts[j] for j in part]
+
+    return read

@@ -1,0 +1,70 @@
+"""The history index API and the decontamination index, directly."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from llmdistill import config as C
+from llmdistill.errors import UserError
+from llmdistill.filter import decontam, minhash
+from llmdistill.filter.history import HistoryIndex, exact_u64
+
+WORDS = [f"v{i}" for i in range(1000)]
+
+
+def texts(n, seed=0):
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(50)) for _ in range(n)]
+
+
+def test_history_index_round_trip_and_owners(tmp_path):
+    docs = texts(10)
+    sigs, _ = minhash.signatures(docs)
+    hashes = exact_u64([bytes([i]) * 16 for i in range(10)])
+    index = HistoryIndex.open(tmp_path / "h")
+    assert len(index) == 0 and not index.contains_exact(hashes).any()
+    index.add("run-a", hashes[:6], sigs[:6], [f"a{i}" for i in range(6)])
+    index = HistoryIndex.open(tmp_path / "h")
+    assert index.contains_exact(hashes).tolist() == [True] * 6 + [False] * 4
+    edited = docs[7].split()
+    edited[3] = "zzz"
+    probe, _ = minhash.signatures([docs[2], " ".join(edited), texts(1, seed=9)[0]])
+    assert [len(c) > 0 for c in index.near_candidates(probe)] == [True, False, False]
+    assert index.near_matches(probe, 0.8).tolist() == [True, False, False]
+    # the same owner replaces its segment; another owner adds one; exclude() hides an owner
+    index.add("run-a", hashes[:2], sigs[:2], ["a0", "a1"])
+    index.add("run-b", hashes[6:], sigs[6:], [f"b{i}" for i in range(4)])
+    index = HistoryIndex.open(tmp_path / "h")
+    assert len(index) == 6 and index.contains_exact(hashes).tolist() == [True] * 2 + [False] * 4 + [True] * 4
+    assert len(index.exclude("run-b")) == 2
+    with pytest.raises(UserError, match="num_perm=128, not 64"):
+        HistoryIndex.open(tmp_path / "h", num_perm=64)
+
+
+def test_ngram_index_short_items_match_whole():
+    idx = decontam.NgramIndex(5)
+    idx.add("s", ["one two three four five six", "tiny item"])
+    assert idx.hits("x One, two three four five y") == {("s", 0)}
+    assert idx.hits("a tiny item here") == {("s", 1)}
+    assert idx.hits("tiny and item") == set()
+
+
+def test_eval_items_from_jsonl_text_and_a_local_hf_dataset(tmp_path):
+    rows = [{"question": "What is two plus two?", "answer": 4, "id": 1},
+            {"messages": [{"role": "user", "content": "Name a colour."}], "answer": "red"}]
+    (tmp_path / "ds").mkdir()
+    for path in (tmp_path / "e.jsonl", tmp_path / "ds" / "test.jsonl"):
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    es = C.EvalSetConfig(name="e", path=tmp_path / "e.jsonl")
+    assert decontam.load_eval_items(es) == ["What is two plus two?\n4", "red\nName a colour."]
+    (tmp_path / "t.txt").write_text("line one\n\nline two\n")
+    assert decontam.load_eval_items(C.EvalSetConfig(name="t", path=tmp_path / "t.txt")) == ["line one", "line two"]
+    hf = C.EvalSetConfig(name="h", hf=str(tmp_path / "ds"), fields=["question"])  # split test
+    assert decontam.load_eval_items(hf) == ["What is two plus two?"]
+    with pytest.raises(UserError, match="cannot load"):
+        decontam.load_eval_items(C.EvalSetConfig(name="m", hf=str(tmp_path / "missing")))
+    with pytest.raises(ValueError, match="exactly one of path and hf"):
+        C.EvalSetConfig(name="x")
+    assert np.all(exact_u64([b"\x01" * 16]) == np.array([0x0101010101010101], np.uint64))
