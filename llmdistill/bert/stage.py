@@ -103,7 +103,7 @@ def run(cfg: BertDistillConfig, force: bool = False) -> dict:
 
         save_file({k: v.contiguous() for k, v in proj.state_dict().items()},
                   str(out / "student" / "projections.safetensors"))
-    metrics["test"] = evaluate(cfg, teacher, student, test, out)
+    metrics["test"] = evaluate(cfg, teacher, teacher_dir, student, test, out)
     metrics["seconds"] = round(time.time() - start, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     done.write_text(fp + "\n")
@@ -112,7 +112,21 @@ def run(cfg: BertDistillConfig, force: bool = False) -> dict:
     return metrics
 
 
-def evaluate(cfg: BertDistillConfig, teacher, student, test: bdata.Encoded, out: Path) -> dict:
+def _rows_key(enc: bdata.Encoded) -> str:
+    return hashlib.sha256(json.dumps([enc.ids, enc.labels]).encode()).hexdigest()[:16]
+
+
+def _cached(path: Path, compute) -> dict:
+    """A JSON result stored at `path` (the teacher's test metrics: the same for every run that shares it)."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value))
+    return value
+
+
+def evaluate(cfg: BertDistillConfig, teacher, teacher_dir: Path, student, test: bdata.Encoded, out: Path) -> dict:
     """Accuracy, macro-F1 and CPU latency (batch 1 and 32) of the teacher, the student and its exports;
     agreement = share of test rows where an export predicts what the PyTorch student predicts."""
     n_labels, runs = len(cfg.data.labels), cfg.export.latency_runs
@@ -128,7 +142,13 @@ def evaluate(cfg: BertDistillConfig, teacher, student, test: bdata.Encoded, out:
         result[name] = entry
         return pred
 
-    measure("teacher", bexport.torch_forward(teacher))
+    teacher_entry = _cached(Path(teacher_dir) / "eval" / f"{_rows_key(test)}.json",
+                            lambda: trainer.classification_metrics(bexport.predict(bexport.torch_forward(teacher), test),
+                                                                   test.labels, n_labels))
+    result["teacher"] = {**teacher_entry,
+                         "latency_ms_b1": bexport.latency_ms(bexport.torch_forward(teacher), test, 1, runs),
+                         "latency_ms_b32": bexport.latency_ms(bexport.torch_forward(teacher), test, 32,
+                                                              max(3, runs // 4))}
     ref = measure("student", bexport.torch_forward(student))
     if cfg.export.torch_int8:
         measure("student_torch_int8", bexport.torch_forward(bexport.quantize_torch(student)), ref)

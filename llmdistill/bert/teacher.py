@@ -74,10 +74,13 @@ def _load_mlm_head(model: bmodels.EncoderClassifier, source: Path) -> None:
         raise UserError(f"{source}: no MLM head (cls.predictions.*) in model.safetensors; task-agnostic kd "
                         f"needs a teacher with one")
     missing, _ = model.mlm.load_state_dict(head, strict=False)
-    if any("decoder.weight" not in k for k in missing):
+    if any(k not in ("predictions.decoder.weight", "predictions.decoder.bias") for k in missing):
         raise UserError(f"{source}: incomplete MLM head, missing {missing}")
-    if "predictions.decoder.weight" in missing:
-        model.mlm.predictions.decoder.weight = model.backbone.embeddings.word_embeddings.weight
+    pred = model.mlm.predictions
+    if "predictions.decoder.weight" in missing:  # tied to the word embeddings
+        pred.decoder.weight = model.backbone.embeddings.word_embeddings.weight
+    if "predictions.decoder.bias" in missing:  # stored once, as predictions.bias
+        pred.decoder.bias = pred.bias
 
 
 def teacher_key(cfg: BertDistillConfig) -> str:
@@ -97,6 +100,8 @@ def needs_mlm_head(cfg: BertDistillConfig) -> bool:
 def get_teacher(cfg: BertDistillConfig):
     """(teacher model in eval mode, tokenizer, directory it was loaded from)."""
     source = resolve_source(cfg.teacher.model)
+    if source.is_dir() and not (source / "config.json").is_file() and not bmodels.is_saved_model(source):
+        raise UserError(f"teacher.model {source}: not a model directory (no config.json)")
     if bmodels.is_saved_model(source):
         model = bmodels.load_model(source)
         if needs_mlm_head(cfg) and getattr(model, "mlm", None) is None:

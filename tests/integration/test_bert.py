@@ -51,7 +51,7 @@ def tiny_bert(tmp_path_factory) -> dict:
     BertForMaskedLM(config).save_pretrained(str(teacher_dir))
     data = root / "data"
     data.mkdir()
-    files = {"train": 64, "val": 32, "test": 100, "unlabelled": 48}
+    files = {"train": 64, "val": 32, "test": 64, "unlabelled": 48}
     paths = {k: _head(SENTIMENT / f"{k}.jsonl", data / f"{k}.jsonl", n) for k, n in files.items()}
     return {"root": root, "teacher": teacher_dir, **paths}
 
@@ -62,7 +62,7 @@ def _overrides(name: str, fx: dict, out: Path) -> list[str]:
     o += [f"teacher.model={fx['teacher']}", "teacher.finetune.max_examples=64", "teacher.finetune.batch_size=16",
           f"teacher.cache_dir={fx['root'] / 'teachers'}", f"output_dir={out}", "threads=1",
           "student.hidden_size=32", "student.num_heads=2", "student.intermediate_size=64",
-          "student.embedding_size=16", "student.lstm_hidden=16", "export.latency_runs=2", "data.max_seq_len=32"]
+          "student.embedding_size=16", "student.lstm_hidden=16", "export.latency_runs=1", "data.max_seq_len=32"]
     if raw["student"]["kind"] == "pretrained":
         o.append(f"student.model={fx['teacher']}")
     if raw.get("layer_map", {}).get("strategy") == "pairs":
@@ -98,7 +98,7 @@ def test_config_runs_end_to_end(name, tiny_bert, tmp_path):
     test = metrics["test"]
     assert set(test) >= {"teacher", "student", "student_onnx", "student_onnx_int8"}
     assert test["student_onnx"]["agreement_with_student"] >= 0.99
-    assert test["student"]["n"] == 100 and 0 <= test["student"]["macro_f1"] <= 1
+    assert test["student"]["n"] == 64 and 0 <= test["student"]["macro_f1"] <= 1
     lm = json.loads((run_dir / "layer_map.json").read_text())
     if cfg.student.kind in ("narrow", "layer_subset", "pretrained"):
         assert lm["pairs"] and all(0 <= s <= lm["student_layers"] and 0 <= t <= 4 for s, t in lm["pairs"])
@@ -193,7 +193,7 @@ def test_bad_config_errors_are_one_line(tmp_path, tiny_bert):
         load_bert_config(REPO / "configs" / "bert-kd.yaml", [f"data.train={tmp_path / 'missing.jsonl'}"])
     res = subprocess.run([".venv/bin/python", "-m", "llmdistill.cli", "distill-bert", "configs/bert-kd.yaml",
                           f"teacher.model={tmp_path}"], cwd=REPO, capture_output=True, text=True)
-    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "cannot load an encoder" in res.stderr
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "no config.json" in res.stderr
 
 
 def test_int8_onnx_agrees_with_torch_and_serves(tiny_bert, tmp_path):
