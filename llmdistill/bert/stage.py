@@ -142,13 +142,13 @@ def evaluate(cfg: BertDistillConfig, teacher, teacher_dir: Path, student, test: 
         result[name] = entry
         return pred
 
+    teacher_fwd = bexport.torch_forward(teacher)
     teacher_entry = _cached(Path(teacher_dir) / "eval" / f"{_rows_key(test)}.json",
-                            lambda: trainer.classification_metrics(bexport.predict(bexport.torch_forward(teacher), test),
-                                                                   test.labels, n_labels))
+                            lambda: trainer.classification_metrics(bexport.predict(teacher_fwd, test), test.labels,
+                                                                   n_labels))
     result["teacher"] = {**teacher_entry,
-                         "latency_ms_b1": bexport.latency_ms(bexport.torch_forward(teacher), test, 1, runs),
-                         "latency_ms_b32": bexport.latency_ms(bexport.torch_forward(teacher), test, 32,
-                                                              max(3, runs // 4))}
+                         "latency_ms_b1": bexport.latency_ms(teacher_fwd, test, 1, runs),
+                         "latency_ms_b32": bexport.latency_ms(teacher_fwd, test, 32, max(3, runs // 4))}
     ref = measure("student", bexport.torch_forward(student))
     if cfg.export.torch_int8:
         measure("student_torch_int8", bexport.torch_forward(bexport.quantize_torch(student)), ref)
