@@ -627,6 +627,8 @@ class BertFinetuneConfig(Section):
     batch_size: int = Field(32, ge=1, description="rows per step")
     max_examples: int | None = Field(None, ge=1, description="fine-tune on the first N training rows only")
     freeze_embeddings: bool = Field(False, description="keep the embedding layer fixed (faster on a CPU)")
+    seed: int = Field(0, description="seeds the head initialisation and batch order (independent of the run's seed, "
+                      "so student seeds share one teacher)")
 
 
 class BertTeacherConfig(Section):

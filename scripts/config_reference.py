@@ -86,7 +86,21 @@ def render() -> str:
                   for n, f in model.model_fields.items() if n != "name"]
         text = f"- **{step}**: {(model.__doc__ or '').strip()}"
         parts.append(text + (f" Parameters: {', '.join(params)}." if params else ""))
+    parts += bert_sections()
     return "\n".join(parts).rstrip() + "\n"
+
+
+def bert_sections() -> list[str]:
+    """The BERT distillation config (`llmdistill distill-bert CONFIG`, configs/bert-*.yaml): its own top level."""
+    parts = ["", "# BERT-style distillation (`llmdistill distill-bert CONFIG`)", "",
+             "A separate top-level config (configs/bert-*.yaml); see docs/bert.md.", ""]
+    parts += section("Top level (BERT)", C.BertDistillConfig, "")
+    for name, model in (("data", C.BertDataConfig), ("teacher", C.BertTeacherConfig),
+                        ("teacher.finetune", C.BertFinetuneConfig), ("student", C.BertStudentConfig),
+                        ("layer_map", C.LayerMapConfig), ("phases[]", C.BertPhaseConfig),
+                        ("phases[].losses", C.BertLossConfig), ("export", C.BertExportConfig)):
+        parts += section(f"`{name}` (BERT)", model, f"{name}.".replace("[].", "[i]."))
+    return parts
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def teacher_key(cfg: BertDistillConfig) -> str:
     h.update(json.dumps(cfg.teacher.finetune.model_dump(), sort_keys=True).encode())
     h.update(Path(cfg.data.train).read_bytes())
     h.update(json.dumps([cfg.data.labels, cfg.data.max_seq_len, cfg.data.text_field, cfg.data.label_field,
-                         cfg.seed, cfg.warmup_ratio, cfg.weight_decay]).encode())
+                         cfg.warmup_ratio, cfg.weight_decay]).encode())
     return h.hexdigest()[:16]
 
 
@@ -123,7 +123,7 @@ def get_teacher(cfg: BertDistillConfig):
 
 def finetune(cfg: BertDistillConfig, out: Path):
     ft = cfg.teacher.finetune
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(ft.seed)
     source = resolve_source(cfg.teacher.model)
     tokenizer = load_tokenizer(source)
     model = encoder_classifier(source, len(cfg.data.labels), mlm_head=needs_mlm_head(cfg))
@@ -144,7 +144,7 @@ def finetune(cfg: BertDistillConfig, out: Path):
     params = [p for p in model.parameters() if p.requires_grad]
     info = trainer.train_loop(params, [model], enc, step_loss, batch_size=ft.batch_size, epochs=ft.epochs,
                               max_steps=None, lr=ft.lr, warmup_ratio=cfg.warmup_ratio,
-                              weight_decay=cfg.weight_decay, seed=cfg.seed, log_every=cfg.log_every,
+                              weight_decay=cfg.weight_decay, seed=ft.seed, log_every=cfg.log_every,
                               name="teacher")
     tmp = out.with_name(out.name + ".tmp")
     bmodels.save_model(model, tmp, tokenizer)
