@@ -47,6 +47,11 @@ def masks_tokens(phase: BertPhaseConfig) -> bool:
     return phase.mode == "task_agnostic" and bool({"mlm", "kd"} & set(phase.losses.active()))
 
 
+def needs_teacher(phase: BertPhaseConfig) -> bool:
+    """Hard-label CE and the student's own MLM loss read no teacher output."""
+    return bool(set(phase.losses.active()) - {"ce", "mlm"})
+
+
 def relation_heads(losses: BertLossConfig, student) -> int:
     return losses.relation_heads or student.config.num_attention_heads
 
@@ -78,8 +83,10 @@ class PhaseObjective:
         agnostic = mlm_labels is not None
         s = self.student(ids, mask, details=True, qkv=self.qkv, mlm=agnostic) if (self.details or agnostic) \
             else bmodels.Outputs(self.student(ids, mask), None)
-        t = self.signal.outputs(batch, ids, mask, details=self.details or agnostic, qkv=self.qkv,
-                                mlm=agnostic and "kd" in self.weights)
+        t = None
+        if needs_teacher(self.phase):
+            t = self.signal.outputs(batch, ids, mask, details=self.details or agnostic, qkv=self.qkv,
+                                    mlm=agnostic and "kd" in self.weights)
         terms = self.terms(s, t, mask, labels, mlm_labels)
         loss = sum(self.weights[k] * v for k, v in terms.items())
         return loss, {k: v.detach() for k, v in terms.items()}

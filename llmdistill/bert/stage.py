@@ -163,7 +163,7 @@ def evaluate(cfg: BertDistillConfig, teacher, teacher_dir: Path, student, test: 
 
 def _signal(cfg: BertDistillConfig, phase, teacher, teacher_dir: Path, enc: bdata.Encoded):
     """The live teacher, or its stored outputs for these rows (teacher.signal stored, unmasked phases)."""
-    if cfg.teacher.signal == "live" or objective.masks_tokens(phase):
+    if cfg.teacher.signal == "live" or objective.masks_tokens(phase) or not objective.needs_teacher(phase):
         return signals.LiveSignal(teacher)
     layers = sorted({p.losses.minilm_teacher_layer or teacher.num_layers for p in cfg.phases
                      if p.losses.minilm_value or p.losses.minilmv2})
