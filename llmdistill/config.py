@@ -766,7 +766,7 @@ class BertDistillConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="run name")
     output_dir: OutputDir = Field(Path("runs"), description="the run is written to output_dir/name")
     seed: int = Field(0, description="seeds initialisation, masking and batch order")
-    threads: int = Field(2, ge=1, description="torch CPU threads")
+    threads: int = Field(1, ge=1, description="torch CPU threads (1 on a shared CPU: more threads spin and slow down)")
     data: BertDataConfig = Field(description="see `data`")
     teacher: BertTeacherConfig = Field(description="see `teacher`")
     student: BertStudentConfig = Field(default_factory=BertStudentConfig, description="see `student`")
