@@ -18,6 +18,7 @@ from llmdistill.config import BertLossConfig, BertPhaseConfig
 DETAIL_TERMS = {"hidden", "attention", "embedding", "pkd", "minilm_attention", "minilm_value", "minilmv2",
                 "rkd_distance", "rkd_angle"}
 QKV_TERMS = {"minilm_value", "minilmv2"}
+LAYER_TERMS = DETAIL_TERMS - {"rkd_distance", "rkd_angle"}  # the terms that read more than logits and pooled
 PROJECTED_TERMS = {"hidden", "pkd", "embedding"}
 
 
@@ -85,7 +86,8 @@ class PhaseObjective:
             else bmodels.Outputs(self.student(ids, mask), None)
         t = None
         if needs_teacher(self.phase):
-            t = self.signal.outputs(batch, ids, mask, details=self.details or agnostic, qkv=self.qkv,
+            teacher_details = bool(set(self.weights) & LAYER_TERMS) or agnostic
+            t = self.signal.outputs(batch, ids, mask, details=teacher_details, qkv=self.qkv,
                                     mlm=agnostic and "kd" in self.weights)
         terms = self.terms(s, t, mask, labels, mlm_labels)
         loss = sum(self.weights[k] * v for k, v in terms.items())

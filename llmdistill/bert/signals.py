@@ -30,13 +30,13 @@ class LiveSignal:
 
     @torch.no_grad()
     def outputs(self, batch: dict, ids, mask, details: bool, qkv: bool, mlm: bool) -> Outputs:
-        if details or mlm:
-            return self.teacher(ids, mask, details=True, qkv=qkv, mlm=mlm)
-        return Outputs(self.teacher(ids, mask), None)
+        return self.teacher(ids, mask, details=True, qkv=qkv, mlm=mlm)  # pooled is read by RKD even without details
 
 
-def _store_key(teacher_dir: Path, enc: bdata.Encoded, qkv_layers: list[int]) -> str:
+def _store_key(teacher_dir: Path, enc: bdata.Encoded, qkv_layers: list[int], details: bool = True) -> str:
     h = hashlib.sha256(str(Path(teacher_dir).resolve()).encode())
+    if not details:
+        h.update(b"logits-only")
     h.update(json.dumps(qkv_layers).encode())
     for ids in enc.ids:
         h.update(json.dumps(ids).encode())
@@ -46,18 +46,20 @@ def _store_key(teacher_dir: Path, enc: bdata.Encoded, qkv_layers: list[int]) -> 
 class StoredSignal:
     """Teacher outputs per row of one encoded row set (rows are found by their token ids)."""
 
-    def __init__(self, rows: dict[tuple[int, ...], dict], qkv_layers: list[int]):
+    def __init__(self, rows: dict[tuple[int, ...], dict], qkv_layers: list[int], details: bool = True):
         self.rows = rows
         self.qkv_layers = qkv_layers
+        self.details = details
 
     @classmethod
     def build(cls, teacher, teacher_dir: Path, enc: bdata.Encoded, qkv_layers: list[int],
-              batch_size: int = 64) -> StoredSignal:
-        """Load the store for these rows and fields, or compute it with one teacher pass and save it."""
-        path = Path(teacher_dir) / "signals" / f"{_store_key(teacher_dir, enc, qkv_layers)}.pt"
+              batch_size: int = 64, details: bool = True) -> StoredSignal:
+        """Load the store for these rows and fields, or compute it with one teacher pass and save it.
+        `details=False` keeps only the logits and pooled vectors (enough for KD and RKD; far smaller)."""
+        path = Path(teacher_dir) / "signals" / f"{_store_key(teacher_dir, enc, qkv_layers, details)}.pt"
         if path.is_file():
             log.info("teacher signal: stored outputs %s", path)
-            return cls(torch.load(path, weights_only=True), qkv_layers)
+            return cls(torch.load(path, weights_only=True), qkv_layers, details)
         log.info("teacher signal: one teacher pass over %d rows -> %s", len(enc.ids), path)
         rows: dict[tuple[int, ...], dict] = {}
         want = [layer - 1 for layer in qkv_layers]
@@ -67,6 +69,10 @@ class StoredSignal:
                 out = teacher(b["input_ids"], b["attention_mask"], details=True, qkv=bool(want))
                 for r, i in enumerate(index):
                     t = len(enc.ids[i])
+                    if not details:
+                        rows[tuple(enc.ids[i])] = {"logits": out.logits[r].float().clone(),
+                                                   "pooled": out.pooled[r].half().clone()}
+                        continue
                     rows[tuple(enc.ids[i])] = {
                         "logits": out.logits[r].float().clone(),
                         "pooled": out.pooled[r].half().clone(),
@@ -81,7 +87,7 @@ class StoredSignal:
         tmp = path.with_suffix(".tmp")
         torch.save(rows, tmp)
         tmp.rename(path)
-        return cls(rows, qkv_layers)
+        return cls(rows, qkv_layers, details)
 
     def outputs(self, batch: dict, ids, mask, details: bool, qkv: bool, mlm: bool) -> Outputs:
         if mlm:
@@ -91,6 +97,8 @@ class StoredSignal:
         pooled = torch.stack([e["pooled"] for e in entries]).float()
         if not details:
             return Outputs(logits, pooled)
+        if not self.details:
+            raise ValueError("this stored teacher signal holds logits only")
         b, width = ids.shape
         first = entries[0]
         n_hidden, hdim = first["hidden"].shape[0], first["hidden"].shape[-1]

@@ -167,7 +167,8 @@ def _signal(cfg: BertDistillConfig, phase, teacher, teacher_dir: Path, enc: bdat
         return signals.LiveSignal(teacher)
     layers = sorted({p.losses.minilm_teacher_layer or teacher.num_layers for p in cfg.phases
                      if p.losses.minilm_value or p.losses.minilmv2})
-    return signals.StoredSignal.build(teacher, teacher_dir, enc, layers)
+    details = any(set(p.losses.active()) & objective.LAYER_TERMS for p in cfg.phases)
+    return signals.StoredSignal.build(teacher, teacher_dir, enc, layers, details=details)
 
 
 def _read(cfg: BertDistillConfig, path, labelled: bool, limit: int | None = None) -> bdata.Rows:
