@@ -43,8 +43,6 @@ ROWS = [
     ("bert-bilstm-hard-label.yaml", "hard labels only (baseline)", "BiLSTM 96/128"),
     ("bert-bilstm.yaml", "logit KD (Tang et al.)", "BiLSTM 96/128"),
     ("bert-distilbert.yaml", "DistilBERT triple (CE + KD + cosine)", "layer subset 3x384"),
-    ("bert-hard-label-long.yaml", "hard labels only, 1,125 steps (baseline)", "narrow 2x192"),
-    ("bert-kd-long.yaml", "logit KD, 1,125 steps on 12k rows", "narrow 2x192"),
 ]
 
 
