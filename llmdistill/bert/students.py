@@ -21,6 +21,11 @@ from llmdistill.errors import UserError
 log = logging.getLogger("llmdistill")
 
 
+def _no_attention_dropout(config) -> None:
+    """transformers returns attention maps after dropout; maps that are distilled must be the real ones."""
+    config.attention_probs_dropout_prob = 0.0
+
+
 def build_student(spec: BertStudentConfig, teacher: torch.nn.Module, num_labels: int, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     if not isinstance(teacher, bmodels.EncoderClassifier):
@@ -73,6 +78,7 @@ def pca_embeddings(weight: torch.Tensor, dim: int) -> torch.Tensor:
 def narrow(teacher: bmodels.EncoderClassifier, spec: BertStudentConfig, num_labels: int):
     """A smaller BERT on the teacher's vocabulary (MobileBERT-like: narrow body, factorised embeddings)."""
     config = copy.deepcopy(teacher.config)
+    _no_attention_dropout(config)
     config.num_hidden_layers = spec.num_layers
     config.hidden_size = spec.hidden_size
     config.num_attention_heads = spec.num_heads
@@ -93,6 +99,7 @@ def layer_subset(teacher: bmodels.EncoderClassifier, layers: list[int], mlm_head
     if bad or not layers:
         raise UserError(f"student.teacher_layers: the teacher has layers 1..{n}, got {bad or layers}")
     config = copy.deepcopy(teacher.config)
+    _no_attention_dropout(config)
     config.num_hidden_layers = len(layers)
     student = bmodels.EncoderClassifier(config, teacher.num_labels, teacher.embedding_size,
                                         mlm_head=mlm_head or teacher.mlm is not None)
