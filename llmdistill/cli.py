@@ -248,6 +248,64 @@ def rollback(
     typer.echo(f"rolled back: promoted student is now {restored['student']} (promoted {restored['promoted_at']})")
 
 
+@app.command(name="distill-bert")
+def distill_bert(
+    config: str = typer.Argument(..., help="a BERT distillation config, e.g. configs/bert-kd.yaml"),
+    overrides: list[str] | None = typer.Argument(None, help="key.sub=value overrides, e.g. phases.0.max_steps=10"),
+    force: bool = typer.Option(False, "--force", help="rerun even if the run is done"),
+    validate_only: bool = typer.Option(False, "--validate", help="check the config, load no model"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """BERT-style distillation: fine-tune/load a teacher, distil a student, evaluate, export ONNX + int8."""
+    _setup_logging(verbose)
+    from llmdistill.config import ConfigError, load_bert_config
+    from llmdistill.errors import UserError
+
+    try:
+        cfg = load_bert_config(config, list(overrides or []))
+    except ConfigError as e:
+        for line in e.errors:
+            typer.echo(f"{e.source}: {line}", err=True)
+        typer.echo(f"llmdistill: {len(e.errors)} config error(s)", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    if validate_only:
+        typer.echo(f"config OK: run directory {cfg.run_dir}")
+        return
+    from llmdistill.bert.stage import run as run_bert
+
+    try:
+        metrics = run_bert(cfg, force=force)
+    except UserError as e:
+        _fail(str(e), EXIT_BAD_INPUT)
+    test = metrics["test"]
+    typer.echo(f"{cfg.run_dir}: " + ", ".join(f"{k} acc {v['accuracy']:.4f}" for k, v in test.items()))
+
+
+@app.command(name="serve-bert")
+def serve_bert(
+    run_dir: Path = typer.Argument(..., help="a finished distill-bert run directory"),
+    model: str = typer.Option("int8", "--model", help="int8 (ONNX int8), fp32 (ONNX) or torch"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+) -> None:
+    """Serve a distilled classifier: POST /predict {"texts": [...]}, GET /health."""
+    _setup_logging(False)
+    from llmdistill.bert.serve import make_server, predictor_for_run
+    from llmdistill.errors import UserError
+
+    if model not in ("int8", "fp32", "torch"):
+        _fail(f"--model takes int8, fp32 or torch, got {model}", EXIT_BAD_INPUT)
+    try:
+        server = make_server(predictor_for_run(run_dir, model), host, port)
+    except UserError as e:
+        _fail(str(e), EXIT_BAD_INPUT)
+    typer.echo(f"serving {run_dir} on http://{host}:{server.server_address[1]}/predict")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.server_close()
+
+
 def main() -> None:
     app()
 

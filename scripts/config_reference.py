@@ -92,6 +92,7 @@ def render() -> str:
         text = f"- **{step}**: {(model.__doc__ or '').strip()}"
         parts.append(text + (f" Parameters: {', '.join(params)}." if params else ""))
     parts += prompt_sources()
+    parts += bert_sections()
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -103,6 +104,19 @@ def prompt_sources() -> list[str]:
         parts += section(f"`generate.sources[]` with `kind: {kind}`", model, "")
     parts += section("`generate.evolve`", C.EvolveConfig, "generate.evolve.")
     parts += section("`generate.routing[]`", C.RouteRule, "")
+    return parts
+
+
+def bert_sections() -> list[str]:
+    """The BERT distillation config (`llmdistill distill-bert CONFIG`, configs/bert-*.yaml): its own top level."""
+    parts = ["", "# BERT-style distillation (`llmdistill distill-bert CONFIG`)", "",
+             "A separate top-level config (configs/bert-*.yaml); see docs/bert.md.", ""]
+    parts += section("Top level (BERT)", C.BertDistillConfig, "")
+    for name, model in (("data", C.BertDataConfig), ("teacher", C.BertTeacherConfig),
+                        ("teacher.finetune", C.BertFinetuneConfig), ("student", C.BertStudentConfig),
+                        ("layer_map", C.LayerMapConfig), ("phases[]", C.BertPhaseConfig),
+                        ("phases[].losses", C.BertLossConfig), ("export", C.BertExportConfig)):
+        parts += section(f"`{name}` (BERT)", model, f"{name}.".replace("[].", "[i]."))
     return parts
 
 

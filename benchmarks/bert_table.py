@@ -1,0 +1,162 @@
+"""The BERT distillation results table: one row per method and student, on the held-out tweet split.
+
+    .venv/bin/python benchmarks/bert_table.py            # runs every config not yet done, then measures
+    .venv/bin/python benchmarks/bert_table.py --seeds 0 1 2 --seed-config bert-kd.yaml   # spread of one row
+
+Each configs/bert-*.yaml in ROWS is run through the distill-bert stage (a finished run is reused). Then, in
+this one process and interleaved (so every ratio compares models timed under the same load), the teacher and
+every student are timed on the CPU with one thread: PyTorch fp32, ONNX fp32 and ONNX int8 (onnxruntime), at
+batch 1 and batch 32, median of N passes over real test rows. Accuracy and macro-F1 come from the runs'
+metrics.json (2,000 held-out rows). Writes benchmarks/results/bert_table.json and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+from pathlib import Path
+
+import torch
+import yaml
+
+from llmdistill.bert import data as bdata
+from llmdistill.bert import export as bexport
+from llmdistill.bert import models as bmodels
+from llmdistill.bert.stage import run
+from llmdistill.bert.teacher import load_tokenizer
+from llmdistill.config import load_bert_config
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results" / "bert_table.json"
+# (config, method, student) in table order
+ROWS = [
+    ("bert-hard-label.yaml", "hard labels only (baseline)", "narrow 2x192"),
+    ("bert-kd.yaml", "logit KD (T=2, alpha=0.5)", "narrow 2x192"),
+    ("bert-fitnets.yaml", "FitNets hidden MSE + KD", "narrow 2x192"),
+    ("bert-tinybert.yaml", "TinyBERT two-stage (emb+hidden+attn, then KD)", "narrow 2x192"),
+    ("bert-pkd.yaml", "BERT-PKD skip (KD + normalised [CLS])", "narrow 2x192"),
+    ("bert-minilm.yaml", "MiniLM v1 (attn + value relation), then KD", "narrow 2x192"),
+    ("bert-minilmv2.yaml", "MiniLMv2 (Q-Q, K-K, V-V, 12 rel. heads), then KD", "narrow 2x192"),
+    ("bert-rkd.yaml", "RKD distance + angle + KD", "narrow 2x192"),
+    ("bert-bilstm-hard-label.yaml", "hard labels only (baseline)", "BiLSTM 96/128"),
+    ("bert-bilstm.yaml", "logit KD (Tang et al.)", "BiLSTM 96/128"),
+    ("bert-distilbert.yaml", "DistilBERT triple (CE + KD + cosine)", "layer subset 3x384"),
+]
+
+
+def time_models(runs: list[dict], test_rows: int, b1_runs: int, b32_runs: int) -> dict:
+    """Latency (ms) of the teacher and each student in three forms, interleaved, one thread each."""
+    torch.set_num_threads(1)
+    first = Path(runs[0]["dir"])
+    tokenizer = load_tokenizer(first / "student")
+    cfg = yaml.safe_load((first / "config.resolved.yaml").read_text())["config"]
+    rows = bdata.read_rows(Path(cfg["data"]["test"]), "text", "label", len(cfg["data"]["labels"]), test_rows)
+    enc = bdata.encode(rows, tokenizer, cfg["data"]["max_seq_len"])
+    forwards = {"teacher/pytorch": bexport.torch_forward(bmodels.load_model(Path(runs[0]["teacher"])))}
+    teacher_dir = Path(runs[0]["teacher"])
+    forwards["teacher/onnx"] = bexport.onnx_forward(bexport.onnx_session(
+        teacher_onnx(teacher_dir), 1))
+    for r in runs:
+        d = Path(r["dir"])
+        forwards[f"{r['config']}/pytorch"] = bexport.torch_forward(bmodels.load_model(d / "student"))
+        forwards[f"{r['config']}/onnx"] = bexport.onnx_forward(bexport.onnx_session(d / "onnx" / "model.onnx", 1))
+        forwards[f"{r['config']}/onnx_int8"] = bexport.onnx_forward(
+            bexport.onnx_session(d / "onnx" / "model.int8.onnx", 1))
+    out: dict = {}
+    for fwd in forwards.values():  # warm every model once, then time them in turn
+        bexport.latency_ms(fwd, enc, 1, 1)
+    for name, fwd in forwards.items():
+        out[name] = {"b1": bexport.latency_ms(fwd, enc, 1, b1_runs), "b32": bexport.latency_ms(fwd, enc, 32, b32_runs)}
+        logging.info("latency %s %s", name, out[name])
+    return out
+
+
+def teacher_onnx(teacher_dir: Path) -> Path:
+    path = teacher_dir / "onnx" / "model.onnx"
+    if not path.is_file():
+        bexport.export_onnx(bmodels.load_model(teacher_dir), path)
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", nargs="*", help="config names to include (default: all rows)")
+    ap.add_argument("--seeds", nargs="*", type=int, default=[], help="extra seeds for --seed-config")
+    ap.add_argument("--seed-config", default="bert-kd.yaml")
+    ap.add_argument("--b1-runs", type=int, default=100)
+    ap.add_argument("--b32-runs", type=int, default=10)
+    ap.add_argument("--test-rows", type=int, default=500, help="test rows the latency batches are cut from")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    runs = []
+    for config, method, student in ROWS:
+        if args.only and config not in args.only:
+            continue
+        cfg = load_bert_config(REPO / "configs" / config)
+        m = run(cfg)
+        runs.append({"config": config, "method": method, "student": student, "dir": str(cfg.run_dir),
+                     "teacher": m["teacher"], "metrics": m})
+    spread = []
+    for seed in args.seeds:
+        name = f"name={args.seed_config[:-5]}-seed{seed}"
+        cfg = load_bert_config(REPO / "configs" / args.seed_config, [f"seed={seed}", name])
+        m = run(cfg)
+        spread.append({"seed": seed, "accuracy": m["test"]["student"]["accuracy"],
+                       "macro_f1": m["test"]["student"]["macro_f1"]})
+    lat = time_models(runs, args.test_rows, args.b1_runs, args.b32_runs)
+    teacher = runs[0]["metrics"]["test"]["teacher"]
+    t_params = runs[0]["metrics"]["teacher_parameters"]
+    table = [{"method": "teacher (all-MiniLM-L6-v2 fine-tuned)", "student": "6x384", "config": None,
+              "params": t_params, "accuracy": teacher["accuracy"], "macro_f1": teacher["macro_f1"],
+              "retention": 100.0, "latency_ms": {"pytorch": lat["teacher/pytorch"], "onnx": lat["teacher/onnx"]}}]
+    for r in runs:
+        s = r["metrics"]["test"]
+        table.append({
+            "method": r["method"], "student": r["student"], "config": r["config"],
+            "params": r["metrics"]["student_parameters"], "accuracy": s["student"]["accuracy"],
+            "macro_f1": s["student"]["macro_f1"],
+            "retention": round(100 * s["student"]["accuracy"] / teacher["accuracy"], 1),
+            "int8_accuracy": s["student_onnx_int8"]["accuracy"],
+            "int8_agreement": s["student_onnx_int8"]["agreement_with_student"],
+            "onnx_agreement": s["student_onnx"]["agreement_with_student"],
+            "train_seconds": sum(p["seconds"] for p in r["metrics"]["phases"]),
+            "steps": sum(p["steps"] for p in r["metrics"]["phases"]),
+            "latency_ms": {k: lat[f"{r['config']}/{k}"] for k in ("pytorch", "onnx", "onnx_int8")},
+        })
+    tb1, tb32 = lat["teacher/pytorch"]["b1"], lat["teacher/pytorch"]["b32"]
+    for row in table:
+        row["size_x"] = round(t_params / row["params"], 2)
+        best = min(v["b1"] for v in row["latency_ms"].values())
+        row["speedup_b1_pytorch"] = round(tb1 / row["latency_ms"]["pytorch"]["b1"], 2)
+        row["speedup_b32_pytorch"] = round(tb32 / row["latency_ms"]["pytorch"]["b32"], 2)
+        row["speedup_b1_best"] = round(tb1 / best, 2)
+    result = {"machine": platform.processor() or platform.machine(), "threads": 1, "torch": str(torch.__version__),
+              "test_rows": teacher["n"], "rows": table, "seed_spread": spread,
+              "note": "one run per row (seed 0); latency: median ms per forward pass, 1 thread"}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=1))
+    print(markdown(table))
+    if spread:
+        print("\nseeds", args.seed_config, spread)
+
+
+def markdown(table: list[dict]) -> str:
+    head = ("| method | student | params | smaller | acc | macro-F1 | retention | int8 acc | int8 = torch "
+            "| ms b1 torch / onnx / int8 | ms b32 torch / onnx / int8 | faster b1 (torch) | faster b32 (torch) |")
+    lines = [head, "|" + " --- |" * 2 + " ---: |" * 11]
+    for r in table:
+        lat = r["latency_ms"]
+        b1 = " / ".join(f"{lat[k]['b1']:.1f}" if k in lat else "-" for k in ("pytorch", "onnx", "onnx_int8"))
+        b32 = " / ".join(f"{lat[k]['b32']:.0f}" if k in lat else "-" for k in ("pytorch", "onnx", "onnx_int8"))
+        agree = f"{100 * r['int8_agreement']:.1f} %" if "int8_agreement" in r else "-"
+        int8 = f"{r['int8_accuracy']:.4f}" if "int8_accuracy" in r else "-"
+        lines.append(f"| {r['method']} | {r['student']} | {r['params'] / 1e6:.2f}M | {r['size_x']:.1f}x "
+                     f"| {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['retention']:.1f} % | {int8} | {agree} "
+                     f"| {b1} | {b32} | {r['speedup_b1_pytorch']:.1f}x | {r['speedup_b32_pytorch']:.1f}x |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""`llmdistill distill-bert CONFIG`: teacher -> student -> phases -> eval -> export, in one run directory.
+
+    runs/<name>/config.resolved.yaml   the validated config, versions
+    runs/<name>/layer_map.json         resolved (student, teacher) pairs, projections, MiniLM layers
+    runs/<name>/student/               weights (safetensors), architecture JSON, tokenizer
+    runs/<name>/student/projections.safetensors   the trained student -> teacher projections (if any)
+    runs/<name>/onnx/model.onnx, model.int8.onnx
+    runs/<name>/metrics.json           per phase: steps, time, last losses, val accuracy; test accuracy and
+                                       macro-F1 for teacher, student, ONNX, ONNX int8 (+ agreement, latency)
+    runs/<name>/_SUCCESS               written last; holds the config fingerprint (a rerun with the same
+                                       config returns the stored metrics)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from llmdistill import __version__
+from llmdistill.bert import data as bdata
+from llmdistill.bert import export as bexport
+from llmdistill.bert import layer_map as lmap
+from llmdistill.bert import models as bmodels
+from llmdistill.bert import objective, signals, students, trainer
+from llmdistill.bert import teacher as bteacher
+from llmdistill.config import BertDistillConfig
+from llmdistill.errors import UserError
+
+log = logging.getLogger("llmdistill")
+
+
+def fingerprint(cfg: BertDistillConfig) -> str:
+    h = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode())
+    for f in (cfg.data.train, cfg.data.val, cfg.data.test, cfg.data.unlabelled):
+        if f is not None:
+            h.update(Path(f).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def run(cfg: BertDistillConfig, force: bool = False) -> dict:
+    """Run (or reuse) the distillation described by `cfg`; returns the metrics."""
+    out = cfg.run_dir
+    fp = fingerprint(cfg)
+    done = out / "_SUCCESS"
+    if not force and done.is_file() and done.read_text().strip() == fp:
+        log.info("distill-bert %s: done (fingerprint %s), skipping", out, fp)
+        return json.loads((out / "metrics.json").read_text())
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    torch.set_num_threads(cfg.threads)
+    start = time.time()
+    (out / "config.resolved.yaml").write_text(yaml.safe_dump(
+        {"config": cfg.model_dump(mode="json"), "llmdistill": __version__, "torch": str(torch.__version__),
+         "fingerprint": fp}, sort_keys=False))
+
+    teacher, tokenizer, teacher_dir = bteacher.get_teacher(cfg)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    labelled, unlabelled = _rows(cfg)
+    test = bdata.encode(_read(cfg, cfg.data.test, True), tokenizer, cfg.data.max_seq_len)
+    val = bdata.encode(_read(cfg, cfg.data.val, True), tokenizer, cfg.data.max_seq_len) if cfg.data.val else None
+
+    student = students.build_student(cfg.student, teacher, len(cfg.data.labels), cfg.seed)
+    pairs = _pairs(cfg, student, teacher)
+    proj = objective.build_projections(student, teacher, pairs, cfg.phases)
+    (out / "layer_map.json").write_text(json.dumps(_layer_map_record(cfg, student, teacher, pairs, proj), indent=1))
+    log.info("layer map %s; projections %s", pairs, {k: list(m.weight.shape[::-1]) for k, m in proj.items()})
+
+    metrics: dict = {"name": cfg.name, "teacher": str(teacher_dir), "student_kind": cfg.student.kind,
+                     "teacher_parameters": bmodels.count_parameters(teacher),
+                     "student_parameters": bmodels.count_parameters(student), "seed": cfg.seed, "phases": []}
+    special = list(tokenizer.all_special_ids)
+    for i, phase in enumerate(cfg.phases):
+        rows = {"labelled": labelled, "unlabelled": unlabelled,
+                "both": bdata.concat(labelled, unlabelled) if unlabelled else labelled}[phase.data]
+        enc = bdata.encode(rows, tokenizer, cfg.data.max_seq_len)
+        signal = _signal(cfg, phase, teacher, teacher_dir, enc)
+        step = objective.PhaseObjective(phase, student, teacher, signal, pairs, proj, special,
+                                        tokenizer.mask_token_id, cfg.seed + 1000 * i)
+        params = [p for p in list(student.parameters()) + list(proj.parameters()) if p.requires_grad]
+        info = trainer.train_loop(params, [student, proj], enc, step, batch_size=phase.batch_size,
+                                  epochs=phase.epochs, max_steps=phase.max_steps, lr=phase.lr,
+                                  warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+                                  seed=cfg.seed + i, log_every=cfg.log_every, name=f"{cfg.name}/{phase.name}")
+        record = {"name": phase.name, "mode": phase.mode, "rows": len(enc.ids), **info}
+        if val is not None and phase.mode == "task_specific":
+            pred = trainer.predict_logits(student, val).argmax(-1).tolist()
+            record["val"] = trainer.classification_metrics(pred, val.labels, len(cfg.data.labels))
+            log.info("%s: val %s", phase.name, record["val"])
+        metrics["phases"].append(record)
+
+    bmodels.save_model(student, out / "student", tokenizer)
+    if len(proj):
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in proj.state_dict().items()},
+                  str(out / "student" / "projections.safetensors"))
+    metrics["test"] = evaluate(cfg, teacher, teacher_dir, student, test, out)
+    metrics["seconds"] = round(time.time() - start, 1)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    done.write_text(fp + "\n")
+    log.info("distill-bert %s: test %s", out, {k: v.get("accuracy") for k, v in metrics["test"].items()
+                                               if isinstance(v, dict)})
+    return metrics
+
+
+def _rows_key(enc: bdata.Encoded) -> str:
+    return hashlib.sha256(json.dumps([enc.ids, enc.labels]).encode()).hexdigest()[:16]
+
+
+def _cached(path: Path, compute) -> dict:
+    """A JSON result stored at `path` (the teacher's test metrics: the same for every run that shares it)."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value))
+    return value
+
+
+def evaluate(cfg: BertDistillConfig, teacher, teacher_dir: Path, student, test: bdata.Encoded, out: Path) -> dict:
+    """Accuracy, macro-F1 and CPU latency (batch 1 and 32) of the teacher, the student and its exports;
+    agreement = share of test rows where an export predicts what the PyTorch student predicts."""
+    n_labels, runs = len(cfg.data.labels), cfg.export.latency_runs
+    result: dict = {}
+
+    def measure(name: str, forward, reference: list[int] | None = None) -> list[int]:
+        pred = bexport.predict(forward, test)
+        entry = trainer.classification_metrics(pred, test.labels, n_labels)
+        entry["latency_ms_b1"] = bexport.latency_ms(forward, test, 1, runs)
+        entry["latency_ms_b32"] = bexport.latency_ms(forward, test, 32, max(3, runs // 4))
+        if reference is not None:
+            entry["agreement_with_student"] = bexport.agreement(pred, reference)
+        result[name] = entry
+        return pred
+
+    teacher_fwd = bexport.torch_forward(teacher)
+    teacher_entry = _cached(Path(teacher_dir) / "eval" / f"{_rows_key(test)}.json",
+                            lambda: trainer.classification_metrics(bexport.predict(teacher_fwd, test), test.labels,
+                                                                   n_labels))
+    result["teacher"] = {**teacher_entry,
+                         "latency_ms_b1": bexport.latency_ms(teacher_fwd, test, 1, runs),
+                         "latency_ms_b32": bexport.latency_ms(teacher_fwd, test, 32, max(3, runs // 4))}
+    ref = measure("student", bexport.torch_forward(student))
+    if cfg.export.torch_int8:
+        measure("student_torch_int8", bexport.torch_forward(bexport.quantize_torch(student)), ref)
+    if cfg.export.onnx:
+        path = bexport.export_onnx(student, out / "onnx" / "model.onnx", cfg.export.opset)
+        measure("student_onnx", bexport.onnx_forward(bexport.onnx_session(path, cfg.threads)), ref)
+        if cfg.export.int8:
+            q = bexport.quantize_onnx(path, out / "onnx" / "model.int8.onnx")
+            measure("student_onnx_int8", bexport.onnx_forward(bexport.onnx_session(q, cfg.threads)), ref)
+    return result
+
+
+def _signal(cfg: BertDistillConfig, phase, teacher, teacher_dir: Path, enc: bdata.Encoded):
+    """The live teacher, or its stored outputs for these rows (teacher.signal stored, unmasked phases)."""
+    if cfg.teacher.signal == "live" or objective.masks_tokens(phase) or not objective.needs_teacher(phase):
+        return signals.LiveSignal(teacher)
+    layers = sorted({p.losses.minilm_teacher_layer or teacher.num_layers for p in cfg.phases
+                     if p.losses.minilm_value or p.losses.minilmv2})
+    details = any(set(p.losses.active()) & objective.LAYER_TERMS for p in cfg.phases)
+    return signals.StoredSignal.build(teacher, teacher_dir, enc, layers, details=details)
+
+
+def _read(cfg: BertDistillConfig, path, labelled: bool, limit: int | None = None) -> bdata.Rows:
+    return bdata.read_rows(path, cfg.data.text_field, cfg.data.label_field if labelled else None,
+                           len(cfg.data.labels), limit)
+
+
+def _rows(cfg: BertDistillConfig) -> tuple[bdata.Rows, bdata.Rows | None]:
+    labelled = _read(cfg, cfg.data.train, True, cfg.data.max_train)
+    unlabelled = _read(cfg, cfg.data.unlabelled, False, cfg.data.max_unlabelled) if cfg.data.unlabelled else None
+    return labelled, unlabelled
+
+
+def _pairs(cfg: BertDistillConfig, student, teacher) -> list[tuple[int, int]]:
+    if not isinstance(student, bmodels.EncoderClassifier):
+        return []
+    lm = cfg.layer_map
+    return lmap.resolve(lm.strategy, student.num_layers, teacher.num_layers, lm.pairs)
+
+
+def _layer_map_record(cfg, student, teacher, pairs, proj) -> dict:
+    losses = [p.losses for p in cfg.phases]
+    minilm = [lc for lc in losses if lc.minilm_attention or lc.minilm_value or lc.minilmv2]
+    record = {"strategy": cfg.layer_map.strategy, "student_layers": getattr(student, "num_layers", 0),
+              "teacher_layers": teacher.num_layers, "pairs": [list(p) for p in pairs],
+              "student_width": student.width, "teacher_width": teacher.width,
+              "projections": {k: {"in": m.in_features, "out": m.out_features} for k, m in proj.items()}}
+    if cfg.student.kind == "layer_subset":
+        record["student_init_layers"] = cfg.student.teacher_layers or lmap.alternate_layers(teacher.num_layers)
+    if minilm:
+        lc = minilm[0]
+        record["minilm"] = {"student_layer": student.num_layers,
+                            "teacher_layer": lc.minilm_teacher_layer or teacher.num_layers,
+                            "relation_heads": objective.relation_heads(lc, student)}
+        if record["minilm"]["teacher_layer"] > teacher.num_layers:
+            raise UserError(f"minilm_teacher_layer {lc.minilm_teacher_layer}: the teacher has "
+                            f"{teacher.num_layers} layers")
+    return record

@@ -1,0 +1,230 @@
+"""BERT-style distillation end to end: every configs/bert-*.yaml on a tiny random BERT teacher (hidden 64,
+4 layers, with an MLM head) and a WordPiece tokenizer trained here on the committed tweets; students,
+export (ONNX + int8) and the prediction endpoint on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from llmdistill.bert import models as bmodels
+from llmdistill.config import ConfigError, load_bert_config
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted(p.name for p in (REPO / "configs").glob("bert-*.yaml"))
+SENTIMENT = REPO / "data" / "sentiment"
+
+
+def _head(src: Path, dst: Path, n: int) -> Path:
+    dst.write_text("".join(src.read_text(encoding="utf-8").splitlines(keepends=True)[:n]), encoding="utf-8")
+    return dst
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> dict:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    root = tmp_path_factory.mktemp("bert")
+    texts = [json.loads(line)["text"] for line in (SENTIMENT / "train.jsonl").read_text().splitlines()[:600]]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(
+        vocab_size=400, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    teacher_dir = root / "teacher"
+    teacher_dir.mkdir()
+    tok.save(str(root / "tokenizer.json"))
+    fast = BertTokenizerFast(tokenizer_file=str(root / "tokenizer.json"))
+    fast.save_pretrained(str(teacher_dir))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(fast), hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=128, pad_token_id=fast.pad_token_id)
+    BertForMaskedLM(config).save_pretrained(str(teacher_dir))
+    data = root / "data"
+    data.mkdir()
+    files = {"train": 64, "val": 32, "test": 64, "unlabelled": 48}
+    paths = {k: _head(SENTIMENT / f"{k}.jsonl", data / f"{k}.jsonl", n) for k, n in files.items()}
+    return {"root": root, "teacher": teacher_dir, **paths}
+
+
+def _overrides(name: str, fx: dict, out: Path) -> list[str]:
+    raw = yaml.safe_load((REPO / "configs" / name).read_text())
+    o = [f"data.{k}={fx[k]}" for k in ("train", "val", "test", "unlabelled")]
+    o += [f"teacher.model={fx['teacher']}", "teacher.finetune.max_examples=64", "teacher.finetune.batch_size=16",
+          f"teacher.cache_dir={fx['root'] / 'teachers'}", f"output_dir={out}", "threads=1",
+          "student.hidden_size=32", "student.num_heads=2", "student.intermediate_size=64",
+          "student.embedding_size=16", "student.lstm_hidden=16", "export.latency_runs=1", "data.max_seq_len=32"]
+    if raw["student"]["kind"] == "pretrained":
+        o.append(f"student.model={fx['teacher']}")
+    if raw.get("layer_map", {}).get("strategy") == "pairs":
+        o.append("layer_map.pairs=[[2, 4]]")  # the tiny teacher has 4 layers; the alternate-layer student 2
+    for i, phase in enumerate(raw["phases"]):
+        o += [f"phases.{i}.max_steps=3", f"phases.{i}.batch_size=16"]
+        if "relation_heads" in phase["losses"]:
+            o.append(f"phases.{i}.losses.relation_heads=4")
+        if "minilm_teacher_layer" in phase["losses"]:
+            o.append(f"phases.{i}.losses.minilm_teacher_layer=3")
+    return o
+
+
+def test_every_method_has_a_config():
+    methods = {"bert-kd", "bert-fitnets", "bert-tinybert", "bert-pkd", "bert-distilbert", "bert-distilbert-general",
+               "bert-minilm", "bert-minilmv2", "bert-rkd", "bert-bilstm", "bert-hard-label", "bert-pretrained"}
+    assert methods <= {c[:-5] for c in CONFIGS}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_runs_end_to_end(name, tiny_bert, tmp_path):
+    from llmdistill.bert.stage import run
+
+    cfg = load_bert_config(REPO / "configs" / name, _overrides(name, tiny_bert, tmp_path))
+    metrics = run(cfg)
+    run_dir = cfg.run_dir
+    for f in ("config.resolved.yaml", "layer_map.json", "metrics.json", "_SUCCESS", "student/model.safetensors",
+              "student/llmdistill_bert.json", "student/tokenizer.json", "onnx/model.onnx", "onnx/model.int8.onnx"):
+        assert (run_dir / f).is_file(), f
+    assert len(metrics["phases"]) == len(cfg.phases)
+    for phase in metrics["phases"]:
+        assert phase["steps"] == 3 and all(v == v for v in phase["last"].values())  # finite, logged
+    test = metrics["test"]
+    assert set(test) >= {"teacher", "student", "student_onnx", "student_onnx_int8"}
+    assert test["student_onnx"]["agreement_with_student"] >= 0.99
+    assert test["student"]["n"] == 64 and 0 <= test["student"]["macro_f1"] <= 1
+    lm = json.loads((run_dir / "layer_map.json").read_text())
+    if cfg.student.kind in ("narrow", "layer_subset", "pretrained"):
+        assert lm["pairs"] and all(0 <= s <= lm["student_layers"] and 0 <= t <= 4 for s, t in lm["pairs"])
+    # the saved student reloads and predicts what was measured
+    reloaded = bmodels.load_model(run_dir / "student")
+    assert bmodels.count_parameters(reloaded) == metrics["student_parameters"]
+    # a rerun with the same config is skipped and returns the same metrics
+    assert run(cfg) == metrics
+
+
+def test_layer_map_and_projections_recorded(tiny_bert, tmp_path):
+    from llmdistill.bert.stage import run
+
+    name = "bert-fitnets.yaml"
+    cfg = load_bert_config(REPO / "configs" / name, _overrides(name, tiny_bert, tmp_path))
+    run(cfg)
+    lm = json.loads((cfg.run_dir / "layer_map.json").read_text())
+    assert lm["pairs"] == [[1, 2], [2, 4]] and lm["strategy"] == "uniform"
+    assert lm["projections"] == {"layer1": {"in": 32, "out": 64}, "layer2": {"in": 32, "out": 64}}
+    assert (cfg.run_dir / "student" / "projections.safetensors").is_file()
+
+
+def test_layer_subset_student_copies_alternate_teacher_layers(tiny_bert):
+    from llmdistill.bert import students
+    from llmdistill.bert.teacher import encoder_classifier
+    from llmdistill.config import BertStudentConfig
+
+    teacher = encoder_classifier(tiny_bert["teacher"], 3).eval()
+    student = students.build_student(BertStudentConfig(kind="layer_subset"), teacher, 3, 0).eval()
+    assert student.num_layers == 2
+    t_layers, s_layers = teacher.backbone.encoder.layer, student.backbone.encoder.layer
+    for s, t in ((0, 1), (1, 3)):  # teacher layers 2 and 4 (1-based)
+        assert torch.equal(s_layers[s].output.dense.weight, t_layers[t].output.dense.weight)
+    assert torch.equal(student.backbone.embeddings.word_embeddings.weight,
+                       teacher.backbone.embeddings.word_embeddings.weight)
+
+
+def test_narrow_and_bilstm_students(tiny_bert):
+    from llmdistill.bert import students
+    from llmdistill.bert.teacher import encoder_classifier
+    from llmdistill.config import BertStudentConfig
+
+    teacher = encoder_classifier(tiny_bert["teacher"], 3).eval()
+    narrow = students.build_student(BertStudentConfig(kind="narrow", hidden_size=32, num_heads=2,
+                                                      intermediate_size=64, embedding_size=16), teacher, 3, 0)
+    assert narrow.width == 32 and narrow.backbone.embeddings.word_embeddings[0].weight.shape[1] == 16
+    assert bmodels.count_parameters(narrow) < bmodels.count_parameters(teacher) / 2
+    # PCA embeddings keep the teacher's geometry: the top component carries the most variance
+    emb = narrow.backbone.embeddings.word_embeddings[0].weight.detach()
+    assert emb[:, 0].var() >= emb[:, -1].var()
+    ids, mask = torch.randint(5, 100, (3, 7)), torch.ones(3, 7, dtype=torch.long)
+    out = narrow(ids, mask, details=True, qkv=True)
+    assert len(out.hidden_states) == 3 and len(out.attentions) == 2 and len(out.qkv) == 2
+    assert out.attentions[0].shape == (3, 2, 7, 7) and out.qkv[1][2].shape == (3, 7, 32)
+    lstm = students.build_student(BertStudentConfig(kind="bilstm", embedding_size=16, lstm_hidden=8), teacher, 3, 0)
+    assert lstm(ids, mask).shape == (3, 3)
+    # padding does not change a BiLSTM prediction's pooled max over real tokens... of the real prefix
+    mask2 = mask.clone()
+    mask2[:, 5:] = 0
+    assert torch.isfinite(lstm(ids, mask2)).all()
+
+
+def test_stored_signal_equals_live_teacher(tiny_bert):
+    from llmdistill.bert import data as bdata
+    from llmdistill.bert.signals import LiveSignal, StoredSignal
+    from llmdistill.bert.teacher import encoder_classifier, load_tokenizer
+
+    teacher = encoder_classifier(tiny_bert["teacher"], 3).eval()
+    tok = load_tokenizer(tiny_bert["teacher"])
+    rows = bdata.read_rows(tiny_bert["train"], "text", "label", 3, 20)
+    enc = bdata.encode(rows, tok, 32)
+    stored = StoredSignal.build(teacher, tiny_bert["root"] / "signal-test", enc, [4])
+    batch = bdata.collate(enc, [3, 1, 7, 9])
+    a = stored.outputs(batch, batch["input_ids"], batch["attention_mask"], True, True, False)
+    b = LiveSignal(teacher).outputs(batch, batch["input_ids"], batch["attention_mask"], True, True, False)
+    m = batch["attention_mask"].bool()
+    assert torch.allclose(a.logits, b.logits, atol=1e-5)
+    assert torch.allclose(a.hidden_states[2][m], b.hidden_states[2][m], atol=2e-2)  # fp16 storage
+    mm = m[:, None, :, None] & m[:, None, None, :]
+    assert torch.allclose(a.attentions[3].masked_select(mm), b.attentions[3].masked_select(mm), atol=2e-3)
+    assert torch.allclose(a.qkv[3][1][m], b.qkv[3][1][m], atol=2e-2)
+
+
+def test_bad_config_errors_are_one_line(tmp_path, tiny_bert):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "configs" / "bert-kd.yaml").read_text().replace("kd: 1.0", "kdd: 1.0"))
+    with pytest.raises(ConfigError, match="did you mean 'kd'"):
+        load_bert_config(bad)
+    with pytest.raises(ConfigError, match="bilstm student has no layers for hidden"):
+        load_bert_config(REPO / "configs" / "bert-bilstm.yaml", ["phases.0.losses.hidden=1.0"])
+    with pytest.raises(ConfigError, match="file not found"):
+        load_bert_config(REPO / "configs" / "bert-kd.yaml", [f"data.train={tmp_path / 'missing.jsonl'}"])
+    res = subprocess.run([".venv/bin/python", "-m", "llmdistill.cli", "distill-bert", "configs/bert-kd.yaml",
+                          f"teacher.model={tmp_path}"], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "no config.json" in res.stderr
+
+
+def test_int8_onnx_agrees_with_torch_and_serves(tiny_bert, tmp_path):
+    """A student trained a little longer: its int8 ONNX predicts what PyTorch predicts on >= 99 % of rows;
+    the endpoint on 127.0.0.1 answers with the same labels."""
+    from llmdistill.bert.serve import make_server, predictor_for_run
+    from llmdistill.bert.stage import run
+
+    name = "bert-kd.yaml"
+    o = _overrides(name, tiny_bert, tmp_path) + ["phases.0.max_steps=30"]
+    metrics = run(load_bert_config(REPO / "configs" / name, o))
+    assert metrics["test"]["student_onnx_int8"]["agreement_with_student"] >= 0.99
+    run_dir = tmp_path / "bert-kd"
+    server = make_server(predictor_for_run(run_dir, "int8"), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        texts = [json.loads(line)["text"] for line in Path(tiny_bert["test"]).read_text().splitlines()[:5]]
+        req = urllib.request.Request(url + "/predict", json.dumps({"texts": texts}).encode(),
+                                     {"Content-Type": "application/json"})
+        body = json.loads(urllib.request.urlopen(req, timeout=30).read())
+        assert len(body["labels"]) == 5 and set(body["labels"]) <= {"negative", "neutral", "positive"}
+        assert all(abs(sum(p) - 1) < 1e-4 for p in body["probs"])
+        torch_pred = predictor_for_run(run_dir, "torch")(texts)[0]
+        assert sum(a == b for a, b in zip(torch_pred, body["ids"])) >= 4
+        health = json.loads(urllib.request.urlopen(url + "/health", timeout=30).read())
+        assert health["status"] == "ok"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(urllib.request.Request(url + "/predict", b'{"texts": 3}'), timeout=30)
+        assert e.value.code == 400
+    finally:
+        server.shutdown()
+        server.server_close()
