@@ -1071,7 +1071,7 @@ def _format_error(err: dict, root: Any = None) -> str:
 
 def _is_tag(loc: tuple, part: Any) -> bool:
     # pydantic puts the discriminator value into the location of union members ("steps.0.length.min_words").
-    tags = set(FILTER_STEP_NAMES)
+    tags = {*FILTER_STEP_NAMES, "file", "hf_dataset", "template"}  # filter steps and prompt source kinds
     i = loc.index(part)
     return isinstance(part, str) and part in tags and i > 0 and isinstance(loc[i - 1], int)
 

@@ -227,6 +227,8 @@ def run_stages(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, force:
         if ranks.main:
             for stage in fps:
                 recover(run_dir / stage, fps[stage])
+            for tmp in run_dir.glob(".*.tmp"):  # a resolved config whose write was cut short (we hold the lock)
+                store.remove_path(tmp)
             write_resolved_config(cfg, run_dir)
         ranks.barrier()
         for stage in stages:

@@ -108,11 +108,16 @@ def clean_temporaries(directory: Path) -> int:
         return 0
     stale = [p for p in directory.rglob(".*.tmp")]
     for p in sorted(stale, key=lambda p: len(p.parts), reverse=True):
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            _unlink_quietly(p)
+        remove_path(p)
     return len(stale)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file or a directory tree; nothing if it is gone already."""
+    if Path(path).is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        _unlink_quietly(path)
 
 
 # Teacher-signal columns written byte-stream-split: the k-th bytes of all values side by side, then zstd.
