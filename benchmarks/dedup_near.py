@@ -32,6 +32,20 @@ EDIT_RATES = (0.01, 0.03, 0.05, 0.10)
 BINS = ((0.9, 1.01), (0.8, 0.9), (0.7, 0.8), (0.5, 0.7), (0.0, 0.5))
 
 
+def edit_words(doc: list, rate: float, rng, pool) -> list:
+    """A copy of `doc` with round(rate * len) word edits (replace, insert or delete, drawn from `rng`)."""
+    doc = list(doc)
+    for _ in range(max(1, round(rate * len(doc)))):
+        op, pos = rng.integers(3), int(rng.integers(len(doc)))
+        if op == 0:
+            doc[pos] = next(pool)
+        elif op == 1:
+            doc.insert(pos, next(pool))
+        elif len(doc) > 10:
+            del doc[pos]
+    return doc
+
+
 def make_corpus(n_docs: int, dup_fraction: float = 0.10, words: int = 200, seed: int = 0):
     """(texts, planted): planted is a list of (original index, duplicate index, edit rate)."""
     rng = np.random.default_rng(seed)
@@ -49,15 +63,7 @@ def make_corpus(n_docs: int, dup_fraction: float = 0.10, words: int = 200, seed:
     pool = iter(rng.choice(len(vocab), size=n_dup * 40, p=p).tolist())  # replacement / inserted words
     for k, src in enumerate(sources):
         rate = EDIT_RATES[k % len(EDIT_RATES)]
-        doc = list(all_docs[src])
-        for _ in range(max(1, round(rate * len(doc)))):
-            op, pos = rng.integers(3), int(rng.integers(len(doc)))
-            if op == 0:
-                doc[pos] = next(pool)
-            elif op == 1:
-                doc.insert(pos, next(pool))
-            elif len(doc) > 10:
-                del doc[pos]
+        doc = edit_words(all_docs[src], rate, rng, pool)
         planted.append((int(src), len(all_docs), rate))
         all_docs.append(doc)
     # shuffle so duplicates are spread through the corpus

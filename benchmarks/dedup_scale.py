@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from dedup_near import EDIT_RATES, edit_words  # benchmarks/ is on sys.path when run as a script
 
 OUT = Path(__file__).resolve().parent / "results" / "dedup_scale.json"
 CHUNK = 10_000
-EDIT_RATES = (0.01, 0.03, 0.05, 0.10)
 _VOCAB = np.array([f"w{i:x}{'abcdefghij'[i % 10]}" for i in range(30_000)])
 _P = 1.0 / (np.arange(len(_VOCAB)) + 20.0)
 _P /= _P.sum()
@@ -41,16 +41,8 @@ def chunk_texts(c: int) -> tuple[list[str], list[tuple[int, int, float]], list[t
     pool = iter(rng.choice(len(_VOCAB), size=n_near * 40, p=_P).tolist())
     near, exact = [], []
     for k, src in enumerate(rng.choice(n_orig, size=n_near, replace=False).tolist()):
-        doc = list(docs[src])
         rate = EDIT_RATES[k % 4]
-        for _ in range(max(1, round(rate * len(doc)))):
-            op, pos = rng.integers(3), int(rng.integers(len(doc)))
-            if op == 0:
-                doc[pos] = next(pool)
-            elif op == 1:
-                doc.insert(pos, next(pool))
-            elif len(doc) > 10:
-                del doc[pos]
+        doc = edit_words(docs[src], rate, rng, pool)
         near.append((src, len(docs), rate))
         docs.append(doc)
     texts = [" ".join(_VOCAB[d]) for d in docs]
