@@ -405,7 +405,7 @@ def run(cfg: Config, ctx: StageContext) -> None:
     store.write_manifest(
         out,
         {**manifest, "stage": "filter", "fingerprint": ctx.fingerprint, "llmdistill_version": __version__,
-         "upstream": {manifest["stage"]: manifest["fingerprint"]},
+         "upstream": {src.name: manifest["fingerprint"]},
          "counts": {"rows": n_kept, "removed": rows.n - n_kept, "levels": stats["levels_kept"]}},
     )
     for line in summary_lines(stats):
