@@ -101,6 +101,10 @@ def run(cfg: Config, ctx: StageContext) -> None:
             per_level[lv].pop("calibration", None)
         result[name] = {**finish(total), "parameters": models.count_parameters(model), "bytes": _bytes(model),
                         "by_level": per_level}
+        if model is teacher:  # the reference tokens are its own greedy picks: its calibration says nothing
+            for m in (result[name], *per_level.values()):
+                m.pop("ece", None)
+                m.pop("calibration", None)
     for name in other_tokenizer:
         result[name] = {"parameters": models.count_parameters(students[name]), "bytes": _bytes(students[name]),
                         "tokens": 0,

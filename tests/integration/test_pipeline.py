@@ -52,6 +52,7 @@ def test_every_stage_writes_its_outputs(finished_run):
         assert m["tokens"] > 0 and m["parameters"] > 0 and m["latency_ms_per_token"] > 0
         assert 0.0 <= m["top1_agreement"] <= 1.0 and m["kl_to_teacher"] >= 0.0
     assert metrics["models"]["teacher"]["kl_to_teacher"] == pytest.approx(0.0, abs=1e-6)
+    assert "ece" not in metrics["models"]["teacher"] and "ece" in metrics["models"]["student"]
     assert metrics["models"]["student"]["parameters"] < metrics["models"]["teacher"]["parameters"]
     assert (run / "eval" / "samples.jsonl").exists()
 
