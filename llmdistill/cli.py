@@ -56,11 +56,16 @@ def _load(config: str | None, overrides: list[str] | None):
     try:
         return load_config(config, overrides)
     except ConfigError as e:
-        for line in e.errors:
-            typer.echo(f"{e.source}: {line}", err=True)
-        if len(e.errors) > 1:  # a single problem stays a single line
-            typer.echo(f"llmdistill: {len(e.errors)} config error(s)", err=True)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+        _config_errors(e)
+
+
+def _config_errors(e) -> None:
+    """Print a ConfigError (one line per problem) and exit 2."""
+    for line in e.errors:
+        typer.echo(f"{e.source}: {line}", err=True)
+    if len(e.errors) > 1:  # a single problem stays a single line
+        typer.echo(f"llmdistill: {len(e.errors)} config error(s)", err=True)
+    raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
 def _run(config, overrides, stages, force, standalone, verbose, **kwargs) -> None:
@@ -264,10 +269,7 @@ def distill_bert(
     try:
         cfg = load_bert_config(config, list(overrides or []))
     except ConfigError as e:
-        for line in e.errors:
-            typer.echo(f"{e.source}: {line}", err=True)
-        typer.echo(f"llmdistill: {len(e.errors)} config error(s)", err=True)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+        _config_errors(e)
     if validate_only:
         typer.echo(f"config OK: run directory {cfg.run_dir}")
         return
