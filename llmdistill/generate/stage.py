@@ -346,6 +346,3 @@ def _to_sample(cfg: Config, item: Item, res) -> records.Sample:
         topk_ids=res.topk_ids,
         topk_logprobs=res.topk_logprobs,
     )
-
-
-_mean_nll = difficulty.mean_nll  # the name earlier code and tests use
