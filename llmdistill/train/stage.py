@@ -217,20 +217,20 @@ def _with_lora(student, lora):
 
 
 def split_held_out(examples, fraction: float):
-    """(train, held-out): a sample is held out when the hash of its id falls in the first `fraction`.
-    Deterministic, so a resumed run holds out the same samples."""
+    """(train, held-out): the round(fraction * n) samples (at least one, at most n - 1) whose id hashes
+    lowest are held out. Deterministic in the set of ids, so a resumed run holds out the same samples,
+    and the held-out share is the one asked for even on a small dataset."""
     import hashlib
 
-    def held(row) -> bool:
-        return int(hashlib.blake2b(row["id"].encode(), digest_size=4).hexdigest(), 16) / 2**32 < fraction
-
-    flags = [held(r) for r in examples.select_columns(["id"])]
-    train = examples.select([i for i, f in enumerate(flags) if not f])
-    held_out = examples.select([i for i, f in enumerate(flags) if f])
-    if len(held_out) == 0 or len(train) == 0:
-        raise UserError(f"train.eval_fraction {fraction} leaves {len(train)} training and {len(held_out)} held-out "
-                        "samples; both need at least one")
-    log.info("train: %d samples held out for the eval loss", len(held_out))
+    n = len(examples)
+    if n < 2:
+        raise UserError(f"train.eval_every needs at least 2 samples to hold some out; the dataset has {n}")
+    keys = [hashlib.blake2b(i.encode(), digest_size=8).digest() for i in examples["id"]]
+    count = min(n - 1, max(1, round(fraction * n)))
+    held = set(sorted(range(n), key=lambda i: (keys[i], i))[:count])
+    train = examples.select([i for i in range(n) if i not in held])
+    held_out = examples.select(sorted(held))
+    log.info("train: %d of %d samples held out for the eval loss", len(held_out), n)
     return train, held_out
 
 

@@ -224,3 +224,20 @@ def test_bucket_teacher_target_is_a_distribution(pair, data):
     total = target.double().exp().sum(-1)
     assert torch.allclose(total, torch.ones_like(total), atol=2e-3)
     assert math.isfinite(float(target.min()))
+
+
+# ------------------------------------------------------------------------------------------ held-out split
+@FAST
+@given(ids=st.lists(st.text(min_size=1, max_size=12), min_size=2, max_size=60, unique=True),
+       fraction=st.floats(0.001, 0.999))
+def test_held_out_split_is_never_empty_and_depends_only_on_the_ids(ids, fraction):
+    from datasets import Dataset
+
+    from llmdistill.train.stage import split_held_out
+
+    train, held = split_held_out(Dataset.from_dict({"id": ids}), fraction)
+    assert 1 <= len(held) <= len(ids) - 1 and len(train) + len(held) == len(ids)
+    assert set(train["id"]).isdisjoint(held["id"])
+    assert len(held) == min(len(ids) - 1, max(1, round(fraction * len(ids))))
+    _, again = split_held_out(Dataset.from_dict({"id": list(reversed(ids))}), fraction)
+    assert set(again["id"]) == set(held["id"])  # order of the rows does not matter
