@@ -1151,6 +1151,18 @@ class BertFinetuneConfig(Section):
                       "so student seeds share one teacher)")
 
 
+class BertMlmHeadConfig(Section):
+    """Fitting an MLM head on the frozen teacher, for a teacher that ships none (sentence-embedding encoders
+    such as all-MiniLM-L6-v2): DistilBERT-style general distillation needs the teacher's MLM distributions."""
+
+    epochs: float = Field(1.0, gt=0, description="passes over the text (data.unlabelled, then data.train)")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate of the head (the encoder stays frozen)")
+    batch_size: int = Field(32, ge=1, description="rows per step")
+    max_examples: int | None = Field(None, ge=1, description="fit on the first N rows only")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="share of tokens masked (BERT's 80/10/10)")
+    seed: int = Field(0, description="seeds the head initialisation, masking and batch order")
+
+
 class BertTeacherConfig(Section):
     """The teacher: a saved llmdistill classifier, or an encoder (HF directory) that is fine-tuned first."""
 
@@ -1158,6 +1170,9 @@ class BertTeacherConfig(Section):
     finetune: BertFinetuneConfig | None = Field(
         None, description="fine-tune the encoder on data.train first (required unless model is a saved classifier)")
     cache_dir: OutputDir = Field(Path("runs/_bert_teachers"), description="where fine-tuned teachers are cached")
+    mlm_head: BertMlmHeadConfig | None = Field(
+        None, description="fit an MLM head on the frozen teacher when it has none (cached beside the teacher); "
+        "needed for task_agnostic phases with kd when the encoder ships no cls.predictions weights")
     signal: Literal["live", "stored"] = Field(
         "live", description="live: run the teacher every step; stored: one teacher pass over the rows, stored "
         "under the teacher's directory and shared by runs (not for phases that mask tokens)")

@@ -113,7 +113,8 @@ def bert_sections() -> list[str]:
              "A separate top-level config (configs/bert-*.yaml); see docs/bert.md.", ""]
     parts += section("Top level (BERT)", C.BertDistillConfig, "")
     for name, model in (("data", C.BertDataConfig), ("teacher", C.BertTeacherConfig),
-                        ("teacher.finetune", C.BertFinetuneConfig), ("student", C.BertStudentConfig),
+                        ("teacher.finetune", C.BertFinetuneConfig), ("teacher.mlm_head", C.BertMlmHeadConfig),
+                        ("student", C.BertStudentConfig),
                         ("layer_map", C.LayerMapConfig), ("phases[]", C.BertPhaseConfig),
                         ("phases[].losses", C.BertLossConfig), ("export", C.BertExportConfig)):
         parts += section(f"`{name}` (BERT)", model, f"{name}.".replace("[].", "[i]."))

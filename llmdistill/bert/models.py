@@ -178,4 +178,5 @@ def load_model(directory: Path) -> nn.Module:
 
 
 def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters used for prediction: an MLM head serves training only (it is not exported), so it is left out."""
+    return sum(p.numel() for name, p in model.named_parameters(remove_duplicate=True) if not name.startswith("mlm."))

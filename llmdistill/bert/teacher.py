@@ -44,8 +44,10 @@ def load_tokenizer(source: str | Path):
         raise UserError(f"cannot load a tokenizer from {source}: {str(e).splitlines()[0]}") from None
 
 
-def encoder_classifier(source: str | Path, num_labels: int, mlm_head: bool = False) -> bmodels.EncoderClassifier:
-    """A BERT-family encoder directory (BertModel weights) with a fresh classification head."""
+def encoder_classifier(source: str | Path, num_labels: int, mlm_head: bool = False,
+                       fresh_mlm_head: bool = False) -> bmodels.EncoderClassifier:
+    """A BERT-family encoder directory (BertModel weights) with a fresh classification head. `mlm_head` copies
+    the checkpoint's MLM head (an error when it has none) unless `fresh_mlm_head` allows a new one."""
     from transformers import AutoConfig, BertConfig, BertModel
 
     try:
@@ -59,8 +61,29 @@ def encoder_classifier(source: str | Path, num_labels: int, mlm_head: bool = Fal
     pretrained = BertModel.from_pretrained(str(source), add_pooling_layer=False, dtype=torch.float32)
     model.backbone.load_state_dict(pretrained.state_dict())
     if mlm_head:
-        _load_mlm_head(model, Path(source))
+        if fresh_mlm_head and not has_mlm_head(Path(source)):
+            _tie_decoder(model)
+        else:
+            _load_mlm_head(model, Path(source))
     return model
+
+
+def has_mlm_head(source: Path) -> bool:
+    from safetensors import safe_open
+
+    file = source / "model.safetensors"
+    if not file.is_file():
+        return False
+    with safe_open(str(file), framework="pt") as f:
+        return any(k.startswith("cls.predictions.") for k in f.keys())
+
+
+def _tie_decoder(model: bmodels.EncoderClassifier) -> None:
+    """A new MLM head whose output layer is the word embeddings (as in BERT) with a zero bias."""
+    pred = model.mlm.predictions
+    pred.decoder.weight = model.backbone.embeddings.word_embeddings.weight
+    torch.nn.init.zeros_(pred.bias)
+    pred.decoder.bias = pred.bias
 
 
 def _load_mlm_head(model: bmodels.EncoderClassifier, source: Path) -> None:
@@ -98,19 +121,24 @@ def needs_mlm_head(cfg: BertDistillConfig) -> bool:
 
 
 def get_teacher(cfg: BertDistillConfig):
-    """(teacher model in eval mode, tokenizer, directory it was loaded from)."""
+    """(teacher model in eval mode, tokenizer, directory it was loaded from). A teacher without the MLM head
+    that general distillation needs gets one fitted when `teacher.mlm_head` asks for it."""
+    model, tokenizer, directory = _get_classifier(cfg)
+    if needs_mlm_head(cfg) and getattr(model, "mlm", None) is None:
+        return with_fitted_mlm_head(cfg, model, tokenizer, directory)
+    return model, tokenizer, directory
+
+
+def _get_classifier(cfg: BertDistillConfig):
     source = resolve_source(cfg.teacher.model)
     if source.is_dir() and not (source / "config.json").is_file() and not bmodels.is_saved_model(source):
         raise UserError(f"teacher.model {source}: not a model directory (no config.json)")
     if bmodels.is_saved_model(source):
-        model = bmodels.load_model(source)
-        if needs_mlm_head(cfg) and getattr(model, "mlm", None) is None:
-            raise UserError(f"{source}: the teacher has no MLM head; task-agnostic kd needs one")
-        return model, load_tokenizer(source), source
+        return bmodels.load_model(source), load_tokenizer(source), source
     if cfg.teacher.finetune is None:
         if needs_mlm_head(cfg) and not any(p.losses.kd > 0 and p.mode == "task_specific" for p in cfg.phases):
             # general distillation only: the encoder as is, no task head is ever read
-            model = encoder_classifier(source, len(cfg.data.labels), mlm_head=True).eval()
+            model = encoder_classifier(source, len(cfg.data.labels), mlm_head=has_mlm_head(source)).eval()
             return model, load_tokenizer(source), source
         raise UserError(f"teacher.model {source} is an encoder, not a fine-tuned classifier: set teacher.finetune")
     out = Path(cfg.teacher.cache_dir) / teacher_key(cfg)
@@ -126,7 +154,7 @@ def finetune(cfg: BertDistillConfig, out: Path):
     torch.manual_seed(ft.seed)
     source = resolve_source(cfg.teacher.model)
     tokenizer = load_tokenizer(source)
-    model = encoder_classifier(source, len(cfg.data.labels), mlm_head=needs_mlm_head(cfg))
+    model = encoder_classifier(source, len(cfg.data.labels), mlm_head=needs_mlm_head(cfg) and has_mlm_head(source))
     rows = bdata.read_rows(cfg.data.train, cfg.data.text_field, cfg.data.label_field, len(cfg.data.labels),
                            ft.max_examples)
     enc = bdata.encode(rows, tokenizer, cfg.data.max_seq_len)
@@ -146,14 +174,111 @@ def finetune(cfg: BertDistillConfig, out: Path):
                               max_steps=None, lr=ft.lr, warmup_ratio=cfg.warmup_ratio,
                               weight_decay=cfg.weight_decay, seed=ft.seed, log_every=cfg.log_every,
                               name="teacher")
+    _save(model, tokenizer, out, "finetune.json",
+          {"source": str(cfg.teacher.model), **ft.model_dump(), "rows": len(rows.texts), **info})
+    return model.eval()
+
+
+def _save(model, tokenizer, out: Path, info_name: str, info: dict) -> None:
+    """Write the model, its tokenizer and an info JSON to `out` atomically (a .tmp sibling, then a rename),
+    `_SUCCESS` last."""
     tmp = out.with_name(out.name + ".tmp")
     bmodels.save_model(model, tmp, tokenizer)
-    (tmp / "finetune.json").write_text(json.dumps({"source": str(cfg.teacher.model), **ft.model_dump(),
-                                                   "rows": len(rows.texts), **info}, indent=1))
+    (tmp / info_name).write_text(json.dumps(info, indent=1))
     (tmp / "_SUCCESS").write_text("ok\n")
     if out.exists():
         import shutil
 
         shutil.rmtree(out)
     tmp.rename(out)
-    return model.eval()
+
+
+def _head_text(cfg: BertDistillConfig) -> list[Path]:
+    return [p for p in (cfg.data.unlabelled, cfg.data.train) if p is not None]
+
+
+def with_fitted_mlm_head(cfg: BertDistillConfig, model, tokenizer, directory: Path):
+    """The teacher plus an MLM head fitted on it, cached as `<teacher dir name>-mlm-<key>` in teacher.cache_dir.
+
+    The encoder stays frozen: only the head's transform (dense + LayerNorm) and output bias learn, the output
+    weights being the word embeddings (as in BERT). The masked-token accuracy on data.val is recorded in
+    `mlm_head.json`, so a reader sees how good the distributions are that the student will match."""
+    mh = cfg.teacher.mlm_head
+    if mh is None:
+        raise UserError(f"{directory}: the teacher has no MLM head (cls.predictions.*) and a task_agnostic phase "
+                        f"with kd needs one: set teacher.mlm_head to fit one on the frozen teacher")
+    if not isinstance(model, bmodels.EncoderClassifier) or isinstance(
+            model.backbone.embeddings.word_embeddings, torch.nn.Sequential):
+        raise UserError(f"{directory}: teacher.mlm_head needs a BERT teacher with plain (not factorised) word "
+                        f"embeddings")
+    if tokenizer.mask_token_id is None:
+        raise UserError(f"{directory}: the tokenizer has no mask token; teacher.mlm_head cannot mask")
+    h = hashlib.sha256(str(Path(directory).resolve()).encode())
+    h.update(json.dumps([mh.model_dump(), cfg.data.max_seq_len, cfg.data.text_field, cfg.warmup_ratio,
+                         cfg.weight_decay]).encode())
+    for path in _head_text(cfg):
+        h.update(Path(path).read_bytes())
+    out = Path(cfg.teacher.cache_dir) / f"{Path(directory).name}-mlm-{h.hexdigest()[:12]}"
+    if (out / "_SUCCESS").is_file():
+        log.info("teacher: cached teacher with a fitted MLM head %s", out)
+        return bmodels.load_model(out), load_tokenizer(out), out
+
+    torch.manual_seed(mh.seed)
+    fitted = bmodels.from_spec({**model.spec(), "mlm_head": True})
+    missing, unexpected = fitted.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("mlm.") for k in missing), (missing, unexpected)
+    _tie_decoder(fitted)
+    fitted.eval()
+    for p in fitted.backbone.parameters():
+        p.requires_grad_(False)
+    params = [p for p in fitted.mlm.parameters() if p.requires_grad]
+
+    rows = bdata.Rows([], [])
+    for path in _head_text(cfg):
+        rows = bdata.concat(rows, bdata.read_rows(path, cfg.data.text_field, None, len(cfg.data.labels)))
+    if mh.max_examples is not None:
+        rows = bdata.Rows(rows.texts[:mh.max_examples], rows.labels[:mh.max_examples])
+    enc = bdata.encode(rows, tokenizer, cfg.data.max_seq_len)
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    vocab = fitted.config.vocab_size
+    log.info("teacher: fitting an MLM head on the frozen teacher over %d rows for %s epochs", len(rows.texts),
+             mh.epochs)
+
+    def masked_batch(batch, generator):
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        masked, labels = bdata.mask_tokens(ids, mask, torch.isin(ids, special), tokenizer.mask_token_id, vocab,
+                                           mh.mlm_probability, generator)
+        with torch.no_grad():
+            hidden = fitted.backbone(input_ids=masked, attention_mask=mask).last_hidden_state
+        picked = labels != -100
+        return hidden[picked], labels[picked]
+
+    generator = torch.Generator().manual_seed(mh.seed)
+
+    def step_loss(batch):
+        hidden, labels = masked_batch(batch, generator)
+        loss = torch.nn.functional.cross_entropy(fitted.mlm(hidden), labels) if len(labels) else \
+            sum(p.sum() for p in params) * 0.0
+        return loss, {"mlm": loss.detach()}
+
+    info = trainer.train_loop(params, [fitted.mlm], enc, step_loss, batch_size=mh.batch_size, epochs=mh.epochs,
+                              max_steps=None, lr=mh.lr, warmup_ratio=cfg.warmup_ratio,
+                              weight_decay=cfg.weight_decay, seed=mh.seed, log_every=cfg.log_every,
+                              name="teacher mlm head")
+    fitted.eval()
+    val = bdata.encode(bdata.read_rows(cfg.data.val, cfg.data.text_field, None, len(cfg.data.labels), 500),
+                       tokenizer, cfg.data.max_seq_len)
+    correct = total = 0
+    eval_generator = torch.Generator().manual_seed(12345)
+    with torch.no_grad():
+        for index in bdata.batches(val, 64, None):
+            hidden, labels = masked_batch(bdata.collate(val, index), eval_generator)
+            if len(labels):
+                correct += int((fitted.mlm(hidden).argmax(-1) == labels).sum())
+                total += len(labels)
+    accuracy = round(correct / max(1, total), 4)
+    log.info("teacher: MLM head masked-token accuracy on data.val %.4f (%d tokens)", accuracy, total)
+    _save(fitted, tokenizer, out, "mlm_head.json",
+          {"teacher": str(directory), **mh.model_dump(), "rows": len(rows.texts), **info,
+           "val_masked_accuracy": accuracy, "val_masked_tokens": total})
+    return fitted.eval(), load_tokenizer(out), out

@@ -31,7 +31,7 @@ def _head(src: Path, dst: Path, n: int) -> Path:
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> dict:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+    from transformers import BertConfig, BertForMaskedLM, BertModel, BertTokenizerFast
 
     root = tmp_path_factory.mktemp("bert")
     texts = [json.loads(line)["text"] for line in (SENTIMENT / "train.jsonl").read_text().splitlines()[:600]]
@@ -49,11 +49,14 @@ def tiny_bert(tmp_path_factory) -> dict:
     config = BertConfig(vocab_size=len(fast), hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
                         intermediate_size=128, max_position_embeddings=128, pad_token_id=fast.pad_token_id)
     BertForMaskedLM(config).save_pretrained(str(teacher_dir))
+    encoder_dir = root / "encoder"  # no MLM head, like the sentence-embedding encoders
+    fast.save_pretrained(str(encoder_dir))
+    BertModel(config, add_pooling_layer=False).save_pretrained(str(encoder_dir))
     data = root / "data"
     data.mkdir()
     files = {"train": 64, "val": 32, "test": 64, "unlabelled": 48}
     paths = {k: _head(SENTIMENT / f"{k}.jsonl", data / f"{k}.jsonl", n) for k, n in files.items()}
-    return {"root": root, "teacher": teacher_dir, **paths}
+    return {"root": root, "teacher": teacher_dir, "encoder": encoder_dir, **paths}
 
 
 def _overrides(name: str, fx: dict, out: Path) -> list[str]:
@@ -180,6 +183,33 @@ def test_stored_signal_equals_live_teacher(tiny_bert):
     mm = m[:, None, :, None] & m[:, None, None, :]
     assert torch.allclose(a.attentions[3].masked_select(mm), b.attentions[3].masked_select(mm), atol=2e-3)
     assert torch.allclose(a.qkv[3][1][m], b.qkv[3][1][m], atol=2e-2)
+
+
+def test_mlm_head_is_fitted_for_a_teacher_that_has_none(tiny_bert, tmp_path):
+    """DistilBERT general distillation from an encoder without cls.predictions: teacher.mlm_head fits a head
+    on the frozen fine-tuned teacher (cached, its masked-token accuracy recorded); without it, a clear error."""
+    import math
+
+    from llmdistill.bert.stage import run
+    from llmdistill.errors import UserError
+
+    name = "bert-distilbert-general.yaml"
+    o = [*_overrides(name, tiny_bert, tmp_path), f"teacher.model={tiny_bert['encoder']}"]
+    with pytest.raises(UserError, match="no MLM head .* set teacher.mlm_head"):
+        run(load_bert_config(REPO / "configs" / name, [*o, "teacher.mlm_head=null"]))
+    cfg = load_bert_config(REPO / "configs" / name, [*o, "teacher.mlm_head.epochs=20", "teacher.mlm_head.lr=5e-2"])
+    metrics = run(cfg)
+    teacher_dir = Path(metrics["teacher"])
+    assert "-mlm-" in teacher_dir.name and (teacher_dir / "_SUCCESS").is_file()
+    info = json.loads((teacher_dir / "mlm_head.json").read_text())
+    assert 0 <= info["val_masked_accuracy"] <= 1 and info["val_masked_tokens"] > 0
+    assert info["last"]["mlm"] < 0.95 * math.log(400)  # below the uniform guess over the vocabulary
+    teacher = bmodels.load_model(teacher_dir)
+    fine_tuned = bmodels.load_model(teacher_dir.parent / teacher_dir.name.split("-mlm-")[0])
+    for key, value in fine_tuned.state_dict().items():  # the encoder and the task head stayed frozen
+        assert torch.equal(teacher.state_dict()[key], value), key
+    assert metrics["teacher_parameters"] == bmodels.count_parameters(fine_tuned)  # the MLM head is not counted
+    assert metrics["phases"][0]["last"]["kd"] >= 0
 
 
 def test_bad_config_errors_are_one_line(tmp_path, tiny_bert):
