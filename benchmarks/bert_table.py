@@ -1,13 +1,16 @@
 """The BERT distillation results table: one row per method and student, on the held-out tweet split.
 
-    .venv/bin/python benchmarks/bert_table.py            # runs every config not yet done, then measures
-    .venv/bin/python benchmarks/bert_table.py --seeds 0 1 2 --seed-config bert-kd.yaml   # spread of one row
+    .venv/bin/python benchmarks/bert_table.py                  # every row, seeds 0 1 2 (finished runs are reused)
+    .venv/bin/python benchmarks/bert_table.py --seeds 0 --only bert-kd.yaml bert-hard-label.yaml
 
-Each configs/bert-*.yaml in ROWS is run through the distill-bert stage (a finished run is reused). Then, in
-this one process and interleaved (so every ratio compares models timed under the same load), the teacher and
-every student are timed on the CPU with one thread: PyTorch fp32, ONNX fp32 and ONNX int8 (onnxruntime), at
-batch 1 and batch 32, median of N passes over real test rows. Accuracy and macro-F1 come from the runs'
-metrics.json (2,000 held-out rows). Writes benchmarks/results/bert_table.json and prints a Markdown table.
+Each configs/bert-*.yaml in ROWS is run through the distill-bert stage once per seed (seed 0 under the
+config's own name, seed s as `<name>-seed<s>`; the teacher is the same for every seed). Accuracy and macro-F1
+(2,000 held-out rows) are the mean over the seeds, with the per-seed values and their spread; every
+distilled row is compared with the hard-label row of the same student, seed by seed. Then, in this one
+process and interleaved (so every ratio compares models timed under the same load), the teacher and every
+seed-0 student are timed on the CPU with one thread: PyTorch fp32, ONNX fp32 and ONNX int8 (onnxruntime), at
+batch 1 and batch 32, median of N passes over real test rows. Writes benchmarks/results/bert_table.json and
+prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import logging
 import platform
+import statistics
 from pathlib import Path
 
 import torch
@@ -42,8 +46,12 @@ ROWS = [
     ("bert-rkd.yaml", "RKD distance + angle + KD", "narrow 2x192"),
     ("bert-bilstm-hard-label.yaml", "hard labels only (baseline)", "BiLSTM 96/128"),
     ("bert-bilstm.yaml", "logit KD (Tang et al.)", "BiLSTM 96/128"),
-    ("bert-distilbert.yaml", "DistilBERT triple (CE + KD + cosine)", "layer subset 3x384"),
+    ("bert-subset-hard-label.yaml", "hard labels only (baseline)", "layer subset 3x384"),
+    ("bert-distilbert.yaml", "DistilBERT-style task KD (CE + KD + cosine)", "layer subset 3x384"),
+    ("bert-distilbert-general.yaml", "DistilBERT triple (MLM + KD + cosine), then task KD", "layer subset 3x384"),
 ]
+BASELINES = {"narrow 2x192": "bert-hard-label.yaml", "BiLSTM 96/128": "bert-bilstm-hard-label.yaml",
+             "layer subset 3x384": "bert-subset-hard-label.yaml"}
 
 
 def time_models(runs: list[dict], test_rows: int, b1_runs: int, b32_runs: int) -> dict:
@@ -83,8 +91,8 @@ def teacher_onnx(teacher_dir: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", nargs="*", help="config names to include (default: all rows)")
-    ap.add_argument("--seeds", nargs="*", type=int, default=[], help="extra seeds for --seed-config")
-    ap.add_argument("--seed-config", default="bert-kd.yaml")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds per row (default 0 1 2)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for training (latency: always 1)")
     ap.add_argument("--b1-runs", type=int, default=100)
     ap.add_argument("--b32-runs", type=int, default=10)
     ap.add_argument("--test-rows", type=int, default=500, help="test rows the latency batches are cut from")
@@ -94,37 +102,47 @@ def main() -> None:
     for config, method, student in ROWS:
         if args.only and config not in args.only:
             continue
-        cfg = load_bert_config(REPO / "configs" / config)
-        m = run(cfg)
-        runs.append({"config": config, "method": method, "student": student, "dir": str(cfg.run_dir),
-                     "teacher": m["teacher"], "metrics": m})
-    spread = []
-    for seed in args.seeds:
-        name = f"name={args.seed_config[:-5]}-seed{seed}"
-        cfg = load_bert_config(REPO / "configs" / args.seed_config, [f"seed={seed}", name])
-        m = run(cfg)
-        spread.append({"seed": seed, "accuracy": m["test"]["student"]["accuracy"],
-                       "macro_f1": m["test"]["student"]["macro_f1"]})
+        seeds = {}
+        for seed in args.seeds:
+            extra = [] if seed == 0 else [f"seed={seed}", f"name={config[:-5]}-seed{seed}"]
+            cfg = load_bert_config(REPO / "configs" / config, [*extra, f"threads={args.threads}"])
+            seeds[seed] = (cfg, run(cfg))
+        first_cfg, first = seeds[args.seeds[0]]
+        runs.append({"config": config, "method": method, "student": student, "dir": str(first_cfg.run_dir),
+                     "teacher": first["teacher"], "metrics": first,
+                     "per_seed": {s: m["test"]["student"] for s, (_, m) in seeds.items()}})
     lat = time_models(runs, args.test_rows, args.b1_runs, args.b32_runs)
     teacher = runs[0]["metrics"]["test"]["teacher"]
     t_params = runs[0]["metrics"]["teacher_parameters"]
     table = [{"method": "teacher (all-MiniLM-L6-v2 fine-tuned)", "student": "6x384", "config": None,
               "params": t_params, "accuracy": teacher["accuracy"], "macro_f1": teacher["macro_f1"],
               "retention": 100.0, "latency_ms": {"pytorch": lat["teacher/pytorch"], "onnx": lat["teacher/onnx"]}}]
+    by_config = {r["config"]: r for r in runs}
     for r in runs:
         s = r["metrics"]["test"]
-        table.append({
+        accs = [v["accuracy"] for v in r["per_seed"].values()]
+        row = {
             "method": r["method"], "student": r["student"], "config": r["config"],
-            "params": r["metrics"]["student_parameters"], "accuracy": s["student"]["accuracy"],
-            "macro_f1": s["student"]["macro_f1"],
-            "retention": round(100 * s["student"]["accuracy"] / teacher["accuracy"], 1),
+            "params": r["metrics"]["student_parameters"], "seeds": sorted(r["per_seed"]),
+            "accuracy": round(statistics.mean(accs), 4),
+            "accuracy_std": round(statistics.stdev(accs), 4) if len(accs) > 1 else None,
+            "accuracy_per_seed": accs,
+            "macro_f1": round(statistics.mean(v["macro_f1"] for v in r["per_seed"].values()), 4),
+            "retention": round(100 * statistics.mean(accs) / teacher["accuracy"], 1),
             "int8_accuracy": s["student_onnx_int8"]["accuracy"],
             "int8_agreement": s["student_onnx_int8"]["agreement_with_student"],
             "onnx_agreement": s["student_onnx"]["agreement_with_student"],
             "train_seconds": sum(p["seconds"] for p in r["metrics"]["phases"]),
             "steps": sum(p["steps"] for p in r["metrics"]["phases"]),
             "latency_ms": {k: lat[f"{r['config']}/{k}"] for k in ("pytorch", "onnx", "onnx_int8")},
-        })
+        }
+        base = by_config.get(BASELINES.get(r["student"], ""))
+        if base is not None and base is not r:
+            paired = [(r["per_seed"][k]["accuracy"], base["per_seed"][k]["accuracy"])
+                      for k in r["per_seed"] if k in base["per_seed"]]
+            row["vs_hard_labels"] = round(statistics.mean(a - b for a, b in paired), 4)
+            row["beats_hard_labels"] = f"{sum(a > b for a, b in paired)}/{len(paired)}"
+        table.append(row)
     tb1, tb32 = lat["teacher/pytorch"]["b1"], lat["teacher/pytorch"]["b32"]
     for row in table:
         row["size_x"] = round(t_params / row["params"], 2)
@@ -133,27 +151,29 @@ def main() -> None:
         row["speedup_b32_pytorch"] = round(tb32 / row["latency_ms"]["pytorch"]["b32"], 2)
         row["speedup_b1_best"] = round(tb1 / best, 2)
     result = {"machine": platform.processor() or platform.machine(), "threads": 1, "torch": str(torch.__version__),
-              "test_rows": teacher["n"], "rows": table, "seed_spread": spread,
-              "note": "one run per row (seed 0); latency: median ms per forward pass, 1 thread"}
+              "test_rows": teacher["n"], "seeds": args.seeds, "rows": table,
+              "note": "accuracy and macro-F1: mean over the seeds; int8 and latency: the first seed's run; "
+                      "latency: median ms per forward pass, 1 thread"}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1))
     print(markdown(table))
-    if spread:
-        print("\nseeds", args.seed_config, spread)
 
 
 def markdown(table: list[dict]) -> str:
-    head = ("| method | student | params | smaller | acc | macro-F1 | retention | int8 acc | int8 = torch "
-            "| ms b1 torch / onnx / int8 | ms b32 torch / onnx / int8 | faster b1 (torch) | faster b32 (torch) |")
-    lines = [head, "|" + " --- |" * 2 + " ---: |" * 11]
+    head = ("| method | student | params | smaller | acc (mean ± sd) | macro-F1 | retention | vs hard labels "
+            "| int8 acc | int8 = torch | ms b1 torch / onnx / int8 | ms b32 torch / onnx / int8 "
+            "| faster b1 (torch) | faster b32 (torch) |")
+    lines = [head, "|" + " --- |" * 2 + " ---: |" * 12]
     for r in table:
         lat = r["latency_ms"]
         b1 = " / ".join(f"{lat[k]['b1']:.1f}" if k in lat else "-" for k in ("pytorch", "onnx", "onnx_int8"))
         b32 = " / ".join(f"{lat[k]['b32']:.0f}" if k in lat else "-" for k in ("pytorch", "onnx", "onnx_int8"))
         agree = f"{100 * r['int8_agreement']:.1f} %" if "int8_agreement" in r else "-"
         int8 = f"{r['int8_accuracy']:.4f}" if "int8_accuracy" in r else "-"
+        acc = f"{r['accuracy']:.4f}" + (f" ± {r['accuracy_std']:.4f}" if r.get("accuracy_std") is not None else "")
+        vs = (f"{100 * r['vs_hard_labels']:+.1f} pt ({r['beats_hard_labels']})" if "vs_hard_labels" in r else "-")
         lines.append(f"| {r['method']} | {r['student']} | {r['params'] / 1e6:.2f}M | {r['size_x']:.1f}x "
-                     f"| {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['retention']:.1f} % | {int8} | {agree} "
+                     f"| {acc} | {r['macro_f1']:.4f} | {r['retention']:.1f} % | {vs} | {int8} | {agree} "
                      f"| {b1} | {b32} | {r['speedup_b1_pytorch']:.1f}x | {r['speedup_b32_pytorch']:.1f}x |")
     return "\n".join(lines)
 

@@ -44,9 +44,17 @@ def export_onnx(model, path: Path, opset: int = 17) -> Path:
 
 def quantize_onnx(src: Path, dst: Path) -> Path:
     """Dynamic int8 quantisation of the weights of MatMul/Gemm (and friends) with onnxruntime."""
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))  # it logs one INFO line per tensor on the root logger
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
     return dst
 
 
