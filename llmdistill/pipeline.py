@@ -100,19 +100,31 @@ def _content(value: Any) -> Any:
     return value
 
 
+def _templates(cfg: Config, stage: str) -> dict[str, str]:
+    """Files a stage reads that the config names only indirectly: the evolution operators' templates
+    (prompts/evol_<name>.md), by content, so editing one reruns generation."""
+    if stage != "generate" or cfg.generate.evolve is None:
+        return {}
+    from llmdistill.generate.evolve import operator_template
+
+    return {op: hashlib.sha256(operator_template(op).encode()).hexdigest() for op in cfg.generate.evolve.operators}
+
+
 def fingerprints(cfg: Config) -> dict[str, str]:
     dumped = cfg.model_dump()
     out: dict[str, str] = {}
     for stage in active_stages(cfg):
         up = upstream(cfg, stage)
-        out[stage] = records.stable_hash(
-            {
-                "schema_version": records.SCHEMA_VERSION,
-                "stage": stage,
-                "sections": {s: _content(dumped[s]) for s in SECTIONS[stage]},
-                "upstream": out[up] if up else None,
-            }
-        )
+        parts = {
+            "schema_version": records.SCHEMA_VERSION,
+            "stage": stage,
+            "sections": {s: _content(dumped[s]) for s in SECTIONS[stage]},
+            "upstream": out[up] if up else None,
+        }
+        templates = _templates(cfg, stage)
+        if templates:  # absent otherwise, so runs without evolution keep their fingerprints
+            parts["templates"] = templates
+        out[stage] = records.stable_hash(parts)
     return out
 
 

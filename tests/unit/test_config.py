@@ -172,3 +172,25 @@ def test_loss_term_parameters(tmp_path):
     data["train"]["loss"] = [{"name": "jsd", "weight": 1.0, "beta": 1.0}]
     with pytest.raises(ConfigError, match="train.loss.0.beta"):
         load_config(write(tmp_path, data))
+
+
+def test_evolution_templates_are_part_of_the_generate_fingerprint(tmp_path, monkeypatch):
+    """Editing prompts/evol_<op>.md reruns generation; configs without evolution keep their fingerprints."""
+    from llmdistill.generate import evolve
+    from llmdistill.pipeline import fingerprints
+
+    templates = tmp_path / "prompts"
+    templates.mkdir()
+    for op in ("add_constraints", "deepen", "concretise", "add_reasoning"):
+        (templates / f"evol_{op}.md").write_text((evolve.PROMPTS_DIR / f"evol_{op}.md").read_text())
+    monkeypatch.setattr(evolve, "PROMPTS_DIR", templates)
+    path = write(tmp_path, minimal(tmp_path))
+    plain = fingerprints(load_config(path))
+    cfg = load_config(path, ["generate.evolve.operators=[deepen]"])
+    before = fingerprints(cfg)
+    (templates / "evol_add_reasoning.md").write_text("unused operator, changed\n")
+    assert fingerprints(cfg) == before
+    (templates / "evol_deepen.md").write_text("Make this harder: {{ prompt }}\n")
+    after = fingerprints(cfg)
+    assert after["generate"] != before["generate"] and after["train"] != before["train"]
+    assert fingerprints(load_config(path)) == plain
