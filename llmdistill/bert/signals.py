@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -84,7 +85,7 @@ class StoredSignal:
                 if (n + 1) % 20 == 0:
                     log.info("teacher signal: %d/%d rows", len(rows), len(enc.ids))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two runs may build the same store at once
         torch.save(rows, tmp)
         tmp.rename(path)
         return cls(rows, qkv_layers, details)
