@@ -28,7 +28,7 @@ import yaml
 from llmdistill.bert import data as bdata
 from llmdistill.bert import export as bexport
 from llmdistill.bert import models as bmodels
-from llmdistill.bert.stage import run
+from llmdistill.bert.stage import fingerprint, run
 from llmdistill.bert.teacher import load_tokenizer
 from llmdistill.config import load_bert_config
 
@@ -93,6 +93,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="config names to include (default: all rows)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds per row (default 0 1 2)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for training (latency: always 1)")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="train nothing: tabulate and time the runs already finished (a row keeps the seeds it has)")
     ap.add_argument("--b1-runs", type=int, default=100)
     ap.add_argument("--b32-runs", type=int, default=10)
     ap.add_argument("--test-rows", type=int, default=500, help="test rows the latency batches are cut from")
@@ -106,8 +108,14 @@ def main() -> None:
         for seed in args.seeds:
             extra = [] if seed == 0 else [f"seed={seed}", f"name={config[:-5]}-seed{seed}"]
             cfg = load_bert_config(REPO / "configs" / config, [*extra, f"threads={args.threads}"])
+            done = cfg.run_dir / "_SUCCESS"
+            if args.finished_only and not (done.is_file() and done.read_text().strip() == fingerprint(cfg)):
+                logging.info("%s seed %d: not finished, left out", config, seed)
+                continue
             seeds[seed] = (cfg, run(cfg))
-        first_cfg, first = seeds[args.seeds[0]]
+        if not seeds:
+            continue
+        first_cfg, first = seeds[min(seeds)]
         runs.append({"config": config, "method": method, "student": student, "dir": str(first_cfg.run_dir),
                      "teacher": first["teacher"], "metrics": first,
                      "per_seed": {s: m["test"]["student"] for s, (_, m) in seeds.items()}})
