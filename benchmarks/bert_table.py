@@ -169,7 +169,7 @@ def main() -> None:
 
 def markdown(table: list[dict]) -> str:
     head = ("| method | student | params | smaller | acc (mean ± sd) | macro-F1 | retention | vs hard labels "
-            "| int8 acc | int8 = torch | ms b1 torch / onnx / int8 | ms b32 torch / onnx / int8 "
+            "| int8 acc (seed 0) | int8 = torch | ms b1 torch / onnx / int8 | ms b32 torch / onnx / int8 "
             "| faster b1 (torch) | faster b32 (torch) |")
     lines = [head, "|" + " --- |" * 2 + " ---: |" * 12]
     for r in table:
