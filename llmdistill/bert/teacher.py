@@ -44,10 +44,9 @@ def load_tokenizer(source: str | Path):
         raise UserError(f"cannot load a tokenizer from {source}: {str(e).splitlines()[0]}") from None
 
 
-def encoder_classifier(source: str | Path, num_labels: int, mlm_head: bool = False,
-                       fresh_mlm_head: bool = False) -> bmodels.EncoderClassifier:
-    """A BERT-family encoder directory (BertModel weights) with a fresh classification head. `mlm_head` copies
-    the checkpoint's MLM head (an error when it has none) unless `fresh_mlm_head` allows a new one."""
+def encoder_classifier(source: str | Path, num_labels: int, mlm_head: bool = False) -> bmodels.EncoderClassifier:
+    """A BERT-family encoder directory (BertModel weights) with a fresh classification head; `mlm_head` copies
+    the checkpoint's MLM head (an error when it has none)."""
     from transformers import AutoConfig, BertConfig, BertModel
 
     try:
@@ -61,10 +60,7 @@ def encoder_classifier(source: str | Path, num_labels: int, mlm_head: bool = Fal
     pretrained = BertModel.from_pretrained(str(source), add_pooling_layer=False, dtype=torch.float32)
     model.backbone.load_state_dict(pretrained.state_dict())
     if mlm_head:
-        if fresh_mlm_head and not has_mlm_head(Path(source)):
-            _tie_decoder(model)
-        else:
-            _load_mlm_head(model, Path(source))
+        _load_mlm_head(model, Path(source))
     return model
 
 
