@@ -1084,6 +1084,9 @@ def _field_names_at(model: Any, loc: list) -> list[str]:
         if tp is None:
             return []
     tp = _unwrap(tp)
+    if typing.get_origin(tp) in (Union, types.UnionType):  # an optional section: `EvolveConfig | None`
+        models = [m for m in map(_unwrap, typing.get_args(tp)) if isinstance(m, type) and issubclass(m, BaseModel)]
+        tp = models[0] if len(models) == 1 else None
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return list(tp.model_fields)
     return []

@@ -194,3 +194,9 @@ def test_evolution_templates_are_part_of_the_generate_fingerprint(tmp_path, monk
     after = fingerprints(cfg)
     assert after["generate"] != before["generate"] and after["train"] != before["train"]
     assert fingerprints(load_config(path)) == plain
+
+
+def test_did_you_mean_inside_an_optional_section(tmp_path):
+    path = write(tmp_path, minimal(tmp_path))
+    with pytest.raises(ConfigError, match=r"generate\.evolve\.roundz: unknown key \(did you mean 'rounds'\?\)"):
+        load_config(path, ["generate.evolve.roundz=2"])
