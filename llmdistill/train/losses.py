@@ -30,10 +30,22 @@ of two documented policies:
 
 Re-tempering stored log-probs: raw log-probs are log_softmax(z), so log_softmax(z / T) =
 log_softmax(logp / T). Log-probs captured at temperature Tc (processed mode, no top-p truncation)
-equal log_softmax(z / Tc), so the target at T is log_softmax(logp * Tc / T). In the bucket policy at
-T != Tc the tail bucket is re-tempered as a single class: an approximation (its inner spread is
-unknown), exact at T = Tc. Divergence terms are multiplied by T^2 by the caller (Hinton et al.) so
-their gradients keep the same scale across temperatures.
+equal log_softmax(z / Tc), so the target at T is log_softmax(logp * Tc / T).
+
+The bucket policy at T != Tc: tempering acts on every tail token separately (a tail of many small
+probabilities grows much faster under T > 1 than one class of the same mass would), so both sides
+bucket the *tempered* distributions. The student's tail is its exact tempered mass outside the ids.
+The teacher's is unknown beyond its mass at Tc; it is taken to be spread over the tail the way the
+student's is (teacher tail logits = student tail logits + a constant), which gives, with r = T / Tc,
+
+    teacher tail at T (before normalising with the k tempered ids) = log p_tail / r + A - B / r
+    A = log sum_{j in tail} q_T(j),   B = log sum_{j in tail} q_T(j)^r
+
+(`tail_shift` = A - B / r, from the student's tempered log-probs, without gradient). So a student
+equal to the teacher gets exactly 0 at every T and k, T = Tc is exact as before, and the bucket KL is
+the dense KL minus only the teacher-vs-student difference *inside* the tail (chain rule), which the
+stored top-k cannot see. Divergence terms are multiplied by T^2 by the caller (Hinton et al.) so their
+gradients keep the same scale across temperatures.
 """
 
 from __future__ import annotations
@@ -116,23 +128,40 @@ def divergence(name: str, p_logp: torch.Tensor, q_logp: torch.Tensor, **params) 
 
 # ------------------------------------------------------------------------ distributions from the signal
 def teacher_sparse_logprobs(
-    topk_logprobs: torch.Tensor, temperature: float = 1.0, tail: str = "bucket", capture_temperature: float = 1.0
+    topk_logprobs: torch.Tensor,
+    temperature: float = 1.0,
+    tail: str = "bucket",
+    capture_temperature: float = 1.0,
+    tail_shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Teacher target over the k stored ids (+ the tail class when tail == 'bucket').
 
     topk_logprobs: [N, k] log-probs as stored. Returns [N, k] or [N, k + 1].
+    tail_shift: [N], needed for 'bucket' when temperature != capture_temperature: `student_tail_shift`
+        of the student's tempered log-probs (the tail's inner spread, see the module docstring).
     """
     lp = _float(topk_logprobs).clamp(min=MASKED_LOGP)
-    if tail == "bucket":
-        # rounding can push the stored top-k mass to (or past) 1: floor the tail, then renormalise
-        tail_lp = log1mexp(torch.logsumexp(lp, -1).clamp(max=0.0)).clamp(min=math.log(TAIL_FLOOR))
-        lp = torch.log_softmax(torch.cat([lp, tail_lp.unsqueeze(-1)], -1), -1)
-    elif tail != "renormalize":
-        raise ValueError(f"tail must be one of {TAIL_POLICIES}, got {tail!r}")
     scale = capture_temperature / temperature
-    if scale != 1.0 or tail == "renormalize":
-        lp = torch.log_softmax(lp * scale, -1)
-    return lp
+    if tail == "bucket":
+        # rounding can push the stored top-k mass to (or past) 1: floor the tail
+        tail_lp = log1mexp(torch.logsumexp(lp, -1).clamp(max=0.0)).clamp(min=math.log(TAIL_FLOOR))
+        if scale != 1.0:
+            if tail_shift is None:
+                raise ValueError("the bucket tail at temperature != capture temperature needs tail_shift")
+            lp, tail_lp = lp * scale, tail_lp * scale + tail_shift.to(lp.dtype)
+        return torch.log_softmax(torch.cat([lp, tail_lp.unsqueeze(-1)], -1), -1)
+    if tail != "renormalize":
+        raise ValueError(f"tail must be one of {TAIL_POLICIES}, got {tail!r}")
+    return torch.log_softmax(lp * scale, -1)
+
+
+def student_tail_shift(student_logp: torch.Tensor, topk_ids: torch.Tensor, ratio: float) -> torch.Tensor:
+    """A - B / ratio per token [N] (module docstring), without gradient: A = log of the student's tempered
+    mass outside `topk_ids`, B = log of the sum of its ratio-th powers there. student_logp: [N, V] at the
+    training temperature; ratio = T / Tc."""
+    with torch.no_grad():
+        rest = student_logp.scatter(-1, topk_ids, float("-inf"))  # the tail only
+        return torch.logsumexp(rest, -1) - torch.logsumexp(rest * ratio, -1) / ratio
 
 
 def tempered_logprobs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -196,7 +225,10 @@ def sparse_divergence_logp(
         topk_logprobs = torch.where(valid, _float(topk_logprobs), torch.full_like(_float(topk_logprobs), -math.inf))
     else:
         valid = None
-    p = teacher_sparse_logprobs(topk_logprobs, temperature, tail, capture_temperature)
+    shift = None
+    if tail == "bucket" and temperature != capture_temperature:
+        shift = student_tail_shift(student_logp, topk_ids, temperature / capture_temperature)
+    p = teacher_sparse_logprobs(topk_logprobs, temperature, tail, capture_temperature, shift)
     q = student_sparse_logprobs(student_logp, topk_ids, tail, valid)
     return divergence(name, p, q.to(p.dtype), **params)
 

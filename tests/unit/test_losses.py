@@ -40,6 +40,30 @@ def naive_sparse_bucket_kl(ids, t_logprobs, s_logits):
     return kl
 
 
+def naive_sparse_bucket_kl_at(ids, t_logprobs, s_logits, T, Tc=1.0):
+    """The bucket KL at temperature T, from the definition, one token.
+
+    The teacher is known on its k ids (log-probs captured at Tc) plus its tail mass; inside the tail it
+    is taken to be spread like the student at Tc. Both full distributions are tempered token by token
+    (p ** (Tc / T), renormalised; the student's softmax(s / T)) and only then bucketed into the k ids
+    plus one class for the rest of the vocabulary."""
+    vocab = range(len(s_logits))
+    q_tc = softmax_list(s_logits, Tc)
+    rest = [j for j in vocab if j not in ids]
+    q_rest = sum(q_tc[j] for j in rest)
+    p = dict(zip(ids, (math.exp(x) for x in t_logprobs)))
+    p_tail = 1.0 - sum(p.values())
+    for j in rest:
+        p[j] = p_tail * q_tc[j] / q_rest
+    powered = {j: p[j] ** (Tc / T) for j in vocab}
+    z = sum(powered.values())
+    p_t = {j: v / z for j, v in powered.items()}
+    q_t = softmax_list(s_logits, T)
+    P = [p_t[i] for i in ids] + [sum(p_t[j] for j in rest)]
+    Q = [q_t[i] for i in ids] + [sum(q_t[j] for j in rest)]
+    return sum(a * (math.log(a) - math.log(b)) for a, b in zip(P, Q) if a > 0)
+
+
 def naive_sparse_renorm_kl(ids, t_logprobs, s_logits):
     p = softmax_list(t_logprobs)  # renormalise over the k ids
     q_all = softmax_list(s_logits)
@@ -74,6 +98,32 @@ def test_sparse_bucket_matches_definition(logits):
     got = losses.forward_kl_sparse(s, ids, lps, tail="bucket")
     want = [naive_sparse_bucket_kl(ids[i].tolist(), lps[i].tolist(), s[i].tolist()) for i in range(t.shape[0])]
     assert got.tolist() == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("T, Tc", [(2.0, 1.0), (4.0, 1.0), (2.0, 0.7), (0.5, 1.0)])
+def test_sparse_bucket_at_temperature_matches_definition(logits, T, Tc):
+    """T != 1 (issue 11): the tail is tempered token by token on both sides, not as one class."""
+    t, s = logits
+    ids, lps = topk_of(t / Tc, K)
+    got = losses.forward_kl_sparse(s, ids, lps, temperature=T, capture_temperature=Tc)
+    want = [naive_sparse_bucket_kl_at(ids[i].tolist(), lps[i].tolist(), s[i].tolist(), T, Tc)
+            for i in range(t.shape[0])]
+    assert got.tolist() == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("T", [1.0, 2.0, 4.0])
+def test_bucket_kl_is_zero_for_the_teacher_itself_on_llm_like_logits(T):
+    """A student whose logits are the teacher's: 0 at every T (it was 0.89 nats at T = 2 with V = 49k, k = 20),
+    and a student near the teacher stays at or below the dense KL."""
+    g = torch.Generator().manual_seed(0)
+    n, vocab = 8, 49152
+    t = torch.randn(n, vocab, generator=g, dtype=torch.float64) * 2
+    t.scatter_add_(1, torch.randint(0, vocab, (n, 40), generator=g), torch.linspace(12, 4, 40).double().expand(n, 40))
+    ids, lps = topk_of(t, 20)
+    assert losses.forward_kl_sparse(t.clone(), ids, lps, T).abs().max() < 1e-12
+    s = t + torch.randn(n, vocab, generator=g, dtype=torch.float64) * 0.5
+    sparse, dense = losses.forward_kl_sparse(s, ids, lps, T), losses.forward_kl_dense(s, t, T)
+    assert (sparse <= dense + 1e-9).all()
 
 
 def test_sparse_renormalize_matches_definition(logits):
@@ -302,7 +352,22 @@ def test_gradcheck_sparse_and_dense(name):
     params = PARAMS.get(name, {})
     if name != "tvd":  # |p - q| is not differentiable where p = q; checked below away from that point
         assert torch.autograd.gradcheck(lambda x: losses.dense_divergence(name, x, t, 1.3, **params), (s,))
-        assert torch.autograd.gradcheck(lambda x: losses.sparse_divergence(name, x, ids, lps, 1.3, **params), (s,))
+        # stored at the training temperature: the target is a constant
+        assert torch.autograd.gradcheck(lambda x: losses.sparse_divergence(name, x, ids, lps, 1.3, "bucket", 1.3,
+                                                                           **params), (s,))
+        # re-tempered: the target's tail borrows the student's inner tail spread, without gradient, so the
+        # gradient is the one of the divergence against that target held fixed
+        fixed = losses.teacher_sparse_logprobs(lps, 1.3, "bucket", 1.0, losses.student_tail_shift(
+            losses.tempered_logprobs(s.detach(), 1.3), ids, 1.3))
+
+        def against_fixed(x):
+            q = losses.student_sparse_logprobs(losses.tempered_logprobs(x, 1.3), ids)
+            return losses.divergence(name, fixed, q, **params)
+
+        assert torch.autograd.gradcheck(against_fixed, (s,))
+        got = torch.autograd.grad(losses.sparse_divergence(name, s, ids, lps, 1.3, **params).sum(), s)[0]
+        want = torch.autograd.grad(against_fixed(s).sum(), s)[0]
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
     else:
         assert torch.autograd.gradcheck(lambda x: losses.dense_divergence(name, x, t * 3, 1.0), (s,))
 
