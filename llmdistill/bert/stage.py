@@ -20,6 +20,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -128,19 +129,22 @@ def _cached(path: Path, compute) -> dict:
 
 def evaluate(cfg: BertDistillConfig, teacher, teacher_dir: Path, student, test: bdata.Encoded, out: Path) -> dict:
     """Accuracy, macro-F1 and CPU latency (batch 1 and 32) of the teacher, the student and its exports;
-    agreement = share of test rows where an export predicts what the PyTorch student predicts."""
+    agreement = share of test rows where an export predicts what the PyTorch student predicts;
+    max_abs_logit_diff = the largest change of any logit against the PyTorch student."""
     n_labels, runs = len(cfg.data.labels), cfg.export.latency_runs
     result: dict = {}
 
-    def measure(name: str, forward, reference: list[int] | None = None) -> list[int]:
-        pred = bexport.predict(forward, test)
+    def measure(name: str, forward, reference=None):
+        out = bexport.logits(forward, test)
+        pred = out.argmax(-1).tolist()
         entry = trainer.classification_metrics(pred, test.labels, n_labels)
         entry["latency_ms_b1"] = bexport.latency_ms(forward, test, 1, runs)
         entry["latency_ms_b32"] = bexport.latency_ms(forward, test, 32, max(3, runs // 4))
         if reference is not None:
-            entry["agreement_with_student"] = bexport.agreement(pred, reference)
+            entry["agreement_with_student"] = bexport.agreement(pred, reference.argmax(-1).tolist())
+            entry["max_abs_logit_diff"] = round(float(np.abs(out - reference).max()), 6) if len(out) else 0.0
         result[name] = entry
-        return pred
+        return out
 
     teacher_fwd = bexport.torch_forward(teacher)
     teacher_entry = _cached(Path(teacher_dir) / "eval" / f"{_rows_key(test)}.json",

@@ -227,16 +227,41 @@ def test_bad_config_errors_are_one_line(tmp_path, tiny_bert):
 
 
 def test_int8_onnx_agrees_with_torch_and_serves(tiny_bert, tmp_path):
-    """A student trained a little longer: its int8 ONNX predicts what PyTorch predicts on >= 99 % of rows;
-    the endpoint on 127.0.0.1 answers with the same labels."""
+    """A student trained a little longer: int8 moves its logits by a small fraction of their spread, so it
+    predicts what PyTorch predicts on every row whose top-two margin exceeds twice that change; the endpoint
+    on 127.0.0.1 answers with the same labels.
+
+    Agreement itself is not asserted at 99 %: on 64 rows of a barely trained tiny model a row with nearly
+    tied logits may flip on one machine and not another. What is guaranteed is the size of the change,
+    whatever the CPU (7-bit weights cannot saturate the int16 sums of non-VNNI kernels; 8-bit ones moved
+    these logits by 0.22 on an AVX2 CPU and agreed on 98.4 % of rows elsewhere)."""
+    import numpy as np
+
+    from llmdistill.bert import data as bdata
+    from llmdistill.bert import export as bexport
     from llmdistill.bert.serve import make_server, predictor_for_run
     from llmdistill.bert.stage import run
 
     name = "bert-kd.yaml"
     o = _overrides(name, tiny_bert, tmp_path) + ["phases.0.max_steps=30"]
-    metrics = run(load_bert_config(REPO / "configs" / name, o))
-    assert metrics["test"]["student_onnx_int8"]["agreement_with_student"] >= 0.99
+    cfg = load_bert_config(REPO / "configs" / name, o)
+    metrics = run(cfg)
+    int8 = metrics["test"]["student_onnx_int8"]
     run_dir = tmp_path / "bert-kd"
+    student = bmodels.load_model(run_dir / "student").eval()
+    from transformers import AutoTokenizer
+
+    rows = bdata.read_rows(cfg.data.test, cfg.data.text_field, cfg.data.label_field, len(cfg.data.labels))
+    enc = bdata.encode(rows, AutoTokenizer.from_pretrained(run_dir / "student"), cfg.data.max_seq_len)
+    ref = bexport.logits(bexport.torch_forward(student), enc)
+    quant = bexport.logits(bexport.onnx_forward(bexport.onnx_session(run_dir / "onnx" / "model.int8.onnx")), enc)
+    change = float(np.abs(quant - ref).max())
+    assert change == pytest.approx(int8["max_abs_logit_diff"], abs=1e-5)
+    assert change <= 0.2 * float(ref.std()), (change, float(ref.std()))  # measured 0.014 against 0.31
+    top2 = np.sort(ref, -1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 2 * change  # no change of at most `change` per logit can flip these
+    assert (quant.argmax(-1) == ref.argmax(-1))[clear].all()
+    assert int8["agreement_with_student"] >= clear.mean() - 1e-9
     server = make_server(predictor_for_run(run_dir, "int8"), "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
