@@ -62,7 +62,7 @@ def _load(config: str | None, overrides: list[str] | None):
 def _config_errors(e) -> None:
     """Print a ConfigError (one line per problem) and exit 2."""
     for line in e.errors:
-        typer.echo(f"{e.source}: {line}", err=True)
+        typer.echo(f"{e.source}: {' '.join(line.splitlines())}", err=True)  # one line per problem, always
     if len(e.errors) > 1:  # a single problem stays a single line
         typer.echo(f"llmdistill: {len(e.errors)} config error(s)", err=True)
     raise typer.Exit(EXIT_BAD_INPUT) from None
