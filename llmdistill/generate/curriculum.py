@@ -50,10 +50,8 @@ def load_sources(g: GenerateConfig) -> Loaded:
 def _read_file(path, system_prompt, bad, **kwargs) -> list[records.Prompt]:
     try:
         return records.read_prompt_file(path, system_prompt, bad_lines=bad, **kwargs)
-    except ValueError as e:
+    except ValueError as e:  # "file:line: problem" (a byte that is not UTF-8 included)
         raise UserError(str(e)) from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 # -------------------------------------------------------------------------------------------- templates
@@ -88,10 +86,12 @@ def template_prompts(src: TemplateSource, system_prompt: str | None) -> list[rec
 
     A variable named `answer` becomes the prompt's gold answer."""
     path = Path(src.template)
+    data = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason})") from None
+        line = data[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}: {e.reason})") from None
     keys = list(src.grid)
     sets = [dict(zip(keys, values)) for values in itertools.product(*src.grid.values())] if keys else []
     sets += src.rows

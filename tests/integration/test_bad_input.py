@@ -124,6 +124,18 @@ def test_bad_prompt_line_is_named_and_generate_output_kept(run_copy):
     assert snapshot(run_dir) == before
 
 
+def test_eval_prompt_with_a_byte_that_is_not_utf8_is_named(run_copy):
+    path, data, run_dir = run_copy
+    before = snapshot(run_dir)
+    held = Path(data["eval"]["prompts"])
+    n = len(held.read_bytes().splitlines())
+    with open(held, "ab") as f:  # a Latin-1 line: the eval prompts changed, so eval reruns and meets it
+        f.write(b'{"prompt": "r\xe9sum\xe9 of the sky", "level": 1}\n')
+    line = error_line(cli("run", path))
+    assert f"{held}:{n + 1}: not UTF-8 text (byte 0xe9 at character 14)" in line, line
+    assert snapshot(run_dir) == before
+
+
 # --------------------------------------------------------------------------------------------- models
 def _broken_teacher(tiny, tmp_path, how: str) -> Path:
     d = tmp_path / f"teacher-{how}"

@@ -168,6 +168,32 @@ def test_prompt_file_errors_name_file_and_line(tmp_path):
         records.read_prompt_file(p)
 
 
+# Real text with a byte that is not UTF-8 on line 3 (a Latin-1 "é" pasted into a UTF-8 file), and
+# characters that are fine: a no-break space, curly quotes, a line separator inside a JSON string.
+NOT_UTF8 = ('{"prompt": "caf\u00e9 \u2019quoted\u2019", "level": 1}\n'.encode()
+            + '{"prompt": "no\u00a0break\u2028space", "level": 1}\n'.encode()
+            + b'{"prompt": "caf\xe9 au lait", "level": 2}\n'
+            + b'{"prompt": "last", "level": 3}\n')
+
+
+def test_prompt_file_with_a_byte_that_is_not_utf8_names_file_and_line(tmp_path):
+    p = tmp_path / "mixed.jsonl"
+    p.write_bytes(NOT_UTF8)
+    with pytest.raises(ValueError, match=r"^.*mixed\.jsonl:3: not UTF-8 text \(byte 0xe9 at character 16\)$"):
+        records.read_prompt_file(p)
+    with pytest.raises(ValueError, match=r"mixed\.jsonl:3: not UTF-8 text"):
+        records.load_prompts([p])  # eval's reader
+    bad: list[str] = []
+    prompts = records.read_prompt_file(p, bad_lines=bad)  # skip mode: the other lines are read
+    assert [q.messages[-1]["content"] for q in prompts] == ["caf\u00e9 \u2019quoted\u2019", "no\u00a0break\u2028space",
+                                                           "last"]
+    assert bad == [f"{p}:3: not UTF-8 text (byte 0xe9 at character 16)"]
+    t = tmp_path / "plain.txt"  # text format too
+    t.write_bytes(b"one\r\ntw\xff\xfeo\r\nthree\n")
+    with pytest.raises(ValueError, match=r"plain\.txt:2: not UTF-8 text \(byte 0xff at character 3\)"):
+        records.read_prompt_file(t)
+
+
 def test_curriculum_order_dedup_and_even_subsample(tmp_path):
     lines = [json.dumps({"prompt": f"q{i}", "level": lv}) for i, lv in enumerate([3, 1, 2, 1, 3, 2, 1, 2, 3])]
     lines.append(json.dumps({"prompt": "q0", "level": 3}))  # an exact repeat is dropped
