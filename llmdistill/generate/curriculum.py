@@ -15,7 +15,7 @@ from pathlib import Path
 
 from llmdistill import records
 from llmdistill.config import FileSource, GenerateConfig, HFDatasetSource, TemplateSource
-from llmdistill.errors import UserError
+from llmdistill.errors import UserError, describe_template_error
 
 
 @dataclass
@@ -67,18 +67,18 @@ def render(template_text: str, variables: dict, where: str) -> str:
     """Render a template in the sandbox; any failure (syntax, undefined variable, unsafe access, include)
     is a UserError naming `where`."""
     import jinja2
-    from jinja2.sandbox import SecurityError
 
     try:
         return sandbox().from_string(template_text).render(**variables).strip()
     except jinja2.TemplateSyntaxError as e:
         raise UserError(f"{where}:{e.lineno}: template syntax error: {e.message}") from None
-    except SecurityError as e:
-        raise UserError(f"{where}: template refused by the sandbox: {e}") from None
-    except jinja2.UndefinedError as e:
-        raise UserError(f"{where}: template uses an undefined variable: {e.message}") from None
-    except (jinja2.TemplateError, TypeError) as e:  # TypeError: include/import without a loader
+    except TypeError as e:  # include/import without a loader
         raise UserError(f"{where}: template cannot render: {e}") from None
+    except Exception as e:  # the sandbox refused, undefined variable, too large a string, ... (errors.py)
+        problem = describe_template_error(e)
+        if problem is None:
+            raise
+        raise UserError(f"{where}: template {problem}") from None
 
 
 def template_prompts(src: TemplateSource, system_prompt: str | None) -> list[records.Prompt]:

@@ -164,6 +164,22 @@ def test_broken_teacher_is_one_line(run_copy, tiny, tmp_path, how, expected):
     assert snapshot(run_dir) == before
 
 
+@pytest.mark.parametrize("template, expected", [
+    ("{% for m in messages %}{{ m['content'].__class__.__mro__[1].__subclasses__() }}{% endfor %}",
+     "refused by the sandbox: access to attribute '__class__' of 'str' object is unsafe."),
+    ("{% for m in messages %}{{ m['content'] * 10 ** 6 }}{% endfor %}", "it builds a huge string; refused"),
+    ("{% for m in messages %}{{ m['content'] * 2 ** 50 }}{% endfor %}", "builds a string too large for memory"),
+], ids=["sandbox", "huge-string", "memory-error"])
+def test_teacher_chat_template_that_cannot_work_is_one_line(run_copy, tiny, tmp_path, template, expected):
+    path, data, run_dir = run_copy
+    before = snapshot(run_dir)
+    teacher = _broken_teacher(tiny, tmp_path, "template")
+    (teacher / "chat_template.jinja").write_text(template)
+    line = error_line(cli("run", path, f"teacher.model={teacher}"))
+    assert f"chat template of {teacher}: " in line and expected in line, line
+    assert snapshot(run_dir) == before
+
+
 def test_teacher_deleted_after_validation_is_one_line(run_copy, tiny, tmp_path):
     """The model directory exists when the config is read but is gone when the stage loads it."""
     path, data, run_dir = run_copy
