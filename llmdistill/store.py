@@ -14,6 +14,7 @@ reader (or a killed writer's rerun) never sees half a file. A shard that is neve
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -110,10 +111,30 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if tmp is not None:
             _unlink_quietly(tmp)
         if isinstance(e, OSError):
+            if tmp is None and refused_as_read_only(e) and _holds(path, data):
+                return  # a read-only run directory that already says this: nothing to write
             raise StorageError(f"cannot write {path}: {os_error_reason(e)}") from e
         raise
     _fsync_dir(path.parent)
     faults.point("file")
+
+
+READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def refused_as_read_only(e: BaseException) -> bool:
+    """Whether `e` (or the OSError behind a StorageError) is the file system refusing a write: a read-only
+    mount, or a directory this user may not write."""
+    e = e if isinstance(e, OSError) else e.__cause__
+    return isinstance(e, OSError) and e.errno in READ_ONLY_ERRNOS
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """Whether the file at `path` already holds exactly `data` (size first: no read for a changed file)."""
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -139,10 +160,14 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _unlink_quietly(path) -> None:
+    """Remove a file; nothing if it is not there (a read-only mount refuses even that: EROFS, not ENOENT)."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
+    except OSError as e:
+        if e.errno != errno.EROFS or os.path.lexists(path):
+            raise
 
 
 def list_shards(directory: Path) -> list[Path]:
