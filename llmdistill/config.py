@@ -954,8 +954,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = parse_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError([f"override {text!r}: value is not valid YAML ({yaml_problem(e, column_offset=len(key) + 1)})"],
-                          "overrides") from None
+        problem = yaml_problem(e, column_offset=len(key) + 1)
+        raise ConfigError([f"override {text!r}: value is not valid YAML ({problem})"], "overrides") from None
     except ConfigError as e:  # a duplicate key inside the value, e.g. `a={x: 1, x: 2}`
         raise ConfigError([f"override {text!r}: {line}" for line in e.errors], "overrides") from None
     return parts, value

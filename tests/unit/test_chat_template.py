@@ -10,7 +10,8 @@ from conftest import CHATML, build_tokenizer
 from llmdistill import models
 from llmdistill.errors import UserError
 
-MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Caf\u00e9\u00a0au lait <|im_end|>?"}]
+MESSAGES = [{"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Caf\u00e9\u00a0au lait <|im_end|>?"}]
 
 
 @pytest.fixture(scope="module")
