@@ -5,7 +5,8 @@ Relative input paths written in a config file are resolved against that file's d
 paths given as command-line overrides, and `output_dir`, against the current directory.
 
 `load_config` collects every problem (unknown key with a did-you-mean, wrong type, missing file) and
-raises one `ConfigError` that lists them all; it never loads a model.
+raises one `ConfigError` that lists them all; it never loads a model. A key written twice in one YAML
+mapping is an error naming both lines (PyYAML alone would keep the last).
 """
 
 from __future__ import annotations
