@@ -62,7 +62,7 @@ def _load(config: str | None, overrides: list[str] | None):
 def _config_errors(e) -> None:
     """Print a ConfigError (one line per problem) and exit 2."""
     for line in e.errors:
-        typer.echo(f"{e.source}: {line}", err=True)
+        typer.echo(f"{e.source}: {' '.join(line.splitlines())}", err=True)  # one line per problem, always
     if len(e.errors) > 1:  # a single problem stays a single line
         typer.echo(f"llmdistill: {len(e.errors)} config error(s)", err=True)
     raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -79,6 +79,10 @@ def _run(config, overrides, stages, force, standalone, verbose, **kwargs) -> Non
         _fail(f"--force takes a stage name ({', '.join(STAGES)}), got {', '.join(bad)}", EXIT_BAD_INPUT)
     try:
         outcome = run_stages(cfg, stages, set(force), standalone=standalone, **kwargs)
+        logging.getLogger("llmdistill").info(
+            "run %s: %s", cfg.run_dir, ", ".join(f"{k} {v}" for k, v in outcome.items()))
+        if "eval" in stages:  # inside the try: a report that cannot be written is one line too (disk full)
+            _write_report(cfg.run_dir, keep_if_read_only=all(v == "skipped" for v in outcome.values()))
     except LockedError as e:
         _fail(str(e), EXIT_LOCKED)
     except BudgetExceeded as e:
@@ -88,16 +92,22 @@ def _run(config, overrides, stages, force, standalone, verbose, **kwargs) -> Non
     except OSError as e:  # the run directory cannot be created, a checkpoint cannot be saved, ...
         logging.getLogger("llmdistill").debug("I/O error", exc_info=True)
         _fail(describe_os_error(e), EXIT_BAD_INPUT)
-    logging.getLogger("llmdistill").info(
-        "run %s: %s", cfg.run_dir, ", ".join(f"{k} {v}" for k, v in outcome.items()))
-    if "eval" in stages:
-        _write_report(cfg.run_dir)
 
 
-def _write_report(run_dir: Path) -> None:
-    from llmdistill.report import write_report
+def _write_report(run_dir: Path, keep_if_read_only: bool = False) -> None:
+    """Write the run's report. `keep_if_read_only`: nothing ran, so a report already there (in a run
+    directory on read-only storage) is kept as it is instead of failing the run."""
+    from llmdistill import store
+    from llmdistill.report import REPORT_DIR, write_report
 
-    typer.echo(f"report: {write_report(run_dir)}")
+    try:
+        typer.echo(f"report: {write_report(run_dir)}")
+    except store.StorageError as e:
+        existing = run_dir / REPORT_DIR / "index.html"
+        if not (keep_if_read_only and store.refused_as_read_only(e) and existing.is_file()):
+            raise
+        logging.getLogger("llmdistill").warning("report not rewritten (%s); nothing ran, so %s stands", e, existing)
+        typer.echo(f"report: {existing}")
 
 
 @app.callback(invoke_without_command=True)

@@ -5,7 +5,8 @@ Relative input paths written in a config file are resolved against that file's d
 paths given as command-line overrides, and `output_dir`, against the current directory.
 
 `load_config` collects every problem (unknown key with a did-you-mean, wrong type, missing file) and
-raises one `ConfigError` that lists them all; it never loads a model.
+raises one `ConfigError` that lists them all; it never loads a model. A key written twice in one YAML
+mapping is an error naming both lines (PyYAML alone would keep the last).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from llmdistill.errors import UserError
+from llmdistill.errors import UserError, describe_os_error
 
 # Model sources that are not a local directory or a hub id: names llmdistill knows how to materialise.
 MODEL_ALIASES = ("smollm2-135m-instruct", "all-minilm-l6-v2")
@@ -61,9 +62,23 @@ def _cwd_path(value: str | Path) -> Path:
 
 def _input_file(value: str | Path, info: ValidationInfo) -> Path:
     path = _resolve_path(value, info)
-    if not path.is_file():
-        raise ValueError(f"file not found: {path}")
+    problem = file_problem(path)
+    if problem:
+        raise ValueError(problem)
     return path
+
+
+def file_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as a file ("file not found: P", "P is a directory, not a file", ...), or None."""
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return f"{path} is a directory, not a file"
+    if path.exists():
+        return f"{path} is not a regular file"
+    if path.is_symlink():
+        return f"file not found: {path} (a symbolic link to the missing {os.readlink(path)})"
+    return f"file not found: {path}"
 
 
 def _model_source(value: str, info: ValidationInfo) -> str:
@@ -938,10 +953,74 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ConfigError([f"override {text!r} has an empty key part"], "overrides")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = parse_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError([f"override {text!r}: value is not valid YAML ({e})"], "overrides") from None
+        problem = yaml_problem(e, column_offset=len(key) + 1)
+        raise ConfigError([f"override {text!r}: value is not valid YAML ({problem})"], "overrides") from None
+    except ConfigError as e:  # a duplicate key inside the value, e.g. `a={x: 1, x: 2}`
+        raise ConfigError([f"override {text!r}: {line}" for line in e.errors], "overrides") from None
     return parts, value
+
+
+def parse_yaml(text: str) -> Any:
+    """`yaml.safe_load`, except that a key written twice in one mapping is an error (PyYAML keeps the last).
+
+    Raises yaml.YAMLError for bad YAML and ConfigError listing every duplicate key with both lines."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        duplicates = _duplicate_keys(node, [], set())
+        if duplicates:
+            raise ConfigError([message for _, message in sorted(duplicates)])
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _duplicate_keys(node: yaml.Node, path: list[str], seen: set[int]) -> list[tuple[int, str]]:
+    """(position, `a.b: duplicate key (lines 3 and 9)`) for every scalar key repeated in a mapping under `node`.
+
+    Merge keys (`<<: *base`) are not duplicates: the keys written beside them override the merged ones."""
+    if id(node) in seen:  # an alias of a node already checked
+        return []
+    seen.add(id(node))
+    out = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], yaml.Mark] = {}
+        for key, value in node.value:
+            name = str(key.value) if isinstance(key, yaml.ScalarNode) else None
+            if name is not None and key.tag != "tag:yaml.org,2002:merge":
+                mark = key.start_mark
+                if (key.tag, name) in first:
+                    before = first[key.tag, name]
+                    where = ".".join([*path, _printable(name)])
+                    lines = (f"lines {before.line + 1} and {mark.line + 1}" if before.line != mark.line else
+                             f"line {mark.line + 1}, columns {before.column + 1} and {mark.column + 1}")
+                    out.append((mark.index, f"{where}: duplicate key ({lines})"))
+                else:
+                    first[key.tag, name] = mark
+            out += _duplicate_keys(value, [*path, _printable(name if name is not None else "?")], seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out += _duplicate_keys(item, [*path, str(i)], seen)
+    return out
+
+
+def _printable(key: str) -> str:
+    return key if key.isprintable() else repr(key)
+
+
+def yaml_problem(e: yaml.YAMLError, column_offset: int = 0) -> str:
+    """PyYAML's several-line message as one line: the problem and where (`line L, column C` of the text)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).strip().splitlines()[-1]
+    if mark is None:
+        return problem
+    if column_offset:  # an override: one line, the column counted from the start of `key=value`
+        return f"{problem} at column {mark.column + 1 + column_offset}"
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
 
 
 def _set_path(data: dict, parts: list[str], value: Any, text: str) -> None:
@@ -998,16 +1077,24 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 def read_yaml(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, set[str]]:
     """A config file as a mapping with the overrides applied, and the override values (for path resolution)."""
     source = str(path)
-    if not path.is_file():
-        raise ConfigError([f"config file not found: {path}"], source)
+    problem = file_problem(path)
+    if problem:
+        raise ConfigError([f"config {problem}"], source)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        data = parse_yaml(raw.decode("utf-8"))
+    except OSError as e:
+        raise ConfigError([f"cannot read the config: {describe_os_error(e)}"], source) from None
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError([f"line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}: {e.reason})"], source) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError([f"not valid YAML{where}: {getattr(e, 'problem', e)}"], source) from None
-    except UnicodeDecodeError as e:
-        raise ConfigError([f"not UTF-8 text: {e}"], source) from None
+        raise ConfigError([f"not valid YAML{where}: {getattr(e, 'problem', None) or yaml_problem(e)}"],
+                          source) from None
+    except ConfigError as e:  # duplicate keys
+        raise ConfigError(e.errors, source) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -36,3 +36,45 @@ def describe_os_error(e: OSError) -> str:
 
 class BudgetExceeded(UserError):
     """A configured spending limit was reached: the run stopped cleanly with its finished work kept."""
+
+
+def describe_template_error(e: BaseException) -> str | None:
+    """One line for a Jinja template that failed to compile or render (prompt templates and chat templates),
+    or None when `e` did not come from the template.
+
+    Covers the sandbox refusing an attribute or a call, syntax errors, undefined variables, `raise_exception`,
+    a range the sandbox caps, a string too large for memory and endless recursion; any other exception counts
+    when it was raised by template code."""
+    import jinja2
+    from jinja2.sandbox import SecurityError
+
+    if isinstance(e, SecurityError):
+        return f"refused by the sandbox: {e}"
+    if isinstance(e, jinja2.TemplateSyntaxError):
+        return f"syntax error at line {e.lineno}: {e.message}"
+    if isinstance(e, jinja2.UndefinedError):
+        return f"uses an undefined variable: {e.message}"
+    if isinstance(e, jinja2.TemplateError):  # raise_exception('...') in a chat template lands here
+        return f"cannot render: {_one_line(e)}"
+    if isinstance(e, MemoryError):
+        return "builds a string too large for memory"
+    if isinstance(e, RecursionError):
+        return "cannot render: it calls itself without end (maximum recursion depth exceeded)"
+    if isinstance(e, OverflowError) or _raised_in_template(e):
+        return f"cannot render: {type(e).__name__}: {_one_line(e)}"
+    return None
+
+
+def _raised_in_template(e: BaseException) -> bool:
+    """Whether a frame of the traceback is compiled template code (Jinja names it `<template>` or the file)."""
+    tb = e.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_filename == "<template>" or tb.tb_frame.f_globals.get("__jinja_template__"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from llmdistill.config import MODEL_ALIASES
-from llmdistill.errors import UserError
+from llmdistill.errors import UserError, describe_template_error
 from llmdistill.records import stable_hash
 
 log = logging.getLogger("llmdistill")
@@ -105,6 +105,7 @@ def load_tokenizer(source: str, revision: str | None = None, trust_remote_code: 
     if tok.chat_template is None:
         log.warning("tokenizer %s has no chat template; using the plain 'Role: text' fallback", source)
         tok.chat_template = FALLBACK_CHAT_TEMPLATE
+    check_chat_template(tok)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -158,11 +159,49 @@ def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
     """Prompt token ids through the chat template, ending with the assistant's generation prompt.
 
     Generation, training and evaluation all call this one function, so prompt tokens agree everywhere.
+    The ids are what `apply_chat_template(..., tokenize=True)` gives: the rendered text, tokenised without
+    added special tokens.
     """
-    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    if isinstance(out, dict) or hasattr(out, "keys"):
-        out = out["input_ids"]
-    return list(out)
+    return list(tokenizer(render_chat(tokenizer, messages), add_special_tokens=False)["input_ids"])
+
+
+# A chat template writes each message and at most its own text per turn (a header per turn, a default
+# system prompt). Rendered text beyond this multiple of (template x (turns + 1) + messages), plus the slack,
+# is refused before it is tokenised: the template builds a huge string (issue 11, item 10).
+TEMPLATE_EXPANSION = 20
+TEMPLATE_SLACK = 100_000  # characters
+
+
+def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """The tokenizer's chat template applied to `messages`, as text.
+
+    Transformers renders it in Jinja's immutable sandbox. Whatever the template does wrong (an access the
+    sandbox refuses, a syntax error, `raise_exception`, a string too large for memory or for the bound
+    above) is a UserError naming the template's model directory, on one line."""
+    try:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+    except Exception as e:  # MemoryError and RecursionError are Exceptions too
+        problem = describe_template_error(e)
+        if problem is None:
+            raise
+        raise UserError(f"{_template_name(tokenizer)}: {problem}") from None
+    content = sum(len(str(m.get("content") or "")) for m in messages)
+    limit = TEMPLATE_EXPANSION * (len(str(tokenizer.chat_template or "")) * (len(messages) + 1) + content) \
+        + TEMPLATE_SLACK
+    if len(text) > limit:
+        raise UserError(f"{_template_name(tokenizer)}: renders {len(text):,} characters from {len(messages)} "
+                        f"turn(s) of {content:,} characters (at most {limit:,}): it builds a huge string; refused")
+    return text
+
+
+def check_chat_template(tokenizer) -> None:
+    """Render the chat template once on a plain user turn, so a template that cannot work fails when its
+    tokenizer loads (before any model weights), also where a library applies it (trl's on-policy trainers)."""
+    render_chat(tokenizer, [{"role": "user", "content": "Hello."}])
+
+
+def _template_name(tokenizer) -> str:
+    return f"chat template of {getattr(tokenizer, 'name_or_path', None) or 'the tokenizer'}"
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:

@@ -38,7 +38,7 @@ import yaml
 
 from llmdistill import __version__, faults, records, store
 from llmdistill.config import Config
-from llmdistill.errors import LockedError, UserError
+from llmdistill.errors import LockedError, UserError, os_error_reason
 
 log = logging.getLogger("llmdistill")
 
@@ -157,16 +157,27 @@ class RunLock:
 
     `shared`: several holders at once (the shards of one generate), none beside an exclusive holder.
     `wait`: block until the lock is free instead of failing. `name`: another lock file in `run_dir`.
+    In a run directory this process may not write (a read-only mount, another user's files) an existing
+    lock file is opened read-only: it locks all the same, and the holder's pid is not written
+    (`read_only` is then True). A run with nothing to do writes nothing else either; one that has work
+    fails at its first write, naming the file and the errno (`[EROFS] Read-only file system`).
     """
 
     def __init__(self, run_dir: Path, name: str = ".lock", shared: bool = False, wait: bool = False):
         self.path = Path(run_dir) / name
         self.shared, self.wait = shared, wait
+        self.read_only = False
         self._fh = None
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")
+        try:
+            fh = open(self.path, "a+")
+        except OSError as e:
+            if not (store.refused_as_read_only(e) and self.path.is_file()):
+                raise
+            fh = open(self.path)  # flock needs no write access
+            self.read_only = True
         try:
             fcntl.flock(fh, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | (0 if self.wait else fcntl.LOCK_NB))
         except OSError as e:
@@ -177,7 +188,7 @@ class RunLock:
             fh.close()
             raise LockedError(f"run directory {self.path.parent} is in use by another llmdistill process "
                               f"(pid {holder}); wait for it to finish") from None
-        if not self.shared:
+        if not self.shared and not self.read_only:
             fh.seek(0)
             fh.truncate()
             fh.write(str(os.getpid()))
@@ -259,7 +270,7 @@ def run_stages(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, force:
             if success and success.get("fingerprint") == fps[stage] and stage not in forced:
                 log.info("stage %s: up to date (fingerprint %s), skipping", stage, fps[stage])
                 if ranks.main:
-                    (out_dir / STARTED).unlink(missing_ok=True)  # killed between _SUCCESS and this unlink
+                    store.remove_path(out_dir / STARTED)  # killed between _SUCCESS and this unlink
                     _remove(_sibling(out_dir, NEXT))  # an abandoned forced rerun
                 outcome[stage] = "skipped"
                 continue
@@ -412,9 +423,29 @@ def git_sha() -> str | None:
 
 
 def write_resolved_config(cfg: Config, run_dir: Path) -> None:
-    """`config.resolved.yaml`: the validated config plus versions, git sha and stage fingerprints."""
+    """`config.resolved.yaml`: the validated config plus versions, git sha and stage fingerprints.
+
+    In a read-only run directory whose file already records these stage fingerprints, nothing is written
+    (a finished run on read-only storage, moved or copied there, can still be `run` to a no-op)."""
     doc = cfg.model_dump(mode="json")
     doc["_provenance"] = {"versions": versions(), "git_sha": git_sha(), "written_at": _now(),
                           "fingerprints": fingerprints(cfg)}
-    store.atomic_write_bytes(run_dir / "config.resolved.yaml",
-                             yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).encode())
+    path = run_dir / "config.resolved.yaml"
+    try:
+        store.atomic_write_bytes(path, yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).encode())
+    except UserError as e:
+        if not (store.refused_as_read_only(e) and _records_config(path, doc)):
+            raise
+        log.info("%s cannot be written (%s); it already records these stage fingerprints", path,
+                 os_error_reason(e.__cause__))
+
+
+def _records_config(path: Path, doc: dict) -> bool:
+    """Whether the resolved config at `path` has the stage fingerprints of `doc` (paths and output_dir may
+    differ: fingerprints hash input files by content, and cover every section a stage reads)."""
+    try:
+        old = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    provenance = old.get("_provenance") if isinstance(old, dict) else None
+    return isinstance(provenance, dict) and provenance.get("fingerprints") == doc["_provenance"]["fingerprints"]

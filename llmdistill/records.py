@@ -246,11 +246,12 @@ def read_prompt_file(path, system_prompt: str | None = None, *, format: str = "a
     path = Path(path)
     text_format = format == "text" or (format == "auto" and path.suffix == ".txt")
     out = []
-    with path.open(encoding="utf-8") as f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
+                check_utf8(line)
                 obj = {"prompt": line.strip()} if text_format else _json_line(line)
                 out.append(prompt_from_dict(obj, path, system_prompt, level, source, tags))
             except ValueError as e:
@@ -259,6 +260,22 @@ def read_prompt_file(path, system_prompt: str | None = None, *, format: str = "a
                     raise ValueError(message) from None
                 bad_lines.append(message)
     return out
+
+
+def open_text(path):
+    """A user's text file for reading line by line. Bytes that are not UTF-8 do not stop the reading: they
+    come through as lone surrogates, so that `check_utf8` can name the line (and a skipping reader go on)."""
+    return open(path, encoding="utf-8", errors="surrogateescape")
+
+
+def check_utf8(line: str) -> str:
+    """`line` (read through `open_text`), or ValueError "not UTF-8 text (byte 0xff at character 3)"."""
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError as e:
+        byte = ord(line[e.start]) - 0xDC00
+        raise ValueError(f"not UTF-8 text (byte 0x{byte:02x} at character {e.start + 1})") from None
+    return line
 
 
 def _json_line(line: str) -> dict:

@@ -14,11 +14,13 @@ reader (or a killed writer's rerun) never sees half a file. A shard that is neve
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,13 +41,66 @@ class StoreError(UserError):
     """A dataset directory is missing, incomplete or damaged. The message names the file."""
 
 
+_umask_lock = threading.Lock()
+_umask: int | None = None
+
+
+def process_umask() -> int:
+    """The process's umask, read once. Linux shows it in /proc/self/status; elsewhere it can only be read
+    by setting it (os.umask), which is done once, under a lock, at the first write."""
+    global _umask
+    with _umask_lock:
+        if _umask is None:
+            _umask = _read_umask()
+        return _umask
+
+
+def _read_umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    current = os.umask(0o077)  # a file another thread creates in this instant is private, never too open
+    os.umask(current)
+    return current
+
+
+def file_mode() -> int:
+    """The mode a plain `open(path, "w")` would give a new file (0644 under umask 022, 0640 under 027).
+
+    Temporary files from mkstemp are 0600 whatever the umask; files committed from them get this mode, so
+    a run directory is as readable as any other file its user writes."""
+    return 0o666 & ~process_umask()
+
+
+def _chmod_quietly(fd: int) -> None:
+    """Give a new temporary file the umask's mode (a file system that cannot chmod keeps 0600)."""
+    try:
+        os.fchmod(fd, file_mode())
+    except OSError:
+        pass
+
+
+def apply_file_mode(directory: Path) -> None:
+    """Give every file under `directory` the umask's mode (`file_mode`), for writers that make 0600 files
+    whatever the umask: safetensors' `save_file`, and so `save_pretrained`, write model weights that way."""
+    mode = file_mode()
+    for p in Path(directory).rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            os.chmod(p, mode)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that `path` is either the old file or the whole new one."""
+    """Write `data` to `path` so that `path` is either the old file or the whole new one (mode: `file_mode`)."""
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        _chmod_quietly(fd)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -56,10 +111,30 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if tmp is not None:
             _unlink_quietly(tmp)
         if isinstance(e, OSError):
+            if tmp is None and refused_as_read_only(e) and _holds(path, data):
+                return  # a read-only run directory that already says this: nothing to write
             raise StorageError(f"cannot write {path}: {os_error_reason(e)}") from e
         raise
     _fsync_dir(path.parent)
     faults.point("file")
+
+
+READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def refused_as_read_only(e: BaseException) -> bool:
+    """Whether `e` (or the OSError behind a StorageError) is the file system refusing a write: a read-only
+    mount, or a directory this user may not write."""
+    e = e if isinstance(e, OSError) else e.__cause__
+    return isinstance(e, OSError) and e.errno in READ_ONLY_ERRNOS
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """Whether the file at `path` already holds exactly `data` (size first: no read for a changed file)."""
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -85,10 +160,14 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _unlink_quietly(path) -> None:
+    """Remove a file; nothing if it is not there (a read-only mount refuses even that: EROFS, not ENOENT)."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
+    except OSError as e:
+        if e.errno != errno.EROFS or os.path.lexists(path):
+            raise
 
 
 def list_shards(directory: Path) -> list[Path]:
@@ -172,6 +251,7 @@ class ShardWriter:
         tmp = None
         try:
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}.", suffix=".tmp")
+            _chmod_quietly(fd)  # pyarrow rewrites the file in place: the mode stays
             os.close(fd)
             pq.write_table(table.replace_schema_metadata(self.schema.metadata), tmp, **parquet_options(self.schema))
             with open(tmp, "rb+") as f:

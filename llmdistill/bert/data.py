@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from llmdistill.errors import UserError
+from llmdistill.records import check_utf8, open_text
 
 UNLABELLED = -100  # label of a row that has none
 
@@ -28,16 +29,18 @@ def read_rows(path: Path, text_field: str, label_field: str | None, num_labels: 
               limit: int | None = None) -> Rows:
     """JSONL rows; `label_field=None` reads text only. Bad lines raise one UserError naming file and line."""
     texts, labels = [], []
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             if limit is not None and len(texts) >= limit:
                 break
             try:
-                row = json.loads(line)
+                row = json.loads(check_utf8(line))
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{n}: not JSON ({e.msg})") from None
+            except ValueError as e:  # a byte that is not UTF-8
+                raise UserError(f"{path}:{n}: {e}") from None
             text = row.get(text_field) if isinstance(row, dict) else None
             if not isinstance(text, str):
                 raise UserError(f"{path}:{n}: no string field {text_field!r}")

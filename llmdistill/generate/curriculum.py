@@ -15,7 +15,7 @@ from pathlib import Path
 
 from llmdistill import records
 from llmdistill.config import FileSource, GenerateConfig, HFDatasetSource, TemplateSource
-from llmdistill.errors import UserError
+from llmdistill.errors import UserError, describe_template_error
 
 
 @dataclass
@@ -50,10 +50,8 @@ def load_sources(g: GenerateConfig) -> Loaded:
 def _read_file(path, system_prompt, bad, **kwargs) -> list[records.Prompt]:
     try:
         return records.read_prompt_file(path, system_prompt, bad_lines=bad, **kwargs)
-    except ValueError as e:
+    except ValueError as e:  # "file:line: problem" (a byte that is not UTF-8 included)
         raise UserError(str(e)) from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 # -------------------------------------------------------------------------------------------- templates
@@ -69,18 +67,18 @@ def render(template_text: str, variables: dict, where: str) -> str:
     """Render a template in the sandbox; any failure (syntax, undefined variable, unsafe access, include)
     is a UserError naming `where`."""
     import jinja2
-    from jinja2.sandbox import SecurityError
 
     try:
         return sandbox().from_string(template_text).render(**variables).strip()
     except jinja2.TemplateSyntaxError as e:
         raise UserError(f"{where}:{e.lineno}: template syntax error: {e.message}") from None
-    except SecurityError as e:
-        raise UserError(f"{where}: template refused by the sandbox: {e}") from None
-    except jinja2.UndefinedError as e:
-        raise UserError(f"{where}: template uses an undefined variable: {e.message}") from None
-    except (jinja2.TemplateError, TypeError) as e:  # TypeError: include/import without a loader
+    except TypeError as e:  # include/import without a loader
         raise UserError(f"{where}: template cannot render: {e}") from None
+    except Exception as e:  # the sandbox refused, undefined variable, too large a string, ... (errors.py)
+        problem = describe_template_error(e)
+        if problem is None:
+            raise
+        raise UserError(f"{where}: template {problem}") from None
 
 
 def template_prompts(src: TemplateSource, system_prompt: str | None) -> list[records.Prompt]:
@@ -88,10 +86,12 @@ def template_prompts(src: TemplateSource, system_prompt: str | None) -> list[rec
 
     A variable named `answer` becomes the prompt's gold answer."""
     path = Path(src.template)
+    data = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason})") from None
+        line = data[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}: {e.reason})") from None
     keys = list(src.grid)
     sets = [dict(zip(keys, values)) for values in itertools.product(*src.grid.values())] if keys else []
     sets += src.rows

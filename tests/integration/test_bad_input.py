@@ -124,6 +124,18 @@ def test_bad_prompt_line_is_named_and_generate_output_kept(run_copy):
     assert snapshot(run_dir) == before
 
 
+def test_eval_prompt_with_a_byte_that_is_not_utf8_is_named(run_copy):
+    path, data, run_dir = run_copy
+    before = snapshot(run_dir)
+    held = Path(data["eval"]["prompts"])
+    n = len(held.read_bytes().splitlines())
+    with open(held, "ab") as f:  # a Latin-1 line: the eval prompts changed, so eval reruns and meets it
+        f.write(b'{"prompt": "r\xe9sum\xe9 of the sky", "level": 1}\n')
+    line = error_line(cli("run", path))
+    assert f"{held}:{n + 1}: not UTF-8 text (byte 0xe9 at character 14)" in line, line
+    assert snapshot(run_dir) == before
+
+
 # --------------------------------------------------------------------------------------------- models
 def _broken_teacher(tiny, tmp_path, how: str) -> Path:
     d = tmp_path / f"teacher-{how}"
@@ -149,6 +161,22 @@ def test_broken_teacher_is_one_line(run_copy, tiny, tmp_path, how, expected):
     line = error_line(cli("run", path, f"teacher.model={teacher}"))
     assert f"cannot load model '{teacher}'" in line or f"cannot load tokenizer '{teacher}'" in line, line
     assert expected in line, line
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("template, expected", [
+    ("{% for m in messages %}{{ m['content'].__class__.__mro__[1].__subclasses__() }}{% endfor %}",
+     "refused by the sandbox: access to attribute '__class__' of 'str' object is unsafe."),
+    ("{% for m in messages %}{{ m['content'] * 10 ** 6 }}{% endfor %}", "it builds a huge string; refused"),
+    ("{% for m in messages %}{{ m['content'] * 2 ** 50 }}{% endfor %}", "builds a string too large for memory"),
+], ids=["sandbox", "huge-string", "memory-error"])
+def test_teacher_chat_template_that_cannot_work_is_one_line(run_copy, tiny, tmp_path, template, expected):
+    path, data, run_dir = run_copy
+    before = snapshot(run_dir)
+    teacher = _broken_teacher(tiny, tmp_path, "template")
+    (teacher / "chat_template.jinja").write_text(template)
+    line = error_line(cli("run", path, f"teacher.model={teacher}"))
+    assert f"chat template of {teacher}: " in line and expected in line, line
     assert snapshot(run_dir) == before
 
 
@@ -234,3 +262,110 @@ def test_teacher_returning_garbage_is_one_line(run_copy, tiny, tmp_path, tempera
     assert f"teacher '{teacher}' returned garbage" in line and "NaN" in line, line
     assert snapshot(run_dir) == before
     assert not store.list_shards(run_dir / "generate.next")  # no shard of garbage was committed
+
+
+# ------------------------------------------------------------------------------- read-only run directory
+def every_file(run_dir: Path) -> dict[str, str]:
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def _with_report(run_copy) -> tuple[Path, dict, Path]:
+    """The finished copy as `llmdistill run` leaves it: with its report."""
+    path, data, run_dir = run_copy
+    assert cli("report", run_dir).returncode == 0
+    return path, data, run_dir
+
+
+@pytest.fixture()
+def read_only_mount(run_copy, tmp_path):
+    """(config path, run dir): the finished run copied onto a tmpfs that is then remounted read-only."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    path, data, run_dir = _with_report(run_copy)
+    mnt = tmp_path / "ro-disk"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mnt)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
+    try:
+        shutil.copytree(run_dir.parent, mnt / "runs")
+        data["output_dir"] = str(mnt / "runs")
+        path.write_text(yaml.safe_dump(data))
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        yield path, mnt / "runs" / data["name"]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_finished_run_on_a_read_only_file_system_runs_to_a_no_op(read_only_mount):
+    path, run_dir = read_only_mount
+    before = every_file(run_dir)
+    res = cli("run", path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert all(f"stage {s}: up to date" in res.stderr for s in ("generate", "filter", "train", "eval")), res.stderr
+    assert cli("validate", path).returncode == 0
+    # work to do on read-only storage: one line that says so
+    line = error_line(cli("run", path, "train.max_steps=5"))
+    assert "[EROFS] Read-only file system" in line and str(run_dir) in line, line
+    assert every_file(run_dir) == before
+
+
+def test_finished_run_in_a_directory_that_refuses_writes_runs_to_a_no_op(run_copy, monkeypatch):
+    """The same with the refusal injected (runs anywhere, root or not): every call that would create,
+    change or remove anything under the run directory fails with EROFS, as a read-only mount does."""
+    import builtins
+    import errno
+    import io
+
+    from typer.testing import CliRunner
+
+    from llmdistill import cli as llmdistill_cli
+
+    path, _, run_dir = _with_report(run_copy)
+    before = every_file(run_dir)
+    root = str(run_dir.parent)
+
+    def refuse(target):
+        if str(os.path.abspath(os.fspath(target))).startswith(root):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(target))
+
+    real_open, real_os_open, real_mkdir = builtins.open, os.open, os.mkdir
+    writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+    def open_(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+"):
+            refuse(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def os_open(file, flags, *args, **kwargs):
+        if flags & writes:
+            refuse(file)
+        return real_os_open(file, flags, *args, **kwargs)
+
+    def mkdir(file, *args, **kwargs):
+        if os.path.exists(file):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(file))
+        refuse(file)
+        return real_mkdir(file, *args, **kwargs)
+
+    def refused(real):
+        def call(file, *args, **kwargs):
+            refuse(file)
+            return real(file, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(io, "open", open_)
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    for name in ("unlink", "remove", "rmdir", "replace", "rename", "chmod", "truncate"):
+        monkeypatch.setattr(os, name, refused(getattr(os, name)))
+    res = CliRunner().invoke(llmdistill_cli.app, ["run", str(path)])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(llmdistill_cli.app, ["run", str(path), "train.max_steps=5"])
+    assert res.exit_code == 2, res.output
+    errors = [line for line in res.stderr.splitlines() if line.startswith("llmdistill: error:")]
+    assert len(errors) == 1 and "[EROFS] Read-only file system" in errors[0], res.output
+    monkeypatch.undo()
+    assert every_file(run_dir) == before

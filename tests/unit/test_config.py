@@ -200,3 +200,82 @@ def test_did_you_mean_inside_an_optional_section(tmp_path):
     path = write(tmp_path, minimal(tmp_path))
     with pytest.raises(ConfigError, match=r"generate\.evolve\.roundz: unknown key \(did you mean 'rounds'\?\)"):
         load_config(path, ["generate.evolve.roundz=2"])
+
+
+# ---- duplicate keys, one-line YAML errors, paths that are not files (issue 11, items 12 and 16)
+DUPLICATED = """\
+generate:
+  prompts: p.jsonl
+train:
+  student:
+    teacher_layers: [0, 1]
+  lr: 0.001
+  loss:
+    - {name: forward_kl, weight: 0.9, weight: 0.5}
+  max_steps: 5
+  lr: 0.1
+eval:
+  prompts: p.jsonl
+"""
+
+
+def test_duplicate_keys_are_refused_with_both_lines(tmp_path):
+    minimal(tmp_path)  # writes p.jsonl
+    path = tmp_path / "dup.yaml"
+    path.write_text(DUPLICATED)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert e.value.errors == ["train.loss.0.weight: duplicate key (line 8, columns 26 and 39)",
+                              "train.lr: duplicate key (lines 6 and 10)"]
+    path.write_text(DUPLICATED.replace("  lr: 0.1\n", "").replace(", weight: 0.5", "") + "train: {}\n")
+    with pytest.raises(ConfigError, match=r"^.*dup\.yaml: train: duplicate key \(lines 3 and 12\)$"):
+        load_config(path)
+
+
+def test_yaml_merge_keys_and_aliases_are_not_duplicates(tmp_path):
+    from llmdistill.config import parse_yaml
+
+    text = "base: &b {x: 1, y: 2}\nsame: *b\nmerged:\n  <<: *b\n  x: 3\n"
+    assert parse_yaml(text) == yaml.safe_load(text) == {
+        "base": {"x": 1, "y": 2}, "same": {"x": 1, "y": 2}, "merged": {"x": 3, "y": 2}}
+
+
+def test_duplicate_keys_in_a_bert_config(tmp_path):
+    from llmdistill.config import load_bert_config
+
+    path = tmp_path / "bert-dup.yaml"
+    path.write_text((REPO / "configs" / "bert-kd.yaml").read_text() + "\nname: again\nname: twice\n")
+    with pytest.raises(ConfigError, match=r"^.*bert-dup\.yaml: name: duplicate key \(lines \d+ and \d+\)"):
+        load_bert_config(path)
+
+
+def test_bad_yaml_override_value_is_one_line(tmp_path):
+    path = write(tmp_path, minimal(tmp_path))
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["train.lr=[1,"])
+    assert e.value.errors == ["override 'train.lr=[1,': value is not valid YAML "
+                              "(expected the node content, but found '<stream end>' at column 13)"]
+    res = subprocess.run([PYTHON, "-m", "llmdistill.cli", "validate", str(path), "train.max_steps={a: 1"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "override 'train.max_steps={a: 1': value is not valid YAML (" in res.stderr
+
+
+def test_config_path_that_is_a_directory(tmp_path):
+    with pytest.raises(ConfigError, match=f"config {tmp_path} is a directory, not a file"):
+        load_config(tmp_path)
+    data = minimal(tmp_path)
+    (tmp_path / "prompts.d").mkdir()
+    data["eval"]["prompts"] = "prompts.d"
+    with pytest.raises(ConfigError, match=r"eval\.prompts\.0: .*prompts\.d is a directory, not a file"):
+        load_config(write(tmp_path, data))
+    with pytest.raises(ConfigError, match="config file not found: "):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_config_that_is_not_utf8_names_the_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"name: demo\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: line 2: not UTF-8 text \(byte 0xe9"):
+        load_config(path)

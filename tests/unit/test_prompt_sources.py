@@ -66,6 +66,30 @@ def test_bad_lines_skipped_and_reported(tmp_path):
     assert "'level' must be a non-negative integer" in loaded.bad_lines[2]
 
 
+def test_bad_utf8_byte_is_named_by_file_and_line_in_both_modes(tmp_path):
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b'{"prompt": "fine", "level": 1}\n{"prompt": "na\xefve", "level": 1}\n{"prompt": "also fine"}\n')
+    cfg = gen_config(tmp_path, {"prompts": str(bad)})
+    with pytest.raises(UserError, match=r"latin1\.jsonl:2: not UTF-8 text \(byte 0xef at character 15\)"):
+        curriculum.load_sources(cfg.generate)
+    text = tmp_path / "latin1.txt"
+    text.write_bytes(b"fine\nna\xefve\n")
+    cfg = gen_config(tmp_path, {"prompts": str(bad), "on_bad_line": "skip",
+                                "sources": [{"kind": "file", "path": str(text)}]})
+    loaded = curriculum.load_sources(cfg.generate)
+    assert [p.messages[-1]["content"] for p in loaded.prompts] == ["fine", "also fine", "fine"]
+    assert loaded.bad_lines == [f"{bad}:2: not UTF-8 text (byte 0xef at character 15)",
+                                f"{text}:2: not UTF-8 text (byte 0xef at character 3)"]
+
+
+def test_template_that_is_not_utf8_names_the_line(tmp_path):
+    template = tmp_path / "t.j2"
+    template.write_bytes(b"What is {{ a }}?\n{# caf\xe9 #}\n")
+    cfg = gen_config(tmp_path, {"sources": [{"kind": "template", "template": str(template), "rows": [{"a": 1}]}]})
+    with pytest.raises(UserError, match=r"t\.j2:2: not UTF-8 text \(byte 0xe9"):
+        curriculum.load_sources(cfg.generate)
+
+
 def test_generate_needs_some_prompts(tmp_path):
     with pytest.raises(UserError, match="generate.prompts .* or generate.sources"):
         gen_config(tmp_path, {})

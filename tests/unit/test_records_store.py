@@ -168,6 +168,32 @@ def test_prompt_file_errors_name_file_and_line(tmp_path):
         records.read_prompt_file(p)
 
 
+# Real text with a byte that is not UTF-8 on line 3 (a Latin-1 "é" pasted into a UTF-8 file), and
+# characters that are fine: a no-break space, curly quotes, a line separator inside a JSON string.
+NOT_UTF8 = ('{"prompt": "caf\u00e9 \u2019quoted\u2019", "level": 1}\n'.encode()
+            + '{"prompt": "no\u00a0break\u2028space", "level": 1}\n'.encode()
+            + b'{"prompt": "caf\xe9 au lait", "level": 2}\n'
+            + b'{"prompt": "last", "level": 3}\n')
+
+
+def test_prompt_file_with_a_byte_that_is_not_utf8_names_file_and_line(tmp_path):
+    p = tmp_path / "mixed.jsonl"
+    p.write_bytes(NOT_UTF8)
+    with pytest.raises(ValueError, match=r"^.*mixed\.jsonl:3: not UTF-8 text \(byte 0xe9 at character 16\)$"):
+        records.read_prompt_file(p)
+    with pytest.raises(ValueError, match=r"mixed\.jsonl:3: not UTF-8 text"):
+        records.load_prompts([p])  # eval's reader
+    bad: list[str] = []
+    prompts = records.read_prompt_file(p, bad_lines=bad)  # skip mode: the other lines are read
+    assert [q.messages[-1]["content"] for q in prompts] == ["caf\u00e9 \u2019quoted\u2019", "no\u00a0break\u2028space",
+                                                           "last"]
+    assert bad == [f"{p}:3: not UTF-8 text (byte 0xe9 at character 16)"]
+    t = tmp_path / "plain.txt"  # text format too
+    t.write_bytes(b"one\r\ntw\xff\xfeo\r\nthree\n")
+    with pytest.raises(ValueError, match=r"plain\.txt:2: not UTF-8 text \(byte 0xff at character 3\)"):
+        records.read_prompt_file(t)
+
+
 def test_curriculum_order_dedup_and_even_subsample(tmp_path):
     lines = [json.dumps({"prompt": f"q{i}", "level": lv}) for i, lv in enumerate([3, 1, 2, 1, 3, 2, 1, 2, 3])]
     lines.append(json.dumps({"prompt": "q0", "level": 3}))  # an exact repeat is dropped
@@ -178,3 +204,73 @@ def test_curriculum_order_dedup_and_even_subsample(tmp_path):
     few = records.load_prompts([p], max_prompts=3)
     assert [x.level for x in few] == [1, 2, 3]
     assert [x.level for x in records.load_prompts([p], order="file")][:3] == [3, 1, 2]
+
+
+# ---- file modes follow the umask (issue 11, item 14)
+UMASK_CHILD = """
+import os, stat, sys
+from pathlib import Path
+os.umask(int(sys.argv[2], 8))
+from llmdistill import records, store
+sys.path.insert(0, sys.argv[3])
+from test_records_store import make_sample
+d = Path(sys.argv[1])
+store.atomic_write_json(d / "a" / "stats.json", {"x": 1})
+store.atomic_write_bytes(d / "a" / "stats.json", b"again")  # a replaced file too
+shard = store.ShardWriter(d / "a").write([make_sample(0)])
+with open(d / "plain.txt", "w") as f:  # what any other writer of this process gets
+    f.write("x")
+for p in (d / "a" / "stats.json", shard, d / "plain.txt"):
+    print(oct(stat.S_IMODE(p.stat().st_mode)))
+"""
+
+
+@pytest.mark.parametrize("umask, mode", [("022", "0o644"), ("027", "0o640"), ("077", "0o600")])
+def test_atomic_files_and_shards_get_the_umask_mode(tmp_path, umask, mode):
+    """A fresh process (the umask is read once per process), as a user's shell would start it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    res = subprocess.run([sys.executable, "-c", UMASK_CHILD, str(tmp_path), umask, str(Path(__file__).parent)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == [mode, mode, mode]
+
+
+def test_apply_file_mode_opens_up_safetensors_weights(tmp_path):
+    """safetensors writes weights 0600 whatever the umask; apply_file_mode is the fix for such writers."""
+    import stat
+
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "student").mkdir()
+    weights = tmp_path / "student" / "model.safetensors"
+    save_file({"w": torch.zeros(2)}, str(weights))  # 0600 with safetensors 0.8, whatever the umask
+    weights.chmod(0o600)
+    store.apply_file_mode(tmp_path)
+    assert stat.S_IMODE(weights.stat().st_mode) == store.file_mode()
+
+
+def test_umask_is_read_without_changing_it(monkeypatch):
+    import os
+
+    monkeypatch.setattr(store, "_umask", None)
+    before = os.umask(0o027)
+    try:
+        assert store.process_umask() == 0o027 and store.file_mode() == 0o640
+        assert os.umask(0o027) == 0o027  # still what it was
+        monkeypatch.setattr(store, "_umask", None)
+        real_open = open
+
+        def no_proc(path, *args, **kwargs):  # a system without /proc: read by setting it, once
+            if str(path) == "/proc/self/status":
+                raise FileNotFoundError(path)
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr("builtins.open", no_proc)
+        assert store.process_umask() == 0o027
+        assert os.umask(0o027) == 0o027
+    finally:
+        os.umask(before)
