@@ -104,6 +104,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
     import torch
 
     from llmdistill.train.student import build_student
+    from llmdistill.train.trainer import LogAtCheckpoints, mean_train_loss
 
     t = cfg.train
     if mode == "seq_kd" and any(x.name != "ce" for x in terms):
@@ -136,6 +137,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
                                  for x in terms)
         if any(x.name != "ce" for x in terms):
             description += f", {t.teacher_signal} teacher signal"
+    trainer.add_callback(LogAtCheckpoints())
     last = last_complete_checkpoint(ckpt_dir)
     log.info("train: %s with %s on %d samples", name, description, len(trainer.train_dataset))
     started = time.monotonic()
@@ -146,15 +148,18 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
         trainer._load_from_checkpoint(last)
         trainer.state.global_step = state["global_step"]
         trainer.state.log_history = state["log_history"]
-        training_loss = None
     else:
         if last:
             log.info("train: %s resuming from %s", name, last)
-        training_loss = trainer.train(resume_from_checkpoint=last).training_loss
+        trainer.train(resume_from_checkpoint=last)
     seconds = round(time.monotonic() - started, 1)
 
     final_dir = ctx.out_dir / name
     history = trainer.state.log_history
+    training_loss = mean_train_loss(history)  # every step, whichever attempts ran them
+    for entry in history:
+        if "train_loss" in entry:  # Trainer's own figure covers only this attempt's steps
+            entry["train_loss"] = training_loss
     if ctx.main_process:
         _save_final(trainer, tokenizer, final_dir, lora=t.lora is not None)
         store.mark_success(final_dir, {"variant": name, "global_step": trainer.state.global_step})

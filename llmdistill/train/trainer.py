@@ -138,6 +138,31 @@ class DistillTrainer(Trainer):
         super().log(logs, start_time)
 
 
+class LogAtCheckpoints(TrainerCallback):
+    """Log at every checkpoint step (not only every `logging_steps`), so that a checkpoint never holds
+    steps whose losses are not yet in its log history. A run resumed from it then logs exactly what an
+    uninterrupted run logs, and the mean training loss over all steps (`mean_train_loss`) is the same."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            control.should_log = True
+
+
+def mean_train_loss(history: list[dict]) -> float | None:
+    """The mean per-step training loss over every step in a Trainer log history (None before any).
+
+    Each entry with a "loss" is the mean over the steps since the entry before it; the history a run
+    resumes with is the checkpoint's, so the mean covers the steps of every attempt (Trainer's own
+    `training_loss` covers only the last `train()` call)."""
+    total, steps, last = 0.0, 0, 0
+    for entry in history:
+        if "loss" in entry and "step" in entry:
+            total += entry["loss"] * (entry["step"] - last)
+            steps += entry["step"] - last
+            last = entry["step"]
+    return total / steps if steps else None
+
+
 class FaultPoints(TrainerCallback):
     """The `step` and `checkpoint` points of `llmdistill.faults` (inert unless LLMDISTILL_FAULT is set)."""
 
