@@ -14,6 +14,7 @@ Outputs under train/:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -21,7 +22,7 @@ import time
 
 from llmdistill import models, store
 from llmdistill.config import Config, LossTerm
-from llmdistill.errors import UserError
+from llmdistill.errors import StorageError, UserError
 from llmdistill.pipeline import StageContext
 from llmdistill.train import preflight
 
@@ -151,7 +152,14 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
     else:
         if last:
             log.info("train: %s resuming from %s", name, last)
-        trainer.train(resume_from_checkpoint=last)
+        try:
+            with models.writing("a checkpoint under", ckpt_dir):
+                trainer.train(resume_from_checkpoint=last)
+        except BaseException as e:
+            _close_progress_bars(trainer)  # so that the error is printed on a line of its own
+            if isinstance(e, StorageError):
+                last_complete_checkpoint(ckpt_dir)  # removes the one cut short: its space, a bad resume point
+            raise
     seconds = round(time.monotonic() - started, 1)
 
     final_dir = ctx.out_dir / name
@@ -183,30 +191,49 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
 
 def last_complete_checkpoint(ckpt_dir) -> str | None:
     """The newest checkpoint whose save finished, or None. Trainer writes trainer_state.json last, so a
-    checkpoint without it was cut short by a kill: it is removed (resuming from it would fail)."""
+    checkpoint without a whole one was cut short (a kill, a full disk): it is removed (resuming from it
+    would fail)."""
     from transformers.trainer_utils import get_last_checkpoint
 
     while ckpt_dir.is_dir() and (last := get_last_checkpoint(str(ckpt_dir))) is not None:
-        if os.path.exists(os.path.join(last, "trainer_state.json")):
+        if _readable_state(os.path.join(last, "trainer_state.json")):
             return last
         log.warning("train: removing the incomplete checkpoint %s (its save was interrupted)", last)
         shutil.rmtree(last)
     return None
 
 
+def _close_progress_bars(trainer) -> None:
+    """End Trainer's progress bars, which a failed train() leaves open mid-line."""
+    for callback in trainer.callback_handler.callbacks:
+        for name in ("training_bar", "prediction_bar"):
+            bar = getattr(callback, name, None)
+            if bar is not None:
+                bar.close()
+                setattr(callback, name, None)
+
+
+def _readable_state(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return "global_step" in json.load(f)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def _save_final(trainer, tokenizer, final_dir, lora: bool) -> None:
     """Write the final student next to its destination, then swap it in with one rename."""
-    tmp = final_dir.with_name(f".{final_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if lora:
-        model.save_pretrained(str(tmp / "adapter"))  # the adapter alone, for peft users
-        model.merge_and_unload().save_pretrained(str(tmp))  # and a plain model with it merged in
-    else:
-        model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(final_dir, ignore_errors=True)
-    os.replace(tmp, final_dir)
+
+    def write(tmp):
+        if lora:
+            model.save_pretrained(str(tmp / "adapter"))  # the adapter alone, for peft users
+            model.merge_and_unload().save_pretrained(str(tmp))  # and a plain model with it merged in
+        else:
+            model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+
+    models.save_dir(final_dir, "the trained student", write)
 
 
 def _with_lora(student, lora):
