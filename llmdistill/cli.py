@@ -95,9 +95,13 @@ def _run(config, overrides, stages, force, standalone, verbose, **kwargs) -> Non
 
 
 def _write_report(run_dir: Path) -> None:
+    from llmdistill.errors import UserError
     from llmdistill.report import write_report
 
-    typer.echo(f"report: {write_report(run_dir)}")
+    try:
+        typer.echo(f"report: {write_report(run_dir)}")
+    except UserError as e:  # a full disk, ...: one line, like every refused write
+        _fail(str(e), EXIT_BAD_INPUT)
 
 
 @app.callback(invoke_without_command=True)

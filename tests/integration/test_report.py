@@ -133,6 +133,28 @@ def test_report_command(reported_run, tmp_path):
     assert res.returncode == 2 and "not a run directory" in res.stderr
 
 
+def test_report_on_a_full_disk_is_one_line_and_keeps_the_old_page(reported_run, monkeypatch):
+    import errno
+    import os
+
+    from typer.testing import CliRunner
+
+    from llmdistill import cli
+
+    page = reported_run / "report" / "index.html"
+    old = page.read_bytes()
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    res = CliRunner().invoke(cli.app, ["report", str(reported_run)])
+    assert res.exit_code == 2 and "Traceback" not in res.stderr, res.output
+    errors = [line for line in res.stderr.splitlines() if line.startswith("llmdistill: error:")]
+    assert errors == [f"llmdistill: error: cannot write {page}: [ENOSPC] No space left on device"]
+    assert page.read_bytes() == old
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
