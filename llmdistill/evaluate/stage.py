@@ -58,20 +58,19 @@ def run(cfg: Config, ctx: StageContext) -> None:
 
     students, other_tokenizer = {}, {}
     teacher_hash = models.tokenizer_info(tokenizer)["tokenizer_hash"]
-    for name in STUDENT_VARIANTS:
-        path = ctx.upstream_dir / name
-        if store.read_success(path) is not None:
-            students[name] = models.load_causal_lm(str(path), "float32", device)
-            student_tokenizer = models.load_tokenizer(str(path))
-            if models.tokenizer_info(student_tokenizer)["tokenizer_hash"] != teacher_hash:
-                other_tokenizer[name] = student_tokenizer
-    if not students:
+    # students are derived from the teacher and saved with its code, if it has any: trusted as the teacher is
+    trust = cfg.teacher.trust_remote_code
+    paths = {name: ctx.upstream_dir / name for name in STUDENT_VARIANTS
+             if store.read_success(ctx.upstream_dir / name) is not None}
+    if not paths:
         raise UserError(f"eval: no trained student under {ctx.upstream_dir}")
     if e.compare_to is not None:
-        students[PROMOTED] = models.load_causal_lm(e.compare_to, "float32", device)
-        promoted_tokenizer = models.load_tokenizer(e.compare_to)
-        if models.tokenizer_info(promoted_tokenizer)["tokenizer_hash"] != teacher_hash:
-            other_tokenizer[PROMOTED] = promoted_tokenizer
+        paths[PROMOTED] = e.compare_to
+    for name, path in paths.items():
+        students[name] = models.load_causal_lm(str(path), "float32", device, trust_remote_code=trust)
+        student_tokenizer = models.load_tokenizer(str(path), trust_remote_code=trust)
+        if models.tokenizer_info(student_tokenizer)["tokenizer_hash"] != teacher_hash:
+            other_tokenizer[name] = student_tokenizer
     for name in other_tokenizer:
         log.warning("eval: %s uses another tokenizer than the teacher: token-level metrics are left out for it", name)
 
