@@ -11,7 +11,7 @@ Within a chunk the student's log-softmax is computed once per distinct temperatu
 term (CE uses the T = 1 one). The CE on the teacher's tokens is always measured, as a metric when it is
 not a term (or has weight 0): the training log and the report compare students trained with different
 objectives on that one quantity. It is read from the same chunk's logits, so it costs no extra pass (a
-gather when a T = 1 term exists, one detached log-softmax per chunk otherwise).
+gather when a T = 1 term exists, one detached cross-entropy per chunk otherwise).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def chunked_loss(
     per_token: also return this term's per-token values, detached, as 'per_token' [N] (closed-loop
         curriculum).
     """
-    from llmdistill.train.losses import tempered_logprobs
+    from llmdistill.train.losses import cross_entropy, tempered_logprobs
 
     if chunk_tokens is None:
         chunk_tokens = auto_chunk_tokens(head.weight.shape[0])
@@ -78,8 +78,10 @@ def chunked_loss(
                 tokens = per.detach()
         if measure_ce:  # a metric only: from the logits already here, without a graph
             with torch.no_grad():
-                lp = logp[1.0].detach() if 1.0 in logp else tempered_logprobs(logits.detach(), 1.0)
-                values.append(-lp.gather(-1, tgt.long().unsqueeze(-1)).sum())
+                if 1.0 in logp:
+                    values.append(-logp[1.0].detach().gather(-1, tgt.long().unsqueeze(-1)).sum())
+                else:
+                    values.append(cross_entropy(logits.detach(), tgt).sum())
         return total, torch.stack(values), tokens
 
     weight, bias = head.weight, head.bias
