@@ -95,9 +95,11 @@ def _run(config, overrides, stages, force, standalone, verbose, **kwargs) -> Non
 
 
 def _write_report(run_dir: Path, keep_if_read_only: bool = False) -> None:
-    """Write the run's report. `keep_if_read_only`: nothing ran, so a report already there (in a run
-    directory on read-only storage) is kept as it is instead of failing the run."""
+    """Write the run's report; a write that fails (disk full, ...) is one line and exit 2.
+    `keep_if_read_only`: nothing ran, so a report already there (in a run directory on read-only
+    storage) is kept as it is instead of failing the run."""
     from llmdistill import store
+    from llmdistill.errors import UserError
     from llmdistill.report import REPORT_DIR, write_report
 
     try:
@@ -105,9 +107,11 @@ def _write_report(run_dir: Path, keep_if_read_only: bool = False) -> None:
     except store.StorageError as e:
         existing = run_dir / REPORT_DIR / "index.html"
         if not (keep_if_read_only and store.refused_as_read_only(e) and existing.is_file()):
-            raise
+            _fail(str(e), EXIT_BAD_INPUT)
         logging.getLogger("llmdistill").warning("report not rewritten (%s); nothing ran, so %s stands", e, existing)
         typer.echo(f"report: {existing}")
+    except UserError as e:
+        _fail(str(e), EXIT_BAD_INPUT)
 
 
 @app.callback(invoke_without_command=True)

@@ -11,19 +11,23 @@ Heavy imports (torch, transformers) happen inside the functions.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import errno
 import fcntl
 import hashlib
 import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
+from llmdistill import store
 from llmdistill.config import MODEL_ALIASES
-from llmdistill.errors import UserError, describe_template_error
+from llmdistill.errors import StorageError, UserError, describe_os_error, describe_template_error, os_error_reason
 from llmdistill.records import stable_hash
 
 log = logging.getLogger("llmdistill")
@@ -78,12 +82,88 @@ def _materialise_smollm2() -> Path:
         # save_pretrained refuses a GGUF-loaded model: rebuild a plain one with the same weights.
         plain = LlamaForCausalLM(LlamaConfig(**cfg)).float()
         plain.load_state_dict(gguf_model.state_dict())
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        plain.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        os.replace(tmp, target)
+        save_dir(target, "the converted SmolLM2", lambda tmp: (plain.save_pretrained(str(tmp)),
+                                                                 tok.save_pretrained(str(tmp))))
     return target
+
+
+def save_dir(target: Path, what: str, write) -> None:
+    """Call `write(tmp)` to fill a directory beside `target` (a model, its tokenizer), give its files the
+    umask's mode, then swap it in with one rename. A failed write (disk full, ...) is a StorageError naming `target`, the partial copy
+    is removed and `target` is left as it was."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with writing(what, target):
+            write(tmp)
+            store.apply_file_mode(tmp)  # safetensors writes 0600 whatever the umask
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial copy only takes the space a rerun needs
+        raise
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+
+
+# torch's zip writer reports a failed write(2) by its position check, without the errno
+_TORCH_WRITE_FAILED = ("PytorchStreamWriter failed", "unexpected pos ")
+
+
+def write_failure(e: BaseException, path: Path) -> str | None:
+    """Why saving under `path` failed, e.g. `[ENOSPC] No space left on device`, when `e` is a failed write
+    (an OSError; safetensors' "I/O error: ... (os error 28)"; torch.save's stream-writer failure), else None.
+
+    torch's message carries no errno, so the file system under `path` is asked: no space left, read-only,
+    not writable. Anything else (a shape error, CUDA out of memory) is not a write failure: None."""
+    if isinstance(e, OSError):
+        return describe_os_error(e) if e.errno is not None else os_error_reason(e)
+    text = str(e)
+    if type(e).__name__ == "SafetensorError":
+        code = re.search(r"\(os error (\d+)\)", text)
+        if code is None:
+            return None
+        return os_error_reason(OSError(int(code.group(1)), os.strerror(int(code.group(1)))))
+    if isinstance(e, RuntimeError) and any(marker in text for marker in _TORCH_WRITE_FAILED):
+        cause = e.__cause__ or e.__context__  # a Python stream's own OSError, when it had one
+        if isinstance(cause, OSError) and cause.errno is not None:
+            return os_error_reason(cause)
+        return _file_system_reason(path) or f"write failed ({_first_line(e)})"
+    return None
+
+
+def _file_system_reason(path: Path) -> str | None:
+    """The errno a write under `path` most likely met, judged from the file system as it is now."""
+    where = Path(path)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        st = os.statvfs(where)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        code = errno.EROFS
+    elif st.f_bavail * st.f_frsize < 2**20:  # under 1 MiB left just after a failed model write: full
+        code = errno.ENOSPC
+    elif not os.access(where, os.W_OK):
+        code = errno.EACCES
+    else:
+        return None
+    return os_error_reason(OSError(code, os.strerror(code)))
+
+
+@contextlib.contextmanager
+def writing(what: str, path: Path):
+    """Saving `what` under `path`: a failed write (see `write_failure`) becomes one StorageError naming
+    `path` and the errno; any other error passes through untouched."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as e:
+        reason = write_failure(e, path)
+        if reason is None:
+            raise
+        raise StorageError(f"cannot write {what} {path}: {reason}") from e
 
 
 def _quiet_transformers() -> None:

@@ -98,24 +98,67 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def plot_loss(histories: dict[str, list[dict]] | None) -> bytes | None:
-    if not histories:
-        return None
-    fig, ax = _figure()
-    drawn = False
-    for name, history in histories.items():
-        train = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
-        held = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and "step" in h]
+def loss_series(histories: dict[str, list[dict]] | None) -> dict[str, dict]:
+    """The curves of the training-loss plot, as (step, value) lists, from the train log histories.
+
+    'ce': per variant, the cross-entropy on the teacher's tokens ('train', and 'held_out' when
+    train.eval_every is set): the one quantity every offline variant logs (`loss_ce`, measured even when
+    CE is not a term of its objective), so the curves of a KD student and of the SFT-only baseline are
+    comparable. 'terms': per variant, each distillation term, unweighted ('loss_<divergence>'); a variant
+    that logs no CE (on-policy training through trl) has its own objective there as 'objective'.
+    A variant's total objective (Trainer's 'loss') is never put beside another variant's CE.
+    """
+    ce: dict[str, dict] = {}
+    terms: dict[str, dict] = {}
+    histories = histories or {}
+    rank = {n: i for i, n in enumerate(STUDENT_ORDER)}
+    for name in sorted(histories, key=lambda n: (rank.get(n, len(rank)), n)):  # the other plots' order
+        history = histories[name]
+        steps = [h for h in history if "step" in h]
+        train = [(h["step"], h["loss_ce"]) for h in steps if "loss_ce" in h]
+        held = [(h["step"], h["eval_loss_ce"]) for h in steps if "eval_loss_ce" in h]
         if train:
-            line, = ax.plot(*zip(*train), marker=".", label=f"{name} (train)")
-            drawn = True
-            if held:
-                ax.plot(*zip(*held), linestyle="--", marker="o", color=line.get_color(), label=f"{name} (held out)")
-    if not drawn:
+            ce[name] = {"train": train, "held_out": held}
+        divergences = sorted({k[len("loss_"):] for h in steps for k in h if k.startswith("loss_") and k != "loss_ce"})
+        curves = {d: [(h["step"], h[f"loss_{d}"]) for h in steps if f"loss_{d}" in h] for d in divergences}
+        if not train and any("loss" in h for h in steps):
+            curves["objective"] = [(h["step"], h["loss"]) for h in steps if "loss" in h]
+        if curves:
+            terms[name] = curves
+    return {"ce": ce, "terms": terms}
+
+
+def plot_loss(histories: dict[str, list[dict]] | None) -> bytes | None:
+    series = loss_series(histories)
+    panels = [p for p in ("ce", "terms") if series[p]]
+    if not panels:
         return None
-    ax.set(xlabel="optimizer step", ylabel="loss", title="Training loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.2 * len(panels), 3.8), dpi=100, layout="constrained")
+    axes = dict(zip(panels, fig.subplots(1, len(panels), squeeze=False)[0]))
+    colors = {name: f"C{i}" for i, name in enumerate(dict.fromkeys([*series["ce"], *series["terms"]]))}
+    if "ce" in axes:
+        ax = axes["ce"]
+        for name, curves in series["ce"].items():
+            ax.plot(*zip(*curves["train"]), marker=".", color=colors[name], label=f"{name} (train)")
+            if curves["held_out"]:
+                ax.plot(*zip(*curves["held_out"]), linestyle="--", marker="o", color=colors[name],
+                        label=f"{name} (held out)")
+        ax.set(xlabel="optimizer step", ylabel="cross-entropy, nats per token",
+               title="CE on the teacher's tokens (every variant)")
+    if "terms" in axes:
+        ax = axes["terms"]
+        for name, curves in series["terms"].items():
+            for (term, points), style in zip(curves.items(), ("-", ":", "-.", "--") * 4):
+                ax.plot(*zip(*points), marker=".", linestyle=style, color=colors[name], label=f"{name}: {term}")
+        ax.set(xlabel="optimizer step", ylabel="nats per token (unweighted)", title="Distillation terms")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes.values():
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
     return _png(fig)
 
 
@@ -315,7 +358,7 @@ def run_table(data: dict) -> str:
     for stage, fp in (prov.get("fingerprints") or {}).items():
         rows.append([f"fingerprint: {stage}", fp])
     for name, m in train.items():
-        rows.append([f"train: {name}", f"{m.get('steps')} steps, mode {m.get('mode')}, final loss "
+        rows.append([f"train: {name}", f"{m.get('steps')} steps, mode {m.get('mode')}, mean training loss "
                                        f"{_num(m.get('train_loss'), '.4f')}"])
     ev = data.get("eval") or {}
     if ev:
@@ -363,7 +406,8 @@ def render(data: dict) -> str:
     parts.append("<h2>Summary</h2>")
     parts.append(summary_table(models, ev.get("topk")) if models else _missing("table-summary", no_eval))
     sections = [
-        ("Training loss", _img("plot-loss", plot_loss(data.get("histories")), "training loss curves",
+        ("Training loss", _img("plot-loss", plot_loss(data.get("histories")),
+                               "CE on the teacher's tokens and the distillation terms per step",
                                "no train/log_history.*.json with logged losses")),
         ("Agreement by curriculum level",
          _img("plot-agreement-by-level", plot_agreement_by_level(models), "top-1 agreement per level", no_eval)

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from llmdistill import __version__, models, records, store
-from llmdistill.config import Config, GenerateConfig
+from llmdistill.config import Config, GenerateConfig, TeacherConfig
 from llmdistill.generate.teachers import build_teacher
 from llmdistill.pipeline import StageContext
 
@@ -44,6 +44,7 @@ def run(cfg: Config, ctx: StageContext) -> None:
     if done:
         log.info("annotate: resuming, %d rows already committed", len(done))
     gcfg = GenerateConfig(prompts=[], topk=a.topk, batch_size=a.batch_size, logprob_mode="raw")
+    tcfg = annotating_teacher(cfg)
     writer = store.ShardWriter(ctx.out_dir)
     teacher = None
     same_tokenizer = False
@@ -56,7 +57,7 @@ def run(cfg: Config, ctx: StageContext) -> None:
     def flush_batch() -> None:
         nonlocal teacher, same_tokenizer
         if teacher is None:  # loaded lazily: a rerun with nothing left to do never loads the model
-            teacher = build_teacher(a.teacher, gcfg)
+            teacher = build_teacher(tcfg, gcfg)
             same_tokenizer = (models.tokenizer_info(teacher.tokenizer)["tokenizer_hash"]
                               == upstream["provenance"].get("tokenizer_hash"))
         pending.extend(annotate_batch(teacher, batch, same_tokenizer, counts))
@@ -79,7 +80,7 @@ def run(cfg: Config, ctx: StageContext) -> None:
     if teacher is None and (ctx.out_dir / store.MANIFEST).exists():
         provenance = store.read_manifest(ctx.out_dir)["provenance"]
     else:
-        teacher = teacher or build_teacher(a.teacher, gcfg)
+        teacher = teacher or build_teacher(tcfg, gcfg)
         provenance = teacher.provenance() | {
             "annotated_by": a.teacher.model,
             "annotate_method": METHOD[a.teacher.backend],
@@ -112,6 +113,15 @@ def run(cfg: Config, ctx: StageContext) -> None:
     store.atomic_write_json(ctx.out_dir / store.STATS, stats)
     log.info("annotate: %d rows (%s) scored by %s -> %s", row_counts["rows"], dict(counts), a.teacher.model,
              ctx.out_dir)
+
+
+def annotating_teacher(cfg: Config) -> TeacherConfig:
+    """annotate.teacher, trusting its code when it is the run's teacher and that one's code is trusted
+    (`teacher.trust_remote_code`): the same model runs the same code."""
+    a, t = cfg.annotate.teacher, cfg.teacher
+    if t.trust_remote_code and not a.trust_remote_code and (a.model, a.revision) == (t.model, t.revision):
+        return a.model_copy(update={"trust_remote_code": True})
+    return a
 
 
 def completion_tokens(sample: records.Sample, tokenizer, same_tokenizer: bool) -> list[int]:

@@ -7,14 +7,17 @@
    token, top-1 agreement, top-k overlap, the student's perplexity and its calibration error (ECE).
 3. Gradable tasks, size (parameters, bytes) and CPU/GPU latency per generated token (greedy, batch 1).
 Writes eval/metrics.json, eval/token_kl.json (per-token KL, for the report's histogram) and
-eval/samples.jsonl (side-by-side generations) and prints a table.
+eval/samples.jsonl (side-by-side generations) and prints a summary that fits the width (`print_table`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
+import sys
+import textwrap
 import time
 
 from tqdm.auto import tqdm
@@ -55,20 +58,19 @@ def run(cfg: Config, ctx: StageContext) -> None:
 
     students, other_tokenizer = {}, {}
     teacher_hash = models.tokenizer_info(tokenizer)["tokenizer_hash"]
-    for name in STUDENT_VARIANTS:
-        path = ctx.upstream_dir / name
-        if store.read_success(path) is not None:
-            students[name] = models.load_causal_lm(str(path), "float32", device)
-            student_tokenizer = models.load_tokenizer(str(path))
-            if models.tokenizer_info(student_tokenizer)["tokenizer_hash"] != teacher_hash:
-                other_tokenizer[name] = student_tokenizer
-    if not students:
+    # students are derived from the teacher and saved with its code, if it has any: trusted as the teacher is
+    trust = cfg.teacher.trust_remote_code
+    paths = {name: ctx.upstream_dir / name for name in STUDENT_VARIANTS
+             if store.read_success(ctx.upstream_dir / name) is not None}
+    if not paths:
         raise UserError(f"eval: no trained student under {ctx.upstream_dir}")
     if e.compare_to is not None:
-        students[PROMOTED] = models.load_causal_lm(e.compare_to, "float32", device)
-        promoted_tokenizer = models.load_tokenizer(e.compare_to)
-        if models.tokenizer_info(promoted_tokenizer)["tokenizer_hash"] != teacher_hash:
-            other_tokenizer[PROMOTED] = promoted_tokenizer
+        paths[PROMOTED] = e.compare_to
+    for name, path in paths.items():
+        students[name] = models.load_causal_lm(str(path), "float32", device, trust_remote_code=trust)
+        student_tokenizer = models.load_tokenizer(str(path), trust_remote_code=trust)
+        if models.tokenizer_info(student_tokenizer)["tokenizer_hash"] != teacher_hash:
+            other_tokenizer[name] = student_tokenizer
     for name in other_tokenizer:
         log.warning("eval: %s uses another tokenizer than the teacher: token-level metrics are left out for it", name)
 
@@ -259,18 +261,14 @@ def latency(model, tokenizer, prompts, new_tokens: int, device) -> tuple[float |
     return (round(statistics.median(per_token), 2) if per_token else None), texts
 
 
-def print_table(metrics: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"eval: {metrics['eval_prompts']} held-out prompts, {metrics['eval_tokens']} teacher tokens")
+def summary(metrics: dict) -> tuple[str, list[str], list[list[str]]]:
+    """(title, column headers, one row of cells per model) of the eval summary, as text."""
     tasks = sorted({t for m in metrics["models"].values() for t in m.get("tasks", {})})
-    for col in ("model", "params (M)", "KL to teacher", "JSD", "top-1 agreement", f"top-{metrics['topk']} overlap",
-                "perplexity", "ECE", "ms / token", *tasks):
-        table.add_column(col, justify="right" if col != "model" else "left")
+    headers = ["model", "params (M)", "KL to teacher", "JSD", "top-1 agreement", f"top-{metrics['topk']} overlap",
+               "perplexity", "ECE", "ms / token", *tasks]
+    rows = []
     for name, m in metrics["models"].items():
-        scores = [f"{m['tasks'][t]['accuracy']:.3f}" if t in m.get("tasks", {}) else "-" for t in tasks]
-        table.add_row(
+        rows.append([
             name,
             f"{m['parameters'] / 1e6:.1f}",
             f"{m['kl_to_teacher']:.4f}" if "kl_to_teacher" in m else "-",
@@ -280,6 +278,64 @@ def print_table(metrics: dict) -> None:
             f"{m['perplexity']:.2f}" if "perplexity" in m else "-",
             f"{m['ece']:.3f}" if "ece" in m else "-",
             f"{m['latency_ms_per_token']:.1f}" if m.get("latency_ms_per_token") is not None else "-",
-            *scores,
-        )
-    Console(stderr=True).print(table)
+            *[f"{m['tasks'][t]['accuracy']:.3f}" if t in m.get("tasks", {}) else "-" for t in tasks],
+        ])
+    title = f"eval: {metrics['eval_prompts']} held-out prompts, {metrics['eval_tokens']} teacher tokens"
+    return title, headers, rows
+
+
+def plain_layout(headers: list[str], rows: list[list[str]], width: int) -> list[str]:
+    """The summary as plain text no wider than `width` where it can be: one line per model when that
+    fits, else one column per model (metrics down the side), else one block per model. Nothing is cut."""
+
+    def columns(table: list[list[str]]) -> list[str]:
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+                for row in table]
+
+    wide = columns([headers, *rows])
+    if max(map(len, wide)) <= width:
+        return wide
+    transposed = columns([[headers[0], *(r[0] for r in rows)],
+                          *([h, *(r[i] for r in rows)] for i, h in enumerate(headers) if i > 0)])
+    if max(map(len, transposed)) <= width:
+        return transposed
+    label = max(len(h) for h in headers[1:])
+    blocks = []
+    for r in rows:
+        blocks += [r[0], *(f"  {h.ljust(label)}  {c}" for h, c in zip(headers[1:], r[1:]))]
+    return blocks
+
+
+def output_width(stream) -> int:
+    """$COLUMNS when set, else the terminal's width, else 80 (a pipe, a CI log, a cron mail)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 80
+
+
+def print_table(metrics: dict, stream=None) -> None:
+    """The eval summary on `stream` (stderr): a rich table on a terminal wide enough for it, else plain
+    text that fits the width (see `plain_layout`), so a log never shows headers cut to "teac…"."""
+    from rich.console import Console
+    from rich.table import Table
+
+    stream = stream if stream is not None else sys.stderr
+    title, headers, rows = summary(metrics)
+    width = output_width(stream)
+    if getattr(stream, "isatty", lambda: False)():
+        table = Table(title=title)
+        for col in headers:
+            table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+        for row in rows:
+            table.add_row(*row)
+        console = Console(file=stream, width=width)
+        if console.measure(table, options=console.options.update_width(10**6)).maximum <= width:  # unclamped
+            console.print(table)
+            return
+    stream.write("\n".join([*textwrap.wrap(title, width), *plain_layout(headers, rows, width)]) + "\n")
+    stream.flush()

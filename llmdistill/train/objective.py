@@ -8,7 +8,10 @@ with respect to the hidden states and the head's weights are taken. The backward
 those stored gradients, so no [N, V] tensor exists in either pass and the head is never recomputed.
 
 Within a chunk the student's log-softmax is computed once per distinct temperature and shared by every
-term (CE uses the T = 1 one).
+term (CE uses the T = 1 one). The CE on the teacher's tokens is always measured, as a metric when it is
+not a term (or has weight 0): the training log and the report compare students trained with different
+objectives on that one quantity. It is read from the same chunk's logits, so it costs no extra pass (a
+gather when a T = 1 term exists, one detached cross-entropy per chunk otherwise).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ def chunked_loss(
     per_token: str | None = None,
     logit_post: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Sum over tokens of each term, unweighted, plus 'total' = sum(weight * scale * term).
+    """Sum over tokens of each term, unweighted, plus 'total' = sum(weight * scale * term), plus 'ce'
+    (the cross-entropy on `targets`) when it is not a term: measured, never in 'total'.
 
     hidden: [N, H] student hidden states at the positions that predict `targets` [N].
     head: the LM head, a linear layer (weight [V, H], optional bias); gradients reach `hidden` and its
@@ -45,10 +49,11 @@ def chunked_loss(
     per_token: also return this term's per-token values, detached, as 'per_token' [N] (closed-loop
         curriculum).
     """
-    from llmdistill.train.losses import tempered_logprobs
+    from llmdistill.train.losses import cross_entropy, tempered_logprobs
 
     if chunk_tokens is None:
         chunk_tokens = auto_chunk_tokens(head.weight.shape[0])
+    measure_ce = not any(t.name == "ce" for t in terms)
 
     def loss_of(logits: torch.Tensor, tgt: torch.Tensor, start: int):
         """(weighted total, per-term sums, per-token values) of one chunk's raw head output."""
@@ -71,6 +76,12 @@ def chunked_loss(
             total = total + t.weight * (1.0 if t.name == "ce" else temperature**2) * value
             if t.name == per_token:
                 tokens = per.detach()
+        if measure_ce:  # a metric only: from the logits already here, without a graph
+            with torch.no_grad():
+                if 1.0 in logp:
+                    values.append(-logp[1.0].detach().gather(-1, tgt.long().unsqueeze(-1)).sum())
+                else:
+                    values.append(cross_entropy(logits.detach(), tgt).sum())
         return total, torch.stack(values), tokens
 
     weight, bias = head.weight, head.bias
@@ -80,7 +91,8 @@ def chunked_loss(
         total, values, tokens = _GradientInForward.apply(hidden, weight, bias, targets, loss_of, chunk_tokens)
     else:
         total, values, tokens = _run_chunks(hidden, weight, bias, targets, loss_of, chunk_tokens)
-    sums = {t.name: values[i] for i, t in enumerate(terms)}
+    names = [t.name for t in terms] + (["ce"] if measure_ce else [])
+    sums = {name: values[i] for i, name in enumerate(names)}
     sums["total"] = total
     if per_token is not None:
         sums["per_token"] = tokens

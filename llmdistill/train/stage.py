@@ -14,6 +14,7 @@ Outputs under train/:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -21,7 +22,7 @@ import time
 
 from llmdistill import models, store
 from llmdistill.config import Config, LossTerm
-from llmdistill.errors import UserError
+from llmdistill.errors import StorageError, UserError
 from llmdistill.pipeline import StageContext
 from llmdistill.train import preflight
 
@@ -104,6 +105,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
     import torch
 
     from llmdistill.train.student import build_student
+    from llmdistill.train.trainer import LogAtCheckpoints, mean_train_loss
 
     t = cfg.train
     if mode == "seq_kd" and any(x.name != "ce" for x in terms):
@@ -136,6 +138,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
                                  for x in terms)
         if any(x.name != "ce" for x in terms):
             description += f", {t.teacher_signal} teacher signal"
+    trainer.add_callback(LogAtCheckpoints())
     last = last_complete_checkpoint(ckpt_dir)
     log.info("train: %s with %s on %d samples", name, description, len(trainer.train_dataset))
     started = time.monotonic()
@@ -146,15 +149,25 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
         trainer._load_from_checkpoint(last)
         trainer.state.global_step = state["global_step"]
         trainer.state.log_history = state["log_history"]
-        training_loss = None
     else:
         if last:
             log.info("train: %s resuming from %s", name, last)
-        training_loss = trainer.train(resume_from_checkpoint=last).training_loss
+        try:
+            with models.writing("a checkpoint under", ckpt_dir):
+                trainer.train(resume_from_checkpoint=last)
+        except BaseException as e:
+            _close_progress_bars(trainer)  # so that the error is printed on a line of its own
+            if isinstance(e, StorageError):
+                last_complete_checkpoint(ckpt_dir)  # removes the one cut short: its space, a bad resume point
+            raise
     seconds = round(time.monotonic() - started, 1)
 
     final_dir = ctx.out_dir / name
     history = trainer.state.log_history
+    training_loss = mean_train_loss(history)  # every step, whichever attempts ran them
+    for entry in history:
+        if "train_loss" in entry:  # Trainer's own figure covers only this attempt's steps
+            entry["train_loss"] = training_loss
     if ctx.main_process:
         _save_final(trainer, tokenizer, final_dir, lora=t.lora is not None)
         store.mark_success(final_dir, {"variant": name, "global_step": trainer.state.global_step})
@@ -178,30 +191,49 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
 
 def last_complete_checkpoint(ckpt_dir) -> str | None:
     """The newest checkpoint whose save finished, or None. Trainer writes trainer_state.json last, so a
-    checkpoint without it was cut short by a kill: it is removed (resuming from it would fail)."""
+    checkpoint without a whole one was cut short (a kill, a full disk): it is removed (resuming from it
+    would fail)."""
     from transformers.trainer_utils import get_last_checkpoint
 
     while ckpt_dir.is_dir() and (last := get_last_checkpoint(str(ckpt_dir))) is not None:
-        if os.path.exists(os.path.join(last, "trainer_state.json")):
+        if _readable_state(os.path.join(last, "trainer_state.json")):
             return last
         log.warning("train: removing the incomplete checkpoint %s (its save was interrupted)", last)
         shutil.rmtree(last)
     return None
 
 
+def _close_progress_bars(trainer) -> None:
+    """End Trainer's progress bars, which a failed train() leaves open mid-line."""
+    for callback in trainer.callback_handler.callbacks:
+        for name in ("training_bar", "prediction_bar"):
+            bar = getattr(callback, name, None)
+            if bar is not None:
+                bar.close()
+                setattr(callback, name, None)
+
+
+def _readable_state(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return "global_step" in json.load(f)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def _save_final(trainer, tokenizer, final_dir, lora: bool) -> None:
     """Write the final student next to its destination, then swap it in with one rename."""
-    tmp = final_dir.with_name(f".{final_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if lora:
-        model.save_pretrained(str(tmp / "adapter"))  # the adapter alone, for peft users
-        model.merge_and_unload().save_pretrained(str(tmp))  # and a plain model with it merged in
-    else:
-        model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(final_dir, ignore_errors=True)
-    os.replace(tmp, final_dir)
+
+    def write(tmp):
+        if lora:
+            model.save_pretrained(str(tmp / "adapter"))  # the adapter alone, for peft users
+            model.merge_and_unload().save_pretrained(str(tmp))  # and a plain model with it merged in
+        else:
+            model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+
+    models.save_dir(final_dir, "the trained student", write)
 
 
 def _with_lora(student, lora):

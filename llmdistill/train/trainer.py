@@ -39,8 +39,8 @@ class DistillTrainer(Trainer):
         self.teacher_model = teacher_model
         if teacher_model is not None:
             teacher_model.to(self.args.device).eval().requires_grad_(False)
-        self._term_sums: dict[str, torch.Tensor] = {}
-        self._term_tokens = 0
+        # running per-term sums for the log, training and held-out apart: {'train' | 'eval': (sums, tokens)}
+        self._term_sums: dict[str, tuple[dict[str, torch.Tensor], int]] = {}
         self.add_callback(FaultPoints())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -66,10 +66,12 @@ class DistillTrainer(Trainer):
             # set by Trainer inside train(); a direct call (evaluation, a test) counts as one micro-batch
             accumulation = getattr(self, "current_gradient_accumulation_steps", 1)
             loss = sums["total"] / max(n_tokens, 1) / accumulation
-        if model.training:  # running sums for the training log; no per-step sync with .item()
-            for name, value in sums.items():
-                self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach()
-            self._term_tokens += n_tokens
+        # running sums for the training (or held-out) log; no per-step sync with .item()
+        split = "train" if model.training else "eval"
+        running, tokens = self._term_sums.get(split, ({}, 0))
+        for name, value in sums.items():
+            running[name] = running.get(name, 0.0) + value.detach()
+        self._term_sums[split] = (running, tokens + n_tokens)
         return (loss, {"hidden": hidden}) if return_outputs else loss
 
     def _save_optimizer_and_scheduler(self, output_dir):
@@ -122,13 +124,43 @@ class DistillTrainer(Trainer):
         return LiveSignal(hidden[:, :-1][mask], head, _unwrap(model).config.vocab_size, post)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self._term_tokens and "loss" in logs:
-            for name, value in self._term_sums.items():
-                if name != "total":
-                    logs[f"loss_{name}"] = round(float(value) / self._term_tokens, 5)
-            logs["tokens"] = self._term_tokens
-            self._term_sums, self._term_tokens = {}, 0
+        """Add each term's token mean since the last log: `loss_<term>` beside the training loss,
+        `eval_loss_<term>` beside the held-out one. `loss_ce` is always there (see `objective`): the one
+        quantity that compares students trained with different objectives."""
+        for split, key, prefix in (("train", "loss", "loss_"), ("eval", "eval_loss", "eval_loss_")):
+            running, tokens = self._term_sums.get(split, ({}, 0))
+            if tokens and key in logs:
+                for name, value in running.items():
+                    if name != "total":
+                        logs[f"{prefix}{name}"] = round(float(value) / tokens, 5)
+                logs["tokens" if split == "train" else "eval_tokens"] = tokens
+                del self._term_sums[split]
         super().log(logs, start_time)
+
+
+class LogAtCheckpoints(TrainerCallback):
+    """Log at every checkpoint step (not only every `logging_steps`), so that a checkpoint never holds
+    steps whose losses are not yet in its log history. A run resumed from it then logs exactly what an
+    uninterrupted run logs, and the mean training loss over all steps (`mean_train_loss`) is the same."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            control.should_log = True
+
+
+def mean_train_loss(history: list[dict]) -> float | None:
+    """The mean per-step training loss over every step in a Trainer log history (None before any).
+
+    Each entry with a "loss" is the mean over the steps since the entry before it; the history a run
+    resumes with is the checkpoint's, so the mean covers the steps of every attempt (Trainer's own
+    `training_loss` covers only the last `train()` call)."""
+    total, steps, last = 0.0, 0, 0
+    for entry in history:
+        if "loss" in entry and "step" in entry:
+            total += entry["loss"] * (entry["step"] - last)
+            steps += entry["step"] - last
+            last = entry["step"]
+    return total / steps if steps else None
 
 
 class FaultPoints(TrainerCallback):

@@ -88,3 +88,38 @@ def test_paced_curriculum_and_closed_loop(tiny, tmp_path):
     assert trainer.paced_sampler.pools == [3, 6, 9, 12, 12, 12]
     weights = trainer.paced_sampler.weights
     assert (weights == 0).any() and (weights == 2).any()  # the closed loop reweighted what it measured
+
+
+def test_ce_is_logged_for_a_student_without_a_ce_term(tiny, tmp_path):
+    """loss_ce (train) and eval_loss_ce (held out) are logged whatever the objective: the report compares
+    a KD student with the SFT-only one on CE, never on their different total losses."""
+    from llmdistill.train import losses
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny["teacher"], dtype=torch.float32)
+    ds = examples(model.config.vocab_size, n=8)
+    batch = Collator(pad_token_id=0)([ds[i] for i in range(8)])
+    with torch.no_grad():  # the CE of step 1 is measured on the weights before its update
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        mask = batch["labels"][:, 1:] != -100
+        want_ce = losses.cross_entropy(logits[mask], batch["labels"][:, 1:][mask]).mean().item()
+    args = TrainingArguments(output_dir=str(tmp_path / "ce"), max_steps=2, per_device_train_batch_size=8,
+                             learning_rate=1e-3, report_to="none", save_strategy="no", disable_tqdm=True,
+                             logging_steps=1, eval_strategy="steps", eval_steps=1, per_device_eval_batch_size=4,
+                             prediction_loss_only=True, train_sampling_strategy="sequential",
+                             remove_unused_columns=False, dataloader_pin_memory=False, use_cpu=True)
+    trainer = DistillTrainer(model=model, args=args, train_dataset=ds, eval_dataset=ds.select(range(4)),
+                             data_collator=Collator(pad_token_id=0), tail="bucket", capture_temperature=1.0,
+                             loss_terms=[LossTerm(name="forward_kl", weight=1.0, temperature=2.0)], chunk_tokens=8)
+    trainer.train()
+    history = trainer.state.log_history
+    train_logs = [h for h in history if "loss" in h]
+    held_out = [h for h in history if "eval_loss" in h]
+    assert [h["step"] for h in train_logs] == [h["step"] for h in held_out] == [1, 2]
+    assert train_logs[0]["loss_ce"] == pytest.approx(want_ce, abs=1e-5)
+    for h in train_logs:
+        assert h["loss"] == pytest.approx(4.0 * h["loss_forward_kl"], abs=1e-4)  # CE is not in the loss
+        assert h["loss_ce"] > 0 and h["tokens"] > 0
+    for h in held_out:
+        assert h["eval_loss"] == pytest.approx(4.0 * h["eval_loss_forward_kl"], abs=1e-4)
+        assert h["eval_loss_ce"] > 0 and h["eval_tokens"] > 0
