@@ -1,5 +1,5 @@
 """Near-duplicate detection: word shingles hashed in numpy, R-MinHash signatures from rensa, LSH banding,
-candidates verified by exact Jaccard, clusters by connected components.
+candidates verified by exact Jaccard, then a greedy choice of the rows to keep (`greedy_removals`).
 
 Everything works on chunks of texts so memory stays bounded: a corpus pass keeps only `bands` 64-bit
 band keys per document (128 bytes at 16 bands); the exact check re-reads the few documents that are
@@ -169,19 +169,21 @@ def optimal_bands(threshold: float, num_perm: int, fn_weight: float = 0.95) -> t
     return best
 
 
-def candidate_pairs(keys: np.ndarray, valid: np.ndarray | None = None, max_bucket: int = 1000) -> np.ndarray:
+def candidate_pairs(keys: np.ndarray, valid: np.ndarray | None = None, max_bucket: int = 1000,
+                    rank: np.ndarray | None = None) -> np.ndarray:
     """[M, 2] int64 pairs (i < j) of documents that share a band key, without repeats.
 
-    In a bucket of m documents each is paired with the bucket's first and with its predecessor (2m pairs,
-    not m^2): connected components over the verified pairs still join the bucket. Buckets larger than
-    `max_bucket` (boilerplate repeated thousands of times) are cut into slices of that size.
+    In a bucket of m documents, in `rank` order (default: index order), each is paired with the bucket's
+    first and with its predecessor (2m pairs, not m^2): the first is the one the greedy selection keeps.
+    Buckets larger than `max_bucket` (boilerplate repeated thousands of times) are cut into slices of that
+    size.
     """
     n = keys.shape[0]
     idx_all = np.arange(n, dtype=np.int64) if valid is None else np.flatnonzero(valid)
     out = []
     for b in range(keys.shape[1]):
         k = keys[idx_all, b]
-        order = np.argsort(k, kind="stable")
+        order = np.argsort(k, kind="stable") if rank is None else np.lexsort((rank[idx_all], k))
         ks, ids = k[order], idx_all[order]
         same = ks[1:] == ks[:-1]
         if not same.any():
@@ -205,15 +207,28 @@ def candidate_pairs(keys: np.ndarray, valid: np.ndarray | None = None, max_bucke
     return np.stack([code // n, code % n], 1)
 
 
-def components(n: int, edges: np.ndarray) -> np.ndarray:
-    """Connected-component label of each of `n` nodes given [M, 2] edges (singletons get their own label)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+def greedy_removals(order: np.ndarray, pairs: np.ndarray) -> dict[int, int]:
+    """{removed node: the kept node it duplicates} for nodes visited in `order` (best first) over [M, 2] pairs.
 
-    if len(edges) == 0:
-        return np.arange(n)
-    graph = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
+    A node is kept unless a pair joins it to a node already kept, so every removed node has a pair with a
+    kept one and no pair joins two kept nodes. Clusters do not chain: in a chain a-b-c (pairs a-b and b-c
+    only, a first) b goes and a and c both stay. A removed node names its best-placed kept partner.
+    """
+    if len(pairs) == 0:
+        return {}
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    a, b = pairs[:, 0], pairs[:, 1]
+    first = np.where(rank[a] < rank[b], a, b)  # the partner visited earlier
+    later = np.where(rank[a] < rank[b], b, a)
+    # visit pairs by the later node's rank, then the earlier partner's: when a pair comes up, the earlier
+    # partner's fate is settled (all its own pairs with earlier nodes came before)
+    by = np.lexsort((rank[first], rank[later]))
+    removed: dict[int, int] = {}
+    for f, node in zip(first[by].tolist(), later[by].tolist()):
+        if node not in removed and f not in removed:
+            removed[node] = f
+    return removed
 
 
 def verify_pairs(pairs: np.ndarray, read: Callable, ngram: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -238,8 +253,8 @@ class NearDuplicateFinder:
 
         finder = NearDuplicateFinder(threshold=0.8)
         for chunk in corpus_chunks: finder.add(chunk)           # pass 1: signatures -> band keys
-        pairs, js = finder.verified_pairs(read)                 # pass 2: exact Jaccard of candidates
-        labels = components(finder.count, pairs)
+        removed, pairs, n_candidates = finder.removals(read)    # pass 2: exact Jaccard of candidates
+        # removed: {row: the kept row it has Jaccard >= threshold with}
     """
 
     def __init__(self, threshold: float = 0.8, num_perm: int = 128, bands: int | None = None, ngram: int = 3,
@@ -262,18 +277,56 @@ class NearDuplicateFinder:
         self.count += len(texts)
         return sig
 
-    def candidates(self) -> np.ndarray:
+    def _stacked(self) -> tuple[np.ndarray, np.ndarray]:
         keys = np.concatenate(self._keys) if self._keys else np.zeros((0, self.bands), np.uint64)
         valid = np.concatenate(self._valid) if self._valid else np.zeros(0, bool)
-        self._keys = [keys]
-        self._valid = [valid]
-        return candidate_pairs(keys, valid)
+        self._keys, self._valid = [keys], [valid]
+        return keys, valid
+
+    def candidates(self, alive: np.ndarray | None = None, rank: np.ndarray | None = None) -> np.ndarray:
+        """Candidate pairs among the documents with shingles (and `alive`), buckets in `rank` order."""
+        keys, valid = self._stacked()
+        return candidate_pairs(keys, valid if alive is None else valid & alive, rank=rank)
 
     def signatures(self) -> np.ndarray:
         return np.concatenate(self._sigs) if self._sigs else np.zeros((0, self.num_perm), np.uint32)
 
     def verified_pairs(self, read: Callable) -> tuple[np.ndarray, np.ndarray]:
         return verify_pairs(self.candidates(), read, self.ngram, self.threshold)
+
+    def removals(self, read: Callable, order: np.ndarray | None = None) -> tuple[dict[int, int], np.ndarray, int]:
+        """({removed: kept partner}, verified pairs, candidate pairs checked): `greedy_removals` in `order`
+        (best first; default: index order) over the verified candidates.
+
+        A bucket pairs each member with its best-placed one and its predecessor only, so once a round has
+        removed rows, survivors that were not paired may now be: candidates are drawn again among the
+        survivors and only the new ones verified, until a round brings no new verified pair (usually the
+        second). `read` is called once per round that has new candidates.
+        """
+        n = self.count
+        order = np.arange(n) if order is None else np.asarray(order, np.int64)
+        rank = np.empty(n, np.int64)
+        rank[order] = np.arange(n)
+        checked = np.zeros(0, np.int64)  # pair codes i * n + j already verified
+        verified: list[np.ndarray] = []
+        removed: dict[int, int] = {}
+        alive = None
+        while True:
+            cand = self.candidates(alive, rank)
+            code = cand[:, 0] * np.int64(n) + cand[:, 1]
+            new = ~np.isin(code, checked, assume_unique=True)
+            if not new.any():
+                break
+            checked = np.union1d(checked, code[new])
+            pairs, _ = verify_pairs(cand[new], read, self.ngram, self.threshold)
+            if len(pairs) == 0:
+                break
+            verified.append(pairs)
+            removed = greedy_removals(order, np.concatenate(verified))
+            alive = np.ones(n, bool)
+            alive[list(removed)] = False
+        pairs = np.concatenate(verified) if verified else np.zeros((0, 2), np.int64)
+        return removed, pairs, len(checked)
 
 
 def reader(texts: list[str], chunk: int = 4096) -> Callable:

@@ -101,14 +101,10 @@ def test_finder_finds_planted_duplicates_and_nothing_else():
     assert set(planted) <= found
     for (a, b), j in zip(pairs.tolist(), js):
         assert j == pytest.approx(set_jaccard(texts[a], texts[b])) and j >= 0.8
-    labels = minhash.components(len(texts), pairs)
+    removed, pairs2, _ = finder.removals(minhash.reader(texts, chunk=50))
+    assert {tuple(p) for p in pairs2.tolist()} == found
     for a, b in planted:
-        assert labels[a] == labels[b]
-
-
-def test_components_join_chains():
-    labels = minhash.components(5, np.array([[0, 1], [1, 3]]))
-    assert labels[0] == labels[1] == labels[3] and len({labels[0], labels[2], labels[4]}) == 3
+        assert removed.get(b) == a or removed.get(a) == b or (a in removed and b in removed)
 
 
 # ---------------------------------------------------------------------------- normalisation and words
@@ -220,3 +216,94 @@ def test_equal_exact_keys_mean_equal_words(a, b):
         assert minhash.word_hashes([a])[0].tolist() == minhash.word_hashes([b])[0].tolist()
     h, _ = minhash.word_hashes([a])
     assert h.tolist() == minhash.word_hashes([textnorm.fold(a)])[0].tolist()
+
+
+# ------------------------------------------------------------------------------- which rows are kept
+def test_greedy_removals_do_not_chain():
+    # a chain 0-1-2 (0 and 2 not a pair): 1 goes, 0 and 2 stay; in the order 1, 0, 2: 0 and 2 go for 1
+    chain = np.array([[0, 1], [1, 2]])
+    assert minhash.greedy_removals(np.array([0, 1, 2]), chain) == {1: 0}
+    assert minhash.greedy_removals(np.array([1, 0, 2]), chain) == {0: 1, 2: 1}
+    assert minhash.greedy_removals(np.array([2, 1, 0]), chain) == {1: 2}
+    # a removed row names its best-placed kept partner
+    assert minhash.greedy_removals(np.array([3, 2, 1, 0]), np.array([[0, 3], [0, 2], [1, 2]])) == {0: 3, 1: 2}
+
+
+@FAST
+@given(st.integers(2, 30).flatmap(lambda n: st.tuples(
+    st.permutations(range(n)), st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=60))))
+def test_greedy_removals_property(case):
+    order, edges = case
+    pairs = np.array([(a, b) for a, b in edges if a != b], dtype=np.int64).reshape(-1, 2)
+    removed = minhash.greedy_removals(np.array(order), pairs)
+    rank = {node: i for i, node in enumerate(order)}
+    nbrs = {}
+    for a, b in pairs.tolist():
+        nbrs.setdefault(a, set()).add(b)
+        nbrs.setdefault(b, set()).add(a)
+    for node in order:  # kept <=> no earlier kept partner; a removed node names its best-placed kept partner
+        kept_before = [m for m in nbrs.get(node, ()) if rank[m] < rank[node] and m not in removed]
+        if node in removed:
+            assert removed[node] == min(kept_before, key=rank.get)
+        else:
+            assert not kept_before
+
+
+def chain_texts(words=40):
+    """a, b, c from real text: b is a with one word replaced, c is b with another (far away) replaced, so
+    J(a, b) and J(b, c) are about 0.85 and J(a, c) about 0.73."""
+    a = " ".join(" ".join(tweets(14)[:6]).split()[:words])
+    w = a.split()
+    w[8] = "zebra"
+    b = " ".join(w)
+    w[30] = "quokka"
+    return a, b, " ".join(w)
+
+
+def test_a_chain_keeps_both_ends():
+    a, b, c = chain_texts()
+    sa, sb, sc = minhash.shingle_sets([a, b, c])
+    assert minhash.jaccard(sa, sb) >= 0.8 and minhash.jaccard(sb, sc) >= 0.8 and minhash.jaccard(sa, sc) < 0.8
+    finder = minhash.NearDuplicateFinder(threshold=0.8)
+    finder.add([a, b, c])
+    removed, pairs, _ = finder.removals(minhash.reader([a, b, c]))
+    assert sorted(map(tuple, pairs.tolist())) == [(0, 1), (1, 2)]
+    assert removed == {1: 0}
+    removed, _, _ = finder.removals(minhash.reader([a, b, c]), order=np.array([1, 2, 0]))
+    assert removed == {0: 1, 2: 1}
+
+
+TWEETS = tweets(10)[:400]
+
+
+def typo_copy(rng, t):
+    """A copy with a few words replaced and, at random, one typographic edit of the kinds above."""
+    w = t.split(" ")
+    for _ in range(rng.randint(0, 2)):
+        w[rng.randrange(len(w))] = rng.choice(["great", "flight", "never", "car", "today"])
+    edits = [*SAME_TEXT.values(), *SAME_WORDS.values(), lambda x: x]
+    return rng.choice(edits)(" ".join(w))
+
+
+@FAST
+@given(st.integers(0, 10**9), st.floats(0.5, 0.9), st.sampled_from(["first", "random"]))
+def test_a_removed_row_always_has_a_kept_partner_at_the_threshold(seed, threshold, keep):
+    """On real tweets with copies of copies (chains), in any keep order: every removed row has exact Jaccard
+    >= threshold with a row that is kept, and no verified pair joins two kept rows."""
+    rng = random.Random(seed)
+    texts = []
+    for t in rng.sample(TWEETS, 6):
+        group = [t]
+        for _ in range(rng.randint(1, 6)):
+            group.append(typo_copy(rng, rng.choice(group)))
+        texts += group
+    rng.shuffle(texts)
+    order = np.arange(len(texts)) if keep == "first" else np.array(rng.sample(range(len(texts)), len(texts)))
+    finder = minhash.NearDuplicateFinder(threshold=threshold)
+    finder.add(texts)
+    removed, pairs, _ = finder.removals(minhash.reader(texts), order)
+    sets = minhash.shingle_sets(texts)
+    for row, kept in removed.items():
+        assert kept not in removed
+        assert minhash.jaccard(sets[row], sets[kept]) >= threshold
+    assert not any(a not in removed and b not in removed for a, b in pairs.tolist())
