@@ -170,40 +170,67 @@ def optimal_bands(threshold: float, num_perm: int, fn_weight: float = 0.95) -> t
 
 
 def candidate_pairs(keys: np.ndarray, valid: np.ndarray | None = None, max_bucket: int = 1000,
-                    rank: np.ndarray | None = None) -> np.ndarray:
+                    order: np.ndarray | None = None) -> np.ndarray:
     """[M, 2] int64 pairs (i < j) of documents that share a band key, without repeats.
 
-    In a bucket of m documents, in `rank` order (default: index order), each is paired with the bucket's
-    first and with its predecessor (2m pairs, not m^2): the first is the one the greedy selection keeps.
-    Buckets larger than `max_bucket` (boilerplate repeated thousands of times) are cut into slices of that
-    size.
+    In a bucket of m documents, taken in `order` (a permutation, best first; default: index order), each
+    is paired with the bucket's first and with its predecessor (2m pairs, not m^2): the first is the one
+    the greedy selection keeps. Buckets larger than `max_bucket` (boilerplate repeated thousands of times)
+    are cut into slices of that size.
     """
+    ids, bucket = shared_buckets(keys, valid, order)
+    return bucket_pairs(ids, bucket, keys.shape[0], max_bucket=max_bucket)
+
+
+def shared_buckets(keys: np.ndarray, valid: np.ndarray | None = None,
+                   order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, bucket): the documents of every band's buckets of two or more, flat; a bucket's members are
+    consecutive, in `order` (default: index order), and share a `bucket` number (increasing)."""
     n = keys.shape[0]
-    idx_all = np.arange(n, dtype=np.int64) if valid is None else np.flatnonzero(valid)
-    out = []
+    idx_all = np.arange(n, dtype=np.int64) if order is None else np.asarray(order, np.int64)
+    if valid is not None:
+        idx_all = idx_all[valid[idx_all]]
+    out_ids, out_bucket, base = [], [], 0
     for b in range(keys.shape[1]):
         k = keys[idx_all, b]
-        order = np.argsort(k, kind="stable") if rank is None else np.lexsort((rank[idx_all], k))
-        ks, ids = k[order], idx_all[order]
+        by_key = np.argsort(k, kind="stable")  # equal keys stay in `order`
+        ks, ids = k[by_key], idx_all[by_key]
         same = ks[1:] == ks[:-1]
         if not same.any():
             continue
-        # position of each element inside its run of equal keys
-        run_start = np.concatenate([[True], ~same])
-        first_pos = np.maximum.accumulate(np.where(run_start, np.arange(len(ks)), 0))
-        pos_in_run = np.arange(len(ks)) - first_pos
-        slice_start = first_pos + (pos_in_run // max_bucket) * max_bucket
-        member = np.flatnonzero(pos_in_run % max_bucket > 0)
-        out.append(np.stack([ids[slice_start[member]], ids[member]], 1))
-        pred = np.flatnonzero(same) + 1
-        pred = pred[pos_in_run[pred] % max_bucket > 1]
-        out.append(np.stack([ids[pred - 1], ids[pred]], 1))
-    if not out:
+        shared = np.zeros(len(ks), bool)
+        shared[1:] |= same
+        shared[:-1] |= same
+        run = np.cumsum(np.concatenate([[True], ~same]))
+        out_ids.append(ids[shared])
+        out_bucket.append(run[shared] + base)
+        base += int(run[-1]) + 1
+    if not out_ids:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(out_ids), np.concatenate(out_bucket)
+
+
+def bucket_pairs(ids: np.ndarray, bucket: np.ndarray, n: int, alive: np.ndarray | None = None,
+                 max_bucket: int = 1000) -> np.ndarray:
+    """The candidate pairs of `shared_buckets` (first and predecessor in each bucket) among the `alive` ones."""
+    if alive is not None:
+        keep = alive[ids]
+        ids, bucket = ids[keep], bucket[keep]
+    same = bucket[1:] == bucket[:-1]
+    if not same.any():
         return np.zeros((0, 2), np.int64)
-    pairs = np.concatenate(out)
+    # position of each element inside its run of equal buckets
+    run_start = np.concatenate([[True], ~same])
+    first_pos = np.maximum.accumulate(np.where(run_start, np.arange(len(ids)), 0))
+    pos_in_run = np.arange(len(ids)) - first_pos
+    slice_start = first_pos + (pos_in_run // max_bucket) * max_bucket
+    member = np.flatnonzero(pos_in_run % max_bucket > 0)
+    pred = np.flatnonzero(same) + 1
+    pred = pred[pos_in_run[pred] % max_bucket > 1]
+    pairs = np.concatenate([np.stack([ids[slice_start[member]], ids[member]], 1),
+                            np.stack([ids[pred - 1], ids[pred]], 1)])
     pairs = np.sort(pairs, axis=1)
-    code = pairs[:, 0] * np.int64(n) + pairs[:, 1]
-    code = np.unique(code)
+    code = np.unique(pairs[:, 0] * np.int64(n) + pairs[:, 1])
     return np.stack([code // n, code % n], 1)
 
 
@@ -231,18 +258,23 @@ def greedy_removals(order: np.ndarray, pairs: np.ndarray) -> dict[int, int]:
     return removed
 
 
-def verify_pairs(pairs: np.ndarray, read: Callable, ngram: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def verify_pairs(pairs: np.ndarray, read: Callable, ngram: int, threshold: float,
+                 sets: dict[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(pairs, jaccards) of the candidate pairs whose exact shingle Jaccard is >= threshold.
 
     `read(docs)` gets the sorted indices of the candidate documents and yields (indices, texts) chunks
-    that cover them; only those documents' shingle sets are held.
+    that cover them; only those documents' shingle sets are held (in `sets`, when given, which keeps them
+    for the next call: documents already there are not read again).
     """
     if len(pairs) == 0:
         return pairs, np.zeros(0)
-    sets: dict[int, np.ndarray] = {}
-    for idx, texts in read(np.unique(pairs)):
-        for d, s in zip(np.asarray(idx).tolist(), shingle_sets(texts, ngram)):
-            sets[d] = s
+    sets = {} if sets is None else sets
+    docs = np.unique(pairs)
+    missing = docs[[d not in sets for d in docs.tolist()]] if sets else docs
+    if len(missing):
+        for idx, texts in read(missing):
+            for d, s in zip(np.asarray(idx).tolist(), shingle_sets(texts, ngram)):
+                sets[d] = s
     js = np.fromiter((jaccard(sets[a], sets[b]) for a, b in pairs.tolist()), dtype=np.float64, count=len(pairs))
     keep = js >= threshold
     return pairs[keep], js[keep]
@@ -283,10 +315,10 @@ class NearDuplicateFinder:
         self._keys, self._valid = [keys], [valid]
         return keys, valid
 
-    def candidates(self, alive: np.ndarray | None = None, rank: np.ndarray | None = None) -> np.ndarray:
-        """Candidate pairs among the documents with shingles (and `alive`), buckets in `rank` order."""
+    def candidates(self, alive: np.ndarray | None = None, order: np.ndarray | None = None) -> np.ndarray:
+        """Candidate pairs among the documents with shingles (and `alive`), buckets taken in `order`."""
         keys, valid = self._stacked()
-        return candidate_pairs(keys, valid if alive is None else valid & alive, rank=rank)
+        return candidate_pairs(keys, valid if alive is None else valid & alive, order=order)
 
     def signatures(self) -> np.ndarray:
         return np.concatenate(self._sigs) if self._sigs else np.zeros((0, self.num_perm), np.uint32)
@@ -301,24 +333,27 @@ class NearDuplicateFinder:
         A bucket pairs each member with its best-placed one and its predecessor only, so once a round has
         removed rows, survivors that were not paired may now be: candidates are drawn again among the
         survivors and only the new ones verified, until a round brings no new verified pair (usually the
-        second). `read` is called once per round that has new candidates.
+        second). Shingle sets read in one round are kept for the next, so `read` is called again only for
+        documents not yet read (none in practice: a survivor paired anew shared a bucket before, so it was
+        already a candidate).
         """
         n = self.count
         order = np.arange(n) if order is None else np.asarray(order, np.int64)
-        rank = np.empty(n, np.int64)
-        rank[order] = np.arange(n)
+        keys, valid = self._stacked()
+        ids, bucket = shared_buckets(keys, valid, order)  # the buckets are drawn once; rounds filter them
         checked = np.zeros(0, np.int64)  # pair codes i * n + j already verified
+        sets: dict[int, np.ndarray] = {}  # shingle sets read so far
         verified: list[np.ndarray] = []
         removed: dict[int, int] = {}
         alive = None
         while True:
-            cand = self.candidates(alive, rank)
+            cand = bucket_pairs(ids, bucket, n, alive)
             code = cand[:, 0] * np.int64(n) + cand[:, 1]
             new = ~np.isin(code, checked, assume_unique=True)
             if not new.any():
                 break
             checked = np.union1d(checked, code[new])
-            pairs, _ = verify_pairs(cand[new], read, self.ngram, self.threshold)
+            pairs, _ = verify_pairs(cand[new], read, self.ngram, self.threshold, sets)
             if len(pairs) == 0:
                 break
             verified.append(pairs)

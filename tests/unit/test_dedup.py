@@ -83,6 +83,13 @@ def test_candidate_pairs_bucket_members_once():
     pairs = minhash.candidate_pairs(keys)
     assert {tuple(p) for p in pairs.tolist()} == {(0, 1), (0, 3), (1, 3), (2, 4)}
     assert len(minhash.candidate_pairs(keys, valid=np.array([1, 1, 0, 1, 1], bool))) == 3
+    # buckets drawn once, then filtered to the survivors, pair like buckets drawn among the survivors
+    ids, bucket = minhash.shared_buckets(keys)
+    alive = np.array([0, 1, 1, 1, 1], bool)
+    assert minhash.bucket_pairs(ids, bucket, 5, alive).tolist() == minhash.candidate_pairs(keys, alive).tolist()
+    # a bucket's members come in `order`: the first is the best placed
+    assert {tuple(p) for p in minhash.candidate_pairs(keys, order=np.array([3, 1, 0, 2, 4])).tolist()} == {
+        (1, 3), (0, 3), (0, 1), (2, 4)}
 
 
 def test_finder_finds_planted_duplicates_and_nothing_else():
@@ -266,9 +273,16 @@ def test_a_chain_keeps_both_ends():
     assert minhash.jaccard(sa, sb) >= 0.8 and minhash.jaccard(sb, sc) >= 0.8 and minhash.jaccard(sa, sc) < 0.8
     finder = minhash.NearDuplicateFinder(threshold=0.8)
     finder.add([a, b, c])
-    removed, pairs, _ = finder.removals(minhash.reader([a, b, c]))
+    read_docs = []
+
+    def read(docs):
+        read_docs.extend(docs.tolist())
+        return minhash.reader([a, b, c])(docs)
+
+    removed, pairs, checked = finder.removals(read)
     assert sorted(map(tuple, pairs.tolist())) == [(0, 1), (1, 2)]
     assert removed == {1: 0}
+    assert sorted(read_docs) == [0, 1, 2] and checked == 3  # each document read once, each pair checked once
     removed, _, _ = finder.removals(minhash.reader([a, b, c]), order=np.array([1, 2, 0]))
     assert removed == {0: 1, 2: 1}
 
