@@ -11,11 +11,12 @@
 ASCII text only changes case (steps 1, 3 and 4 cannot apply), and is folded without a per-character pass.
 
 `canonical(text)` (exact dedup's key) is `fold` with runs of whitespace and runs of "-" collapsed to one
-and the ends trimmed. `word_text(text)` (the tokeniser's input) is `fold` with every character that is
-not a word character replaced by a space: word characters are letters (L*), digits and other numbers
-(N*) and combining marks (M*, so an accented or Indic word stays whole); spaces, punctuation (the
-underscore included: `_emphasis_` is the word `emphasis`), symbols (emoji included) and controls
-separate words. Two texts with the same `canonical` have the same words.
+and the ends trimmed. `word_text(text)` (the shingler's input, `minhash.word_hashes`) is `fold` with every
+non-ASCII character that is not a word character made a space (ASCII punctuation is left to the
+shingler's byte table). Word characters are letters (L*), digits and other numbers (N*) and combining
+marks (M*, so an accented or Indic word stays whole); spaces, punctuation (the underscore included:
+`_emphasis_` is the word `emphasis`), symbols (emoji included) and controls separate words. Two texts
+with the same `canonical` have the same words.
 
 Non-ASCII characters are looked up in tables that fill lazily (one `unicodedata` call per distinct
 code point ever seen), so `str.translate` does the per-character work in C.
@@ -26,7 +27,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-VERSION = 2  # bump when fold / word_text change: stored hashes (the history index) depend on them
+VERSION = 2  # bump when fold / word_text change: stored hashes (the history index) depend on them; 1 was
+# NFKC + casefold for exact dedup and lower-cased bytes (every byte >= 0x80 a letter, '_' too) for words
 
 _QUOTES = {
     **dict.fromkeys(map(ord, "\u2018\u2019\u201a\u201b\u2039\u203a\u02bc"), "'"),

@@ -13,7 +13,7 @@ Steps run one after the other over the rows still alive, reading light columns (
   `filter/scores/<i>-<name>/` as they come, so a killed stage resumes without scoring a row twice;
 - corpus steps (near_dedup, semantic_dedup): one pass to hash or embed, a decision on the whole corpus
   (rows visited in `keep` order; one is removed only when a verified pair joins it to a row already kept,
-  `minhash.greedy_removals`), and for near_dedup a pass over the candidates only (rarely two);
+  `minhash.greedy_removals`), and for near_dedup a pass over the candidates only;
 - history_dedup: checks against the persistent index and adds the kept rows to it at the end.
 What stays in memory per row: its reason, level, id and scores (a few dozen bytes), plus per corpus
 step 8 bytes per LSH band (near) or the embedding (semantic).
