@@ -12,13 +12,13 @@ import unicodedata
 from collections.abc import Callable
 
 from llmdistill import config as C
+from llmdistill import textnorm
 from llmdistill.records import Sample
 
 Verdict = str | None  # None keeps the sample; a string is the reason it is removed
 Step = Callable[[Sample], Verdict]
 
 _WORD = re.compile(r"\w+", re.UNICODE)
-_SPACE = re.compile(r"\s+")
 
 
 def words(text: str) -> list[str]:
@@ -26,8 +26,9 @@ def words(text: str) -> list[str]:
 
 
 def normalise(text: str) -> str:
-    """Text for exact dedup: Unicode NFKC, case-folded, whitespace collapsed, trimmed."""
-    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    """Text for exact dedup (`textnorm.canonical`): NFKC, case-folded, typographic quotes and dashes as ASCII,
+    invisible format characters dropped, whitespace and dash runs collapsed, trimmed."""
+    return textnorm.canonical(text)
 
 
 def repeated_ngram_fraction(tokens: list[str], n: int) -> float:
@@ -86,7 +87,7 @@ def refusal(step: C.RefusalStep) -> Step:
     phrases = [normalise(p) for p in step.phrases]
 
     def check(s: Sample) -> Verdict:
-        head = normalise((s.completion or "")[: step.window]).replace("’", "'")
+        head = normalise((s.completion or "")[: step.window])
         return "refusal" if any(p in head for p in phrases) else None
 
     return check

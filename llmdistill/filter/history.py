@@ -23,22 +23,29 @@ under the same owner replaces its segment, so a rerun never double-counts. Every
 atomically; parameters are fixed when the index is created and checked when it is opened (a mismatch is
 a UserError naming the field). Near matches use the signature agreement (an estimate of Jaccard), since
 the texts of earlier runs are not kept.
+
+Each segment records the `textnorm.VERSION` its hashes were made with. A segment from an older version
+still works (its ASCII rows hash as before) but rows with typographic quotes, dashes, Unicode spaces or
+'_' may not match: opening such an index logs a warning naming it, until those runs are rerun (their
+segments replaced) or the index is rebuilt.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import re
 from pathlib import Path
 
 import numpy as np
 
-from llmdistill import store
+from llmdistill import store, textnorm
 from llmdistill.errors import UserError
 from llmdistill.filter import minhash
 
 INDEX = "index.json"
+log = logging.getLogger("llmdistill")
 
 
 def exact_u64(digests: list[bytes]) -> np.ndarray:
@@ -55,10 +62,11 @@ class HistoryIndex:
     def __init__(self, path: Path, params: dict, segments: list[dict], excluded: frozenset = frozenset()):
         self.path, self.params, self.segments, self.excluded = Path(path), params, segments, excluded
         self.bands = params["bands"]
-        exact, sigs, ids = [], [], []
+        exact, sigs, ids, stale = [], [], [], 0
         for seg in segments:
             if seg["owner"] in excluded:
                 continue
+            stale += seg["rows"] if seg.get("text", 1) != textnorm.VERSION else 0
             with np.load(self.path / seg["file"]) as z:
                 exact.append(z["exact"])
                 sigs.append(z["signatures"])
@@ -66,6 +74,10 @@ class HistoryIndex:
         self.exact = np.sort(np.concatenate(exact)) if exact else np.zeros(0, np.uint64)
         self.signatures = np.concatenate(sigs) if sigs else np.zeros((0, params["num_perm"]), np.uint32)
         self.ids = ids
+        if stale and not excluded:
+            log.warning("history index %s: %d rows were hashed with an older text normalisation (before "
+                        "textnorm v%d); those with non-ASCII quotes, dashes or spaces may not match until "
+                        "their runs are rerun or the index is rebuilt", self.path, stale, textnorm.VERSION)
         keys = minhash.band_keys(self.signatures, self.bands)
         self._order = np.argsort(keys, axis=0, kind="stable")
         self._sorted_keys = np.take_along_axis(keys, self._order, axis=0)
@@ -136,5 +148,5 @@ class HistoryIndex:
         store.atomic_write_bytes(self.path / name, buf.getvalue())
         meta = store.read_json(self.path / INDEX)
         segments = [s for s in meta["segments"] if s["owner"] != owner]
-        segments.append({"owner": owner, "file": name, "rows": len(hashes)})
+        segments.append({"owner": owner, "file": name, "rows": len(hashes), "text": textnorm.VERSION})
         store.atomic_write_json(self.path / INDEX, {"params": meta["params"], "segments": segments})

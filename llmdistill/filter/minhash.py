@@ -1,12 +1,13 @@
 """Near-duplicate detection: word shingles hashed in numpy, R-MinHash signatures from rensa, LSH banding,
-candidates verified by exact Jaccard, clusters by connected components.
+candidates verified by exact Jaccard, then a greedy choice of the rows to keep (`greedy_removals`).
 
 Everything works on chunks of texts so memory stays bounded: a corpus pass keeps only `bands` 64-bit
 band keys per document (128 bytes at 16 bands); the exact check re-reads the few documents that are
-candidates. Hashing is native: a chunk's texts are lower-cased, encoded and joined into one byte array,
-word boundaries and per-word polynomial hashes come from vectorised prefix sums (uint64 arithmetic
-wraps modulo 2^64), and n-word shingles are mixed from consecutive word hashes. Hashes are stable across
-processes and machines, so signatures can be stored (see `history.py`).
+candidates. Hashing is native: a chunk's texts are normalised (`textnorm.word_text`: NFKC, case-folded,
+quotes and dashes folded, every character that is not a letter, number or mark made a space), encoded
+and joined into one byte array, word boundaries and per-word polynomial hashes come from vectorised
+prefix sums (uint64 arithmetic wraps modulo 2^64), and n-word shingles are mixed from consecutive word
+hashes. Hashes are stable across processes and machines, so signatures can be stored (see `history.py`).
 
 rensa's full-set R-MinHash is used, never its position-sensitive "rho" mode (one edited word hides a
 duplicate there).
@@ -18,14 +19,16 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from llmdistill import textnorm
+
 _P = np.uint64(0x100000001B3)  # odd: invertible modulo 2^64
 _P_INV = np.uint64(pow(0x100000001B3, -1, 2**64))
 _K = np.uint64(0x9E3779B97F4A7C15)
 
-# bytes that belong to a word: ASCII letters (text is lower-cased first), digits, '_', and every byte of a
-# multi-byte UTF-8 character (non-ASCII letters; a non-ASCII punctuation mark joins a word, which is harmless)
+# bytes that belong to a word: ASCII letters (the text is case-folded first) and digits, and every byte of a
+# multi-byte UTF-8 character (`textnorm.word_text` has already made every non-ASCII non-word character a space)
 _WORD_BYTE = np.zeros(256, dtype=bool)
-for _c in b"abcdefghijklmnopqrstuvwxyz0123456789_":
+for _c in b"abcdefghijklmnopqrstuvwxyz0123456789":
     _WORD_BYTE[_c] = True
 _WORD_BYTE[0x80:] = True
 
@@ -56,9 +59,10 @@ def mix64(x: np.ndarray) -> np.ndarray:
 def word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(hashes, doc) of every word of every text, in order: a uint64 hash per word and the text it is in.
 
-    A word is a maximal run of [a-z0-9_] or non-ASCII bytes after lower-casing (as `\\w+` for most text).
+    A word is a maximal run of letters, numbers and combining marks of the normalised text (`textnorm`);
+    spaces, punctuation (Unicode's as well as ASCII's, '_' included), symbols and controls separate words.
     """
-    encoded = [t.lower().encode("utf-8") for t in texts]
+    encoded = [textnorm.word_text(t).encode("utf-8") for t in texts]
     if not encoded:
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
     # a NUL before, between and after the texts: no word touches the ends or crosses two texts
@@ -165,65 +169,112 @@ def optimal_bands(threshold: float, num_perm: int, fn_weight: float = 0.95) -> t
     return best
 
 
-def candidate_pairs(keys: np.ndarray, valid: np.ndarray | None = None, max_bucket: int = 1000) -> np.ndarray:
+def candidate_pairs(keys: np.ndarray, valid: np.ndarray | None = None, max_bucket: int = 1000,
+                    order: np.ndarray | None = None) -> np.ndarray:
     """[M, 2] int64 pairs (i < j) of documents that share a band key, without repeats.
 
-    In a bucket of m documents each is paired with the bucket's first and with its predecessor (2m pairs,
-    not m^2): connected components over the verified pairs still join the bucket. Buckets larger than
-    `max_bucket` (boilerplate repeated thousands of times) are cut into slices of that size.
+    In a bucket of m documents, taken in `order` (a permutation, best first; default: index order), each
+    is paired with the bucket's first and with its predecessor (2m pairs, not m^2): the first is the one
+    the greedy selection keeps. Buckets larger than `max_bucket` (boilerplate repeated thousands of times)
+    are cut into slices of that size.
     """
+    ids, bucket = shared_buckets(keys, valid, order)
+    return bucket_pairs(ids, bucket, keys.shape[0], max_bucket=max_bucket)
+
+
+def shared_buckets(keys: np.ndarray, valid: np.ndarray | None = None,
+                   order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, bucket): the documents of every band's buckets of two or more, flat; a bucket's members are
+    consecutive, in `order` (default: index order), and share a `bucket` number (increasing)."""
     n = keys.shape[0]
-    idx_all = np.arange(n, dtype=np.int64) if valid is None else np.flatnonzero(valid)
-    out = []
+    idx_all = np.arange(n, dtype=np.int64) if order is None else np.asarray(order, np.int64)
+    if valid is not None:
+        idx_all = idx_all[valid[idx_all]]
+    out_ids, out_bucket, base = [], [], 0
     for b in range(keys.shape[1]):
         k = keys[idx_all, b]
-        order = np.argsort(k, kind="stable")
-        ks, ids = k[order], idx_all[order]
+        by_key = np.argsort(k, kind="stable")  # equal keys stay in `order`
+        ks, ids = k[by_key], idx_all[by_key]
         same = ks[1:] == ks[:-1]
         if not same.any():
             continue
-        # position of each element inside its run of equal keys
-        run_start = np.concatenate([[True], ~same])
-        first_pos = np.maximum.accumulate(np.where(run_start, np.arange(len(ks)), 0))
-        pos_in_run = np.arange(len(ks)) - first_pos
-        slice_start = first_pos + (pos_in_run // max_bucket) * max_bucket
-        member = np.flatnonzero(pos_in_run % max_bucket > 0)
-        out.append(np.stack([ids[slice_start[member]], ids[member]], 1))
-        pred = np.flatnonzero(same) + 1
-        pred = pred[pos_in_run[pred] % max_bucket > 1]
-        out.append(np.stack([ids[pred - 1], ids[pred]], 1))
-    if not out:
+        shared = np.zeros(len(ks), bool)
+        shared[1:] |= same
+        shared[:-1] |= same
+        run = np.cumsum(np.concatenate([[True], ~same]))
+        out_ids.append(ids[shared])
+        out_bucket.append(run[shared] + base)
+        base += int(run[-1]) + 1
+    if not out_ids:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(out_ids), np.concatenate(out_bucket)
+
+
+def bucket_pairs(ids: np.ndarray, bucket: np.ndarray, n: int, alive: np.ndarray | None = None,
+                 max_bucket: int = 1000) -> np.ndarray:
+    """The candidate pairs of `shared_buckets` (first and predecessor in each bucket) among the `alive` ones."""
+    if alive is not None:
+        keep = alive[ids]
+        ids, bucket = ids[keep], bucket[keep]
+    same = bucket[1:] == bucket[:-1]
+    if not same.any():
         return np.zeros((0, 2), np.int64)
-    pairs = np.concatenate(out)
+    # position of each element inside its run of equal buckets
+    run_start = np.concatenate([[True], ~same])
+    first_pos = np.maximum.accumulate(np.where(run_start, np.arange(len(ids)), 0))
+    pos_in_run = np.arange(len(ids)) - first_pos
+    slice_start = first_pos + (pos_in_run // max_bucket) * max_bucket
+    member = np.flatnonzero(pos_in_run % max_bucket > 0)
+    pred = np.flatnonzero(same) + 1
+    pred = pred[pos_in_run[pred] % max_bucket > 1]
+    pairs = np.concatenate([np.stack([ids[slice_start[member]], ids[member]], 1),
+                            np.stack([ids[pred - 1], ids[pred]], 1)])
     pairs = np.sort(pairs, axis=1)
-    code = pairs[:, 0] * np.int64(n) + pairs[:, 1]
-    code = np.unique(code)
+    code = np.unique(pairs[:, 0] * np.int64(n) + pairs[:, 1])
     return np.stack([code // n, code % n], 1)
 
 
-def components(n: int, edges: np.ndarray) -> np.ndarray:
-    """Connected-component label of each of `n` nodes given [M, 2] edges (singletons get their own label)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+def greedy_removals(order: np.ndarray, pairs: np.ndarray) -> dict[int, int]:
+    """{removed node: the kept node it duplicates} for nodes visited in `order` (best first) over [M, 2] pairs.
 
-    if len(edges) == 0:
-        return np.arange(n)
-    graph = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
+    A node is kept unless a pair joins it to a node already kept, so every removed node has a pair with a
+    kept one and no pair joins two kept nodes. Clusters do not chain: in a chain a-b-c (pairs a-b and b-c
+    only, a first) b goes and a and c both stay. A removed node names its best-placed kept partner.
+    """
+    if len(pairs) == 0:
+        return {}
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    a, b = pairs[:, 0], pairs[:, 1]
+    first = np.where(rank[a] < rank[b], a, b)  # the partner visited earlier
+    later = np.where(rank[a] < rank[b], b, a)
+    # visit pairs by the later node's rank, then the earlier partner's: when a pair comes up, the earlier
+    # partner's fate is settled (all its own pairs with earlier nodes came before)
+    by = np.lexsort((rank[first], rank[later]))
+    removed: dict[int, int] = {}
+    for f, node in zip(first[by].tolist(), later[by].tolist()):
+        if node not in removed and f not in removed:
+            removed[node] = f
+    return removed
 
 
-def verify_pairs(pairs: np.ndarray, read: Callable, ngram: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def verify_pairs(pairs: np.ndarray, read: Callable, ngram: int, threshold: float,
+                 sets: dict[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(pairs, jaccards) of the candidate pairs whose exact shingle Jaccard is >= threshold.
 
     `read(docs)` gets the sorted indices of the candidate documents and yields (indices, texts) chunks
-    that cover them; only those documents' shingle sets are held.
+    that cover them; only those documents' shingle sets are held (in `sets`, when given, which keeps them
+    for the next call: documents already there are not read again).
     """
     if len(pairs) == 0:
         return pairs, np.zeros(0)
-    sets: dict[int, np.ndarray] = {}
-    for idx, texts in read(np.unique(pairs)):
-        for d, s in zip(np.asarray(idx).tolist(), shingle_sets(texts, ngram)):
-            sets[d] = s
+    sets = {} if sets is None else sets
+    docs = np.unique(pairs)
+    missing = docs[[d not in sets for d in docs.tolist()]] if sets else docs
+    if len(missing):
+        for idx, texts in read(missing):
+            for d, s in zip(np.asarray(idx).tolist(), shingle_sets(texts, ngram)):
+                sets[d] = s
     js = np.fromiter((jaccard(sets[a], sets[b]) for a, b in pairs.tolist()), dtype=np.float64, count=len(pairs))
     keep = js >= threshold
     return pairs[keep], js[keep]
@@ -234,8 +285,8 @@ class NearDuplicateFinder:
 
         finder = NearDuplicateFinder(threshold=0.8)
         for chunk in corpus_chunks: finder.add(chunk)           # pass 1: signatures -> band keys
-        pairs, js = finder.verified_pairs(read)                 # pass 2: exact Jaccard of candidates
-        labels = components(finder.count, pairs)
+        removed, pairs, n_candidates = finder.removals(read)    # pass 2: exact Jaccard of candidates
+        # removed: {row: the kept row it has Jaccard >= threshold with}
     """
 
     def __init__(self, threshold: float = 0.8, num_perm: int = 128, bands: int | None = None, ngram: int = 3,
@@ -258,18 +309,59 @@ class NearDuplicateFinder:
         self.count += len(texts)
         return sig
 
-    def candidates(self) -> np.ndarray:
+    def _stacked(self) -> tuple[np.ndarray, np.ndarray]:
         keys = np.concatenate(self._keys) if self._keys else np.zeros((0, self.bands), np.uint64)
         valid = np.concatenate(self._valid) if self._valid else np.zeros(0, bool)
-        self._keys = [keys]
-        self._valid = [valid]
-        return candidate_pairs(keys, valid)
+        self._keys, self._valid = [keys], [valid]
+        return keys, valid
+
+    def candidates(self, alive: np.ndarray | None = None, order: np.ndarray | None = None) -> np.ndarray:
+        """Candidate pairs among the documents with shingles (and `alive`), buckets taken in `order`."""
+        keys, valid = self._stacked()
+        return candidate_pairs(keys, valid if alive is None else valid & alive, order=order)
 
     def signatures(self) -> np.ndarray:
         return np.concatenate(self._sigs) if self._sigs else np.zeros((0, self.num_perm), np.uint32)
 
     def verified_pairs(self, read: Callable) -> tuple[np.ndarray, np.ndarray]:
         return verify_pairs(self.candidates(), read, self.ngram, self.threshold)
+
+    def removals(self, read: Callable, order: np.ndarray | None = None) -> tuple[dict[int, int], np.ndarray, int]:
+        """({removed: kept partner}, verified pairs, candidate pairs checked): `greedy_removals` in `order`
+        (best first; default: index order) over the verified candidates.
+
+        A bucket pairs each member with its best-placed one and its predecessor only, so once a round has
+        removed rows, survivors that were not paired may now be: candidates are drawn again among the
+        survivors and only the new ones verified, until a round brings no new verified pair (usually the
+        second). Shingle sets read in one round are kept for the next, so `read` is called again only for
+        documents not yet read (none in practice: a survivor paired anew shared a bucket before, so it was
+        already a candidate).
+        """
+        n = self.count
+        order = np.arange(n) if order is None else np.asarray(order, np.int64)
+        keys, valid = self._stacked()
+        ids, bucket = shared_buckets(keys, valid, order)  # the buckets are drawn once; rounds filter them
+        checked = np.zeros(0, np.int64)  # pair codes i * n + j already verified
+        sets: dict[int, np.ndarray] = {}  # shingle sets read so far
+        verified: list[np.ndarray] = []
+        removed: dict[int, int] = {}
+        alive = None
+        while True:
+            cand = bucket_pairs(ids, bucket, n, alive)
+            code = cand[:, 0] * np.int64(n) + cand[:, 1]
+            new = ~np.isin(code, checked, assume_unique=True)
+            if not new.any():
+                break
+            checked = np.union1d(checked, code[new])
+            pairs, _ = verify_pairs(cand[new], read, self.ngram, self.threshold, sets)
+            if len(pairs) == 0:
+                break
+            verified.append(pairs)
+            removed = greedy_removals(order, np.concatenate(verified))
+            alive = np.ones(n, bool)
+            alive[list(removed)] = False
+        pairs = np.concatenate(verified) if verified else np.zeros((0, 2), np.int64)
+        return removed, pairs, len(checked)
 
 
 def reader(texts: list[str], chunk: int = 4096) -> Callable:

@@ -12,7 +12,8 @@ Steps run one after the other over the rows still alive, reading light columns (
 - scorers (judge, reward_model, perplexity, confidence): batched; each batch's scores are committed to
   `filter/scores/<i>-<name>/` as they come, so a killed stage resumes without scoring a row twice;
 - corpus steps (near_dedup, semantic_dedup): one pass to hash or embed, a decision on the whole corpus
-  (clusters; one representative kept by `keep`), and for near_dedup a pass over the candidates only;
+  (rows visited in `keep` order; one is removed only when a verified pair joins it to a row already kept,
+  `minhash.greedy_removals`), and for near_dedup a pass over the candidates only;
 - history_dedup: checks against the persistent index and adds the kept rows to it at the end.
 What stays in memory per row: its reason, level, id and scores (a few dozen bytes), plus per corpus
 step 8 bytes per LSH band (near) or the embedding (semantic).
@@ -216,35 +217,24 @@ def _text_chunks(rows: Rows, scope: str, chunk: int, only: np.ndarray | None = N
         yield np.array(idx), texts
 
 
-def choose_representatives(labels: np.ndarray, members: np.ndarray, rows: Rows, keep: str,
-                           score: str | None) -> tuple[dict[int, int], list[int]]:
-    """({removed row: kept row}, cluster sizes) for clusters (equal `labels`) over row indices `members`
-    (ascending, i.e. first seen first)."""
-    order = np.argsort(labels, kind="stable")
-    bounds = np.flatnonzero(np.diff(labels[order])) + 1
-    removed, sizes = {}, []
-    for group in np.split(order, bounds):
-        if len(group) < 2:
-            continue
-        ids = members[group]
-        if keep == "lowest_level":
-            rep = ids[np.argmin(rows.levels[ids])]  # argmin returns the first of equal levels
-        elif keep == "highest_score":
-            vals = rows.scores.get(score, np.full(rows.n, np.nan))[ids]
-            rep = ids[np.argmax(np.where(np.isnan(vals), -np.inf, vals))]
-        else:
-            rep = ids[0]
-        sizes.append(len(ids))
-        for j in ids:
-            if j != rep:
-                removed[int(j)] = int(rep)
-    return removed, sizes
+def keep_order(members: np.ndarray, rows: Rows, keep: str, score: str | None) -> np.ndarray:
+    """The positions of `members` (row indices, ascending) best first for `keep`: first seen, lowest level,
+    or highest score (rows without the score last); ties go to the row seen first."""
+    if keep == "lowest_level":
+        return np.argsort(rows.levels[members], kind="stable")
+    if keep == "highest_score":
+        vals = rows.scores.get(score, np.full(rows.n, np.nan))[members]
+        return np.argsort(-np.where(np.isnan(vals), -np.inf, vals), kind="stable")
+    return np.arange(len(members))
 
 
-def _apply_clusters(rows: Rows, step, removed: dict[int, int], sizes: list[int], reason: str, stats: dict,
+def _apply_removals(rows: Rows, members: np.ndarray, removed: dict[int, int], reason: str, stats: dict,
                     field: str) -> None:
+    """Remove the rows of `removed` ({member position: kept member position}) with `reason`, naming the kept
+    row in `metadata[field]`; a cluster in the stats is a kept row and the rows removed for it."""
     for j, rep in removed.items():
-        rows.remove(j, reason, **{field: rows.ids[rep]})
+        rows.remove(int(members[j]), reason, **{field: rows.ids[members[rep]]})
+    sizes = [n + 1 for n in Counter(removed.values()).values()]
     hist = Counter(sizes)
     stats.setdefault("clusters", {})[reason] = {
         "clusters": len(sizes), "rows_removed": len(removed), "largest": max(sizes, default=0),
@@ -263,13 +253,11 @@ def run_near_dedup(rows: Rows, step: C.NearDedupStep, stats: dict) -> None:
         for idx, texts in _text_chunks(rows, step.scope, step.chunk_rows, only=members_arr[local]):
             yield np.searchsorted(members_arr, idx), texts
 
-    candidates = finder.candidates()
-    pairs, _ = minhash.verify_pairs(candidates, read, step.ngram, step.threshold)
-    labels = minhash.components(len(members_arr), pairs)
-    removed, sizes = choose_representatives(labels, members_arr, rows, step.keep, step.score)
-    stats.setdefault("near_dedup", {}).update({"bands": finder.bands, "candidate_pairs": len(candidates),
+    order = keep_order(members_arr, rows, step.keep, step.score)
+    removed, pairs, n_candidates = finder.removals(read, order)
+    stats.setdefault("near_dedup", {}).update({"bands": finder.bands, "candidate_pairs": n_candidates,
                                                "verified_pairs": len(pairs)})
-    _apply_clusters(rows, step, removed, sizes, "near_duplicate", stats, "near_duplicate_of")
+    _apply_removals(rows, members_arr, removed, "near_duplicate", stats, "near_duplicate_of")
 
 
 def run_semantic_dedup(rows: Rows, step: C.SemanticDedupStep, stats: dict) -> None:
@@ -283,10 +271,9 @@ def run_semantic_dedup(rows: Rows, step: C.SemanticDedupStep, stats: dict) -> No
     members_arr = np.concatenate(members) if members else np.zeros(0, np.int64)
     emb = np.concatenate(embs) if embs else np.zeros((0, embedder.dim), np.float16)
     pairs, _ = semantic.similar_pairs(emb, step.threshold, step.bits, step.tables, step.seed)
-    labels = minhash.components(len(members_arr), pairs)
-    removed, sizes = choose_representatives(labels, members_arr, rows, step.keep, step.score)
+    removed = minhash.greedy_removals(keep_order(members_arr, rows, step.keep, step.score), pairs)
     stats.setdefault("semantic_dedup", {}).update({"verified_pairs": len(pairs)})
-    _apply_clusters(rows, step, removed, sizes, "semantic_duplicate", stats, "semantic_duplicate_of")
+    _apply_removals(rows, members_arr, removed, "semantic_duplicate", stats, "semantic_duplicate_of")
 
 
 class HistoryStep:

@@ -303,3 +303,68 @@ def test_semantic_dedup_step(tmp_path, tiny):
     assert set(removed.column("reason").to_pylist()) == {"semantic_duplicate"}
     meta = [json.loads(m)["semantic_duplicate_of"] for m in removed.column("metadata").to_pylist()]
     assert meta == [samples[0].id, samples[1].id]
+
+
+def test_real_tweets_with_typographic_copies_and_a_chain(tmp_path, tiny):
+    """Real tweets (data/sentiment) through exact_dedup then near_dedup: copies that differ in Unicode spaces,
+    quotes, dashes, compatibility forms or invisible characters are `duplicate`; copies whose spacing also
+    changed (glued em dashes) are `near_duplicate` of their original; in a chain a-b-c (J(a, b), J(b, c)
+    >= 0.8 > J(a, c)) only b goes, as a near duplicate of a, and c stays."""
+    from tests.unit.test_dedup import SAME_TEXT, SAME_WORDS, chain_texts, tweets
+
+    originals = tweets(14)[:40]
+    samples = [make_sample(i, t) for i, t in enumerate(originals)]
+    expected = {}  # id -> (reason, the id it duplicates)
+    edits = list(SAME_TEXT.items()) + list(SAME_WORDS.items())
+    for k, (name, edit) in enumerate(edits):
+        src = next(i for i in range(k, len(originals)) if edit(originals[i]) != originals[i])
+        copy = make_sample(100 + k, edit(originals[src]), prompt=f"question {src}")
+        samples.append(copy)
+        expected[copy.id] = ("duplicate" if name in SAME_TEXT else "near_duplicate", samples[src].id)
+    chain = [make_sample(200 + k, t) for k, t in enumerate(chain_texts())]
+    samples += chain
+    expected[chain[1].id] = ("near_duplicate", chain[0].id)
+    cfg = config(tmp_path, tiny, [{"name": "exact_dedup"}, {"name": "near_dedup"}])
+    write_generated(cfg, samples)
+    run_filter(cfg)
+    kept, removed = kept_and_removed(cfg)
+    got = {rid: (reason, json.loads(meta).get("near_duplicate_of"))
+           for rid, reason, meta in zip(removed.column("id").to_pylist(), removed.column("reason").to_pylist(),
+                                        removed.column("metadata").to_pylist())}
+    assert {rid: r for rid, (r, _) in got.items()} == {rid: r for rid, (r, _) in expected.items()}
+    for rid, (reason, of) in expected.items():
+        if reason == "near_duplicate":
+            assert got[rid][1] == of
+    assert chain[0].id in kept.column("id").to_pylist() and chain[2].id in kept.column("id").to_pylist()
+    stats = store.read_json(cfg.run_dir / "filter" / "stats.json")
+    assert stats["clusters"]["near_duplicate"]["size_histogram"] == {"2": len(SAME_WORDS) + 1}
+
+
+def test_semantic_dedup_does_not_chain(tmp_path, tiny, monkeypatch):
+    """A fake embedder (the real one is tested above) puts a, b, c at 0, 7 and 14 degrees: cos(a, b) and
+    cos(b, c) are 0.9925 >= 0.99 and cos(a, c) 0.970 < 0.99, so b goes as a's duplicate and c stays."""
+    from llmdistill.filter import semantic
+
+    angles = {"alpha answer": 0.0, "beta answer": 7.0, "gamma answer": 14.0, "other answer": 90.0}
+
+    class Fake:
+        dim = 384
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def embed(self, texts):
+            out = np.zeros((len(texts), self.dim), np.float32)
+            for i, t in enumerate(texts):
+                out[i, 0], out[i, 1] = np.cos(np.radians(angles[t])), np.sin(np.radians(angles[t]))
+            return out
+
+    monkeypatch.setattr(semantic, "Embedder", Fake)
+    samples = [make_sample(i, t) for i, t in enumerate(angles)]
+    cfg = config(tmp_path, tiny, [{"name": "semantic_dedup", "threshold": 0.99}])
+    write_generated(cfg, samples)
+    run_filter(cfg)
+    kept, removed = kept_and_removed(cfg)
+    assert removed.column("id").to_pylist() == [samples[1].id]
+    assert json.loads(removed.column("metadata")[0].as_py())["semantic_duplicate_of"] == samples[0].id
+    assert kept.column("id").to_pylist() == [samples[0].id, samples[2].id, samples[3].id]

@@ -1,5 +1,6 @@
 """Each filter step returns the reason code it documents, and keeps what it should keep."""
 
+from collections import Counter
 
 from llmdistill import config as C
 from llmdistill.filter import filters
@@ -47,6 +48,19 @@ def test_exact_dedup_normalises_case_space_and_unicode():
     texts = ["Paris is the capital.", "paris  is the\tcapital.", "Ｐaris is the capital.", "Rome."]
     assert run(C.ExactDedupStep(name="exact_dedup", scope="completion"), [sample(t) for t in texts]) == [
         None, "duplicate", "duplicate", None]
+
+
+def test_exact_dedup_catches_typographic_copies_of_real_tweets():
+    """Real tweets (data/sentiment) and copies with no-break or thin spaces, curly quotes, en/em dashes,
+    fullwidth letters, ligatures, soft hyphens and zero-width spaces: every copy is a `duplicate`."""
+    from tests.unit.test_dedup import SAME_TEXT, tweets
+
+    originals = tweets()[:150]
+    edited = [(name, f(t)) for t in originals for name, f in SAME_TEXT.items() if f(t) != t]
+    assert Counter(name for name, _ in edited).keys() == SAME_TEXT.keys()  # every kind of edit was made
+    copies = [c for _, c in edited]
+    verdicts = run(C.ExactDedupStep(name="exact_dedup", scope="completion"), [sample(t) for t in originals + copies])
+    assert verdicts == [None] * len(originals) + ["duplicate"] * len(copies)
 
 
 def test_exact_dedup_prompt_scope_keeps_same_answer_to_different_prompts():

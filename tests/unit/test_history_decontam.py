@@ -43,6 +43,53 @@ def test_history_index_round_trip_and_owners(tmp_path):
         HistoryIndex.open(tmp_path / "h", num_perm=64)
 
 
+def test_history_segments_record_the_text_normalisation(tmp_path, caplog):
+    """A segment remembers the textnorm version its hashes were made with; an index holding rows hashed by
+    an older version still opens, with a warning naming it (its non-ASCII rows may not match)."""
+    from llmdistill import store, textnorm
+
+    docs = texts(4)
+    sigs, _ = minhash.signatures(docs)
+    index = HistoryIndex.open(tmp_path / "h")
+    index.add("run-a", exact_u64([bytes([i]) * 16 for i in range(4)]), sigs, [f"a{i}" for i in range(4)])
+    meta = store.read_json(tmp_path / "h" / "index.json")
+    assert meta["segments"][0]["text"] == textnorm.VERSION
+    with caplog.at_level("WARNING", logger="llmdistill"):
+        HistoryIndex.open(tmp_path / "h")
+    assert not caplog.records
+    del meta["segments"][0]["text"]  # as written before the version was recorded
+    store.atomic_write_json(tmp_path / "h" / "index.json", meta)
+    with caplog.at_level("WARNING", logger="llmdistill"):
+        index = HistoryIndex.open(tmp_path / "h")
+    assert len(index) == 4
+    assert "4 rows were hashed with an older text normalisation" in caplog.text and str(tmp_path / "h") in caplog.text
+
+
+def test_history_and_decontamination_see_typographic_copies_of_real_tweets(tmp_path):
+    """The history index and the decontamination n-grams use the same normalisation as exact and near dedup:
+    a tweet kept by an earlier run is found again from its no-break-space, curly-quote or fullwidth copy,
+    and an eval item with typographic quotes and dashes is found in a sample written in plain ASCII."""
+    from llmdistill.filter import filters
+    from tests.unit.test_dedup import SAME_TEXT, SAME_WORDS, tweets
+    from tests.unit.test_filters import sample
+
+    originals = tweets()[:30]
+    index = HistoryIndex.open(tmp_path / "h", scope="completion")
+    sigs, _ = minhash.signatures(originals)
+    index.add("run-a", exact_u64([filters.exact_hash(sample(t), "completion") for t in originals]), sigs,
+              [f"a{i}" for i in range(len(originals))])
+    index = HistoryIndex.open(tmp_path / "h", scope="completion")
+    for name, edit in {**SAME_TEXT, **SAME_WORDS}.items():
+        copies = [edit(t) for t in originals]
+        probe, _ = minhash.signatures(copies)
+        assert index.near_matches(probe, 0.8).all(), name
+        if name in SAME_TEXT:
+            assert index.contains_exact(exact_u64([filters.exact_hash(sample(c), "completion") for c in copies])).all()
+    idx = decontam.NgramIndex(5)
+    idx.add("eval", ["He said \u201cit\u2019s the end\u2014or not\u201d, then left"])
+    assert idx.hits("we read: he said it's the end - or not, then left early") == {("eval", 0)}
+
+
 def test_ngram_index_short_items_match_whole():
     idx = decontam.NgramIndex(5)
     idx.add("s", ["one two three four five six", "tiny item"])
