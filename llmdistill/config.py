@@ -462,8 +462,9 @@ KeepRule = Literal["first", "lowest_level", "highest_score"]
 
 
 class _Cluster(Section):
-    keep: KeepRule = Field("first", description="which member of a duplicate cluster stays: first seen, lowest "
-                           "curriculum level (then first), or highest `score` (then first)")
+    keep: KeepRule = Field("first", description="the order rows are visited in (a row is removed only when it is a "
+                           "verified duplicate of a row already kept): first seen, lowest curriculum level (then "
+                           "first), or highest `score` (then first)")
     score: str | None = Field(None, description="keep: highest_score: the scores[] key (written by an earlier "
                               "scorer step)")
     scope: Literal["completion", "prompt_completion"] = Field(
@@ -478,8 +479,10 @@ class _Cluster(Section):
 
 class NearDedupStep(_Cluster):
     """MinHash + LSH near-duplicate removal (reason `near_duplicate`): word n-gram shingles, rensa R-MinHash
-    signatures, `bands` LSH bands, candidates verified by exact Jaccard >= `threshold`; in each cluster one
-    row stays (see `keep`). Two passes over the data, `chunk_rows` texts at a time."""
+    signatures, `bands` LSH bands, candidates verified by exact Jaccard >= `threshold`; rows are visited in
+    `keep` order and one is removed only when it has J >= `threshold` with a row that is kept (clusters never
+    chain). Words after textnorm's folding (NFKC, case, typographic quotes and dashes, Unicode categories).
+    Two passes over the data, `chunk_rows` texts at a time."""
 
     name: Literal["near_dedup"]
     threshold: float = Field(0.8, gt=0.0, le=1.0, description="exact shingle Jaccard that makes a duplicate")
@@ -499,7 +502,8 @@ class NearDedupStep(_Cluster):
 
 class SemanticDedupStep(_Cluster):
     """Embedding near-duplicates (reason `semantic_duplicate`): sentence embeddings (mean-pooled, normalised),
-    random-hyperplane LSH buckets (`tables` x `bits`), candidates verified by exact cosine >= `threshold`."""
+    random-hyperplane LSH buckets (`tables` x `bits`), candidates verified by exact cosine >= `threshold`; a
+    row is removed only when its cosine with a kept row (in `keep` order) is >= `threshold`."""
 
     name: Literal["semantic_dedup"]
     model: str = Field("all-minilm-l6-v2", description="a sentence-embedding model: local directory, hub id, or "
