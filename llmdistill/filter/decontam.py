@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from llmdistill import config as C
+from llmdistill import records
 from llmdistill.errors import UserError
 from llmdistill.filter import minhash
 from llmdistill.filter.filters import Verdict, text_key
@@ -43,17 +44,19 @@ def load_eval_items(es: C.EvalSetConfig) -> list[str]:
     """The items of an eval set as texts (empty ones dropped). A bad file raises UserError naming it."""
     if es.path is not None:
         path = Path(es.path)
-        if path.suffix == ".jsonl":
-            items = []
-            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
+        items = []
+        with records.open_text(path) as f:
+            for lineno, line in enumerate(f, 1):
                 try:
-                    items.append(item_text(json.loads(line), es.fields))
+                    line = records.check_utf8(line.rstrip("\r\n"))
+                    if path.suffix == ".jsonl" and line.strip():
+                        items.append(item_text(json.loads(line), es.fields))
+                    elif path.suffix != ".jsonl":
+                        items.append(line)
                 except json.JSONDecodeError as e:
                     raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        else:
-            items = path.read_text(encoding="utf-8").splitlines()
+                except ValueError as e:
+                    raise UserError(f"{path}:{lineno}: {e}") from None
     else:
         import datasets
 

@@ -127,7 +127,9 @@ class RewardScorer(Scorer):
 
     def _texts(self, samples):
         if self.tok.chat_template:
-            return [self.tok.apply_chat_template(_conversation(s), tokenize=False) for s in samples]
+            from llmdistill import models
+
+            return [models.render_chat(self.tok, _conversation(s), add_generation_prompt=False) for s in samples]
         return ["\n".join(m["content"] for m in s.messages) + "\n" + (s.completion or "") for s in samples]
 
     def score(self, samples):

@@ -115,3 +115,17 @@ def test_eval_items_from_jsonl_text_and_a_local_hf_dataset(tmp_path):
     with pytest.raises(ValueError, match="exactly one of path and hf"):
         C.EvalSetConfig(name="x")
     assert np.all(exact_u64([b"\x01" * 16]) == np.array([0x0101010101010101], np.uint64))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_eval_set_with_a_byte_that_is_not_utf8_names_file_and_line(tmp_path, suffix):
+    from llmdistill.config import EvalSetConfig
+    from llmdistill.errors import UserError
+
+    path = tmp_path / f"eval{suffix}"
+    good = b'{"prompt": "caf\xc3\xa9 au lait"}' if suffix == ".jsonl" else "café au lait".encode()
+    path.write_bytes(good + b"\n" + good.replace(b"lait", b"l\xffit") + b"\n")
+    with pytest.raises(UserError, match=rf"eval{suffix}:2: not UTF-8 text \(byte 0xff"):
+        decontam.load_eval_items(EvalSetConfig(name="e", path=path))
+    path.write_bytes(good + b"\n\n" + good + b"\n")
+    assert decontam.load_eval_items(EvalSetConfig(name="e", path=path)) == ["café au lait"] * 2
