@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from llmdistill import __version__, faults, records, store
 from llmdistill.config import Config
@@ -110,8 +111,26 @@ def _templates(cfg: Config, stage: str) -> dict[str, str]:
     return {op: hashlib.sha256(operator_template(op).encode()).hexdigest() for op in cfg.generate.evolve.operators}
 
 
+def _not_hashed(value: Any) -> dict | None:
+    """The `model_dump(exclude=...)` spec of every field marked `json_schema_extra={"fingerprint": False}` in
+    `value` (a config model, or a dict or list of them): fields that decide how a stage runs, not what it writes."""
+    if isinstance(value, BaseModel):
+        out: dict = {}
+        for name, field in type(value).model_fields.items():
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            sub = True if extra.get("fingerprint") is False else _not_hashed(getattr(value, name))
+            if sub:
+                out[name] = sub
+        return out or None
+    if isinstance(value, dict):
+        return {k: sub for k, v in value.items() if (sub := _not_hashed(v))} or None
+    if isinstance(value, (list, tuple)):
+        return {i: sub for i, v in enumerate(value) if (sub := _not_hashed(v))} or None
+    return None
+
+
 def fingerprints(cfg: Config) -> dict[str, str]:
-    dumped = cfg.model_dump()
+    dumped = cfg.model_dump(exclude=_not_hashed(cfg))
     out: dict[str, str] = {}
     for stage in active_stages(cfg):
         up = upstream(cfg, stage)

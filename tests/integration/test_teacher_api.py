@@ -216,14 +216,51 @@ def test_api_key_comes_from_the_environment_and_is_never_written(tmp_path, tiny,
         os.environ.pop("LLMD_TEST_KEY", None)
 
 
-def test_pasted_key_in_the_config_is_refused_without_echo(tmp_path, tiny, server):
+SECRETS = [
+    ("api_key_env", "sk-live-abc-123"),
+    ("api_key_env", "sk_live_abc123"),  # letters, digits and _ only: a valid variable name, but a key
+    ("api_key_env", "hf_AbCdEfGhIjKlMnOpQrStUv"),
+    ("api_key_env", "Zq8x41LmPw0rT7yKd3Vb"),  # no known prefix: long and random
+    ("base_url", "PassW0rd-9f3e"),  # http://user:PassW0rd-9f3e@host/v1
+    ("base_url", "tok-77c1e0d9"),  # http://host/v1?api_key=tok-77c1e0d9
+]
+
+
+def _secret_value(srv: FakeOpenAI, where: str, secret: str) -> str:
+    if where == "api_key_env":
+        return secret
+    if secret.startswith("PassW0rd"):
+        return srv.base_url.replace("://", f"://llmd:{secret}@")
+    return f"{srv.base_url}?api_key={secret}"
+
+
+@pytest.mark.parametrize("where, secret", SECRETS)
+def test_a_secret_in_the_config_is_refused_without_echo(tmp_path, tiny, server, where, secret):
     srv = server()
-    path = api_config(tmp_path, tiny, srv, api_key_env="sk-live-abc-123")
     from llmdistill.config import ConfigError
 
-    with pytest.raises(ConfigError) as e:
-        load_config(path)
-    assert "api_key_env" in str(e.value) and "sk-live-abc-123" not in str(e.value)
+    for path, overrides in ((api_config(tmp_path, tiny, srv, **{where: _secret_value(srv, where, secret)}), []),
+                            (api_config(tmp_path, tiny, srv, name="clean"),
+                             [f"teacher.api.{where}={_secret_value(srv, where, secret)}"])):
+        with pytest.raises(ConfigError) as e:
+            load_config(path, overrides)
+        assert f"teacher.api.{where}" in str(e.value) and secret not in str(e.value)
+    assert load_config(api_config(tmp_path, tiny, srv, name="fine", api_key_env="OPENAI_API_KEY"))  # a real name
+
+
+@pytest.mark.parametrize("where, secret", [SECRETS[1], SECRETS[4]])
+def test_a_secret_in_the_config_is_never_printed_or_written(tmp_path, tiny, server, where, secret):
+    srv = server()
+    path = api_config(tmp_path, tiny, srv, **{where: _secret_value(srv, where, secret)})
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for command in (["validate", str(path)], ["generate", str(path), "-v"]):
+        res = subprocess.run([PYTHON, "-m", "llmdistill.cli", *command], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode == 2 and f"teacher.api.{where}" in res.stderr, res.stderr[-2000:]
+        assert secret not in res.stdout + res.stderr and "Traceback" not in res.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p != path]
+    assert not [p for p in written if secret.encode() in p.read_bytes()]  # nothing secret written anywhere
+    assert srv.stats()["requests"] == 0
 
 
 def test_unmappable_alternatives_are_counted_and_kept_out_of_the_vocabulary(tmp_path, tiny, server):
