@@ -7,8 +7,10 @@ request cache (run_dir/cache/api.sqlite) before it is used, keyed by the request
 
 - a killed run, rerun, re-sends only the requests that had no stored reply (those in flight, and any
   of the unfinished batch that had failed);
-- a rerun of a finished stage (`--force generate`, or a changed config) re-sends only the requests
-  that failed; good replies come back from the cache for free.
+- a plain rerun requests the samples that failed transiently again (the stage asks for exactly those,
+  at their planned batch positions, so the requests are the same), and a rerun of a finished stage
+  (`--force generate`, or a changed config) re-sends only the requests that failed; good replies come
+  back from the cache for free.
 
 A request that exhausts its retries, or that the server refuses (400, 422), becomes a failed sample
 with its reason (the `error` column), never a crash. 401, 403 and 404 stop the run (no other request

@@ -281,8 +281,9 @@ def generate_batches(cfg: Config, out_dir: Path, batches: list[list[Item]], todo
 def _ask(teacher, name: str, items: list[Item], seed: int, positions: list[int] | None = None):
     """teacher.generate on `items`; a prompt too long for the teacher (generate.too_long: error) is named by
     its file and line."""
+    extra = {} if positions is None else {"positions": positions}  # only a retry needs them
     try:
-        return teacher.generate([it.prompt.messages for it in items], seed=seed, positions=positions)
+        return teacher.generate([it.prompt.messages for it in items], seed=seed, **extra)
     except PromptTooLong as e:
         prompt = items[e.index].prompt
         where = prompt.origin or f"prompt {prompt.id} (source {prompt.source!r})"

@@ -70,8 +70,11 @@ class ContextCheck:
     def __init__(self, tokenizer, context: int | None, max_new_tokens: int, policy: str):
         self.tokenizer, self.context, self.max_new_tokens, self.policy = tokenizer, context, max_new_tokens, policy
         backend = getattr(tokenizer, "backend_tokenizer", None)
+        added = getattr(tokenizer, "added_tokens_decoder", {}).values()
+        # a token that swallows the whitespace beside it (lstrip/rstrip) can cover more bytes than it spells
+        stripping = any(getattr(t, "lstrip", False) or getattr(t, "rstrip", False) for t in added)
         self._widest = None
-        if context is not None and backend is not None and backend.normalizer is None:
+        if context is not None and backend is not None and backend.normalizer is None and not stripping:
             self._widest = max((len(t.encode("utf-8")) for t in tokenizer.get_vocab()), default=1) or 1
 
     def encode(self, prompts: list[list[dict]]) -> list[list[int] | str]:
