@@ -52,7 +52,7 @@ from pydantic import BaseModel
 
 from llmdistill import __version__, faults, records, store
 from llmdistill.config import Config
-from llmdistill.errors import LockedError, UserError
+from llmdistill.errors import LockedError, StorageError, UserError
 
 log = logging.getLogger("llmdistill")
 
@@ -98,7 +98,7 @@ class StageContext:
     merge_only: bool = False  # generate: check that the shards are complete and finish, generate nothing
     # set by the stage: work a plain rerun would still do (generate: failed samples worth requesting again),
     # and whether this attempt changed the output at all (a retry that failed the same way did not)
-    pending: int = 0
+    pending: int | None = None  # None: the stage did not count
     changed: bool = True
 
     def stage_dir(self, stage: str) -> Path:
@@ -328,7 +328,17 @@ def run_stages(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, force:
             module = importlib.import_module(f"llmdistill.{_PACKAGES[stage]}.stage")
             ctx = StageContext(stage, run_dir, work_dir, fps[stage], run_dir / up if up else None, ranks.main,
                                merge_only=merge_only)
-            module.run(cfg, ctx)
+            try:
+                module.run(cfg, ctx)
+            except UserError as e:
+                if not pending or isinstance(e, StorageError):
+                    raise
+                # the pending work could not be done now (the endpoint is down, the budget is spent): the
+                # completed output is still complete, so keep it and go on; the next run tries again
+                log.warning("stage %s: requesting its %d failed samples again did not finish (%s); its completed "
+                            "output is kept and the run goes on", stage, success["pending"], e)
+                ctx.pending = success["pending"] if ctx.pending is None else ctx.pending
+                outcome[stage] = "kept"
             faults.point("stage-end")
             seconds = round(time.monotonic() - started, 1)
             kept = pending and not ctx.changed and not interrupted and success.get("output") is not None
@@ -338,13 +348,13 @@ def run_stages(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, force:
                 store.mark_success(work_dir, {"stage": stage, "fingerprint": fps[stage], "seconds": seconds,
                                               "finished_at": _now(), "llmdistill_version": __version__,
                                               "processes": ranks.world, "output": token,
-                                              "upstream_output": up_token, "pending": ctx.pending})
+                                              "upstream_output": up_token, "pending": ctx.pending or 0})
                 (work_dir / STARTED).unlink(missing_ok=True)
                 if work_dir != out_dir:
                     _swap_in(work_dir, out_dir)
             faults.set_stage(None)
             log.info("stage %s: done in %.1f s", stage, seconds)
-            outcome[stage] = "ran"
+            outcome.setdefault(stage, "ran")
             if not kept:  # a changed output invalidates what was built from the old one
                 for later in STAGES[STAGES.index(stage) + 1:]:
                     forced.add(later)

@@ -196,7 +196,13 @@ def run(cfg: Config, ctx: StageContext) -> None:
                  sum(len(v) for v in retry.values()), len(retry))
     started = time.monotonic()
     total = sum(len(batches[j]) for j in mine)
-    new_tokens, ctx.changed = generate_batches(cfg, ctx.out_dir, batches, todo, total, retry)
+    try:
+        new_tokens = generate_batches(cfg, ctx, batches, todo, total, retry)
+    except UserError:
+        if ctx.changed and shard is None and store.read_success(ctx.out_dir) is not None:
+            # a retry over a completed output (which stays in use) replaced some files: count what is there now
+            finish(cfg, ctx, items, prompt_info, 0, time.monotonic() - started)
+        raise
     if shard is not None:
         store.atomic_write_json(ctx.out_dir / SHARDS_DIR / f"{shard[0]:03d}-of-{shard[1]:03d}.json",
                                 {"shard": shard[0], "count": shard[1], "batches": len(mine),
@@ -228,16 +234,18 @@ def batch_seed(cfg: Config, batch: list[Item]) -> int:
     return int(records.stable_hash([cfg.seed, batch[0].id], 15), 16)
 
 
-def generate_batches(cfg: Config, out_dir: Path, batches: list[list[Item]], todo: list[int], total: int,
-                     retry: dict[Path, list[tuple[int, int]]] | None = None) -> tuple[int, bool]:
+def generate_batches(cfg: Config, ctx: StageContext, batches: list[list[Item]], todo: list[int], total: int,
+                     retry: dict[Path, list[tuple[int, int]]] | None = None) -> int:
     """Generate the `todo` batches and the `retry` rows teacher by teacher and commit them; returns the new
-    completion tokens and whether any shard file was written."""
+    completion tokens. `ctx.changed` says, as soon as it is so, whether any shard file was written."""
     g = cfg.generate
     retry = retry or {}
+    out_dir = ctx.out_dir
+    ctx.changed = bool(todo)  # new batches get written; a retry sets it when it replaced a file
     writer = store.ShardWriter(out_dir)
     teachers = list(dict.fromkeys([batches[j][0].teacher for j in todo]
                                   + [batches[rows[0][0]][0].teacher for rows in retry.values()]))
-    started, new_tokens, changed = time.monotonic(), 0, False
+    started, new_tokens = time.monotonic(), 0
     initial = total - sum(len(batches[j]) for j in todo)
     with tqdm(total=total, initial=initial, desc="generate", unit="sample") as bar:
         for name in teachers:
@@ -245,7 +253,8 @@ def generate_batches(cfg: Config, out_dir: Path, batches: list[list[Item]], todo
             store.atomic_write_json(out_dir / TEACHERS_DIR / f"{name}.json", teacher.provenance())
             for path, rows in retry.items():
                 if batches[rows[0][0]][0].teacher == name:
-                    changed |= retry_shard(cfg, teacher, writer, path, batches, rows)
+                    if retry_shard(cfg, teacher, writer, path, batches, rows):
+                        ctx.changed = True
             pending: list[records.Sample] = []
             first = last = -1
             for j in (j for j in todo if batches[j][0].teacher == name):
@@ -260,7 +269,6 @@ def generate_batches(cfg: Config, out_dir: Path, batches: list[list[Item]], todo
                 except (UserError, KeyboardInterrupt):
                     if pending:  # whole batches only: commit them, so a rerun resumes after them
                         writer.write(pending, index=first)
-                        changed = True
                     raise
                 for it, res in zip(batch, results):
                     pending.append(_to_sample(cfg, it, res))
@@ -270,12 +278,11 @@ def generate_batches(cfg: Config, out_dir: Path, batches: list[list[Item]], todo
                 bar.set_postfix(tok_s=f"{new_tokens / max(time.monotonic() - started, 1e-9):.0f}")
             if pending:
                 writer.write(pending, index=first)
-            changed |= bool(todo)
             # again once done: some backends count what they saw (e.g. API tokens that did not map to ids)
             store.atomic_write_json(out_dir / TEACHERS_DIR / f"{name}.json", teacher.provenance())
             del teacher
             gc.collect()
-    return new_tokens, changed
+    return new_tokens
 
 
 def _ask(teacher, name: str, items: list[Item], seed: int, positions: list[int] | None = None):
@@ -295,7 +302,9 @@ def retry_shard(cfg: Config, teacher, writer: store.ShardWriter, path: Path, bat
                 rows: list[tuple[int, int]]) -> bool:
     """Request the failed `rows` (batch, position) of one committed shard file again, each with its batch's
     seed and its own position (the very request that failed), and replace the file by its new version in one
-    rename (its other rows untouched). Returns whether it changed (a retry that fails the same way leaves it)."""
+    rename (its other rows untouched). A row that fails transiently again is left as it was (nothing changed for
+    what is built from it); one answered, or now failing for good (it will not be retried again), is replaced.
+    Returns whether the file changed."""
     by_batch: dict[int, list[int]] = {}
     for j, pos in rows:
         by_batch.setdefault(j, []).append(pos)
@@ -306,8 +315,8 @@ def retry_shard(cfg: Config, teacher, writer: store.ShardWriter, path: Path, bat
         for it, res in zip(items, results):
             new[it.id] = _to_sample(cfg, it, res)
     old = store.read_shard(path).replace_schema_metadata(None)
-    ids, errors = old.column("id").to_pylist(), old.column("error").to_pylist()
-    swap = {i: s for i, s in new.items() if s.error != errors[ids.index(i)] or s.error is None}
+    ids = old.column("id").to_pylist()
+    swap = {i: s for i, s in new.items() if not is_transient(s.error)}
     if not swap:
         return False
     fresh = records.samples_to_table(list(swap.values())).replace_schema_metadata(None)

@@ -457,7 +457,12 @@ def test_downstream_stages_rerun_when_a_retry_changed_generate(tmp_path, tiny, s
     assert run_stages(cfg, ["generate", "filter"]) == {"generate": "ran", "filter": "skipped"}
     assert srv.stats()["requests"] >= pending and store.read_success(gen)["output"] == token
 
-    srv.fault_rate = 0.0  # the retry answers them: `llmdistill generate` alone, as if killed before filter reran
+    srv.die_after = 0  # the endpoint is down at the next retry: the complete output is kept, the run goes on
+    down = load_config(path, ["teacher.api.max_connection_failures=2"])  # not part of the fingerprint
+    assert run_stages(down, ["generate", "filter"]) == {"generate": "kept", "filter": "skipped"}
+    assert store.read_success(gen)["output"] == token and store.read_success(gen)["pending"] == pending
+
+    srv = server(port=srv.port)  # back, answering: `llmdistill generate` alone, as if killed before filter reran
     assert run_stages(cfg, ["generate"], standalone=True) == {"generate": "ran"}
     assert store.read_success(gen)["pending"] == 0 and store.read_success(gen)["output"] != token
     assert run_stages(cfg, ["generate", "filter"]) == {"generate": "skipped", "filter": "ran"}
