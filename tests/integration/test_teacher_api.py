@@ -501,3 +501,29 @@ def test_budget_reserves_each_requests_worst_case_before_it_is_sent(tmp_path, ti
     spent, paid = db.execute("SELECT SUM(cost_usd), COUNT(*) FROM replies").fetchone()
     db.close()
     assert 0 < paid == srv.stats()["requests"] < 32 and spent <= 0.05
+
+
+@pytest.mark.parametrize("fault", ["generate:shard-tmp:1", "generate:shard:1", "generate:stage-end:1"])
+def test_a_kill_during_a_retry_loses_no_good_row_and_the_next_run_finishes(tmp_path, tiny, server, fault):
+    """SIGKILL while a retry replaces a shard file (before its rename, after it, before _SUCCESS): the dataset
+    stays whole (every id, every answered row as it was), and the next run finishes the retry and the filter."""
+    srv = server(fault_rate=0.4, faults=("500",), seed=4)
+    path = api_config(tmp_path, tiny, srv, n_prompts=24, max_retries=0, generate={"max_failed_fraction": 0.8})
+    cfg = load_config(path)
+    run_stages(cfg, ["generate", "filter"])
+    gen = cfg.run_dir / "generate"
+    before = rows(cfg)
+    assert store.read_success(gen)["pending"] > 0
+    srv.fault_rate = 0.0
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LLMDISTILL_FAULT": fault}
+    res = subprocess.run([PYTHON, "-m", "llmdistill.cli", "generate", str(path)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    during = rows(cfg)
+    assert [r["id"] for r in during] == [r["id"] for r in before]
+    answered = {r["id"]: r for r in before if r["error"] is None}
+    assert all(r == answered[r["id"]] for r in during if r["id"] in answered)  # good rows untouched
+    assert store.read_success(gen) is not None  # the completed output stayed complete throughout
+
+    assert run_stages(cfg, ["generate", "filter"]) == {"generate": "ran", "filter": "ran"}
+    assert all(r["error"] is None for r in rows(cfg)) and len(store.read_ids(cfg.run_dir / "filter")) == 24
