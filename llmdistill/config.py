@@ -240,6 +240,24 @@ class APIOptions(Section):
                              "revoke the key if this config was shared")
         return v
 
+    @field_validator("extra_body")
+    @classmethod
+    def _no_key_in_body(cls, v: dict[str, Any]) -> dict[str, Any]:
+        def strings(x):
+            if isinstance(x, dict):
+                for value in x.values():
+                    yield from strings(value)
+            elif isinstance(x, list):
+                for value in x:
+                    yield from strings(value)
+            elif isinstance(x, str):
+                yield x
+
+        if any(len(t) >= 20 and " " not in t and t.startswith(KEY_PREFIXES) for t in strings(v)):
+            raise ValueError("holds what looks like an API key (value not shown): the config is written to the run "
+                             "directory; give the key through the environment variable named by api_key_env")
+        return v
+
     def connection_failure_limit(self) -> int:
         """`max_connection_failures`, or its default: every request of a full window failing every attempt."""
         return self.max_connection_failures or self.max_concurrency * (self.max_retries + 1)

@@ -91,7 +91,8 @@ class ContextCheck:
         if self.context is None:
             return models.encode_prompt(self.tokenizer, messages)
         room = self.context - self.max_new_tokens
-        if self._widest is not None:
+        # only a prompt whose text alone could hold that many bytes (4 per character at most) is worth rendering
+        if self._widest is not None and 4 * sum(len(m["content"]) for m in messages) > self._widest * room:
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             size = len(text.encode("utf-8"))
             least = -(-size // self._widest)

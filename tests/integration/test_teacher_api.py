@@ -229,12 +229,15 @@ SECRETS = [
     ("api_key_env", "Zq8x41LmPw0rT7yKd3Vb"),  # no known prefix: long and random
     ("base_url", "PassW0rd-9f3e"),  # http://user:PassW0rd-9f3e@host/v1
     ("base_url", "tok-77c1e0d9"),  # http://host/v1?api_key=tok-77c1e0d9
+    ("extra_body", "sk-proj-4f1b9c0e7d2a8b3c"),  # {"metadata": {"key": ...}}
 ]
 
 
-def _secret_value(srv: FakeOpenAI, where: str, secret: str) -> str:
+def _secret_value(srv: FakeOpenAI, where: str, secret: str):
     if where == "api_key_env":
         return secret
+    if where == "extra_body":
+        return {"metadata": {"key": secret}}
     if secret.startswith("PassW0rd"):
         return srv.base_url.replace("://", f"://llmd:{secret}@")
     return f"{srv.base_url}?api_key={secret}"
@@ -247,7 +250,7 @@ def test_a_secret_in_the_config_is_refused_without_echo(tmp_path, tiny, server, 
 
     for path, overrides in ((api_config(tmp_path, tiny, srv, **{where: _secret_value(srv, where, secret)}), []),
                             (api_config(tmp_path, tiny, srv, name="clean"),
-                             [f"teacher.api.{where}={_secret_value(srv, where, secret)}"])):
+                             [f"teacher.api.{where}={json.dumps(_secret_value(srv, where, secret))}"])):
         with pytest.raises(ConfigError) as e:
             load_config(path, overrides)
         assert f"teacher.api.{where}" in str(e.value) and secret not in str(e.value)
