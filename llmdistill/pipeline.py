@@ -14,7 +14,6 @@ nothing `pending` (failed samples that a rerun requests again). A `_SUCCESS` fro
 - with `pending` work and nothing else changed: in place over its completed output, which stays complete
   throughout (generate replaces each shard file that holds retried rows in one rename); its new
   `_SUCCESS` keeps the old token when nothing changed, so what was built from it is not redone;
-
 - in place, `<run>/<stage>/`, when that directory holds no completed output. A directory whose
   `_STARTED` holds the current fingerprint (and, when it names one, the upstream token it started from,
   the current one) is an interrupted attempt and is resumed (generate skips committed batches, train

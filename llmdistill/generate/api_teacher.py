@@ -47,7 +47,7 @@ from llmdistill import models
 from llmdistill.config import GenerateConfig, TeacherConfig
 from llmdistill.errors import BudgetExceeded, UserError
 from llmdistill.generate import api_client as ac
-from llmdistill.generate.teachers import ContextCheck, Generation, too_long
+from llmdistill.generate.teachers import ContextCheck, Generation
 from llmdistill.generate.token_map import UNMAPPED_ID, TokenMapper
 from llmdistill.records import stable_hash
 

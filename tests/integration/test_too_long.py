@@ -15,7 +15,6 @@ from fakeopenai import FakeOpenAI
 from conftest import PYTHON, REPO
 from llmdistill import models, store
 from llmdistill.config import load_config
-from llmdistill.errors import UserError
 from llmdistill.pipeline import run_stages
 
 HUGE = "why is the sky blue? " * 250_000  # 5.25 MB on one line
@@ -105,8 +104,8 @@ def test_each_prompt_is_tokenised_once(tmp_path, tiny, monkeypatch):
     monkeypatch.setattr(models, "encode_prompt", lambda tok, messages: calls.append(1) or real(tok, messages))
     try:
         tcfg = TeacherConfig(model=str(tiny["teacher"]), backend="openai", api={
-            "base_url": srv.base_url, "served_model": "tiny", "api_key_env": None, "endpoint": "completions", "token_mapping": "token_ids",
-            "budget_usd": 1.0, "tokens_per_minute": 1e9, "max_context_tokens": 512, "cache": False})
+            "base_url": srv.base_url, "served_model": "tiny", "api_key_env": None, "endpoint": "completions",
+            "token_mapping": "token_ids", "budget_usd": 1.0, "tokens_per_minute": 1e9, "max_context_tokens": 512, "cache": False})
         teacher = OpenAITeacher(tcfg, GenerateConfig(prompts=None, sources=[{"kind": "template", "template": __file__,
                                                                                  "rows": [{}]}], max_new_tokens=4))
         prompts = [[{"role": "user", "content": f"question {i}"}] for i in range(5)]

@@ -18,7 +18,8 @@ def tok(tmp_path_factory):
 
 def texts(n: int = 60):
     rng = random.Random(0)
-    pieces = ["the", "sky", " ", "\u00a0", "\u2019", "déjà", "日本語", "🙂", "<|im_end|>", "\n", "x" * 40, "12345", "—"]
+    pieces = ["the", "sky", " ", "\u00a0", "\u2019", "déjà", "日本語", "🙂", "<|im_end|>", "\n", "x" * 40, "12345",
+              "—"]
     return ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 400))) for _ in range(n)]
 
 
