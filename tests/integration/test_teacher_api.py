@@ -121,7 +121,7 @@ def test_500_requests_with_20_percent_faults_then_rerun_resends_only_failures(tm
         assert set(resent) == {json.dumps(r["messages"]) for r in failed}
         after = rows(cfg)
         assert [r["id"] for r in after] == [r["id"] for r in first]  # same rows, same order
-        assert sum(r["error"] is not None for r in after) < len(failed)
+        assert sum(r["error"] is not None for r in after) < len(failed) or not failed  # none left: nothing sent
         ok_before = {r["id"]: r["completion_token_ids"] for r in before if r["error"] is None}
         assert all(ok_before[r["id"]] == r["completion_token_ids"] for r in after if r["id"] in ok_before)
         assert store.read_success(cfg.run_dir / "generate")["pending"] == sum(r["error"] is not None for r in after)
