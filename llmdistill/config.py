@@ -134,6 +134,57 @@ class VLLMOptions(Section):
     startup_timeout_s: float = Field(900.0, gt=0, description="seconds to wait for the engine to load")
 
 
+# Fields marked NOT_HASHED decide how a stage runs (when it stops, how hard it retries), not what it writes: they
+# are left out of the stage fingerprints, so changing one resumes the stage instead of redoing it (and adding one
+# keeps the fingerprints of existing runs).
+NOT_HASHED = {"fingerprint": False}
+# Prefixes of API keys and tokens as issued (OpenAI, Anthropic, Hugging Face, GitHub, GitLab, Slack, AWS, Google,
+# Stripe, Groq, xAI, Perplexity ...): a value starting with one is a pasted secret, not a variable name.
+KEY_PREFIXES = ("sk-", "sk_", "hf_", "ghp_", "gho_", "ghs_", "ghu_", "github_pat_", "glpat-", "xoxb-", "xoxp-",
+                "xapp-", "AKIA", "ASIA", "AIza", "rk_", "pk_live_", "pk_test_", "gsk_", "xai-", "pplx-", "nvapi-",
+                "r8_", "tgp_", "fw_")
+
+
+def _looks_like_key(value: str) -> bool:
+    """A pasted secret rather than an environment variable's name: a known key prefix, or a long run of
+    letters and digits mixed the way random tokens are (no vowel-rich words, high entropy)."""
+    import math
+    from collections import Counter
+
+    if value.startswith(KEY_PREFIXES):
+        return True
+    for part in value.split("_"):
+        if len(part) < 16 or not any(c.isdigit() for c in part) or not any(c.isalpha() for c in part):
+            continue
+        counts = Counter(part)
+        entropy = -sum(n / len(part) * math.log2(n / len(part)) for n in counts.values())
+        if entropy >= 3.0:  # 16+ characters drawn from a wide alphabet: a token, not a name like DEPLOY2_API_KEY
+            return True
+    return False
+
+
+def _no_credentials(url: str) -> str:
+    """Refuse a URL holding a password or a key (user:password@host, ?api_key=...), without echoing it:
+    the config is written to config.resolved.yaml, and the key belongs in the environment."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        parts = urlsplit(url)
+        userinfo = parts.username is not None or parts.password is not None
+    except ValueError:
+        raise ValueError("is not a valid URL") from None
+    if userinfo:
+        raise ValueError("must not hold credentials (user:password@host): the config is written to the run "
+                         "directory; give the key through the environment variable named by teacher.api.api_key_env")
+    secret = ("key", "token", "secret", "password", "passwd", "sig", "signature", "auth")
+    if any(any(word in name.lower() for word in secret) for name, _ in parse_qsl(parts.query, keep_blank_values=True)):
+        raise ValueError("must not hold a key or token in its query string: the config is written to the run "
+                         "directory; give the key through the environment variable named by teacher.api.api_key_env")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s) URL with a host, e.g. http://127.0.0.1:8000/v1")
+    return url
+
+
 class APIPrice(Section):
     """What the endpoint charges, in US dollars per million tokens (0 for a server of your own)."""
 
@@ -144,7 +195,11 @@ class APIPrice(Section):
 class APIOptions(Section):
     """The `openai` backend (OpenAI, vLLM, SGLang, TGI, llama.cpp); `teacher.model` names the LOCAL tokenizer."""
 
-    base_url: str = Field("https://api.openai.com/v1", description="endpoint root, e.g. http://127.0.0.1:8000/v1")
+    model_config = ConfigDict(extra="forbid", validate_default=True, hide_input_in_errors=True)  # may hold a pasted key
+
+    base_url: Annotated[str, AfterValidator(_no_credentials)] = Field(
+        "https://api.openai.com/v1", description="endpoint root, e.g. http://127.0.0.1:8000/v1 (no credentials in "
+        "it: the key comes from api_key_env)")
     served_model: str | None = Field(
         None, description="the name the server knows the model by, sent in requests (default: teacher.model, which "
         "names the local tokenizer that maps top-logprob tokens to ids)")
@@ -165,6 +220,15 @@ class APIOptions(Section):
         None, gt=0, description="token rate limit; a request counts its estimated prompt tokens + max_new_tokens")
     timeout_s: float = Field(60.0, gt=0, description="per-request timeout (an attempt that takes longer is retried)")
     max_retries: int = Field(6, ge=0, description="retries of one request on 429, 5xx, timeouts, malformed replies")
+    max_connection_failures: int | None = Field(
+        None, ge=1, json_schema_extra=NOT_HASHED, description="the endpoint is down after this many attempts in a row "
+        "(across requests; any reply resets the count) could not connect: the stage stops with exit code 2, "
+        "finished batches kept (default: max_concurrency x (max_retries + 1), a full window of requests retried to "
+        "the end)")
+    max_context_tokens: int | None = Field(
+        None, ge=1, json_schema_extra=NOT_HASHED, description="the served model's context in tokens: a prompt whose "
+        "tokens (local tokenizer, chat template) + generate.max_new_tokens do not fit is not sent (generate.too_long); "
+        "null: not checked here (the server refuses it)")
     backoff_base_s: float = Field(0.5, gt=0, description="first retry waits up to this; doubles every retry (full "
                                   "jitter); a server's Retry-After is honoured")
     backoff_max_s: float = Field(30.0, gt=0, description="cap of one retry wait")
@@ -185,7 +249,33 @@ class APIOptions(Section):
         # the value is never echoed: someone may have pasted the key itself here
         if v is not None and not (v.replace("_", "a").isalnum() and v.isascii() and not v[0].isdigit()):
             raise ValueError("must be the NAME of an environment variable (letters, digits, _), not a key")
+        if v is not None and _looks_like_key(v):
+            raise ValueError("looks like an API key, not the NAME of an environment variable (value not shown): "
+                             "export the key, e.g. OPENAI_API_KEY=..., and set api_key_env: OPENAI_API_KEY; "
+                             "revoke the key if this config was shared")
         return v
+
+    @field_validator("extra_body")
+    @classmethod
+    def _no_key_in_body(cls, v: dict[str, Any]) -> dict[str, Any]:
+        def strings(x):
+            if isinstance(x, dict):
+                for value in x.values():
+                    yield from strings(value)
+            elif isinstance(x, list):
+                for value in x:
+                    yield from strings(value)
+            elif isinstance(x, str):
+                yield x
+
+        if any(len(t) >= 20 and " " not in t and t.startswith(KEY_PREFIXES) for t in strings(v)):
+            raise ValueError("holds what looks like an API key (value not shown): the config is written to the run "
+                             "directory; give the key through the environment variable named by api_key_env")
+        return v
+
+    def connection_failure_limit(self) -> int:
+        """`max_connection_failures`, or its default: every request of a full window failing every attempt."""
+        return self.max_connection_failures or self.max_concurrency * (self.max_retries + 1)
 
 
 class TeacherConfig(Section):
@@ -341,6 +431,13 @@ class GenerateConfig(Section):
     )
     batch_size: int = Field(16, ge=1, description="prompts per generate call (also the unit of seeding)")
     shard_rows: int = Field(256, ge=1, description="rows per Parquet shard (a shard is the unit of resume)")
+    max_failed_fraction: float = Field(
+        0.1, ge=0.0, le=1.0, json_schema_extra=NOT_HASHED, description="the stage is not done (no _SUCCESS, exit code "
+        "2 naming the main reasons) when more than this share of the samples failed; a plain rerun retries the "
+        "failures worth retrying")
+    too_long: Literal["skip", "error"] = Field(
+        "skip", json_schema_extra=NOT_HASHED, description="a prompt whose tokens + max_new_tokens exceed the teacher's "
+        "context: skip records a failed sample (never retried); error stops the stage naming the prompt's file:line")
 
     @model_validator(mode="after")
     def _some_prompts(self):

@@ -1,12 +1,23 @@
 """The stage runner: fingerprints, skip-if-done, resume, stage-and-swap reruns, one lock per run directory.
 
 Each stage's fingerprint hashes the config sections it reads (input files by content), the schema
-version and its upstream stage's fingerprint. A stage is skipped when its `_SUCCESS` carries the
-current fingerprint. Otherwise it runs, in one of two places:
+version and its upstream stage's fingerprint (fields marked NOT_HASHED in config.py are left out: they
+decide how a stage runs, not what it writes).
 
+A stage's output can also change under the same fingerprint (generate retrying its failed samples), so
+every `_SUCCESS` carries a token of the output it completes (`output`, new whenever the output changed)
+and the token of the upstream output it was built from (`upstream_output`). A stage is skipped when its
+`_SUCCESS` carries the current fingerprint, was built from its upstream's current output, and has
+nothing `pending` (failed samples that a rerun requests again). A `_SUCCESS` from before tokens (no
+`upstream_output`) counts as built from an upstream that has no token either. Otherwise it runs:
+
+- with `pending` work and nothing else changed: in place over its completed output, which stays complete
+  throughout (generate replaces each shard file that holds retried rows in one rename); its new
+  `_SUCCESS` keeps the old token when nothing changed, so what was built from it is not redone;
 - in place, `<run>/<stage>/`, when that directory holds no completed output. A directory whose
-  `_STARTED` fingerprint is the current one is an interrupted attempt and is resumed (generate skips
-  committed batches, train restarts from its last checkpoint); any other is cleared first.
+  `_STARTED` holds the current fingerprint (and, when it names one, the upstream token it started from,
+  the current one) is an interrupted attempt and is resumed (generate skips committed batches, train
+  restarts from its last checkpoint); any other is cleared first.
 - staged, in `<run>/<stage>.next/`, when `<stage>/` holds a completed output (a forced rerun, or a
   config change). Only once the new output is complete (`_SUCCESS` written) is it swapped in:
   `<stage>` -> `<stage>.prev`, `<stage>.next` -> `<stage>`, then `<stage>.prev` is removed. A rerun that
@@ -27,6 +38,7 @@ import importlib
 import importlib.metadata
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import time
@@ -35,10 +47,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from llmdistill import __version__, faults, records, store
 from llmdistill.config import Config
-from llmdistill.errors import LockedError, UserError, os_error_reason
+from llmdistill.errors import LockedError, StorageError, UserError, os_error_reason
 
 log = logging.getLogger("llmdistill")
 
@@ -82,6 +95,10 @@ class StageContext:
     main_process: bool = True  # False on the other ranks of a multi-process train: they write no files
     shard: tuple[int, int] | None = None  # generate --shard i/n: this process's part of the work
     merge_only: bool = False  # generate: check that the shards are complete and finish, generate nothing
+    # set by the stage: work a plain rerun would still do (generate: failed samples worth requesting again),
+    # and whether this attempt changed the output at all (a retry that failed the same way did not)
+    pending: int | None = None  # None: the stage did not count
+    changed: bool = True
 
     def stage_dir(self, stage: str) -> Path:
         return self.run_dir / stage
@@ -110,8 +127,26 @@ def _templates(cfg: Config, stage: str) -> dict[str, str]:
     return {op: hashlib.sha256(operator_template(op).encode()).hexdigest() for op in cfg.generate.evolve.operators}
 
 
+def _not_hashed(value: Any) -> dict | None:
+    """The `model_dump(exclude=...)` spec of every field marked `json_schema_extra={"fingerprint": False}` in
+    `value` (a config model, or a dict or list of them): fields that decide how a stage runs, not what it writes."""
+    if isinstance(value, BaseModel):
+        out: dict = {}
+        for name, field in type(value).model_fields.items():
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            sub = True if extra.get("fingerprint") is False else _not_hashed(getattr(value, name))
+            if sub:
+                out[name] = sub
+        return out or None
+    if isinstance(value, dict):
+        return {k: sub for k, v in value.items() if (sub := _not_hashed(v))} or None
+    if isinstance(value, (list, tuple)):
+        return {i: sub for i, v in enumerate(value) if (sub := _not_hashed(v))} or None
+    return None
+
+
 def fingerprints(cfg: Config) -> dict[str, str]:
-    dumped = cfg.model_dump()
+    dumped = cfg.model_dump(exclude=_not_hashed(cfg))
     out: dict[str, str] = {}
     for stage in active_stages(cfg):
         up = upstream(cfg, stage)
@@ -210,8 +245,13 @@ def stage_status(cfg: Config, fps: dict[str, str] | None = None) -> dict[str, st
     for stage in active_stages(cfg):
         d = cfg.run_dir / stage
         success = store.read_success(d)
+        up = upstream(cfg, stage)
         if success is not None:
-            out[stage] = "done" if success.get("fingerprint") == fps[stage] else "stale"
+            if success.get("fingerprint") != fps[stage] or not built_from(success, up and store.read_success(
+                    cfg.run_dir / up)):
+                out[stage] = "stale"
+            else:
+                out[stage] = f"done, {success['pending']} to retry" if success.get("pending") else "done"
         else:
             out[stage] = "partial" if (d / STARTED).exists() or (_sibling(d, NEXT) / STARTED).exists() else "missing"
     return out
@@ -256,53 +296,95 @@ def run_stages(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, force:
         ranks.barrier()
         for stage in stages:
             up = upstream(cfg, stage)
+            up_info = store.read_success(run_dir / up) if up else None
             if up and (standalone or up not in stages):
-                info = store.read_success(run_dir / up)
-                if info is None or info.get("fingerprint") != fps[up]:
-                    state = "missing" if info is None else "out of date with this config"
+                if up_info is None or up_info.get("fingerprint") != fps[up]:
+                    state = "missing" if up_info is None else "out of date with this config"
                     raise UserError(f"stage {stage} needs the {up} stage's output, which is {state}: "
                                     f"run `llmdistill run` (or `llmdistill {up}`) first")
+            up_token = (up_info or {}).get("output")
             out_dir = run_dir / stage
             success = store.read_success(out_dir)
-            # where this attempt writes: staged beside a completed output, else in place (see the module doc)
-            work_dir = out_dir if success is None else _sibling(out_dir, NEXT)
+            current = (success is not None and success.get("fingerprint") == fps[stage]
+                       and built_from(success, up_info) and stage not in forced)
+            pending = current and bool(success.get("pending")) and not merge_only
+            # where this attempt writes: staged beside a completed output, in place over one with pending work
+            # (it stays complete throughout), else in place (see the module doc)
+            work_dir = out_dir if success is None or pending else _sibling(out_dir, NEXT)
             ranks.barrier()  # every rank has decided before the main one changes anything
-            if success and success.get("fingerprint") == fps[stage] and stage not in forced:
+            if current and not pending:
                 log.info("stage %s: up to date (fingerprint %s), skipping", stage, fps[stage])
                 if ranks.main:
                     store.remove_path(out_dir / STARTED)  # killed between _SUCCESS and this unlink
                     _remove(_sibling(out_dir, NEXT))  # an abandoned forced rerun
                 outcome[stage] = "skipped"
                 continue
+            if success is not None and success.get("fingerprint") == fps[stage] and not current and \
+                    stage not in forced:
+                log.info("stage %s: its input changed (the %s output it was built from was replaced)", stage, up)
             faults.set_stage(stage)
+            interrupted = pending and (out_dir / STARTED).exists()  # an earlier pass over it did not finish
             if ranks.main:
                 if merge_only:
                     _require_started(out_dir, fps[stage])
-                _prepare(work_dir, fps[stage], fresh=stage in forced)
+                if pending:
+                    log.info("stage %s: done, with %d failed samples to request again", stage, success["pending"])
+                    store.atomic_write_bytes(out_dir / STARTED, _attempt_key(fps[stage], up_token).encode())
+                else:
+                    _prepare(work_dir, fps[stage], fresh=stage in forced, upstream_output=up_token)
             ranks.barrier()
             log.info("stage %s: running (fingerprint %s) -> %s", stage, fps[stage], work_dir)
             started = time.monotonic()
             module = importlib.import_module(f"llmdistill.{_PACKAGES[stage]}.stage")
             ctx = StageContext(stage, run_dir, work_dir, fps[stage], run_dir / up if up else None, ranks.main,
                                merge_only=merge_only)
-            module.run(cfg, ctx)
+            try:
+                module.run(cfg, ctx)
+            except UserError as e:
+                if not pending or isinstance(e, StorageError):
+                    raise
+                # the pending work could not be done now (the endpoint is down, the budget is spent): the
+                # completed output is still complete, so keep it and go on; the next run tries again
+                log.warning("stage %s: requesting its %d failed samples again did not finish (%s); its completed "
+                            "output is kept and the run goes on", stage, success["pending"], e)
+                ctx.pending = success["pending"] if ctx.pending is None else ctx.pending
+                outcome[stage] = "kept"
             faults.point("stage-end")
             seconds = round(time.monotonic() - started, 1)
+            kept = pending and not ctx.changed and not interrupted and success.get("output") is not None
+            token = success["output"] if kept else secrets.token_hex(8)
             ranks.barrier()
             if ranks.main:
                 store.mark_success(work_dir, {"stage": stage, "fingerprint": fps[stage], "seconds": seconds,
                                               "finished_at": _now(), "llmdistill_version": __version__,
-                                              "processes": ranks.world})
+                                              "processes": ranks.world, "output": token,
+                                              "upstream_output": up_token, "pending": ctx.pending or 0})
                 (work_dir / STARTED).unlink(missing_ok=True)
                 if work_dir != out_dir:
                     _swap_in(work_dir, out_dir)
             faults.set_stage(None)
             log.info("stage %s: done in %.1f s", stage, seconds)
-            outcome[stage] = "ran"
-            # a rerun stage invalidates what was built from its old output
-            for later in STAGES[STAGES.index(stage) + 1:]:
-                forced.add(later)
+            outcome.setdefault(stage, "ran")
+            if not kept:  # a changed output invalidates what was built from the old one
+                for later in STAGES[STAGES.index(stage) + 1:]:
+                    forced.add(later)
     return outcome
+
+
+def built_from(success: dict, up_info: dict | None) -> bool:
+    """Whether a completed output was built from its upstream's current output (`up_info`: the upstream's
+    `_SUCCESS`, None for a stage without one). One from before tokens (no `upstream_output`) counts as built
+    from an upstream that has no token either, so old run directories keep their outputs."""
+    if up_info is None:
+        return True
+    if "upstream_output" not in success:
+        return up_info.get("output") is None
+    return success["upstream_output"] == up_info.get("output")
+
+
+def _attempt_key(fingerprint: str, upstream_output: str | None) -> str:
+    """What `_STARTED` holds: the fingerprint, and on a second line the upstream token the attempt started from."""
+    return fingerprint if upstream_output is None else f"{fingerprint}\n{upstream_output}"
 
 
 _PACKAGES = {"generate": "generate", "annotate": "annotate", "filter": "filter", "train": "train", "eval": "evaluate"}
@@ -342,17 +424,19 @@ def _require_started(out_dir: Path, fingerprint: str) -> None:
                         "with this config first")
 
 
-def _prepare(work_dir: Path, fingerprint: str, fresh: bool) -> None:
-    """Clear `work_dir` unless it holds an interrupted attempt at this very fingerprint (and `fresh` is off)."""
+def _prepare(work_dir: Path, fingerprint: str, fresh: bool, upstream_output: str | None = None) -> None:
+    """Clear `work_dir` unless it holds an interrupted attempt at this very fingerprint, started from this very
+    upstream output (an attempt that recorded none, from before tokens, is taken as it is), and `fresh` is off."""
     started = work_dir / STARTED
-    previous = started.read_text().strip() if started.exists() else None
-    if work_dir.exists() and (fresh or previous != fingerprint):
-        log.info("clearing %s (outputs of another configuration or a forced rerun)", work_dir)
+    previous = started.read_text().split() if started.exists() else []
+    resumable = previous[:1] == [fingerprint] and (len(previous) == 1 or previous[1:] == [upstream_output])
+    if work_dir.exists() and (fresh or not resumable):
+        log.info("clearing %s (outputs of another configuration or input, or a forced rerun)", work_dir)
         shutil.rmtree(work_dir)
     elif store.clean_temporaries(work_dir):
         log.info("removed the temporary files of an interrupted attempt in %s", work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    store.atomic_write_bytes(started, fingerprint.encode())
+    store.atomic_write_bytes(started, _attempt_key(fingerprint, upstream_output).encode())
 
 
 def _sibling(out_dir: Path, suffix: str) -> Path:
@@ -379,8 +463,9 @@ def recover(out_dir: Path, fingerprint: str) -> None:
 
     - `<stage>` missing: the kill came between the two renames; finish the swap if `<stage>.next` is
       complete, else put `<stage>.prev` back.
-    - `<stage>.next` complete with the current fingerprint while `<stage>` is not: the kill came after
-      the staged attempt finished, before its swap; swap it in now instead of redoing the work.
+    - `<stage>.next` complete with the current fingerprint while `<stage>` is not (or was built from
+      another upstream output): the kill came after the staged attempt finished, before its swap; swap
+      it in now instead of redoing the work.
     - `<stage>.prev` beside a present `<stage>`: the kill came before its removal; remove it.
     """
     staged, prev = _sibling(out_dir, NEXT), _sibling(out_dir, PREV)
@@ -392,7 +477,8 @@ def recover(out_dir: Path, fingerprint: str) -> None:
             os.replace(prev, out_dir)
     elif staged_info is not None and staged_info.get("fingerprint") == fingerprint:
         current = store.read_success(out_dir)
-        if current is None or current.get("fingerprint") != fingerprint:
+        if current is None or current.get("fingerprint") != fingerprint or (
+                "upstream_output" in staged_info and current.get("upstream_output") != staged_info["upstream_output"]):
             log.info("finishing the interrupted swap of %s into %s", staged, out_dir)
             _swap_in(staged, out_dir)
     if prev.exists() and out_dir.exists():

@@ -225,6 +225,7 @@ class Prompt:
     source: str
     answer: str | None = None
     tags: list[str] = field(default_factory=list)
+    origin: str | None = field(default=None, compare=False)  # "file:line" for error messages; not part of the id
 
     @property
     def id(self) -> str:
@@ -253,7 +254,7 @@ def read_prompt_file(path, system_prompt: str | None = None, *, format: str = "a
             try:
                 check_utf8(line)
                 obj = {"prompt": line.strip()} if text_format else _json_line(line)
-                out.append(prompt_from_dict(obj, path, system_prompt, level, source, tags))
+                out.append(prompt_from_dict(obj, path, system_prompt, level, source, tags, f"{path}:{lineno}"))
             except ValueError as e:
                 message = f"{path}:{lineno}: {e}"
                 if bad_lines is None:
@@ -288,7 +289,7 @@ def _json_line(line: str) -> dict:
     return obj
 
 
-def prompt_from_dict(obj: dict, path, system_prompt, level, source, tags) -> Prompt:
+def prompt_from_dict(obj: dict, path, system_prompt, level, source, tags, origin: str | None = None) -> Prompt:
     """One prompt from a parsed line; ValueError (without the location) if the line is not a prompt."""
     messages = obj.get("messages")
     if messages is None:
@@ -318,6 +319,7 @@ def prompt_from_dict(obj: dict, path, system_prompt, level, source, tags) -> Pro
         source=source or str(obj.get("source") or path.stem),
         answer=None if answer is None else str(answer),
         tags=[str(t) for t in line_tags] + [t for t in tags if t not in line_tags],
+        origin=origin,
     )
 
 

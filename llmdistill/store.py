@@ -228,7 +228,8 @@ class ShardWriter:
 
     Numbering continues after the shards already there, so a resumed writer never overwrites. A caller
     that names shards itself passes `index` (generate: the plan position of the shard's first batch, so
-    that file order is plan order and parallel writers never collide); an existing name is an error.
+    that file order is plan order and parallel writers never collide); an existing name is an error, unless
+    `replace` (generate's retry of failed rows: the file is swapped for its new version in one rename).
     """
 
     def __init__(self, directory: Path, schema: pa.Schema | None = None):
@@ -242,11 +243,11 @@ class ShardWriter:
         self.next_index = int(SHARD_RE.match(existing[-1].name).group(1)) + 1 if existing else 0
         self.rows_written = 0
 
-    def write_table(self, table: pa.Table, index: int | None = None) -> Path:
+    def write_table(self, table: pa.Table, index: int | None = None, replace: bool = False) -> Path:
         if table.schema.remove_metadata() != self.schema.remove_metadata():
             raise StoreError(f"shard schema mismatch for {self.directory}:\n{table.schema}\n!=\n{self.schema}")
         path = self.directory / f"part-{self.next_index if index is None else index:05d}.parquet"
-        if index is not None and path.exists():
+        if index is not None and path.exists() and not replace:
             raise StoreError(f"shard {path} already exists")
         tmp = None
         try:

@@ -10,6 +10,9 @@ Faults for robustness tests, decided per (request content, how many times it was
 they do not depend on arrival order: `429` (with Retry-After), `500`, `timeout` (the reply never comes
 until the client gives up), `garbage` (a 200 whose body is not JSON, or JSON without choices). Plus an
 added latency per reply and an optional share of top-logprob tokens that exist in no vocabulary.
+`die_after=n`: after answering n requests the server goes away (closes its port and every connection, so
+requests in flight see the connection drop and new ones are refused), as a crashed server would.
+`stop_prob=0`: every reply is exactly max_tokens long (so its cost is known in advance).
 
     srv = FakeOpenAI(tokenizer_dir, latency_s=0.2, fault_rate=0.2).start()   # background thread
     srv.base_url ... srv.stop()
@@ -112,8 +115,10 @@ class FakeOpenAI:
     def __init__(self, tokenizer_dir: Path, *, latency_s: float = 0.0, fault_rate: float = 0.0,
                  faults: tuple[str, ...] = FAULT_KINDS, seed: int = 0, api_key: str | None = None,
                  unmappable_rate: float = 0.0, retry_after_s: float = 0.05, host: str = "127.0.0.1",
-                 port: int = 0, max_top_logprobs: int = 20):
-        self.model = TinyModel(tokenizer_dir)
+                 port: int = 0, max_top_logprobs: int = 20, die_after: int | None = None, stop_prob: float = 0.08):
+        self.model = TinyModel(tokenizer_dir, stop_prob=stop_prob)
+        self.die_after, self.dead = die_after, False
+        self._writers: set = set()
         self.latency_s, self.fault_rate, self.faults, self.seed = latency_s, fault_rate, tuple(faults), seed
         self.api_key, self.unmappable_rate, self.retry_after_s = api_key, unmappable_rate, retry_after_s
         self.host, self.port, self.max_top_logprobs = host, port, max_top_logprobs
@@ -182,6 +187,10 @@ class FakeOpenAI:
 
     # ------------------------------------------------------------------------------------------ HTTP
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.dead:
+            writer.close()
+            return
+        self._writers.add(writer)
         try:
             while True:
                 line = await reader.readline()
@@ -197,6 +206,8 @@ class FakeOpenAI:
                     headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
                 status, payload, extra = await self._route(method, path.split("?")[0], headers, body)
+                if self.dead:  # gone mid-request: the connection drops without a reply
+                    break
                 if status is None:  # a "timeout" fault: hold the connection until the client gives up
                     await asyncio.sleep(3600)
                     break
@@ -208,7 +219,15 @@ class FakeOpenAI:
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError, ValueError):
             pass
         finally:
+            self._writers.discard(writer)
             writer.close()
+
+    def _die(self) -> None:
+        """Go away like a crashed server: stop listening, drop every open connection."""
+        self.dead = True
+        self._server.close()
+        for w in list(self._writers):
+            w.transport.abort()
 
     async def _route(self, method: str, path: str, headers: dict, raw: bytes):
         if method == "GET" and path == "/stats":
@@ -230,6 +249,10 @@ class FakeOpenAI:
         except json.JSONDecodeError:
             return 400, _error("body is not JSON", "invalid_request_error"), {}
         key = _key(body)
+        if self.die_after is not None and sum(self.statuses.values()) >= self.die_after:
+            if not self.dead:
+                self._die()
+            return 500, b"", {}
         with self._lock:
             self.seen[key] += 1
             self.attempts[key] += 1

@@ -7,15 +7,24 @@ request cache (run_dir/cache/api.sqlite) before it is used, keyed by the request
 
 - a killed run, rerun, re-sends only the requests that had no stored reply (those in flight, and any
   of the unfinished batch that had failed);
-- a rerun of a finished stage (`--force generate`, or a changed config) re-sends only the requests
-  that failed; good replies come back from the cache for free.
+- a plain rerun requests the samples that failed transiently again (the stage asks for exactly those,
+  at their planned batch positions, so the requests are the same), and a rerun of a finished stage
+  (`--force generate`, or a changed config) re-sends only the requests that failed; good replies come
+  back from the cache for free.
 
 A request that exhausts its retries, or that the server refuses (400, 422), becomes a failed sample
 with its reason (the `error` column), never a crash. 401, 403 and 404 stop the run (no other request
-can succeed). The cost of every paid reply is counted from `teacher.api.price`; with
-`teacher.api.budget_usd`, no request starts once the money spent in this run (paid replies in the
-cache) plus the worst case of those in flight could pass the budget: the batch stops and the stage
-exits with BudgetExceeded (exit code 4), everything finished before it committed.
+can succeed), and so does an endpoint that is down: `max_connection_failures` attempts in a row (across
+requests; any reply resets the count) that could not connect. A prompt that cannot fit
+`max_context_tokens` is not sent (generate.too_long).
+
+The cost of every paid reply is counted from `teacher.api.price`. With `teacher.api.budget_usd`, each
+request reserves its worst case (prompt tokens + max_new_tokens at the price) before it waits for a
+slot, in the same step as the check that it fits beside what is spent (paid replies in the cache) and
+reserved; the reply releases the reservation and counts its real cost. So the money spent never passes
+the budget (when the prompt count is an upper bound: see `_prompt_tokens`). The first request that does
+not fit stops the batch: the stage exits with BudgetExceeded (exit code 4), everything finished before
+it committed.
 
 The API key is read from the environment variable NAMED by `teacher.api.api_key_env`; it is never
 logged, stored or put into an error message (any echo of it is replaced by `[redacted]`).
@@ -38,7 +47,7 @@ from llmdistill import models
 from llmdistill.config import GenerateConfig, TeacherConfig
 from llmdistill.errors import BudgetExceeded, UserError
 from llmdistill.generate import api_client as ac
-from llmdistill.generate.teachers import Generation
+from llmdistill.generate.teachers import ContextCheck, Generation
 from llmdistill.generate.token_map import UNMAPPED_ID, TokenMapper
 from llmdistill.records import stable_hash
 
@@ -67,9 +76,12 @@ class OpenAITeacher:
         self.want_logprobs = self.opts.token_mapping != "none"
         self.tokenizer = None
         self.vocab_size = None
-        if self.want_logprobs or self.opts.endpoint == "completions":
+        self.context = None
+        if self.want_logprobs or self.opts.endpoint == "completions" or self.opts.max_context_tokens is not None:
             self.tokenizer = models.load_tokenizer(tcfg.model, tcfg.revision, tcfg.trust_remote_code)
             self.vocab_size = _vocab_size(tcfg, self.tokenizer)
+            self.context = ContextCheck(self.tokenizer, self.opts.max_context_tokens, gcfg.max_new_tokens,
+                                        gcfg.too_long)
         self.mapper = TokenMapper(self.opts.token_mapping, self.tokenizer) if self.want_logprobs else None
         if self.mapper is not None:
             self.mapper.vocab_size = self.vocab_size
@@ -82,8 +94,10 @@ class OpenAITeacher:
         self._loop = asyncio.new_event_loop()
         self._client = None
         self._sem: asyncio.Semaphore | None = None
-        self._reserved = 0.0  # worst-case dollars of the requests in flight
+        self._reserved = 0.0  # worst-case dollars of the requests started and not finished
         self._budget_hit = False
+        self._refused = 0  # connection attempts in a row that failed (any reply resets it)
+        self._refused_limit = self.opts.connection_failure_limit()
         self._checked_ids = False
         for noisy in ("openai", "httpx", "httpx2", "httpcore", "httpcore2"):  # their debug logs echo request options
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -120,9 +134,13 @@ class OpenAITeacher:
         log.info("teacher api: %s", _summary(prov["api_usage"], prov.get("token_mapping")))
         return prov
 
-    def generate(self, prompts: list[list[dict]], seed: int) -> list[Generation]:
-        bodies = [self._body(messages, _request_seed(seed, i)) for i, messages in enumerate(prompts)]
-        outcomes = self._loop.run_until_complete(self._batch(bodies))
+    def generate(self, prompts: list[list[dict]], seed: int, positions: list[int] | None = None) -> list[Generation]:
+        positions = list(range(len(prompts))) if positions is None else positions
+        prepared = self._prepare(prompts)
+        jobs = [(self._body(m, _request_seed(seed, pos), ids), self._prompt_tokens(m, ids))
+                for m, pos, ids in zip(prompts, positions, prepared) if not isinstance(ids, str)]
+        sent = iter(self._loop.run_until_complete(self._batch(jobs)))
+        outcomes = [_Outcome(error=ids) if isinstance(ids, str) else next(sent) for ids in prepared]
         if self._budget_hit:
             raise BudgetExceeded(
                 f"teacher.api.budget_usd ${self.opts.budget_usd:g} reached (${self._spent():.4f} spent in this run): "
@@ -138,7 +156,24 @@ class OpenAITeacher:
             self.cache.close()
 
     # -------------------------------------------------------------------------------------- requests
-    def _body(self, messages: list[dict], seed: int) -> dict:
+    def _prepare(self, prompts: list[list[dict]]) -> list[list[int] | str | None]:
+        """Per prompt: its token ids through the local chat template when anything needs them (the completions
+        endpoint, the budget, the tokens/min limit, the context check), the reason it cannot fit the context, or
+        None. Each prompt is tokenised once."""
+        o = self.opts
+        if self.context is None or not (o.endpoint == "completions" or self.tpm is not None
+                                        or o.budget_usd is not None or o.max_context_tokens is not None):
+            return [None] * len(prompts)
+        return self.context.encode(prompts)
+
+    def _prompt_tokens(self, messages: list[dict], ids: list[int] | None) -> int:
+        """The prompt's tokens: counted by the local tokenizer when at hand, else its UTF-8 bytes plus 8 per turn,
+        an upper bound for any tokenizer whose tokens are at least one byte (the budget needs an upper bound)."""
+        if ids is not None:
+            return len(ids)
+        return sum(len(m["content"].encode("utf-8")) + 8 for m in messages) + 8
+
+    def _body(self, messages: list[dict], seed: int, ids: list[int] | None = None) -> dict:
         g, o = self.gcfg, self.opts
         body: dict = {"model": self.served_model, "temperature": g.temperature, "top_p": g.top_p, "n": 1,
                       "seed": seed}
@@ -150,7 +185,7 @@ class OpenAITeacher:
                 body["top_logprobs"] = g.topk
         else:
             # the exact prompt tokens training will see (same chat template, same tokenizer)
-            body["prompt"] = models.encode_prompt(self.tokenizer, messages)
+            body["prompt"] = ids if ids is not None else models.encode_prompt(self.tokenizer, messages)
             body["max_tokens"] = g.max_new_tokens
             if self.want_logprobs:
                 body["logprobs"] = g.topk
@@ -159,14 +194,14 @@ class OpenAITeacher:
         body.update(o.extra_body)
         return body
 
-    async def _batch(self, bodies: list[dict]) -> list[_Outcome]:
+    async def _batch(self, jobs: list[tuple[dict, int]]) -> list[_Outcome]:
         if self._client is None:
             import openai
 
             self._client = openai.AsyncOpenAI(base_url=self.opts.base_url, api_key=self.api_key or "none",
                                               max_retries=0, timeout=self.opts.timeout_s)
             self._sem = asyncio.Semaphore(self.opts.max_concurrency)
-        tasks = [asyncio.ensure_future(self._request(b)) for b in bodies]
+        tasks = [asyncio.ensure_future(self._request(body, prompt_tokens)) for body, prompt_tokens in jobs]
         try:
             return list(await asyncio.gather(*tasks))
         except BaseException:
@@ -175,23 +210,32 @@ class OpenAITeacher:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    async def _request(self, body: dict) -> _Outcome:
-        o = self.opts
+    async def _request(self, body: dict, prompt_tokens: int) -> _Outcome:
+        o, g = self.opts, self.gcfg
         key = ac.cache_key(o.endpoint, body)
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:
                 self.meter.cache_hits += 1
                 return _Outcome(reply=hit)
+        estimate = prompt_tokens + g.max_new_tokens  # what the tokens/min bucket takes (the reply refunds the rest)
+        worst = ac.cost_usd(prompt_tokens, g.max_new_tokens, o.price)
+        # check and reserve in one step, before any wait: no await in between, so no other request can pass the
+        # check on money this one is about to spend (the reservation is held across retries, released at the end)
+        if o.budget_usd is not None and (self._budget_hit or self._spent() + self._reserved + worst > o.budget_usd):
+            self._budget_hit = True  # and no later request starts either: the batch stops here
+            return _Outcome(skipped=True, error="budget reached")
         self.meter.requests += 1
-        # only the tokens/min bucket and the budget need the estimate (it renders the chat template)
-        estimate = self._estimate_tokens(body) if self.tpm is not None or o.budget_usd is not None else 0
-        worst = ac.cost_usd(max(estimate - self.gcfg.max_new_tokens, 0), self.gcfg.max_new_tokens, o.price)
+        self._reserved += worst
+        try:
+            return await self._attempts(key, body, estimate)
+        finally:
+            self._reserved -= worst
+
+    async def _attempts(self, key: str, body: dict, estimate: int) -> _Outcome:
+        o = self.opts
         reason = "not sent"
         for attempt in range(o.max_retries + 1):
-            if o.budget_usd is not None and self._spent() + self._reserved + worst > o.budget_usd:
-                self._budget_hit = True
-                return _Outcome(skipped=True, error="budget reached")
             retry_after = None
             async with self._sem:
                 if self.rpm is not None:
@@ -199,11 +243,7 @@ class OpenAITeacher:
                 if self.tpm is not None:
                     await asyncio.sleep(self.tpm.reserve(estimate))
                 self.meter.attempts += 1
-                self._reserved += worst
-                try:
-                    reply, reason, retry_after = await self._send(body)
-                finally:
-                    self._reserved -= worst
+                reply, reason, retry_after = await self._send(body)
             if reply is not None:
                 self._account(key, reply[0], estimate)
                 return _Outcome(reply=reply[0], parsed=reply[1])
@@ -230,8 +270,16 @@ class OpenAITeacher:
         except openai.APITimeoutError:
             return None, f"timeout: no reply within {self.opts.timeout_s:g} s", None
         except openai.APIConnectionError as e:
-            return None, self._redact(f"connection error: {e}"), None
+            reason = self._redact(f"connection error: {_cause(e)}")
+            self._refused += 1
+            if self._refused >= self._refused_limit:
+                raise UserError(
+                    f"teacher api {_safe_url(self.opts.base_url)} is down: {self._refused} connection attempts in a "
+                    f"row failed (last: {reason}); finished batches are committed, rerun when the server is back "
+                    "(teacher.api.max_connection_failures)") from None
+            return None, reason, None
         except openai.APIStatusError as e:
+            self._refused = 0  # the server answered
             status = e.status_code
             message = self._redact(_error_message(e))
             if status in ac.FATAL_STATUSES:
@@ -241,6 +289,7 @@ class OpenAITeacher:
             if ac.is_retryable(status):
                 return None, f"HTTP {status}: {message}", ac.parse_retry_after(e.response.headers)
             return None, f"HTTP {status}: {message}", False
+        self._refused = 0
         try:
             reply = ac.decode_json(text)
             parsed = ac.read_reply(reply, self.opts.endpoint, self.want_logprobs)
@@ -273,16 +322,6 @@ class OpenAITeacher:
 
     def _spent(self) -> float:
         return self.spent_before + self.meter.cost_usd
-
-    def _estimate_tokens(self, body: dict) -> int:
-        """Prompt tokens (counted when a tokenizer is at hand, else ~1 per 3 bytes) + max_new_tokens."""
-        if "prompt" in body:
-            prompt = len(body["prompt"])
-        elif self.tokenizer is not None:
-            prompt = len(models.encode_prompt(self.tokenizer, body["messages"]))
-        else:
-            prompt = sum(len(m["content"].encode()) // 3 + 4 for m in body["messages"])
-        return prompt + self.gcfg.max_new_tokens
 
     def _redact(self, text: str) -> str:
         return text.replace(self.api_key, "[redacted]") if self.api_key else text
@@ -353,6 +392,21 @@ def _safe_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _cause(e: BaseException) -> str:
+    """What went wrong under the openai client's "Connection error." on one line: the innermost OS error
+    (`[Errno 111] Connect call failed`, refused, reset, DNS ...) when there is one, else the transport's message."""
+    chain, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    os_errors = [x for x in chain if isinstance(x, OSError) and str(x)]
+    if os_errors:
+        return " ".join(str(os_errors[-1]).split())[:300]
+    named = [x for x in chain[1:] if str(x)] or chain
+    return " ".join(f"{type(named[0]).__name__}: {named[0]}".split())[:300]
 
 
 def _error_message(e) -> str:

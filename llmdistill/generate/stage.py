@@ -16,6 +16,13 @@
    names are batch numbers, so n processes never collide in one directory. A run without --shard (or
    `llmdistill merge`, which generates nothing) then checks that every planned id is there exactly once
    and writes the manifest.
+5. Failures: a sample whose request failed is committed with its reason (`error`). A rerun requests the
+   transient ones again (`teachers.is_transient`: connection, timeout, 429, 5xx, malformed reply), each with
+   the seed and batch position it was planned with, so it is the very request that failed (answered ones
+   come from the API's request cache); a shard file holding retried rows is replaced by its new version in
+   one rename, its other rows untouched. The stage is not done (no `_SUCCESS`, exit code 2) while more than
+   `generate.max_failed_fraction` of the samples failed; when done with failures below that, `_SUCCESS`
+   counts the transient ones (`pending`), and the next plain rerun retries them in place.
 """
 
 from __future__ import annotations
@@ -29,13 +36,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 from tqdm.auto import tqdm
 
 from llmdistill import __version__, records, store
 from llmdistill.config import Config, RouteRule
 from llmdistill.errors import UserError
 from llmdistill.generate import curriculum, difficulty
-from llmdistill.generate.teachers import build_teacher
+from llmdistill.generate.teachers import PromptTooLong, build_teacher, is_transient
 from llmdistill.pipeline import RunLock, StageContext
 
 log = logging.getLogger("llmdistill")
@@ -182,9 +190,19 @@ def run(cfg: Config, ctx: StageContext) -> None:
                  len(done), len(items), removed_tmp)
     if ctx.merge_only and todo:
         raise UserError(_missing_message(ctx.out_dir, batches, todo, g.batch_size, g.shard_rows))
+    retry = {} if ctx.merge_only else failed_to_retry(ctx.out_dir, batches, set(mine))
+    if retry:
+        log.info("generate: requesting %d failed samples again (transient failures) in %d shard files",
+                 sum(len(v) for v in retry.values()), len(retry))
     started = time.monotonic()
     total = sum(len(batches[j]) for j in mine)
-    new_tokens = generate_batches(cfg, ctx.out_dir, batches, todo, total)
+    try:
+        new_tokens = generate_batches(cfg, ctx, batches, todo, total, retry)
+    except UserError:
+        if ctx.changed and shard is None and store.read_success(ctx.out_dir) is not None:
+            # a retry over a completed output (which stays in use) replaced some files: count what is there now
+            finish(cfg, ctx, items, prompt_info, 0, time.monotonic() - started)
+        raise
     if shard is not None:
         store.atomic_write_json(ctx.out_dir / SHARDS_DIR / f"{shard[0]:03d}-of-{shard[1]:03d}.json",
                                 {"shard": shard[0], "count": shard[1], "batches": len(mine),
@@ -196,17 +214,47 @@ def run(cfg: Config, ctx: StageContext) -> None:
     finish(cfg, ctx, items, prompt_info, new_tokens, time.monotonic() - started)
 
 
-def generate_batches(cfg: Config, out_dir: Path, batches: list[list[Item]], todo: list[int], total: int) -> int:
-    """Generate the `todo` batches teacher by teacher and commit them; returns the new completion tokens."""
+def failed_to_retry(out_dir: Path, batches: list[list[Item]], mine: set[int]) -> dict[Path, list[tuple[int, int]]]:
+    """Committed samples whose failure is transient, by shard file: (batch, position in the batch) of each,
+    for the shard files of `mine` batches (a --shard process retries its own files only)."""
+    where = {it.id: (j, pos) for j, batch in enumerate(batches) for pos, it in enumerate(batch)}
+    out: dict[Path, list[tuple[int, int]]] = {}
+    for path in store.list_shards(out_dir):
+        if int(store.SHARD_RE.match(path.name).group(1)) not in mine:
+            continue
+        table = store.read_shard(path, ["id", "error"])
+        ids, errors = table.column("id").to_pylist(), table.column("error").to_pylist()
+        failed = [where[i] for i, e in zip(ids, errors) if is_transient(e) and i in where]
+        if failed:
+            out[path] = failed
+    return out
+
+
+def batch_seed(cfg: Config, batch: list[Item]) -> int:
+    return int(records.stable_hash([cfg.seed, batch[0].id], 15), 16)
+
+
+def generate_batches(cfg: Config, ctx: StageContext, batches: list[list[Item]], todo: list[int], total: int,
+                     retry: dict[Path, list[tuple[int, int]]] | None = None) -> int:
+    """Generate the `todo` batches and the `retry` rows teacher by teacher and commit them; returns the new
+    completion tokens. `ctx.changed` says, as soon as it is so, whether any shard file was written."""
     g = cfg.generate
+    retry = retry or {}
+    out_dir = ctx.out_dir
+    ctx.changed = bool(todo)  # new batches get written; a retry sets it when it replaced a file
     writer = store.ShardWriter(out_dir)
-    teachers = list(dict.fromkeys(batches[j][0].teacher for j in todo))
+    teachers = list(dict.fromkeys([batches[j][0].teacher for j in todo]
+                                  + [batches[rows[0][0]][0].teacher for rows in retry.values()]))
     started, new_tokens = time.monotonic(), 0
     initial = total - sum(len(batches[j]) for j in todo)
     with tqdm(total=total, initial=initial, desc="generate", unit="sample") as bar:
         for name in teachers:
             teacher = build_teacher(cfg.teacher_config(name), g, cache_dir=cfg.run_dir / "cache")  # one at a time
             store.atomic_write_json(out_dir / TEACHERS_DIR / f"{name}.json", teacher.provenance())
+            for path, rows in retry.items():
+                if batches[rows[0][0]][0].teacher == name:
+                    if retry_shard(cfg, teacher, writer, path, batches, rows):
+                        ctx.changed = True
             pending: list[records.Sample] = []
             first = last = -1
             for j in (j for j in todo if batches[j][0].teacher == name):
@@ -216,9 +264,8 @@ def generate_batches(cfg: Config, out_dir: Path, batches: list[list[Item]], todo
                 if not pending:
                     first = j
                 batch = batches[j]
-                seed = int(records.stable_hash([cfg.seed, batch[0].id], 15), 16)
                 try:
-                    results = teacher.generate([it.prompt.messages for it in batch], seed=seed)
+                    results = _ask(teacher, name, batch, batch_seed(cfg, batch))
                 except (UserError, KeyboardInterrupt):
                     if pending:  # whole batches only: commit them, so a rerun resumes after them
                         writer.write(pending, index=first)
@@ -236,6 +283,49 @@ def generate_batches(cfg: Config, out_dir: Path, batches: list[list[Item]], todo
             del teacher
             gc.collect()
     return new_tokens
+
+
+def _ask(teacher, name: str, items: list[Item], seed: int, positions: list[int] | None = None):
+    """teacher.generate on `items`; a prompt too long for the teacher (generate.too_long: error) is named by
+    its file and line."""
+    extra = {} if positions is None else {"positions": positions}  # only a retry needs them
+    try:
+        return teacher.generate([it.prompt.messages for it in items], seed=seed, **extra)
+    except PromptTooLong as e:
+        prompt = items[e.index].prompt
+        where = prompt.origin or f"prompt {prompt.id} (source {prompt.source!r})"
+        raise UserError(f"generate: {where}: the prompt is too long for teacher {name!r}: {e.reason} "
+                        "(generate.too_long: skip records it as a failed sample instead)") from None
+
+
+def retry_shard(cfg: Config, teacher, writer: store.ShardWriter, path: Path, batches: list[list[Item]],
+                rows: list[tuple[int, int]]) -> bool:
+    """Request the failed `rows` (batch, position) of one committed shard file again, each with its batch's
+    seed and its own position (the very request that failed), and replace the file by its new version in one
+    rename (its other rows untouched). A row that fails transiently again is left as it was (nothing changed for
+    what is built from it); one answered, or now failing for good (it will not be retried again), is replaced.
+    Returns whether the file changed."""
+    by_batch: dict[int, list[int]] = {}
+    for j, pos in rows:
+        by_batch.setdefault(j, []).append(pos)
+    new: dict[str, records.Sample] = {}
+    for j, positions in by_batch.items():
+        items = [batches[j][pos] for pos in positions]
+        results = _ask(teacher, items[0].teacher, items, batch_seed(cfg, batches[j]), positions)
+        for it, res in zip(items, results):
+            new[it.id] = _to_sample(cfg, it, res)
+    old = store.read_shard(path).replace_schema_metadata(None)
+    ids = old.column("id").to_pylist()
+    swap = {i: s for i, s in new.items() if not is_transient(s.error)}
+    if not swap:
+        return False
+    fresh = records.samples_to_table(list(swap.values())).replace_schema_metadata(None)
+    slot = {sid: len(ids) + k for k, sid in enumerate(swap)}
+    table = pa.concat_tables([old, fresh]).take([slot.get(i, n) for n, i in enumerate(ids)])
+    writer.write_table(table, index=int(store.SHARD_RE.match(path.name).group(1)), replace=True)
+    log.info("generate: %s: %d of %d retried samples answered", path.name,
+             sum(s.error is None for s in swap.values()), len(new))
+    return True
 
 
 def _missing_message(out_dir: Path, batches, todo: list[int], batch_size: int, shard_rows: int) -> str:
@@ -281,13 +371,20 @@ def finish(cfg: Config, ctx: StageContext, items: list[Item], prompt_info: dict,
         "prompt_tokens": int(sum(u["prompt_tokens"] for u in usage)),
         "completion_tokens": int(sum(u["completion_tokens"] for u in usage)),
     }
+    errors = [e for e in table.column("error").to_pylist() if e is not None]
+    reasons = Counter(failure_kind(e) for e in errors)
+    counts["failure_reasons"] = dict(reasons.most_common())
+    counts["retryable"] = ctx.pending = sum(map(is_transient, errors))
+    if counts["failed"] > g.max_failed_fraction * counts["rows"]:
+        store.atomic_write_json(ctx.out_dir / store.STATS, {**counts, "seconds_this_attempt": round(elapsed, 1)})
+        raise UserError(_too_many_failed(ctx.out_dir, counts, g.max_failed_fraction, errors))
     teachers = {name: teacher_provenance(cfg, ctx.out_dir, name) for name in teacher_rows}
     main = "default" if "default" in teachers else next(iter(teachers))
     scores = [json.loads(s or "{}") for s in table.column("scores").to_pylist()]
     if counts["failed"]:
-        log.warning("generate: %d of %d samples failed (reasons in the `error` column); `llmdistill generate "
-                    "--force` retries only those when the teacher keeps a request cache", counts["failed"],
-                    counts["rows"])
+        log.warning("generate: %d of %d samples failed (%s; reasons in the `error` column); %s", counts["failed"],
+                    counts["rows"], _top(reasons), f"a plain rerun requests the {ctx.pending} transient ones again"
+                    if ctx.pending else "none is transient, so a rerun does not retry them")
     store.write_manifest(
         ctx.out_dir,
         {
@@ -311,6 +408,25 @@ def finish(cfg: Config, ctx: StageContext, items: list[Item], prompt_info: dict,
     log.info("generate: %d samples (%s) from %s in %d shards -> %s", counts["rows"], dict(finish_reasons),
              ", ".join(f"{k}: {v}" for k, v in teacher_rows.items()), len(store.list_shards(ctx.out_dir)),
              ctx.out_dir)
+
+
+def failure_kind(error: str) -> str:
+    """A failure's reason without its details: "HTTP 500", "connection error", "prompt too long" ..."""
+    return error.split(":")[0].split(" (")[0]
+
+
+def _top(reasons: Counter, n: int = 3) -> str:
+    return ", ".join(f"{kind} x {count}" for kind, count in reasons.most_common(n))
+
+
+def _too_many_failed(out_dir: Path, counts: dict, limit: float, errors: list[str]) -> str:
+    failed, rows, transient = counts["failed"], counts["rows"], counts["retryable"]
+    example = next((e for e in errors if failure_kind(e) == next(iter(counts["failure_reasons"]))), errors[0])
+    then = (f"rerun to request the {transient} transient ones again" if transient else
+            "none is transient (a rerun would fail them the same way): fix their cause")
+    return (f"generate: {failed} of {rows} samples failed ({failed / rows:.0%}, more than generate.max_failed_fraction "
+            f"{limit:g}): {_top(Counter(counts['failure_reasons']))} (e.g. {example[:160]}); {out_dir} is kept but "
+            f"not marked done: {then}, or raise generate.max_failed_fraction")
 
 
 def teacher_provenance(cfg: Config, out_dir: Path, name: str) -> dict:

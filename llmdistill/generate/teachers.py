@@ -36,6 +36,91 @@ class Generation:
     error: str | None = None
 
 
+TOO_LONG = "prompt too long"
+# Failures worth another request on a plain rerun: no usable reply came (connection, timeout, rate limit, server
+# error, a malformed reply). A refusal (HTTP 400, 422), a prompt too long for the context, a finish reason the stage
+# does not take or tokens that do not map would come out the same again, so they are not retried.
+TRANSIENT = ("connection error", "timeout", "malformed reply", "HTTP 408", "HTTP 409", "HTTP 429", "HTTP 5")
+
+
+def is_transient(error: str | None) -> bool:
+    """Whether a failed sample's `error` is worth requesting again (see TRANSIENT)."""
+    return error is not None and error.startswith(TRANSIENT)
+
+
+class PromptTooLong(UserError):
+    """A prompt that cannot fit the teacher's context, under `generate.too_long: error`. `index` is its position
+    in the batch, so the stage can name the prompt's file and line."""
+
+    def __init__(self, index: int, reason: str):
+        self.index, self.reason = index, reason
+        super().__init__(reason)
+
+
+class ContextCheck:
+    """Prompt token ids through the chat template, checked against the teacher's context before anything is
+    generated: a prompt whose tokens + max_new_tokens exceed `context` becomes the reason it cannot be sent
+    (generate.too_long: skip), or raises PromptTooLong (error).
+
+    A prompt far too long is found without tokenising it (tokenising 5 MB takes seconds): when the tokenizer does
+    not normalise text, every token covers at least one byte of the rendered prompt and at most as many as the
+    longest vocabulary entry, so bytes / that length is a lower bound on its tokens. Otherwise the prompt is
+    tokenised once, by `models.encode_prompt`, and the ids are what the backend sends."""
+
+    def __init__(self, tokenizer, context: int | None, max_new_tokens: int, policy: str):
+        self.tokenizer, self.context, self.max_new_tokens, self.policy = tokenizer, context, max_new_tokens, policy
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        added = getattr(tokenizer, "added_tokens_decoder", {}).values()
+        # a token that swallows the whitespace beside it (lstrip/rstrip) can cover more bytes than it spells
+        stripping = any(getattr(t, "lstrip", False) or getattr(t, "rstrip", False) for t in added)
+        self._widest = None
+        if context is not None and backend is not None and backend.normalizer is None and not stripping:
+            self._widest = max((len(t.encode("utf-8")) for t in tokenizer.get_vocab()), default=1) or 1
+
+    def encode(self, prompts: list[list[dict]]) -> list[list[int] | str]:
+        """For each prompt its ids, or (skip) the reason it is too long; all checked before any is returned."""
+        out: list[list[int] | str] = []
+        for i, messages in enumerate(prompts):
+            ids_or_reason = self._one(messages)
+            if isinstance(ids_or_reason, str) and self.policy == "error":
+                raise PromptTooLong(i, ids_or_reason)
+            out.append(ids_or_reason)
+        return out
+
+    def _one(self, messages: list[dict]) -> list[int] | str:
+        if self.context is None:
+            return models.encode_prompt(self.tokenizer, messages)
+        room = self.context - self.max_new_tokens
+        # only a prompt whose text alone could hold that many bytes (4 per character at most) is worth rendering
+        if self._widest is not None and 4 * sum(len(m["content"]) for m in messages) > self._widest * room:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            size = len(text.encode("utf-8"))
+            least = -(-size // self._widest)
+            if least > room:
+                return (f"{TOO_LONG}: at least {least} tokens ({size} bytes) + max_new_tokens {self.max_new_tokens} "
+                        f"> the teacher's context of {self.context} tokens")
+        ids = models.encode_prompt(self.tokenizer, messages)
+        if len(ids) > room:
+            return (f"{TOO_LONG}: {len(ids)} tokens + max_new_tokens {self.max_new_tokens} > the teacher's context "
+                    f"of {self.context} tokens")
+        return ids
+
+
+def too_long(reason: str) -> Generation:
+    """The failed sample of a prompt that was not sent (it cannot fit the context)."""
+    return Generation(text=None, token_ids=None, topk_ids=None, topk_logprobs=None, finish_reason="error",
+                      prompt_tokens=0, error=reason)
+
+
+def model_context(config) -> int | None:
+    """Prompt + completion tokens a transformers model config takes (None when it does not say)."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 @dataclass
 class Scored:
     """A finished text re-scored by teacher forcing (annotate): `topk_*` are [T, k], row t is the
@@ -50,8 +135,10 @@ class Scored:
 class Teacher(Protocol):
     name: str
 
-    def generate(self, prompts: list[list[dict]], seed: int) -> list[Generation]:
-        """Complete each prompt (chat turns) once; `seed` makes the batch reproducible."""
+    def generate(self, prompts: list[list[dict]], seed: int, positions: list[int] | None = None) -> list[Generation]:
+        """Complete each prompt (chat turns) once; `seed` makes the batch reproducible. `positions`: the prompts'
+        places in the batch they were planned in (default 0, 1, ...), so a retry of part of a batch sends the very
+        requests the whole batch would have. A prompt that cannot fit the context fails (generate.too_long)."""
         ...
 
     def provenance(self) -> dict:
@@ -77,6 +164,8 @@ class HFTeacher:
         self.tokenizer.padding_side = "left"
         self.model = models.load_causal_lm(tcfg.model, tcfg.dtype, self.device, tcfg.revision, tcfg.trust_remote_code)
         self.eos_ids = models.eos_token_ids(self.model, self.tokenizer)
+        self.context = ContextCheck(self.tokenizer, model_context(self.model.config), gcfg.max_new_tokens,
+                                    gcfg.too_long)
         self._torch = torch
 
     def provenance(self) -> dict:
@@ -101,12 +190,22 @@ class HFTeacher:
             "capture_top_p": 1.0 if raw else g.top_p,
         }
 
-    def generate(self, prompts: list[list[dict]], seed: int) -> list[Generation]:
+    def generate(self, prompts: list[list[dict]], seed: int, positions: list[int] | None = None) -> list[Generation]:
+        """`positions` (a retry of part of a batch) is accepted for the protocol; this backend seeds the batch as a
+        whole, so a partial batch samples differently (its failures are never retried: only too-long prompts fail)."""
+        checked = self.context.encode(prompts)
+        fits = [i for i, c in enumerate(checked) if not isinstance(c, str)]
+        done = self._generate([checked[i] for i in fits], seed) if fits else []
+        out = [too_long(c) if isinstance(c, str) else None for c in checked]
+        for i, res in zip(fits, done):
+            out[i] = res
+        return out
+
+    def _generate(self, encoded: list[list[int]], seed: int) -> list[Generation]:
         torch = self._torch
         from transformers import LogitsProcessorList
 
         g = self.gcfg
-        encoded = [models.encode_prompt(self.tokenizer, m) for m in prompts]
         batch = self.tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt").to(self.device)
         capture = _TopKCapture(g.topk)
         sampling = g.temperature > 0
@@ -197,7 +296,7 @@ class HFTeacher:
 
     def max_length(self) -> int:
         """Prompt + completion tokens the model takes."""
-        return int(getattr(self.model.config, "max_position_embeddings", None) or 1 << 30)
+        return model_context(self.model.config) or 1 << 30
 
 
 class _TopKCapture:

@@ -36,7 +36,7 @@ import numpy as np
 from llmdistill import models
 from llmdistill.config import GenerateConfig, TeacherConfig, VLLMOptions
 from llmdistill.errors import UserError
-from llmdistill.generate.teachers import Generation, Scored
+from llmdistill.generate.teachers import ContextCheck, Generation, Scored, too_long
 
 log = logging.getLogger("llmdistill")
 
@@ -235,6 +235,8 @@ class VLLMTeacher:
         self.eos_ids = _eos_ids(models.resolve_source(tcfg.model), self.tokenizer)
         self.engine = start_engine(tcfg, gcfg.topk, gcfg.logprob_mode)
         self.info = self.engine.info
+        self.context = ContextCheck(self.tokenizer, int(self.info["max_model_len"]), gcfg.max_new_tokens,
+                                    gcfg.too_long)
 
     def provenance(self) -> dict:
         g = self.gcfg
@@ -260,16 +262,27 @@ class VLLMTeacher:
             "capture_top_p": 1.0 if raw else g.top_p,
         }
 
-    def sampling_params(self, seed: int, count: int) -> list[dict]:
-        """SamplingParams keyword arguments per request; request i is seeded with seed + i."""
+    def sampling_params(self, seed: int, positions: list[int] | int) -> list[dict]:
+        """SamplingParams keyword arguments per request; the request at position i is seeded with seed + i
+        (`positions` a count n: positions 0 .. n - 1)."""
         g = self.gcfg
+        positions = range(positions) if isinstance(positions, int) else positions
         base = {"temperature": g.temperature, "top_p": g.top_p if g.temperature > 0 else 1.0, "top_k": 0,
                 "max_tokens": g.max_new_tokens, "stop_token_ids": self.eos_ids, "skip_special_tokens": True}
-        return [base | {"seed": (seed + i) & SEED_MASK} for i in range(count)]
+        return [base | {"seed": (seed + i) & SEED_MASK} for i in positions]
 
-    def generate(self, prompts: list[list[dict]], seed: int) -> list[Generation]:
-        encoded = [models.encode_prompt(self.tokenizer, m) for m in prompts]
-        params = self.sampling_params(seed, len(encoded))
+    def generate(self, prompts: list[list[dict]], seed: int, positions: list[int] | None = None) -> list[Generation]:
+        checked = self.context.encode(prompts)
+        positions = list(range(len(prompts))) if positions is None else positions
+        fits = [i for i, c in enumerate(checked) if not isinstance(c, str)]
+        results = [too_long(c) if isinstance(c, str) else None for c in checked]
+        if fits:
+            for i, res in zip(fits, self._generate([checked[i] for i in fits], seed, [positions[i] for i in fits])):
+                results[i] = res
+        return results
+
+    def _generate(self, encoded: list[list[int]], seed: int, positions: list[int]) -> list[Generation]:
+        params = self.sampling_params(seed, positions)
         outs = self.engine.call({"op": "generate", "prompts": encoded, "params": params, "k": self.gcfg.topk})
         results = []
         for prompt_ids, out in zip(encoded, outs):

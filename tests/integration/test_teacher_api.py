@@ -110,15 +110,21 @@ def test_500_requests_with_20_percent_faults_then_rerun_resends_only_failures(tm
     assert manifest["counts"]["failed"] == len(failed)
     assert sum(manifest["provenance"]["api_usage"]["retries"].values()) > 50
 
-    srv.reset_counts()
-    run_stages(cfg, ["generate"], force={"generate"})
-    resent = {json.dumps(c["prompt"]) for c in srv.stats()["contents"]}
-    assert resent == {json.dumps(r["messages"]) for r in failed}  # only the failed ones went out again
-    second = rows(cfg)
-    assert sorted(r["id"] for r in second) == sorted(r["id"] for r in first)
-    assert sum(r["error"] is not None for r in second) < len(failed)
-    ok_before = {r["id"]: r["completion_token_ids"] for r in first if r["error"] is None}
-    assert all(ok_before[r["id"]] == r["completion_token_ids"] for r in second if r["id"] in ok_before)
+    assert store.read_success(cfg.run_dir / "generate")["pending"] == len(failed)  # all transient
+
+    for rerun in ({}, {"force": {"generate"}}):  # a plain rerun, then --force: only the failed ones go out again
+        srv.reset_counts()
+        before = rows(cfg)
+        failed = [r for r in before if r["error"] is not None]
+        run_stages(cfg, ["generate"], **rerun)
+        resent = [json.dumps(c["prompt"]) for c in srv.stats()["contents"]]
+        assert set(resent) == {json.dumps(r["messages"]) for r in failed}
+        after = rows(cfg)
+        assert [r["id"] for r in after] == [r["id"] for r in first]  # same rows, same order
+        assert sum(r["error"] is not None for r in after) < len(failed) or not failed  # none left: nothing sent
+        ok_before = {r["id"]: r["completion_token_ids"] for r in before if r["error"] is None}
+        assert all(ok_before[r["id"]] == r["completion_token_ids"] for r in after if r["id"] in ok_before)
+        assert store.read_success(cfg.run_dir / "generate")["pending"] == sum(r["error"] is not None for r in after)
 
 
 def test_sigkill_then_rerun_resends_only_what_was_in_flight(tmp_path, tiny, server):
@@ -189,7 +195,7 @@ def test_api_key_comes_from_the_environment_and_is_never_written(tmp_path, tiny,
     key = "sk-test-DO-NOT-LEAK-1234567890abcdef"
     srv = server(api_key=key, fault_rate=0.3, seed=1)
     path = api_config(tmp_path, tiny, srv, name="secret", api_key_env="LLMD_TEST_KEY", max_retries=1,
-                      timeout_s=0.3, generate={"batch_size": 12})
+                      timeout_s=0.3, generate={"batch_size": 12, "max_failed_fraction": 0.5})
     env = {**os.environ, "PYTHONPATH": str(REPO), "LLMD_TEST_KEY": key}
     res = subprocess.run([PYTHON, "-m", "llmdistill.cli", "generate", str(path), "-v"], env=env,
                          capture_output=True, text=True, timeout=300)
@@ -216,14 +222,54 @@ def test_api_key_comes_from_the_environment_and_is_never_written(tmp_path, tiny,
         os.environ.pop("LLMD_TEST_KEY", None)
 
 
-def test_pasted_key_in_the_config_is_refused_without_echo(tmp_path, tiny, server):
+SECRETS = [
+    ("api_key_env", "sk-live-abc-123"),
+    ("api_key_env", "sk_live_abc123"),  # letters, digits and _ only: a valid variable name, but a key
+    ("api_key_env", "hf_AbCdEfGhIjKlMnOpQrStUv"),
+    ("api_key_env", "Zq8x41LmPw0rT7yKd3Vb"),  # no known prefix: long and random
+    ("base_url", "PassW0rd-9f3e"),  # http://user:PassW0rd-9f3e@host/v1
+    ("base_url", "tok-77c1e0d9"),  # http://host/v1?api_key=tok-77c1e0d9
+    ("extra_body", "sk-proj-4f1b9c0e7d2a8b3c"),  # {"metadata": {"key": ...}}
+]
+
+
+def _secret_value(srv: FakeOpenAI, where: str, secret: str):
+    if where == "api_key_env":
+        return secret
+    if where == "extra_body":
+        return {"metadata": {"key": secret}}
+    if secret.startswith("PassW0rd"):
+        return srv.base_url.replace("://", f"://llmd:{secret}@")
+    return f"{srv.base_url}?api_key={secret}"
+
+
+@pytest.mark.parametrize("where, secret", SECRETS)
+def test_a_secret_in_the_config_is_refused_without_echo(tmp_path, tiny, server, where, secret):
     srv = server()
-    path = api_config(tmp_path, tiny, srv, api_key_env="sk-live-abc-123")
     from llmdistill.config import ConfigError
 
-    with pytest.raises(ConfigError) as e:
-        load_config(path)
-    assert "api_key_env" in str(e.value) and "sk-live-abc-123" not in str(e.value)
+    for path, overrides in ((api_config(tmp_path, tiny, srv, **{where: _secret_value(srv, where, secret)}), []),
+                            (api_config(tmp_path, tiny, srv, name="clean"),
+                             [f"teacher.api.{where}={json.dumps(_secret_value(srv, where, secret))}"])):
+        with pytest.raises(ConfigError) as e:
+            load_config(path, overrides)
+        assert f"teacher.api.{where}" in str(e.value) and secret not in str(e.value)
+    assert load_config(api_config(tmp_path, tiny, srv, name="fine", api_key_env="OPENAI_API_KEY"))  # a real name
+
+
+@pytest.mark.parametrize("where, secret", [SECRETS[1], SECRETS[4]])
+def test_a_secret_in_the_config_is_never_printed_or_written(tmp_path, tiny, server, where, secret):
+    srv = server()
+    path = api_config(tmp_path, tiny, srv, **{where: _secret_value(srv, where, secret)})
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for command in (["validate", str(path)], ["generate", str(path), "-v"]):
+        res = subprocess.run([PYTHON, "-m", "llmdistill.cli", *command], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode == 2 and f"teacher.api.{where}" in res.stderr, res.stderr[-2000:]
+        assert secret not in res.stdout + res.stderr and "Traceback" not in res.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p != path]
+    assert not [p for p in written if secret.encode() in p.read_bytes()]  # nothing secret written anywhere
+    assert srv.stats()["requests"] == 0
 
 
 def test_unmappable_alternatives_are_counted_and_kept_out_of_the_vocabulary(tmp_path, tiny, server):
@@ -279,13 +325,208 @@ def test_demo_prompts_through_the_api_example_config(tmp_path, server):
     assert prov["vocab_size"] == 49152
 
 
-def test_a_refused_request_fails_its_sample_at_once(tmp_path, tiny, server):
+def test_a_refused_request_fails_its_sample_at_once_and_is_not_retried(tmp_path, tiny, server):
     srv = server()  # refuses top_logprobs > 20 with HTTP 400, as OpenAI and vLLM do
     cfg = load_config(api_config(tmp_path, tiny, srv, n_prompts=6, generate={"topk": 21}))
-    run_stages(cfg, ["generate"])
+    from llmdistill.errors import UserError
+
+    for _ in range(2):  # all failed: the stage is not done; a rerun sends nothing (a refusal fails the same again)
+        with pytest.raises(UserError, match=r"6 of 6 samples failed \(100%, more than generate.max_failed_fraction "
+                                            r"0.1\): HTTP 400 x 6 .*none is transient"):
+            run_stages(cfg, ["generate"])
+        assert srv.stats()["requests"] == 6  # not retried, then not re-sent
     data = rows(cfg)
     assert all(r["finish_reason"] == "error" and r["error"].startswith("HTTP 400: top_logprobs must be <= 20")
                for r in data)
-    assert srv.stats()["requests"] == 6  # not retried
-    usage = store.read_manifest(cfg.run_dir / "generate")["provenance"]["api_usage"]
+    assert not (cfg.run_dir / "generate" / "_SUCCESS").exists()
+    usage = store.read_json(cfg.run_dir / "generate" / "teachers" / "default.json")["api_usage"]
     assert usage["failed"] == {"HTTP 400": 6} and usage["retries"] == {}
+    accepted = load_config(api_config(tmp_path, tiny, srv, n_prompts=6, generate={"topk": 21,
+                                                                                 "max_failed_fraction": 1.0}))
+    assert run_stages(accepted, ["generate"]) == {"generate": "ran"}  # same fingerprint: the committed rows stay
+    assert srv.stats()["requests"] == 6
+    assert store.read_success(cfg.run_dir / "generate")["pending"] == 0
+
+
+# ------------------------------------------------------------------ an endpoint that is down, failures, budget
+def closed_port() -> int:
+    """A port on 127.0.0.1 with nothing listening (bound, then closed)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Gone:
+    """The base_url of a server that is not there."""
+
+    def __init__(self, port: int):
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+
+
+def cli_generate(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", "llmdistill.cli", "generate", str(path)], env={**os.environ,
+                          "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600)
+
+
+def error_line(res: subprocess.CompletedProcess) -> str:
+    lines = [line for line in res.stderr.splitlines() if line.startswith("llmdistill: error:")]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    return lines[0]
+
+
+def test_nothing_listening_stops_early_then_a_rerun_finishes_the_job(tmp_path, tiny, server):
+    port = closed_port()
+    path = api_config(tmp_path, tiny, Gone(port), n_prompts=40)  # batches of 8, default retries and concurrency
+    cfg = load_config(path)
+    res = cli_generate(path)
+    assert res.returncode == 2
+    # 16 requests in flight x 7 attempts: the default max_connection_failures; batch 1 (56 attempts) is committed
+    assert (f"teacher api http://127.0.0.1:{port}/v1 is down: 112 connection attempts in a row failed (last: "
+            "connection error: [Errno 111] Connect call failed") in error_line(res)
+    assert res.stderr.count("api: request failed") < 40  # not 40 requests x 7 attempts
+    out = cfg.run_dir / "generate"
+    assert not (out / "_SUCCESS").exists()
+    assert [r["error"].startswith("connection error") for r in rows(cfg)] == [True] * 8
+
+    srv = server(port=port)  # the server is back: a plain rerun requests every sample once, failed ones included
+    run_stages(cfg, ["generate"])
+    assert sorted(srv.stats()["by_key"].values()) == [1] * 40
+    assert store.read_success(out)["pending"] == 0 and all(r["error"] is None for r in rows(cfg))
+
+
+def test_a_server_that_dies_mid_run_stops_the_stage_then_a_rerun_resumes(tmp_path, tiny, server):
+    srv = server(die_after=20)
+    path = api_config(tmp_path, tiny, srv, n_prompts=48, max_concurrency=4, max_connection_failures=10)
+    cfg = load_config(path)
+    res = cli_generate(path)
+    assert res.returncode == 2
+    assert f"teacher api {srv.base_url} is down: 10 connection attempts in a row failed" in error_line(res)
+    out = cfg.run_dir / "generate"
+    assert not (out / "_SUCCESS").exists()
+    db = sqlite3.connect(cfg.run_dir / "cache" / "api.sqlite")
+    answered = db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
+    db.close()
+    assert 20 <= answered < 24 and len(store.read_ids(out)) == 16  # batch 3 was cut short: not committed
+
+    back = server(port=srv.port)
+    run_stages(cfg, ["generate"])
+    assert sorted(back.stats()["by_key"].values()) == [1] * (48 - answered)  # answered ones from the cache
+    clean = load_config(api_config(tmp_path, tiny, back, n_prompts=48, name="clean", max_concurrency=4, cache=False))
+    run_stages(clean, ["generate"])
+    assert rows(cfg) == rows(clean)  # the same dataset as a run the server never left
+
+
+def test_too_many_failures_is_not_done_and_reruns_retry_exactly_the_failed_samples(tmp_path, tiny, server):
+    srv = server(fault_rate=0.3, faults=("500",), seed=5)
+    cfg = load_config(api_config(tmp_path, tiny, srv, n_prompts=40, max_retries=0))
+    from llmdistill.errors import UserError
+
+    out = cfg.run_dir / "generate"
+    with pytest.raises(UserError, match=r"samples failed \(\d+%, more than generate.max_failed_fraction 0.1\): "
+                                        r"HTTP 500 x \d+ .*rerun to request the \d+ transient ones again"):
+        run_stages(cfg, ["generate"])
+    assert not (out / "_SUCCESS").exists() and len(store.read_ids(out)) == 40
+    assert store.read_json(out / "stats.json")["failure_reasons"]["HTTP 500"] > 4
+    for attempt in range(8):  # each plain rerun requests exactly the failed samples (faults are drawn per attempt)
+        failed = {json.dumps(r["messages"]) for r in rows(cfg) if r["error"] is not None}
+        if not failed:
+            break
+        srv.reset_counts()
+        try:
+            run_stages(cfg, ["generate"])
+        except UserError as e:
+            assert "samples failed" in str(e)
+        assert [json.dumps(c["prompt"]) for c in srv.stats()["contents"]] and \
+            sorted(json.dumps(c["prompt"]) for c in srv.stats()["contents"]) == sorted(failed)
+    assert not failed and store.read_success(out)["pending"] == 0
+    srv.reset_counts()
+    assert run_stages(cfg, ["generate"]) == {"generate": "skipped"} and srv.stats()["requests"] == 0
+
+
+def test_downstream_stages_rerun_when_a_retry_changed_generate(tmp_path, tiny, server):
+    srv = server(fault_rate=0.3, faults=("500",), seed=2)
+    path = api_config(tmp_path, tiny, srv, n_prompts=24, max_retries=0, generate={"max_failed_fraction": 0.6})
+    cfg = load_config(path)
+    assert run_stages(cfg, ["generate", "filter"]) == {"generate": "ran", "filter": "ran"}
+    gen, filt = cfg.run_dir / "generate", cfg.run_dir / "filter"
+    pending = store.read_success(gen)["pending"]
+    assert pending > 0 and store.read_success(filt)["upstream_output"] == store.read_success(gen)["output"]
+    kept = len(store.read_ids(filt))
+
+    srv.fault_rate = 1.0  # the retry fails again, the same way: generate's output is unchanged, filter is kept
+    token = store.read_success(gen)["output"]
+    assert run_stages(cfg, ["generate", "filter"]) == {"generate": "ran", "filter": "skipped"}
+    assert srv.stats()["requests"] >= pending and store.read_success(gen)["output"] == token
+
+    srv.die_after = 0  # the endpoint is down at the next retry: the complete output is kept, the run goes on
+    down = load_config(path, ["teacher.api.max_connection_failures=2"])  # not part of the fingerprint
+    assert run_stages(down, ["generate", "filter"]) == {"generate": "kept", "filter": "skipped"}
+    assert store.read_success(gen)["output"] == token and store.read_success(gen)["pending"] == pending
+
+    srv = server(port=srv.port)  # back, answering: `llmdistill generate` alone, as if killed before filter reran
+    assert run_stages(cfg, ["generate"], standalone=True) == {"generate": "ran"}
+    assert store.read_success(gen)["pending"] == 0 and store.read_success(gen)["output"] != token
+    assert run_stages(cfg, ["generate", "filter"]) == {"generate": "skipped", "filter": "ran"}
+    assert len(store.read_ids(filt)) == 24 > kept  # the answered samples reached the filter
+    assert run_stages(cfg, ["generate", "filter"]) == {"generate": "skipped", "filter": "skipped"}
+
+    # an old run directory (no tokens in its _SUCCESS files) keeps its outputs
+    for d in (gen, filt):
+        info = store.read_success(d)
+        store.mark_success(d, {k: v for k, v in info.items() if k not in ("output", "upstream_output", "pending")})
+    assert run_stages(cfg, ["generate", "filter"]) == {"generate": "skipped", "filter": "skipped"}
+
+
+def test_budget_reserves_each_requests_worst_case_before_it_is_sent(tmp_path, tiny, server):
+    srv = server(stop_prob=0.0)  # every reply is max_new_tokens = 8 long: 0.8 cent at 1000 $ per 1M
+    from llmdistill.errors import BudgetExceeded
+
+    cfg = load_config(api_config(tmp_path, tiny, srv, n_prompts=32, budget_usd=0.045, price={"completion": 1000.0},
+                                 max_concurrency=4, generate={"batch_size": 16, "shard_rows": 16}))
+    with pytest.raises(BudgetExceeded, match=r"budget_usd \$0.045 reached \(\$0.0400 spent"):
+        run_stages(cfg, ["generate"])
+    assert srv.stats()["requests"] == 5  # 5 x 0.008 fit in 0.045, a 6th would not; all 16 went out before
+    db = sqlite3.connect(cfg.run_dir / "cache" / "api.sqlite")
+    spent, paid = db.execute("SELECT SUM(cost_usd), COUNT(*) FROM replies").fetchone()
+    db.close()
+    assert paid == 5 and spent == pytest.approx(0.04) and spent <= 0.045
+
+    # with a prompt price as well: the worst case counts the prompt's tokens through the local chat template
+    both = load_config(api_config(tmp_path, tiny, srv, n_prompts=32, name="both", budget_usd=0.05,
+                                  price={"prompt": 100.0, "completion": 1000.0}, max_concurrency=8,
+                                  generate={"batch_size": 32, "shard_rows": 32}))
+    srv.reset_counts()
+    with pytest.raises(BudgetExceeded):
+        run_stages(both, ["generate"])
+    db = sqlite3.connect(both.run_dir / "cache" / "api.sqlite")
+    spent, paid = db.execute("SELECT SUM(cost_usd), COUNT(*) FROM replies").fetchone()
+    db.close()
+    assert 0 < paid == srv.stats()["requests"] < 32 and spent <= 0.05
+
+
+@pytest.mark.parametrize("fault", ["generate:shard-tmp:1", "generate:shard:1", "generate:stage-end:1"])
+def test_a_kill_during_a_retry_loses_no_good_row_and_the_next_run_finishes(tmp_path, tiny, server, fault):
+    """SIGKILL while a retry replaces a shard file (before its rename, after it, before _SUCCESS): the dataset
+    stays whole (every id, every answered row as it was), and the next run finishes the retry and the filter."""
+    srv = server(fault_rate=0.4, faults=("500",), seed=4)
+    path = api_config(tmp_path, tiny, srv, n_prompts=24, max_retries=0, generate={"max_failed_fraction": 0.8})
+    cfg = load_config(path)
+    run_stages(cfg, ["generate", "filter"])
+    gen = cfg.run_dir / "generate"
+    before = rows(cfg)
+    assert store.read_success(gen)["pending"] > 0
+    srv.fault_rate = 0.0
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LLMDISTILL_FAULT": fault}
+    res = subprocess.run([PYTHON, "-m", "llmdistill.cli", "generate", str(path)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    during = rows(cfg)
+    assert [r["id"] for r in during] == [r["id"] for r in before]
+    answered = {r["id"]: r for r in before if r["error"] is None}
+    assert all(r == answered[r["id"]] for r in during if r["id"] in answered)  # good rows untouched
+    assert store.read_success(gen) is not None  # the completed output stayed complete throughout
+
+    assert run_stages(cfg, ["generate", "filter"]) == {"generate": "ran", "filter": "ran"}
+    assert all(r["error"] is None for r in rows(cfg)) and len(store.read_ids(cfg.run_dir / "filter")) == 24

@@ -191,3 +191,26 @@ def test_sentencepiece_entries_and_openai_bytes_form():
 
 def test_unmapped_id_is_outside_any_vocabulary():
     assert UNMAPPED_ID == 2**31 - 1
+
+
+# ------------------------------------------------------------------------------------------- secrets
+@pytest.mark.parametrize("name", ["OPENAI_API_KEY", "HF_TOKEN", "ANTHROPIC_API_KEY", "AZURE_OPENAI_API_KEY_2024",
+                                  "DEPLOY2_API_KEY", "MyCompanyOpenAIKey", "GROQ_API_KEY", "AWS_SECRET_ACCESS_KEY",
+                                  "TOGETHER_API_KEY", "VLLM_KEY_PROD_EU_WEST_1", "key_for_server_number_12"])
+def test_ordinary_variable_names_are_accepted_as_api_key_env(name):
+    from llmdistill.config import APIOptions
+
+    assert APIOptions(api_key_env=name).api_key_env == name
+
+
+@pytest.mark.parametrize("key", ["sk_live_abc123", "sk-proj-Ab12", "hf_AbCdEfGhIjKlMnOpQrStUv", "AKIAIOSFODNN7EXAMPLE",
+                                 "ghp_0123456789abcdefABCDEF0123456789abcd", "3f9a2c7d1e8b4a6f9c0d2e1f3a4b5c6d",
+                                 "Zq8x41LmPw0rT7yKd3Vb"])
+def test_keys_pasted_as_api_key_env_are_refused_without_echo(key):
+    from pydantic import ValidationError
+
+    from llmdistill.config import APIOptions
+
+    with pytest.raises(ValidationError) as e:
+        APIOptions(api_key_env=key)
+    assert key not in str(e.value) and key not in repr(e.value.errors(include_input=False))
