@@ -88,7 +88,7 @@ class JudgeScorer(Scorer):
             value = parse_judgement(g.text, self.step.scale_min, self.step.scale_max)
             if value is None:
                 self.unparsed += 1
-                log.debug("judge: no valid score for %s in %r", s.id, g.text[:200])
+                log.debug("judge: no valid score for %s in %r", s.id, (g.text or g.error or "")[:200])
                 res.append({})
             else:
                 res.append({self.key: value})

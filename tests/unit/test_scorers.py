@@ -127,3 +127,13 @@ def test_teacher_confidence_from_the_definition():
         chosen.append(math.log(probs[i][i % k]) if i != 5 else math.log(tail))
         ents.append(-sum(p * math.log(p) for p in probs[i]) - tail * math.log(tail))
     assert lp == pytest.approx(sum(chosen) / t) and ent == pytest.approx(sum(ents) / t)
+
+
+def test_a_failed_judge_generation_is_unparsed_not_a_crash():
+    """A judge reply that failed (no text: a prompt too long for the judge, an API error) counts as unparsed."""
+    step = C.JudgeStep(name="judge", key="quality")
+    failed = Generation(None, None, None, None, "error", 0, error="prompt too long")
+    judge = scorers.JudgeScorer(step, teacher=FixedJudge([]))
+    judge.teacher.generate = lambda prompts, seed: [failed]
+    assert judge.score([sample("Paris.")]) == [{}]
+    assert judge.unparsed == 1
