@@ -46,7 +46,7 @@ def texts(limit_tokens: int, tokenizer) -> list[list[int]]:
     return out
 
 
-def logits_of(model, seqs) -> "torch.Tensor":  # noqa: F821
+def logits_of(model, seqs) -> torch.Tensor:  # noqa: F821
     import torch
 
     with torch.no_grad():

@@ -89,8 +89,8 @@ def _materialise_smollm2() -> Path:
 
 def save_dir(target: Path, what: str, write) -> None:
     """Call `write(tmp)` to fill a directory beside `target` (a model, its tokenizer), give its files the
-    umask's mode, then swap it in with one rename. A failed write (disk full, ...) is a StorageError naming `target`, the partial copy
-    is removed and `target` is left as it was."""
+    umask's mode, then swap it in with one rename. A failed write (disk full, ...) is a StorageError naming
+    `target`, the partial copy is removed and `target` is left as it was."""
     target = Path(target)
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -7,6 +7,8 @@ network. The real SmolLM2 is only used by tests marked `slow`.
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import sys
@@ -127,6 +129,28 @@ def vllm_server(tiny_vllm, tmp_path_factory):
         pytest.skip(SKIP_REASON)
     with VLLMServer(tiny_vllm, name="tiny", log_path=tmp_path_factory.mktemp("vllm-server") / "server.log") as s:
         yield s
+
+
+class FullDiskFile(io.RawIOBase):
+    """A stream that takes `budget` bytes, then fails every write with ENOSPC, as a full disk does; the bytes
+    go to a real file at `path`, or nowhere (path None)."""
+
+    def __init__(self, path: str | None, budget: int):
+        self.f, self.budget = (open(path, "wb") if path else None), budget  # noqa: SIM115 (closed with the stream)
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        if len(b) > self.budget:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.budget -= len(b)
+        return self.f.write(b) if self.f else len(b)
+
+    def close(self):
+        if self.f:
+            self.f.close()
+        super().close()
 
 
 def write_prompts(path: Path, n_per_level: int = 4, levels=(1, 2, 3), tag: str = "p") -> Path:

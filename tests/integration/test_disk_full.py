@@ -9,8 +9,6 @@ zip writer on a file that fills up, safetensors' writer raising its own error.
 
 from __future__ import annotations
 
-import errno
-import io
 import os
 import re
 import subprocess
@@ -23,7 +21,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from conftest import PYTHON
+from conftest import PYTHON, FullDiskFile
 from llmdistill import cli, models, store
 from llmdistill.config import load_config
 from llmdistill.pipeline import run_stages
@@ -106,26 +104,6 @@ ENOSPC = "[ENOSPC] No space left on device"
 SMALL_TRAIN = {"max_steps": 2, "save_steps": 2, "sft_baseline": False}
 
 
-class FullDiskFile(io.RawIOBase):
-    """A real file that takes `budget` bytes, then fails every write with ENOSPC, as a full disk does."""
-
-    def __init__(self, path: str, budget: int):
-        self.f, self.budget = open(path, "wb"), budget  # noqa: SIM115 (closed with the stream)
-
-    def writable(self):
-        return True
-
-    def write(self, b):
-        if len(b) > self.budget:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.budget -= len(b)
-        return self.f.write(b)
-
-    def close(self):
-        self.f.close()
-        super().close()
-
-
 def fail_torch_save_under(monkeypatch, part: str) -> None:
     """torch.save into a path containing `part` runs torch's real zip writer on a file that fills up:
     torch raises its own RuntimeError ("unexpected pos ..."), as on a real full disk."""
@@ -180,7 +158,7 @@ def test_injected_enospc_in_train_forced_train_and_forced_generate(tiny_config, 
     with monkeypatch.context() as m:
         fail_torch_save_under(m, "/checkpoint-")
         error = one_error_line(cli_run(cli.app, ["run", str(path)]))
-    assert re.search(rf"cannot write a checkpoint under \S*/train/checkpoints/student: \[ENOSPC\]", error), error
+    assert re.search(r"cannot write a checkpoint under \S*/train/checkpoints/student: \[ENOSPC\]", error), error
     for stage in ("generate", "filter"):
         assert store.read_success(run_dir / stage) is not None
     assert not list((run_dir / "train/checkpoints/student").iterdir())  # the partial checkpoint is gone
@@ -260,7 +238,7 @@ def test_real_full_disk_mid_train_and_forced_train(tiny_config, tiny_tmpfs):
     # torch's own C++ writer fails, without an errno in its message
     subprocess.run(["mount", "-o", "remount,size=640k", str(tiny_tmpfs)], check=True)
     error = one_error_line(cli_run(cli.app, ["train", str(path)]))
-    assert re.search(rf"cannot write a checkpoint under \S*/train/checkpoints/student: \[ENOSPC\]", error), error
+    assert re.search(r"cannot write a checkpoint under \S*/train/checkpoints/student: \[ENOSPC\]", error), error
     for stage in ("generate", "filter"):
         assert store.read_success(run_dir / stage) is not None
     assert not list((run_dir / "train/checkpoints/student").iterdir())
@@ -275,7 +253,7 @@ def test_real_full_disk_mid_train_and_forced_train(tiny_config, tiny_tmpfs):
     filler = tiny_tmpfs / "filler"
     filler.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 200 * 1024))
     error = one_error_line(cli_run(cli.app, ["train", str(path), "--force"]))
-    assert re.search(rf"cannot write a checkpoint under \S*/train.next/checkpoints/student: \[ENOSPC\]", error), error
+    assert re.search(r"cannot write a checkpoint under \S*/train.next/checkpoints/student: \[ENOSPC\]", error), error
     assert store.read_success(run_dir / "train") == success
     got = student_weights(run_dir / "train/student")
     assert got.keys() == before.keys() and all((got[k] == before[k]).all() for k in got)

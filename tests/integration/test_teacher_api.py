@@ -429,7 +429,7 @@ def test_too_many_failures_is_not_done_and_reruns_retry_exactly_the_failed_sampl
         run_stages(cfg, ["generate"])
     assert not (out / "_SUCCESS").exists() and len(store.read_ids(out)) == 40
     assert store.read_json(out / "stats.json")["failure_reasons"]["HTTP 500"] > 4
-    for attempt in range(8):  # each plain rerun requests exactly the failed samples (faults are drawn per attempt)
+    for _ in range(8):  # each plain rerun requests exactly the failed samples (faults are drawn per attempt)
         failed = {json.dumps(r["messages"]) for r in rows(cfg) if r["error"] is not None}
         if not failed:
             break

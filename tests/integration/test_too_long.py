@@ -105,7 +105,8 @@ def test_each_prompt_is_tokenised_once(tmp_path, tiny, monkeypatch):
     try:
         tcfg = TeacherConfig(model=str(tiny["teacher"]), backend="openai", api={
             "base_url": srv.base_url, "served_model": "tiny", "api_key_env": None, "endpoint": "completions",
-            "token_mapping": "token_ids", "budget_usd": 1.0, "tokens_per_minute": 1e9, "max_context_tokens": 512, "cache": False})
+            "token_mapping": "token_ids", "budget_usd": 1.0, "tokens_per_minute": 1e9, "max_context_tokens": 512,
+            "cache": False})
         teacher = OpenAITeacher(tcfg, GenerateConfig(prompts=None, sources=[{"kind": "template", "template": __file__,
                                                                                  "rows": [{}]}], max_new_tokens=4))
         prompts = [[{"role": "user", "content": f"question {i}"}] for i in range(5)]

@@ -3,7 +3,6 @@ errno), and which are not (they pass through untouched). The exceptions are the 
 their real code paths where a Python-level write can be made to fail."""
 
 import errno
-import io
 import os
 from types import SimpleNamespace
 
@@ -11,31 +10,17 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
+from conftest import FullDiskFile
 from llmdistill import models
 from llmdistill.errors import StorageError
 
 ENOSPC = "[ENOSPC] No space left on device"
 
 
-class FullDisk(io.RawIOBase):
-    """A file that takes `budget` bytes, then fails every write with ENOSPC, as a full disk does."""
-
-    def __init__(self, budget: int):
-        self.budget = budget
-
-    def writable(self):
-        return True
-
-    def write(self, b):
-        if len(b) > self.budget:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.budget -= len(b)
-        return len(b)
-
 
 def torch_save_error() -> RuntimeError:
     with pytest.raises(RuntimeError) as info:
-        torch.save({"w": torch.zeros(10_000)}, FullDisk(1000))
+        torch.save({"w": torch.zeros(10_000)}, FullDiskFile(None, 1000))
     return info.value
 
 
@@ -85,7 +70,7 @@ def test_other_errors_are_not_write_failures(tmp_path, error):
 def test_writing_raises_one_storage_error_naming_the_path(tmp_path):
     with pytest.raises(StorageError) as info:
         with models.writing("a checkpoint under", tmp_path / "checkpoints"):
-            torch.save({"w": torch.zeros(10_000)}, FullDisk(100))
+            torch.save({"w": torch.zeros(10_000)}, FullDiskFile(None, 100))
     assert str(info.value) == f"cannot write a checkpoint under {tmp_path / 'checkpoints'}: {ENOSPC}"
     assert "\n" not in str(info.value)
 
