@@ -95,6 +95,20 @@ def test_greedy_agrees_with_hf(engine, tiny_vllm):
 
 
 @vllm_test
+def test_too_long_prompt_is_not_sent_and_positions_reproduce_the_batch(engine):
+    """A prompt longer than max_model_len - max_new_tokens is not sent to the engine (a failed sample with the
+    reason), and a retry of part of a batch, at the prompts' planned positions, samples exactly what the whole
+    batch did."""
+    prompts = [PROMPTS[0], [{"role": "user", "content": " ".join(["blue sky"] * 160)}], PROMPTS[2]]  # > 256 - 12
+    whole = engine.generate(prompts, seed=7)
+    part = engine.generate([prompts[2]], seed=7, positions=[2])
+    assert whole[0].error is None and whole[2].error is None
+    assert whole[1].error.startswith("prompt too long: ") and whole[1].error.endswith(
+        "+ max_new_tokens 12 > the teacher's context of 256 tokens")
+    assert part[0].token_ids == whole[2].token_ids  # seeded by its position, not by its place in this call
+
+
+@vllm_test
 def test_score_is_teacher_forcing(engine, tiny_vllm):
     tok = engine.tokenizer
     completions = [tok.encode(" the cat is blue", add_special_tokens=False) + [tok.eos_token_id],
