@@ -7,10 +7,12 @@ Checkpointing, resume, logging, gradient accumulation and `accelerate launch` co
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import Trainer, TrainerCallback
 
-from llmdistill import faults, models
+from llmdistill import faults, models, store
 from llmdistill.train.curriculum import PacedSampler, closed_loop_weights
 from llmdistill.train.objective import chunked_loss
 from llmdistill.train.signals import LiveSignal, SparseSignal
@@ -164,12 +166,17 @@ def mean_train_loss(history: list[dict]) -> float | None:
 
 
 class FaultPoints(TrainerCallback):
-    """The `step` and `checkpoint` points of `llmdistill.faults` (inert unless LLMDISTILL_FAULT is set)."""
+    """The `step` and `checkpoint` points of `llmdistill.faults` (inert unless LLMDISTILL_FAULT is set), and
+    the umask's mode for a saved checkpoint (safetensors writes its weights 0600 whatever the umask)."""
 
     def on_step_end(self, args, state, control, **kwargs):
         faults.point("step")
 
     def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if checkpoint.is_dir():
+                store.apply_file_mode(checkpoint)
         faults.point("checkpoint")
 
 

@@ -1,8 +1,10 @@
 """Every stage end to end on the tiny offline teacher, plus skip/rerun rules, locks and bad input."""
 
 import logging
+import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,3 +167,21 @@ def test_bad_prompt_line_is_named(tiny_config):
     res = cli("run", path)
     assert res.returncode == 2
     assert f"{seeds}:13: not valid JSON" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_every_file_of_a_run_follows_the_umask(tiny_config):
+    """Under umask 027 every file a whole run writes (shards, manifests, checkpoints, the students' safetensors,
+    metrics, the report) is readable by the group: none is left at mkstemp's or safetensors' 0600."""
+    import stat
+
+    path, data = tiny_config
+    res = subprocess.run([PYTHON, "-m", "llmdistill.cli", "run", str(path)], capture_output=True, text=True,
+                         timeout=900, preexec_fn=lambda: os.umask(0o027))
+    assert res.returncode == 0, res.stderr[-3000:]
+    run_dir = Path(data["output_dir"]) / data["name"]
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" and "checkpoint-" in str(p) for p in files)
+    assert any(p.name == "model.safetensors" and p.parent.name == "student" for p in files)
+    wrong = {str(p.relative_to(run_dir)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files
+             if stat.S_IMODE(p.stat().st_mode) != 0o640}
+    assert not wrong, wrong
