@@ -33,8 +33,8 @@ VARIANTS = ("naive_dense_kl", "trl_jsd", "ours_dense_kl", "ours_dense_jsd", "nai
 def child(variant: str, n: int, vocab: int) -> dict:
     import torch
 
+    from llmdistill import losses
     from llmdistill.config import LossTerm
-    from llmdistill.train import losses
     from llmdistill.train.objective import chunked_loss
     from llmdistill.train.signals import LiveSignal, SparseSignal
 

@@ -57,7 +57,7 @@ def before_bucket_kl(student_logits, ids, lps, T):
     """llmdistill 0.1.0: the teacher's k + 1 classes re-tempered as a block, the student's tail exact."""
     import torch
 
-    from llmdistill.train import losses
+    from llmdistill import losses
 
     lp = lps.double()
     tail = losses.log1mexp(torch.logsumexp(lp, -1).clamp(max=0.0)).clamp(min=math.log(losses.TAIL_FLOOR))
@@ -74,8 +74,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmdistill import models
-    from llmdistill.train import losses
+    from llmdistill import losses, models
 
     torch.manual_seed(0)
     torch.set_num_threads(2)

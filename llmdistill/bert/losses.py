@@ -12,7 +12,7 @@ mask (1 = real token); padded positions never contribute. Inputs are used as giv
     relation_kl          KL between softmax(X X^T / sqrt(d)) relations of split heads         MiniLM v1 value / v2
     rkd_distance/angle   Huber losses on normalised pairwise distances / triplet angles      RKD (Park et al. 2019)
 
-The soft KD part reuses the LLM trainer's divergence (llmdistill.train.losses.forward_kl on log-probs).
+The soft KD part reuses the LLM trainer's divergence (llmdistill.losses.forward_kl on log-probs).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from llmdistill.train.losses import forward_kl, tempered_logprobs
+from llmdistill.losses import forward_kl, tempered_logprobs
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ def chunked_loss(
     per_token: also return this term's per-token values, detached, as 'per_token' [N] (closed-loop
         curriculum).
     """
-    from llmdistill.train.losses import cross_entropy, tempered_logprobs
+    from llmdistill.losses import cross_entropy, tempered_logprobs
 
     if chunk_tokens is None:
         chunk_tokens = auto_chunk_tokens(head.weight.shape[0])

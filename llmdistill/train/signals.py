@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llmdistill.train import losses
+from llmdistill import losses
 
 
 @dataclass

@@ -60,7 +60,7 @@ def test_loss_is_the_token_mean_of_the_objective(tiny):
         loss = trainer.compute_loss(model, batch)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     mask = batch["labels"][:, 1:] != -100
-    from llmdistill.train import losses
+    from llmdistill import losses
 
     s = logits[mask]
     kl = losses.forward_kl_sparse(s, batch["teacher_ids"][:, :-1][mask], batch["teacher_logprobs"][:, :-1][mask], 2.0)
@@ -93,7 +93,7 @@ def test_paced_curriculum_and_closed_loop(tiny, tmp_path):
 def test_ce_is_logged_for_a_student_without_a_ce_term(tiny, tmp_path):
     """loss_ce (train) and eval_loss_ce (held out) are logged whatever the objective: the report compares
     a KD student with the SFT-only one on CE, never on their different total losses."""
-    from llmdistill.train import losses
+    from llmdistill import losses
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny["teacher"], dtype=torch.float32)

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
+from llmdistill import losses
 from llmdistill.config import LossTerm
-from llmdistill.train import losses
 from llmdistill.train.objective import chunked_loss
 from llmdistill.train.signals import DenseSignal, SparseSignal
 

@@ -16,9 +16,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmdistill import records, store
+from llmdistill import losses, records, store
 from llmdistill.config import ConfigError, load_config, validate_dict
-from llmdistill.train import losses
 
 FAST = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
