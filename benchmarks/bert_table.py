@@ -28,7 +28,7 @@ import yaml
 from llmdistill.bert import data as bdata
 from llmdistill.bert import export as bexport
 from llmdistill.bert import models as bmodels
-from llmdistill.bert.stage import fingerprint, run
+from llmdistill.bert.stage import fingerprint, finished, run
 from llmdistill.bert.teacher import load_tokenizer
 from llmdistill.config import load_bert_config
 
@@ -108,8 +108,7 @@ def main() -> None:
         for seed in args.seeds:
             extra = [] if seed == 0 else [f"seed={seed}", f"name={config[:-5]}-seed{seed}"]
             cfg = load_bert_config(REPO / "configs" / config, [*extra, f"threads={args.threads}"])
-            done = cfg.run_dir / "_SUCCESS"
-            if args.finished_only and not (done.is_file() and done.read_text().strip() == fingerprint(cfg)):
+            if args.finished_only and not finished(cfg.run_dir, fingerprint(cfg)):
                 logging.info("%s seed %d: not finished, left out", config, seed)
                 continue
             seeds[seed] = (cfg, run(cfg))

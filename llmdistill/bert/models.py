@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from llmdistill import store
+
 CONFIG_FILE = "llmdistill_bert.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -159,7 +161,7 @@ def save_model(model: nn.Module, directory: Path, tokenizer=None) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))
-    (directory / CONFIG_FILE).write_text(json.dumps(model.spec(), indent=1))
+    store.atomic_write_json(directory / CONFIG_FILE, model.spec())
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
 

@@ -7,8 +7,11 @@
     runs/<name>/onnx/model.onnx, model.int8.onnx
     runs/<name>/metrics.json           per phase: steps, time, last losses, val accuracy; test accuracy and
                                        macro-F1 for teacher, student, ONNX, ONNX int8 (+ agreement, latency)
-    runs/<name>/_SUCCESS               written last; holds the config fingerprint (a rerun with the same
-                                       config returns the stored metrics)
+    runs/<name>/_SUCCESS               written last (`store.mark_success`); holds the config fingerprint
+                                       (a rerun with the same config returns the stored metrics)
+
+Every file is written atomically through `store`, as the LLM stages write theirs, and one run holds the
+directory's lock (a second run of the same config waits for nothing: it fails at once, exit 3).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 import yaml
 
-from llmdistill import __version__
+from llmdistill import __version__, store
 from llmdistill.bert import data as bdata
 from llmdistill.bert import export as bexport
 from llmdistill.bert import layer_map as lmap
@@ -49,18 +52,17 @@ def run(cfg: BertDistillConfig, force: bool = False) -> dict:
     """Run (or reuse) the distillation described by `cfg`; returns the metrics."""
     out = cfg.run_dir
     fp = fingerprint(cfg)
-    done = out / "_SUCCESS"
-    if not force and done.is_file() and done.read_text().strip() == fp:
+    if not force and finished(out, fp):
         log.info("distill-bert %s: done (fingerprint %s), skipping", out, fp)
-        return json.loads((out / "metrics.json").read_text())
+        return store.read_json(out / "metrics.json")
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     torch.set_num_threads(cfg.threads)
     start = time.time()
-    (out / "config.resolved.yaml").write_text(yaml.safe_dump(
+    store.atomic_write_bytes(out / "config.resolved.yaml", yaml.safe_dump(
         {"config": cfg.model_dump(mode="json"), "llmdistill": __version__, "torch": str(torch.__version__),
-         "fingerprint": fp}, sort_keys=False))
+         "fingerprint": fp}, sort_keys=False).encode())
 
     teacher, tokenizer, teacher_dir = bteacher.get_teacher(cfg)
     for p in teacher.parameters():
@@ -72,7 +74,7 @@ def run(cfg: BertDistillConfig, force: bool = False) -> dict:
     student = students.build_student(cfg.student, teacher, len(cfg.data.labels), cfg.seed)
     pairs = _pairs(cfg, student, teacher)
     proj = objective.build_projections(student, teacher, pairs, cfg.phases)
-    (out / "layer_map.json").write_text(json.dumps(_layer_map_record(cfg, student, teacher, pairs, proj), indent=1))
+    store.atomic_write_json(out / "layer_map.json", _layer_map_record(cfg, student, teacher, pairs, proj))
     log.info("layer map %s; projections %s", pairs, {k: list(m.weight.shape[::-1]) for k, m in proj.items()})
 
     metrics: dict = {"name": cfg.name, "teacher": str(teacher_dir), "student_kind": cfg.student.kind,
@@ -106,11 +108,17 @@ def run(cfg: BertDistillConfig, force: bool = False) -> dict:
                   str(out / "student" / "projections.safetensors"))
     metrics["test"] = evaluate(cfg, teacher, teacher_dir, student, test, out)
     metrics["seconds"] = round(time.time() - start, 1)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    done.write_text(fp + "\n")
+    store.atomic_write_json(out / "metrics.json", metrics)
+    store.mark_success(out, {"fingerprint": fp, "llmdistill": __version__, "seconds": metrics["seconds"]})
     log.info("distill-bert %s: test %s", out, {k: v.get("accuracy") for k, v in metrics["test"].items()
                                                if isinstance(v, dict)})
     return metrics
+
+
+def finished(out: Path, fp: str) -> bool:
+    """Whether `out` holds a finished run of the config with fingerprint `fp`."""
+    info = store.read_success(out)
+    return isinstance(info, dict) and info.get("fingerprint") == fp
 
 
 def _rows_key(enc: bdata.Encoded) -> str:
@@ -120,10 +128,9 @@ def _rows_key(enc: bdata.Encoded) -> str:
 def _cached(path: Path, compute) -> dict:
     """A JSON result stored at `path` (the teacher's test metrics: the same for every run that shares it)."""
     if path.is_file():
-        return json.loads(path.read_text())
+        return store.read_json(path)
     value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value))
+    store.atomic_write_json(path, value)
     return value
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from llmdistill import store
 from llmdistill.bert import data as bdata
 from llmdistill.bert import models as bmodels
 from llmdistill.bert import trainer
@@ -180,8 +181,8 @@ def _save(model, tokenizer, out: Path, info_name: str, info: dict) -> None:
     `_SUCCESS` last."""
     tmp = out.with_name(out.name + ".tmp")
     bmodels.save_model(model, tmp, tokenizer)
-    (tmp / info_name).write_text(json.dumps(info, indent=1))
-    (tmp / "_SUCCESS").write_text("ok\n")
+    store.atomic_write_json(tmp / info_name, info)
+    store.mark_success(tmp, {"source": info.get("source")})
     if out.exists():
         import shutil
 
