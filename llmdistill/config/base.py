@@ -89,7 +89,7 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-
+# Fields marked NOT_HASHED decide how a stage runs (when it stops, how hard it retries), not what it writes: they
 # are left out of the stage fingerprints, so changing one resumes the stage instead of redoing it (and adding one
 # keeps the fingerprints of existing runs).
 NOT_HASHED = {"fingerprint": False}

@@ -32,9 +32,6 @@ class VLLMOptions(Section):
     startup_timeout_s: float = Field(900.0, gt=0, description="seconds to wait for the engine to load")
 
 
-# Fields marked NOT_HASHED decide how a stage runs (when it stops, how hard it retries), not what it writes: they
-
-
 class APIPrice(Section):
     """What the endpoint charges, in US dollars per million tokens (0 for a server of your own)."""
 
