@@ -162,7 +162,6 @@ class GenerateConfig(Section):
         return self
 
 
-
 class AnnotateConfig(Section):
     """Re-score the generated text with a local teacher (teacher forcing) and store its top-k log-probs.
 

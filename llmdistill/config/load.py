@@ -284,7 +284,6 @@ def _step(tp: Any, part: Any) -> Any:
     return None
 
 
-
 def load_bert_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> BertDistillConfig:
     """Read and validate a BERT distillation config; raises ConfigError listing every problem."""
     path = Path(path)
