@@ -5,8 +5,9 @@ types, `ConfigError`, the NOT_HASHED marker and the checks that keep secrets out
 from __future__ import annotations
 
 import os
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationInfo
 
@@ -87,6 +88,50 @@ OutputDir = Annotated[Path, AfterValidator(_cwd_path)]
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# ---- names: every union and Literal is the only list of its names; these read them back
+def unwrap(tp: Any) -> Any:
+    """`tp` without its `Annotated[...]` wrappers."""
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def literal_values(tp: Any, field: str | None = None) -> tuple:
+    """The values of a Literal type, or of the Literal annotation of `tp`'s field `field` (`list[Literal]` too):
+    `literal_values(TeacherConfig, "backend")` -> ("hf", "vllm", "openai")."""
+    if field is not None:
+        tp = tp.model_fields[field].annotation
+    tp = unwrap(tp)
+    if typing.get_origin(tp) is list:
+        tp = unwrap(typing.get_args(tp)[0])
+    if typing.get_origin(tp) is not Literal:
+        raise TypeError(f"{tp!r} is not a Literal")
+    return typing.get_args(tp)
+
+
+def discriminator(tp: Any) -> str | None:
+    """The field that picks the member of a discriminated union `Annotated[A | B, Field(discriminator=...)]`."""
+    while typing.get_origin(tp) is Annotated:
+        for meta in tp.__metadata__:
+            if isinstance(getattr(meta, "discriminator", None), str):
+                return meta.discriminator
+        tp = typing.get_args(tp)[0]
+    return None
+
+
+def union_members(union: Any) -> dict[str, type[BaseModel]]:
+    """Tag -> member model of a discriminated union, in the union's order (each member's discriminator Literal)."""
+    key = discriminator(union)
+    if key is None:
+        raise TypeError(f"{union!r} is not a discriminated union")
+    return {tag: m for m in typing.get_args(unwrap(union)) for tag in literal_values(m, key)}
+
+
+def union_tags(union: Any) -> tuple[str, ...]:
+    """The tags of a discriminated union, in its order: `union_tags(FilterStep)` -> ("failed", "empty", ...)."""
+    return tuple(union_members(union))
 
 
 # Fields marked NOT_HASHED decide how a stage runs (when it stops, how hard it retries), not what it writes: they

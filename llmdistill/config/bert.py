@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from llmdistill.config.base import InputFile, ModelSource, OutputDir, Section
 
-BERT_INTERMEDIATE_LOSSES = ("hidden", "attention", "embedding", "pkd", "minilm_attention", "minilm_value", "minilmv2")
+
+class _LossWeight:
+    """Marks a field of BertLossConfig as a loss term's weight; `layers`: the term compares intermediate layers."""
+
+    def __init__(self, layers: bool = False):
+        self.layers = layers
+
+
+_Weight = Annotated[float, _LossWeight()]
+_LayerWeight = Annotated[float, _LossWeight(layers=True)]
 
 
 class BertDataConfig(Section):
@@ -115,28 +124,36 @@ class LayerMapConfig(Section):
 class BertLossConfig(Section):
     """Loss weights (0 = off) and their parameters. Each term is documented in llmdistill/bert/losses.py."""
 
-    ce: float = Field(0.0, ge=0, description="cross-entropy on the hard labels (task phases)")
-    kd: float = Field(0.0, ge=0, description="logit KD: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE")
+    ce: _Weight = Field(0.0, ge=0, description="cross-entropy on the hard labels (task phases)")
+    kd: _Weight = Field(0.0, ge=0, description="logit KD: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE")
     alpha: float = Field(1.0, ge=0, le=1, description="share of the soft (KL) part inside the kd term")
     temperature: float = Field(1.0, gt=0, description="KD temperature T")
-    hidden: float = Field(0.0, ge=0, description="hidden states of mapped layers (FitNets/TinyBERT)")
+    hidden: _LayerWeight = Field(0.0, ge=0, description="hidden states of mapped layers (FitNets/TinyBERT)")
     hidden_kind: Literal["mse", "cosine"] = Field("mse", description="hidden-state distance")
-    attention: float = Field(0.0, ge=0, description="attention-map MSE of mapped layers (TinyBERT)")
-    embedding: float = Field(0.0, ge=0, description="embedding-output MSE (TinyBERT)")
-    pkd: float = Field(0.0, ge=0, description="BERT-PKD: MSE of L2-normalised [CLS] states of mapped layers")
-    mlm: float = Field(0.0, ge=0, description="student MLM loss (task-agnostic phases; DistilBERT)")
-    minilm_attention: float = Field(0.0, ge=0, description="MiniLM v1: KL of last-layer attention distributions")
-    minilm_value: float = Field(0.0, ge=0, description="MiniLM v1: KL of last-layer value relations")
-    minilmv2: float = Field(0.0, ge=0, description="MiniLMv2: Q-Q, K-K, V-V self-attention relation KL")
+    attention: _LayerWeight = Field(0.0, ge=0, description="attention-map MSE of mapped layers (TinyBERT)")
+    embedding: _LayerWeight = Field(0.0, ge=0, description="embedding-output MSE (TinyBERT)")
+    pkd: _LayerWeight = Field(0.0, ge=0, description="BERT-PKD: MSE of L2-normalised [CLS] states of mapped layers")
+    mlm: _Weight = Field(0.0, ge=0, description="student MLM loss (task-agnostic phases; DistilBERT)")
+    minilm_attention: _LayerWeight = Field(0.0, ge=0, description="MiniLM v1: KL of last-layer attention distributions")
+    minilm_value: _LayerWeight = Field(0.0, ge=0, description="MiniLM v1: KL of last-layer value relations")
+    minilmv2: _LayerWeight = Field(0.0, ge=0, description="MiniLMv2: Q-Q, K-K, V-V self-attention relation KL")
     relation_heads: int | None = Field(None, ge=1, description="MiniLM relation heads (default: student heads)")
     minilm_teacher_layer: int | None = Field(None, ge=1, description="MiniLM(v2) teacher layer (default: last)")
-    rkd_distance: float = Field(0.0, ge=0, description="RKD distance loss on pooled representations")
-    rkd_angle: float = Field(0.0, ge=0, description="RKD angle loss on pooled representations")
+    rkd_distance: _Weight = Field(0.0, ge=0, description="RKD distance loss on pooled representations")
+    rkd_angle: _Weight = Field(0.0, ge=0, description="RKD angle loss on pooled representations")
 
     def active(self) -> dict[str, float]:
-        names = ("ce", "kd", "hidden", "attention", "embedding", "pkd", "mlm", "minilm_attention", "minilm_value",
-                 "minilmv2", "rkd_distance", "rkd_angle")
-        return {n: getattr(self, n) for n in names if getattr(self, n) > 0}
+        """The terms with a weight > 0, in field order: name -> weight."""
+        return {n: getattr(self, n) for n in BERT_LOSSES if getattr(self, n) > 0}
+
+
+def _weights(layers_only: bool = False) -> tuple[str, ...]:
+    return tuple(n for n, f in BertLossConfig.model_fields.items()
+                 if any(isinstance(m, _LossWeight) and (m.layers or not layers_only) for m in f.metadata))
+
+
+BERT_LOSSES = _weights()  # every loss term, in field order
+BERT_INTERMEDIATE_LOSSES = _weights(layers_only=True)  # the terms that compare intermediate layers
 
 
 class BertPhaseConfig(Section):

@@ -47,8 +47,7 @@ GATE_METRICS = {  # metric -> True when higher is better
 class GateConfig(Section):
     """A promotion gate: the new student may be worse than the promoted one by at most `max_regression`."""
 
-    metric: str = Field(description="top1_agreement, topk_overlap, kl_to_teacher, jsd_to_teacher, perplexity, ece, "
-                                    "or task:<name> (accuracy on an eval.tasks entry)")
+    metric: str = Field(description=f"{', '.join(GATE_METRICS)}, or task:<name> (accuracy on an eval.tasks entry)")
     max_regression: float = Field(
         0.0, description="allowed worsening in the metric's own units (negative: demand that much improvement)")
 

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from llmdistill.config.base import InputFile, ModelSource, OutputDir, Section
+from llmdistill.config.base import InputFile, ModelSource, OutputDir, Section, literal_values, union_tags
 from llmdistill.config.teacher import TeacherConfig
 
 
@@ -203,6 +203,10 @@ class _Scorer(Section):
     max: float | None = Field(None, description="remove rows scoring above (reason `high_score:<key>`)")
     batch_size: int = Field(8, ge=1, description="rows scored per batch (also the unit of resume)")
 
+    def written_keys(self) -> list[str]:
+        """The scores[] keys this step writes."""
+        return [self.key or self.name]
+
 
 class JudgeStep(_Scorer):
     """An LLM judge: any teacher backend rates each (prompt, answer) with the rubric in `prompt`; the reply's
@@ -250,6 +254,10 @@ class ConfidenceStep(_Scorer):
     max_entropy: float | None = Field(None, ge=0.0)
     batch_size: int = Field(256, ge=1)
 
+    def written_keys(self) -> list[str]:
+        key = self.key or self.name
+        return [key, key + "_entropy"]
+
 
 FilterStep = Annotated[
     FailedStep | EmptyStep | LengthStep | RepetitionStep | TruncatedStep | ExactDedupStep | RefusalStep
@@ -257,20 +265,12 @@ FilterStep = Annotated[
     | JudgeStep | RewardModelStep | PerplexityStep | ConfidenceStep,
     Field(discriminator="name"),
 ]
-FILTER_STEP_NAMES = ("failed", "empty", "length", "repetition", "truncated", "exact_dedup", "refusal", "structured",
-                     "charset", "near_dedup", "semantic_dedup", "history_dedup", "decontaminate", "judge",
-                     "reward_model", "perplexity", "confidence")
+FILTER_STEP_NAMES = union_tags(FilterStep)
 
 
 def _default_filter_steps() -> list:
-    return [
-        FailedStep(name="failed"),
-        EmptyStep(name="empty"),
-        TruncatedStep(name="truncated"),
-        LengthStep(name="length"),
-        RepetitionStep(name="repetition"),
-        ExactDedupStep(name="exact_dedup"),
-    ]
+    return [step(name=literal_values(step, "name")[0])
+            for step in (FailedStep, EmptyStep, TruncatedStep, LengthStep, RepetitionStep, ExactDedupStep)]
 
 
 class FilterConfig(Section):
@@ -287,6 +287,5 @@ class FilterConfig(Section):
                 raise ValueError(f"steps.{i} ({step.name}) keeps the highest score {step.score!r}, but no earlier "
                                  f"scorer step writes it (written so far: {sorted(written) or 'none'})")
             if isinstance(step, _Scorer):
-                key = step.key or step.name
-                written.update({key, key + "_entropy"} if step.name == "confidence" else {key})
+                written.update(step.written_keys())
         return self

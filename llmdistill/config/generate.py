@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
-from llmdistill.config.base import NOT_HASHED, InputFile, InputFiles, Section, _resolve_path
-from llmdistill.config.teacher import TeacherConfig
+from llmdistill.config.base import NOT_HASHED, InputFile, InputFiles, Section, _resolve_path, literal_values, union_tags
+from llmdistill.config.teacher import LOCAL_BACKENDS, TeacherConfig
 
 
 def _dataset_source(value: str, info: ValidationInfo) -> str:
@@ -73,7 +73,10 @@ class TemplateSource(Section):
 
 
 PromptSource = Annotated[FileSource | HFDatasetSource | TemplateSource, Field(discriminator="kind")]
-EVOLVE_OPERATORS = ("add_constraints", "deepen", "concretise", "add_reasoning")
+PROMPT_SOURCE_KINDS = union_tags(PromptSource)
+# each operator is a template prompts/evol_<operator>.md
+EvolveOperator = Literal["add_constraints", "deepen", "concretise", "add_reasoning"]
+EVOLVE_OPERATORS = literal_values(EvolveOperator)
 
 
 class EvolveConfig(Section):
@@ -83,7 +86,7 @@ class EvolveConfig(Section):
     Evolved prompts are written to the run's generate/prompts.jsonl and reused on a rerun."""
 
     rounds: int = Field(1, ge=1, le=5, description="evolution rounds; round r evolves the prompts of round r-1")
-    operators: list[Literal["add_constraints", "deepen", "concretise", "add_reasoning"]] = Field(
+    operators: list[EvolveOperator] = Field(
         default_factory=lambda: list(EVOLVE_OPERATORS), description="operators to draw from (seeded per prompt)")
     per_prompt: int = Field(1, ge=1, description="variants asked for per prompt and round (distinct operators)")
     max_new_tokens: int = Field(192, ge=8, description="length cap of an evolved prompt")
@@ -128,7 +131,8 @@ class GenerateConfig(Section):
     prompts: InputFiles | None = Field(
         None, description="JSONL seed files (shorthand for a `file` source): {prompt, level, source?, answer?, tags?}")
     sources: list[PromptSource] = Field(
-        default_factory=list, description="prompt sources (see `generate.sources[]`): file, hf_dataset, template")
+        default_factory=list,
+        description=f"prompt sources (see `generate.sources[]`): {', '.join(PROMPT_SOURCE_KINDS)}")
     on_bad_line: Literal["fatal", "skip"] = Field(
         "fatal", description="a bad prompt line: fatal stops with file:line; skip reports it and goes on")
     evolve: EvolveConfig | None = Field(None, description="harder variants by the teacher (see `generate.evolve`)")
@@ -178,6 +182,7 @@ class AnnotateConfig(Section):
     @field_validator("teacher")
     @classmethod
     def _local(cls, v: TeacherConfig) -> TeacherConfig:
-        if v.backend == "openai":
-            raise ValueError("annotate scores text with a local model: backend hf or vllm, not openai")
+        if v.backend not in LOCAL_BACKENDS:
+            raise ValueError(f"annotate scores text with a local model: backend {' or '.join(LOCAL_BACKENDS)}, "
+                             f"not {v.backend}")
         return v

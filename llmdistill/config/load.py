@@ -13,9 +13,10 @@ from typing import Annotated, Any, Union
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from llmdistill.config.base import ConfigError, file_problem
+from llmdistill.config.base import ConfigError, discriminator, file_problem, union_members, unwrap
 from llmdistill.config.bert import BertDistillConfig
 from llmdistill.config.filter import FILTER_STEP_NAMES
+from llmdistill.config.generate import PROMPT_SOURCE_KINDS
 from llmdistill.config.root import Config
 from llmdistill.errors import describe_os_error
 
@@ -126,7 +127,7 @@ def _default_at(parts: list[str]) -> Any:
     """The default of the config field at `parts` as plain data (e.g. the default loss list), or {}."""
     model: Any = Config
     for part in parts[:-1]:
-        model = _unwrap(_step(model, part))
+        model = unwrap(_step(model, part))
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return {}
     field = model.model_fields.get(parts[-1]) if isinstance(model, type) and issubclass(model, BaseModel) else None
@@ -234,7 +235,7 @@ def _format_error(err: dict, root: Any = None) -> str:
 
 def _is_tag(loc: tuple, part: Any) -> bool:
     # pydantic puts the discriminator value into the location of union members ("steps.0.length.min_words").
-    tags = {*FILTER_STEP_NAMES, "file", "hf_dataset", "template"}  # filter steps and prompt source kinds
+    tags = {*FILTER_STEP_NAMES, *PROMPT_SOURCE_KINDS}
     i = loc.index(part)
     return isinstance(part, str) and part in tags and i > 0 and isinstance(loc[i - 1], int)
 
@@ -246,31 +247,23 @@ def _field_names_at(model: Any, loc: list) -> list[str]:
         tp = _step(tp, part)
         if tp is None:
             return []
-    tp = _unwrap(tp)
+    tp = unwrap(tp)
     if typing.get_origin(tp) in (Union, types.UnionType):  # an optional section: `EvolveConfig | None`
-        models = [m for m in map(_unwrap, typing.get_args(tp)) if isinstance(m, type) and issubclass(m, BaseModel)]
+        models = [m for m in map(unwrap, typing.get_args(tp)) if isinstance(m, type) and issubclass(m, BaseModel)]
         tp = models[0] if len(models) == 1 else None
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return list(tp.model_fields)
     return []
 
 
-def _unwrap(tp: Any) -> Any:
-    while typing.get_origin(tp) is Annotated:
-        tp = typing.get_args(tp)[0]
-    return tp
-
-
 def _step(tp: Any, part: Any) -> Any:
-    tp = _unwrap(tp)
+    """The type found at `part` inside `tp` (a field of a model, an item of a list, a member of a union)."""
+    if discriminator(tp) is not None and part in (members := union_members(tp)):
+        return members[part]
+    tp = unwrap(tp)
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
-        members = [_unwrap(a) for a in typing.get_args(tp) if a is not type(None)]
-        for m in members:
-            for tag in ("name", "kind"):  # the discriminators of filter steps and prompt sources
-                if isinstance(m, type) and issubclass(m, BaseModel) and tag in m.model_fields:
-                    if part in typing.get_args(m.model_fields[tag].annotation):
-                        return m
+        members = [unwrap(a) for a in typing.get_args(tp) if a is not type(None)]
         for m in members:
             nxt = _step(m, part)
             if nxt is not None:
@@ -280,6 +273,8 @@ def _step(tp: Any, part: Any) -> Any:
         return typing.get_args(tp)[0] if isinstance(part, int) else None
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         field = tp.model_fields.get(str(part))
+        if field is not None and field.discriminator:  # pydantic moved the union's Annotated into the field
+            return Annotated[field.annotation, field]
         return field.annotation if field else None
     return None
 

@@ -6,7 +6,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, field_validator
 
-from llmdistill.config.base import KEY_PREFIXES, NOT_HASHED, ModelSource, Section, _looks_like_key, _no_credentials
+from llmdistill.config.base import (
+    KEY_PREFIXES,
+    NOT_HASHED,
+    ModelSource,
+    Section,
+    _looks_like_key,
+    _no_credentials,
+    literal_values,
+)
 
 
 class VLLMOptions(Section):
@@ -125,11 +133,18 @@ class APIOptions(Section):
         return self.max_connection_failures or self.max_concurrency * (self.max_retries + 1)
 
 
+# backends that run the model here (or in a worker process) and can score given text; then the remote ones
+LocalBackend = Literal["hf", "vllm"]
+TeacherBackend = Literal[LocalBackend, "openai"]
+TEACHER_BACKENDS = literal_values(TeacherBackend)
+LOCAL_BACKENDS = literal_values(LocalBackend)
+
+
 class TeacherConfig(Section):
     """The model whose outputs (text and top-k log-probs) the student learns from."""
 
     model: ModelSource = Field("smollm2-135m-instruct", description="local HF directory, hub id, or a known alias")
-    backend: Literal["hf", "vllm", "openai"] = Field(
+    backend: TeacherBackend = Field(
         "hf", description="hf: transformers generate; vllm: offline vLLM engine; openai: an OpenAI-compatible API"
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype (float32 on CPU)")

@@ -6,9 +6,14 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from llmdistill.config.base import ModelSource, Section
+from llmdistill.config.base import ModelSource, Section, literal_values
 
-DIVERGENCE_NAMES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd")
+Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
+DIVERGENCE_NAMES = literal_values(Divergence)
+# the parameters (LossTerm fields) a divergence takes beyond the temperature, with their defaults; no other takes them
+DIVERGENCE_PARAMS: dict[str, dict[str, float]] = {"jsd": {"beta": 0.5}, "skew_kl": {"alpha": 0.1},
+                                                  "skew_reverse_kl": {"alpha": 0.1}}
+_PARAM_NAMES = tuple(dict.fromkeys(p for params in DIVERGENCE_PARAMS.values() for p in params))
 
 
 class LossTerm(Section):
@@ -19,7 +24,7 @@ class LossTerm(Section):
     skew_reverse_kl KL(q || alpha q + (1-alpha) p), tvd 1/2 sum |p - q|; ce is hard-label cross-entropy.
     """
 
-    name: Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd", "ce"] = Field(
+    name: Literal[Divergence, "ce"] = Field(
         description="a divergence to the teacher's distribution, or ce (cross-entropy on the teacher's tokens)")
     weight: float = Field(ge=0.0, description="multiplies the term (divergences also by T^2); no renormalisation")
     temperature: float = Field(1.0, gt=0.0, description="divergences: softening temperature (term scaled by T^2)")
@@ -28,20 +33,19 @@ class LossTerm(Section):
 
     @model_validator(mode="after")
     def _params(self):
-        if self.beta is not None and self.name != "jsd":
-            raise ValueError(f"beta applies to jsd only, not {self.name}")
-        if self.alpha is not None and self.name not in ("skew_kl", "skew_reverse_kl"):
-            raise ValueError(f"alpha applies to skew_kl and skew_reverse_kl only, not {self.name}")
-        if self.name == "jsd" and self.beta is None:
-            self.beta = 0.5
-        if self.name in ("skew_kl", "skew_reverse_kl") and self.alpha is None:
-            self.alpha = 0.1
+        for param in _PARAM_NAMES:
+            takers = [name for name, params in DIVERGENCE_PARAMS.items() if param in params]
+            if getattr(self, param) is not None and self.name not in takers:
+                raise ValueError(f"{param} applies to {' and '.join(takers)} only, not {self.name}")
+        for param, default in DIVERGENCE_PARAMS.get(self.name, {}).items():
+            if getattr(self, param) is None:
+                setattr(self, param, default)
         return self
 
     @property
     def params(self) -> dict[str, float]:
         """Keyword arguments of the divergence function."""
-        return {k: v for k, v in (("beta", self.beta), ("alpha", self.alpha)) if v is not None}
+        return {k: v for k in _PARAM_NAMES if (v := getattr(self, k)) is not None}
 
 
 class StudentConfig(Section):
