@@ -15,8 +15,6 @@ from pydantic import BaseModel, ValidationError
 
 from llmdistill.config.base import ConfigError, discriminator, file_problem, union_members, unwrap
 from llmdistill.config.bert import BertDistillConfig
-from llmdistill.config.filter import FILTER_STEP_NAMES
-from llmdistill.config.generate import PROMPT_SOURCE_KINDS
 from llmdistill.config.root import Config
 from llmdistill.errors import describe_os_error
 
@@ -211,12 +209,13 @@ def format_error(err: dict, root: Any = None) -> str:
 
 
 def _format_error(err: dict, root: Any = None) -> str:
-    loc = [str(p) if str(p).isprintable() else repr(str(p)) for p in err["loc"] if not _is_tag(err["loc"], p)]
+    root = root or Config
+    loc = [str(p) if str(p).isprintable() else repr(str(p)) for p in _without_tags(root, err["loc"])]
     where = ".".join(loc) or "config"
     kind = err["type"]
     if kind == "extra_forbidden":
         key = str(err["loc"][-1])
-        options = _field_names_at(root or Config, list(err["loc"][:-1]))
+        options = _field_names_at(root, list(err["loc"][:-1]))
         close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
         if close:
             hint = f" (did you mean '{close[0]}'?)"
@@ -233,11 +232,15 @@ def _format_error(err: dict, root: Any = None) -> str:
     return f"{where}: {msg}"
 
 
-def _is_tag(loc: tuple, part: Any) -> bool:
-    # pydantic puts the discriminator value into the location of union members ("steps.0.length.min_words").
-    tags = {*FILTER_STEP_NAMES, *PROMPT_SOURCE_KINDS}
-    i = loc.index(part)
-    return isinstance(part, str) and part in tags and i > 0 and isinstance(loc[i - 1], int)
+def _without_tags(root: Any, loc: tuple) -> list:
+    """`loc` less the tags pydantic puts into the location of a discriminated union's member
+    ("steps.0.length.min_words"), found by walking the models from `root` (a key spelled like a tag stays)."""
+    out, tp = [], root
+    for part in loc:
+        if not (tp is not None and discriminator(tp) is not None and part in union_members(tp)):
+            out.append(part)
+        tp = _step(tp, part) if tp is not None else None
+    return out
 
 
 def _field_names_at(model: Any, loc: list) -> list[str]:
