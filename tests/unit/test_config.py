@@ -187,6 +187,16 @@ def test_loss_term_parameters(tmp_path):
         load_config(write(tmp_path, data))
 
 
+def test_divergence_parameter_table():
+    """DIVERGENCE_PARAMS names divergences of the Literal and LossTerm fields; each default is in the field's range."""
+    from llmdistill.config import DIVERGENCE_NAMES, DIVERGENCE_PARAMS, LossTerm
+
+    assert set(DIVERGENCE_PARAMS) <= set(DIVERGENCE_NAMES)
+    for name, params in DIVERGENCE_PARAMS.items():
+        assert set(params) <= set(LossTerm.model_fields) - {"name", "weight", "temperature"}
+        assert LossTerm(name=name, weight=1.0).params == params
+
+
 def test_evolution_templates_are_part_of_the_generate_fingerprint(tmp_path, monkeypatch):
     """Editing prompts/evol_<op>.md reruns generation; configs without evolution keep their fingerprints."""
     from llmdistill.generate import evolve
