@@ -133,7 +133,7 @@ class APIOptions(Section):
         return self.max_connection_failures or self.max_concurrency * (self.max_retries + 1)
 
 
-# backends that run the model here (or in a worker process) and can score given text; then the remote ones
+# local backends run the model here (or in a worker process) and can score given text (annotate needs one)
 LocalBackend = Literal["hf", "vllm"]
 TeacherBackend = Literal[LocalBackend, "openai"]
 TEACHER_BACKENDS = literal_values(TeacherBackend)
