@@ -86,6 +86,19 @@ def test_did_you_mean_inside_a_filter_step(tmp_path):
     assert "filter.steps.1" in text and "nonsense" in text
 
 
+def test_a_key_spelled_like_a_union_tag_stays_in_the_error(tmp_path):
+    """Only the tag pydantic inserts after a union member's index is dropped from the location, not a key
+    that happens to be spelled like a step name or source kind (e.g. `length` inside a length step)."""
+    data = minimal(tmp_path)
+    data["filter"] = {"steps": [{"name": "length", "length": 3}]}
+    data["train"]["loss"] = [{"name": "ce", "weight": 1.0, "file": 1}]
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, data))
+    assert info.value.errors == [
+        "filter.steps.0.length: unknown key (known keys: name, min_words, max_words)",
+        "train.loss.0.file: unknown key (known keys: name, weight, temperature, beta, alpha)"]
+
+
 def test_student_needs_exactly_one_source(tmp_path):
     data = minimal(tmp_path)
     data["train"]["student"] = {}
@@ -172,6 +185,16 @@ def test_loss_term_parameters(tmp_path):
     data["train"]["loss"] = [{"name": "jsd", "weight": 1.0, "beta": 1.0}]
     with pytest.raises(ConfigError, match="train.loss.0.beta"):
         load_config(write(tmp_path, data))
+
+
+def test_divergence_parameter_table():
+    """DIVERGENCE_PARAMS names divergences of the Literal and LossTerm fields; each default is in the field's range."""
+    from llmdistill.config import DIVERGENCE_NAMES, DIVERGENCE_PARAMS, LossTerm
+
+    assert set(DIVERGENCE_PARAMS) <= set(DIVERGENCE_NAMES)
+    for name, params in DIVERGENCE_PARAMS.items():
+        assert set(params) <= set(LossTerm.model_fields) - {"name", "weight", "temperature"}
+        assert LossTerm(name=name, weight=1.0).params == params
 
 
 def test_evolution_templates_are_part_of_the_generate_fingerprint(tmp_path, monkeypatch):

@@ -1,0 +1,185 @@
+"""What every config section shares: the `Section` base (unknown keys are errors), path and model-source
+types, `ConfigError`, the NOT_HASHED marker and the checks that keep secrets out of a config.
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationInfo
+
+from llmdistill.errors import UserError
+
+# Model sources that are not a local directory or a hub id: names llmdistill knows how to materialise.
+MODEL_ALIASES = ("smollm2-135m-instruct", "all-minilm-l6-v2")
+
+
+class ConfigError(UserError):
+    """One or more problems with a config. `errors` holds one line per problem."""
+
+    def __init__(self, errors: list[str], source: str = "config"):
+        self.errors = errors
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(errors))
+
+
+def _resolve_path(value: str | Path, info: ValidationInfo) -> Path:
+    """Relative paths from the config file resolve against its directory; from overrides, against the cwd."""
+    ctx = info.context or {}
+    path = Path(os.path.expanduser(str(value)))
+    if not path.is_absolute():
+        base = Path.cwd() if str(value) in ctx.get("override_values", ()) else Path(ctx.get("base_dir", "."))
+        path = (base / path).resolve()
+    return path
+
+
+def _cwd_path(value: str | Path) -> Path:
+    return Path(os.path.expanduser(str(value))).resolve()
+
+
+def _input_file(value: str | Path, info: ValidationInfo) -> Path:
+    path = _resolve_path(value, info)
+    problem = file_problem(path)
+    if problem:
+        raise ValueError(problem)
+    return path
+
+
+def file_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as a file ("file not found: P", "P is a directory, not a file", ...), or None."""
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return f"{path} is a directory, not a file"
+    if path.exists():
+        return f"{path} is not a regular file"
+    if path.is_symlink():
+        return f"file not found: {path} (a symbolic link to the missing {os.readlink(path)})"
+    return f"file not found: {path}"
+
+
+def _model_source(value: str, info: ValidationInfo) -> str:
+    """An alias stays as is; an existing directory becomes absolute; ./x, ../x, /x or ~/x must exist;
+    anything else is taken as a hub id (it cannot be checked offline, and validate loads nothing)."""
+    if value in MODEL_ALIASES:
+        return value
+    path = _resolve_path(value, info)
+    if path.is_dir():
+        return str(path)
+    if value.startswith((".", "/", "~")):
+        raise ValueError(f"model directory not found: {path}")
+    return value
+
+
+def _real_dir(value: str) -> str:
+    """A local directory with its symlinks resolved (a hub id or alias is left as is)."""
+    return str(Path(value).resolve()) if Path(value).is_dir() else value
+
+
+InputFile = Annotated[Path, AfterValidator(_input_file)]
+ModelSource = Annotated[str, AfterValidator(_model_source)]
+# one path or a list of paths
+InputFiles = Annotated[list[InputFile], BeforeValidator(lambda v: [v] if isinstance(v, (str, Path)) else v)]
+OutputDir = Annotated[Path, AfterValidator(_cwd_path)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# ---- names: every union and Literal is the only list of its names; these read them back
+def unwrap(tp: Any) -> Any:
+    """`tp` without its `Annotated[...]` wrappers."""
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def literal_values(tp: Any, field: str | None = None) -> tuple:
+    """The values of a Literal type, or of the Literal annotation of `tp`'s field `field` (`list[Literal]` too):
+    `literal_values(TeacherConfig, "backend")` -> ("hf", "vllm", "openai")."""
+    if field is not None:
+        tp = tp.model_fields[field].annotation
+    tp = unwrap(tp)
+    if typing.get_origin(tp) is list:
+        tp = unwrap(typing.get_args(tp)[0])
+    if typing.get_origin(tp) is not Literal:
+        raise TypeError(f"{tp!r} is not a Literal")
+    return typing.get_args(tp)
+
+
+def discriminator(tp: Any) -> str | None:
+    """The field that picks the member of a discriminated union `Annotated[A | B, Field(discriminator=...)]`."""
+    while typing.get_origin(tp) is Annotated:
+        for meta in tp.__metadata__:
+            if isinstance(getattr(meta, "discriminator", None), str):
+                return meta.discriminator
+        tp = typing.get_args(tp)[0]
+    return None
+
+
+def union_members(union: Any) -> dict[str, type[BaseModel]]:
+    """Tag -> member model of a discriminated union, in the union's order (each member's discriminator Literal)."""
+    key = discriminator(union)
+    if key is None:
+        raise TypeError(f"{union!r} is not a discriminated union")
+    return {tag: m for m in typing.get_args(unwrap(union)) for tag in literal_values(m, key)}
+
+
+def union_tags(union: Any) -> tuple[str, ...]:
+    """The tags of a discriminated union, in its order: `union_tags(FilterStep)` -> ("failed", "empty", ...)."""
+    return tuple(union_members(union))
+
+
+# Fields marked NOT_HASHED decide how a stage runs (when it stops, how hard it retries), not what it writes: they
+# are left out of the stage fingerprints, so changing one resumes the stage instead of redoing it (and adding one
+# keeps the fingerprints of existing runs).
+NOT_HASHED = {"fingerprint": False}
+# Prefixes of API keys and tokens as issued (OpenAI, Anthropic, Hugging Face, GitHub, GitLab, Slack, AWS, Google,
+# Stripe, Groq, xAI, Perplexity ...): a value starting with one is a pasted secret, not a variable name.
+KEY_PREFIXES = ("sk-", "sk_", "hf_", "ghp_", "gho_", "ghs_", "ghu_", "github_pat_", "glpat-", "xoxb-", "xoxp-",
+                "xapp-", "AKIA", "ASIA", "AIza", "rk_", "pk_live_", "pk_test_", "gsk_", "xai-", "pplx-", "nvapi-",
+                "r8_", "tgp_", "fw_")
+
+
+def _looks_like_key(value: str) -> bool:
+    """A pasted secret rather than an environment variable's name: a known key prefix, or a long run of
+    letters and digits mixed the way random tokens are (no vowel-rich words, high entropy)."""
+    import math
+    from collections import Counter
+
+    if value.startswith(KEY_PREFIXES):
+        return True
+    for part in value.split("_"):
+        if len(part) < 16 or not any(c.isdigit() for c in part) or not any(c.isalpha() for c in part):
+            continue
+        counts = Counter(part)
+        entropy = -sum(n / len(part) * math.log2(n / len(part)) for n in counts.values())
+        if entropy >= 3.0:  # 16+ characters drawn from a wide alphabet: a token, not a name like DEPLOY2_API_KEY
+            return True
+    return False
+
+
+def _no_credentials(url: str) -> str:
+    """Refuse a URL holding a password or a key (user:password@host, ?api_key=...), without echoing it:
+    the config is written to config.resolved.yaml, and the key belongs in the environment."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        parts = urlsplit(url)
+        userinfo = parts.username is not None or parts.password is not None
+    except ValueError:
+        raise ValueError("is not a valid URL") from None
+    if userinfo:
+        raise ValueError("must not hold credentials (user:password@host): the config is written to the run "
+                         "directory; give the key through the environment variable named by teacher.api.api_key_env")
+    secret = ("key", "token", "secret", "password", "passwd", "sig", "signature", "auth")
+    if any(any(word in name.lower() for word in secret) for name, _ in parse_qsl(parts.query, keep_blank_values=True)):
+        raise ValueError("must not hold a key or token in its query string: the config is written to the run "
+                         "directory; give the key through the environment variable named by teacher.api.api_key_env")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s) URL with a host, e.g. http://127.0.0.1:8000/v1")
+    return url

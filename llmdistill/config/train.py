@@ -1,0 +1,181 @@
+"""The train section: the loss terms, where the student starts, on-policy, curriculum and LoRA options."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from llmdistill.config.base import ModelSource, Section, literal_values
+
+Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
+DIVERGENCE_NAMES = literal_values(Divergence)
+# the parameters (LossTerm fields) a divergence takes beyond the temperature, with their defaults; no other takes them
+DIVERGENCE_PARAMS: dict[str, dict[str, float]] = {"jsd": {"beta": 0.5}, "skew_kl": {"alpha": 0.1},
+                                                  "skew_reverse_kl": {"alpha": 0.1}}
+_PARAM_NAMES = tuple(dict.fromkeys(p for params in DIVERGENCE_PARAMS.values() for p in params))
+
+
+class LossTerm(Section):
+    """One term of the training loss: total = sum(weight * term). Weights are used as given.
+
+    Divergences between teacher p and student q: forward_kl KL(p||q), reverse_kl KL(q||p),
+    jsd beta KL(p||m) + (1-beta) KL(q||m) with m = beta p + (1-beta) q, skew_kl KL(p || alpha p + (1-alpha) q),
+    skew_reverse_kl KL(q || alpha q + (1-alpha) p), tvd 1/2 sum |p - q|; ce is hard-label cross-entropy.
+    """
+
+    name: Literal[Divergence, "ce"] = Field(
+        description="a divergence to the teacher's distribution, or ce (cross-entropy on the teacher's tokens)")
+    weight: float = Field(ge=0.0, description="multiplies the term (divergences also by T^2); no renormalisation")
+    temperature: float = Field(1.0, gt=0.0, description="divergences: softening temperature (term scaled by T^2)")
+    beta: float | None = Field(None, gt=0.0, lt=1.0, description="jsd only: mixture weight of the teacher (0.5)")
+    alpha: float | None = Field(None, ge=0.0, lt=1.0, description="skew_kl / skew_reverse_kl only: skew (0.1)")
+
+    @model_validator(mode="after")
+    def _params(self):
+        for param in _PARAM_NAMES:
+            takers = [name for name, params in DIVERGENCE_PARAMS.items() if param in params]
+            if getattr(self, param) is not None and self.name not in takers:
+                raise ValueError(f"{param} applies to {' and '.join(takers)} only, not {self.name}")
+        for param, default in DIVERGENCE_PARAMS.get(self.name, {}).items():
+            if getattr(self, param) is None:
+                setattr(self, param, default)
+        return self
+
+    @property
+    def params(self) -> dict[str, float]:
+        """Keyword arguments of the divergence function."""
+        return {k: v for k in _PARAM_NAMES if (v := getattr(self, k)) is not None}
+
+
+class StudentConfig(Section):
+    """Where the student starts: an existing model, or a layer subset of the teacher."""
+
+    model: ModelSource | None = Field(None, description="local HF directory or hub id")
+    teacher_layers: list[int] | None = Field(
+        None, description="build the student from the teacher's embeddings, these decoder layers and its head"
+    )
+
+    @field_validator("teacher_layers")
+    @classmethod
+    def _layers(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("teacher_layers must name at least one layer")
+            if any(i < 0 for i in v) or len(set(v)) != len(v) or v != sorted(v):
+                raise ValueError("teacher_layers must be distinct, non-negative and increasing")
+        return v
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        if (self.model is None) == (self.teacher_layers is None):
+            raise ValueError("set exactly one of student.model and student.teacher_layers")
+        return self
+
+
+class OnPolicyConfig(Section):
+    """On-policy distillation through trl (train.mode: on_policy): the student writes completions for the
+    prompts and the local teacher scores them with the generalised JSD."""
+
+    trainer: Literal["distillation", "gkd"] = Field(
+        "distillation", description="distillation: trl.DistillationTrainer (every batch on-policy); "
+        "gkd: trl's GKDTrainer (lmbda mixes student-generated and teacher-written batches)")
+    beta: float = Field(0.5, ge=0.0, le=1.0, description="JSD interpolation (trl): 0 forward KL, 1 reverse KL")
+    lmbda: float = Field(0.5, ge=0.0, le=1.0, description="gkd only: fraction of batches the student generates")
+    seq_kd: bool = Field(False, description="gkd only: off-policy batches use fresh teacher generations")
+    max_new_tokens: int = Field(64, ge=1, description="length of the completions generated during training")
+    temperature: float = Field(1.0, gt=0.0, description="sampling and loss temperature")
+
+    @model_validator(mode="after")
+    def _gkd_only(self):
+        if self.trainer == "distillation" and (self.seq_kd or "lmbda" in self.model_fields_set):
+            raise ValueError("lmbda and seq_kd apply to on_policy.trainer: gkd only")
+        return self
+
+
+class CurriculumConfig(Section):
+    """How training walks through the curriculum (data arrives ordered easy -> hard by level)."""
+
+    pacing: Literal["none", "linear", "root", "step"] = Field(
+        "none", description="none: read the data in order (or shuffled, train.shuffle); linear/root: a growing "
+        "easy-first pool by competence; step: whole levels admitted in turn")
+    start: float = Field(0.2, gt=0.0, le=1.0, description="fraction of the data admitted at step 0")
+    full_at: float = Field(0.8, gt=0.0, le=1.0, description="training progress at which all data is admitted")
+    closed_loop_every: int | None = Field(
+        None, ge=1, description="every N steps, reweight the pool by the per-sample divergence measured so far")
+    drop_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="closed loop: best-matched share left out")
+    repeat_fraction: float = Field(0.1, ge=0.0, le=1.0, description="closed loop: worst-matched share drawn twice")
+
+
+class LoraConfig(Section):
+    """Train low-rank adapters (peft) instead of every weight; the saved student has them merged in."""
+
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: int = Field(32, ge=1, description="scaling numerator (the update is scaled by alpha / r)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt, or all-linear (every linear layer but the head)")
+
+
+def _default_loss() -> list[LossTerm]:
+    return [LossTerm(name="forward_kl", weight=0.9, temperature=1.0), LossTerm(name="ce", weight=0.1)]
+
+
+class TrainConfig(Section):
+    """Student fine-tuning on the filtered data with KL (to the stored teacher top-k) + CE losses."""
+
+    student: StudentConfig
+    mode: Literal["offline", "seq_kd", "on_policy"] = Field(
+        "offline", description="offline: the loss terms on the generated samples; seq_kd: CE on the teacher's "
+        "text (works across tokenizers); on_policy: trl on-policy distillation (see train.on_policy)")
+    teacher_signal: Literal["stored", "live"] = Field(
+        "stored", description="offline mode: the stored top-k log-probs, or a live teacher's full distribution")
+    loss: list[LossTerm] = Field(default_factory=_default_loss)
+    tail: Literal["bucket", "renormalize"] = Field(
+        "bucket",
+        description="mass outside the teacher's top-k: bucket = one extra 'rest of vocabulary' class; "
+        "renormalize = compare the two distributions restricted to the top-k ids",
+    )
+    sft_baseline: bool = Field(False, description="also train a CE-only student on the same data and steps")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps (overrides epochs)")
+    epochs: float = Field(1.0, gt=0, description="passes over the data when max_steps is not set")
+    batch_size: int = Field(8, ge=1, description="samples per device per step")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    lr: float = Field(5e-5, gt=0, description="peak learning rate (AdamW)")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="learning-rate schedule after warm-up")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_seq_len: int = Field(1024, ge=8, description="prompt + completion tokens; longer completions are cut")
+    shuffle: bool = Field(False, description="False keeps the curriculum order (easy to hard)")
+    chunk_tokens: int | None = Field(
+        None, ge=1, description="loss chunk: at most this many tokens' logits exist at once (default: 2^24 / "
+        "vocabulary, i.e. 64 MB of fp32 logits, within 16..1024)")
+    freeze_embeddings: bool = Field(False, description="keep the input embeddings (and a head tied to them) fixed")
+    bf16: bool = Field(False, description="bf16 mixed precision (GPUs)")
+    save_steps: int = Field(50, ge=1, description="checkpoint every N steps (a killed run resumes from the last)")
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
+    logging_steps: int = Field(10, ge=1, description="log loss terms every N steps")
+    report_to: list[str] = Field(default_factory=list, description="e.g. [tensorboard]")
+    eval_every: int | None = Field(None, ge=1, description="evaluate the loss on held-out samples every N steps")
+    eval_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="share of samples held out when eval_every is set")
+    on_policy: OnPolicyConfig = Field(default_factory=OnPolicyConfig, description="see `train.on_policy`")
+    lora: LoraConfig | None = Field(None, description="LoRA adapters instead of full fine-tuning (see `train.lora`)")
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig, description="see `train.curriculum`")
+
+    @model_validator(mode="after")
+    def _loss_terms(self):
+        names = [t.name for t in self.loss]
+        if len(set(names)) != len(names):
+            raise ValueError(f"loss terms must be distinct, got {names}")
+        if not any(t.weight > 0 for t in self.loss):
+            raise ValueError("at least one loss term needs a positive weight")
+        c = self.curriculum
+        if c.pacing != "none" and self.max_steps is None:
+            raise ValueError("curriculum pacing needs train.max_steps (the pace is set per step)")
+        if c.closed_loop_every is not None:
+            if c.pacing == "none":
+                raise ValueError("curriculum.closed_loop_every needs a pacing (linear, root or step)")
+            if self.mode != "offline" or all(t.name == "ce" for t in self.loss):
+                raise ValueError("curriculum.closed_loop_every needs train.mode offline with a divergence term")
+        return self
