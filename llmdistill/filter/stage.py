@@ -24,7 +24,6 @@ steps also write decontamination.json (which eval items were hit, by which sampl
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -92,19 +91,7 @@ class Rows:
                 if not keep:
                     continue
                 table = pa.Table.from_batches([batch]).take([j - rows.start for j in keep])
-                yield from zip(keep, _to_samples(table, full))
-
-
-def _to_samples(table: pa.Table, full: bool) -> list[records.Sample]:
-    if full:
-        return records.table_to_samples(table)
-    py = table.to_pylist()
-    out = []
-    for row in py:
-        row["scores"] = json.loads(row["scores"] or "{}")
-        row["metadata"] = json.loads(row["metadata"] or "{}")
-        out.append(records.Sample(**row))
-    return out
+                yield from zip(keep, records.table_to_samples(table))
 
 
 # ------------------------------------------------------------------------------------------- row steps
@@ -138,7 +125,7 @@ def load_score_cache(directory: Path) -> dict[str, dict]:
     for path in store.list_shards(directory):
         t = store.read_shard(path)
         for rid, s in zip(t.column("id").to_pylist(), t.column("scores").to_pylist()):
-            out[rid] = json.loads(s)
+            out[rid] = records.decode_json_column(s)
     return out
 
 
@@ -158,7 +145,8 @@ def run_scorer(rows: Rows, step, index: int, out_dir: Path, stats: dict, scorer=
     def flush() -> None:
         results = scorer.score([s for _, s in batch])
         writer.write_table(pa.table({"id": [s.id for _, s in batch],
-                                     "scores": [json.dumps(r) for r in results]}, schema=_CACHE_SCHEMA))
+                                     "scores": [records.encode_json_column(r, "scores") for r in results]},
+                                    schema=_CACHE_SCHEMA))
         for (i, _), r in zip(batch, results):
             done[i] = r
         batch.clear()
@@ -317,13 +305,13 @@ def _update_json_columns(table: pa.Table, span: range, rows: Rows, score_keys: l
     for j in touched:
         r = j - span.start
         if any(not np.isnan(rows.scores[k][j]) for k in score_keys):
-            d = json.loads(scores[r] or "{}")
+            d = records.decode_json_column(scores[r])
             d.update({k: float(rows.scores[k][j]) for k in score_keys if not np.isnan(rows.scores[k][j])})
-            scores[r] = json.dumps(d, sort_keys=True)
+            scores[r] = records.encode_json_column(d, "scores")
         if j in rows.metadata:
-            d = json.loads(meta[r] or "{}")
+            d = records.decode_json_column(meta[r])
             d.update(rows.metadata[j])
-            meta[r] = json.dumps(d, sort_keys=True, ensure_ascii=False)
+            meta[r] = records.encode_json_column(d, "metadata")
     table = table.set_column(table.schema.get_field_index("scores"), "scores", pa.array(scores, pa.string()))
     return table.set_column(table.schema.get_field_index("metadata"), "metadata", pa.array(meta, pa.string()))
 

@@ -127,6 +127,30 @@ def test_removed_rows_carry_their_reason(tmp_path):
     assert store.read_table(tmp_path).column("reason").to_pylist() == ["duplicate", "too_short"]
 
 
+def test_json_columns_have_one_encoding():
+    s = make_sample(0)
+    s.scores, s.metadata = {"z": 1.0, "é": 0.5}, {"b": "naïve", "a": [1]}
+    table = records.samples_to_table([s])
+    assert table.column("scores").to_pylist() == ['{"z": 1.0, "\\u00e9": 0.5}']  # sorted keys, ASCII
+    assert table.column("metadata").to_pylist() == ['{"a": [1], "b": "naïve"}']  # sorted keys, text as it is
+    assert [records.encode_json_column(v, c) for v, c in ((s.scores, "scores"), (s.metadata, "metadata"))] == [
+        json.dumps(s.scores, sort_keys=True), json.dumps(s.metadata, sort_keys=True, ensure_ascii=False)]
+    assert records.decode_json_column(None) == records.decode_json_column("") == {}
+    back, = records.table_to_samples(table)
+    assert (back.scores, back.metadata) == (s.scores, s.metadata)
+
+
+def test_samples_from_a_table_without_the_teacher_signal(tmp_path):
+    samples = [make_sample(0), make_sample(1, failed=True)]
+    store.ShardWriter(tmp_path).write(samples)
+    light = [c for c in records.arrow_schema().names if c not in store.SPLIT_COLUMNS]
+    back = records.table_to_samples(store.read_table(tmp_path, light))
+    for a, b in zip(samples, back):
+        assert (b.completion_token_ids, b.topk_ids, b.topk_logprobs) == (None, None, None)
+        assert (a.id, a.completion, a.error, a.scores, a.metadata, a.usage, a.level) == (
+            b.id, b.completion, b.error, b.scores, b.metadata, b.usage, b.level)
+
+
 def test_record_id_depends_on_every_input():
     m = [{"role": "user", "content": "hi"}]
     gen = {"temperature": 0.7}
