@@ -82,16 +82,14 @@ class Rows:
         columns = None if full else LIGHT_COLUMNS
         wanted = None if only is None else set(only.tolist())
         i = 0
-        for path in store.list_shards(self.src):
-            pf = store._open_shard(path)
-            for batch in pf.iter_batches(batch_size=self.read_rows, columns=columns):
-                rows = range(i, i + batch.num_rows)
-                i += batch.num_rows
-                keep = [j for j in rows if (j in wanted if wanted is not None else self.alive(j))]
-                if not keep:
-                    continue
-                table = pa.Table.from_batches([batch]).take([j - rows.start for j in keep])
-                yield from zip(keep, records.table_to_samples(table))
+        for batch in store.iter_batches(self.src, self.read_rows, columns):
+            rows = range(i, i + batch.num_rows)
+            i += batch.num_rows
+            keep = [j for j in rows if (j in wanted if wanted is not None else self.alive(j))]
+            if not keep:
+                continue
+            table = pa.Table.from_batches([batch]).take([j - rows.start for j in keep])
+            yield from zip(keep, records.table_to_samples(table))
 
 
 # ------------------------------------------------------------------------------------------- row steps
@@ -279,18 +277,17 @@ def write_outputs(rows: Rows, src: Path, out: Path, shard_rows: int) -> int:
     removed_w = _Buffered(store.ShardWriter(out / REMOVED, records.removed_schema()), shard_rows)
     score_keys = list(rows.scores)
     i = 0
-    for path in store.list_shards(src):
-        for batch in store._open_shard(path).iter_batches(batch_size=rows.read_rows):
-            table = pa.Table.from_batches([batch])
-            span = range(i, i + table.num_rows)
-            i += table.num_rows
-            table = _update_json_columns(table, span, rows, score_keys)
-            alive = pa.array([rows.reasons[j] is None for j in span])
-            kept_w.add(table.filter(alive))
-            gone = table.filter(pc.invert(alive))
-            if gone.num_rows:
-                reasons = [rows.reasons[j] for j in span if rows.reasons[j] is not None]
-                removed_w.add(gone.append_column(pa.field("reason", pa.string()), pa.array(reasons, pa.string())))
+    for batch in store.iter_batches(src, rows.read_rows):
+        table = pa.Table.from_batches([batch])
+        span = range(i, i + table.num_rows)
+        i += table.num_rows
+        table = _update_json_columns(table, span, rows, score_keys)
+        alive = pa.array([rows.reasons[j] is None for j in span])
+        kept_w.add(table.filter(alive))
+        gone = table.filter(pc.invert(alive))
+        if gone.num_rows:
+            reasons = [rows.reasons[j] for j in span if rows.reasons[j] is not None]
+            removed_w.add(gone.append_column(pa.field("reason", pa.string()), pa.array(reasons, pa.string())))
     kept_w.close()
     removed_w.close()
     return kept_w.writer.rows_written

@@ -106,6 +106,41 @@ def test_corrupt_shard_is_reported_by_name(tmp_path, damage):
         store.read_table(tmp_path)
     with pytest.raises(store.StoreError, match="part-00001.parquet"):
         list(store.iter_samples(tmp_path))
+    with pytest.raises(store.StoreError, match="part-00001.parquet"):
+        list(store.iter_batches(tmp_path))
+
+
+def test_iter_batches_reads_shard_by_shard_in_order(tmp_path):
+    w = store.ShardWriter(tmp_path)
+    w.write([make_sample(i) for i in range(3)])
+    w.write([make_sample(i) for i in range(3, 5)])
+    batches = list(store.iter_batches(tmp_path, batch_rows=2, columns=["id", "level"]))
+    assert [b.num_rows for b in batches] == [2, 1, 2]  # a batch never spans two shards
+    assert all(b.schema.names == ["id", "level"] for b in batches)
+    assert [i for b in batches for i in b.column("id").to_pylist()] == store.read_ids(tmp_path)
+
+
+@pytest.mark.parametrize("target", ["file", "shard"])
+def test_a_failed_rename_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch, target):
+    def write(n):
+        if target == "file":
+            store.atomic_write_json(tmp_path / "stats.json", {"n": n})
+            return tmp_path / "stats.json"
+        return store.ShardWriter(tmp_path).write_table(records.samples_to_table([make_sample(n)]), index=0,
+                                                       replace=True)
+
+    path = write(0)
+    old = path.read_bytes()
+
+    def refused(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.os, "replace", refused)
+    what = "shard " if target == "shard" else ""
+    with pytest.raises(store.StorageError, match=rf"cannot write {what}.*{path.name}: \[ENOSPC\] No space left"):
+        write(1)
+    assert path.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 def test_success_marker_and_manifest(tmp_path):
