@@ -143,6 +143,18 @@ class Sample:
 # Fields stored as they are; scores/metadata go through JSON and the top-k matrices through offsets.
 _PLAIN_FIELDS = ("id", "prompt_id", "messages", "completion", "source", "teacher", "gen", "usage",
                  "finish_reason", "error", "level", "difficulty", "completion_token_ids")
+# The JSON text columns, and whether each escapes non-ASCII characters (scores do, metadata keeps them).
+JSON_COLUMNS = {"scores": True, "metadata": False}
+
+
+def encode_json_column(value: dict, column: str) -> str:
+    """The stored text of a `scores` or `metadata` value (the one encoding of these columns: sorted keys)."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=JSON_COLUMNS[column])
+
+
+def decode_json_column(text: str | None) -> dict:
+    """A `scores` or `metadata` value from its stored text (null or empty: {})."""
+    return json.loads(text or "{}")
 
 
 def samples_to_table(samples: list[Sample], reasons: list[str] | None = None) -> pa.Table:
@@ -151,8 +163,8 @@ def samples_to_table(samples: list[Sample], reasons: list[str] | None = None) ->
     cols: dict[str, Any] = {}
     for name in _PLAIN_FIELDS:
         cols[name] = [getattr(s, name) for s in samples]
-    cols["scores"] = [json.dumps(s.scores, sort_keys=True) for s in samples]
-    cols["metadata"] = [json.dumps(s.metadata, sort_keys=True, ensure_ascii=False) for s in samples]
+    for name in JSON_COLUMNS:
+        cols[name] = [encode_json_column(getattr(s, name), name) for s in samples]
     cols["topk_ids"] = _nested(samples, "topk_ids", np.int32, pa.int32())
     cols["topk_logprobs"] = _nested(samples, "topk_logprobs", np.float16, pa.float16())
     if reasons is not None:
@@ -182,19 +194,26 @@ def _nested(samples: list[Sample], name: str, np_dtype, pa_type) -> pa.Array:
 
 
 def table_to_samples(table: pa.Table) -> list[Sample]:
-    """Inverse of `samples_to_table` (the `reason` column, if any, is dropped)."""
-    py = {name: table.column(name).to_pylist() for name in (*_PLAIN_FIELDS, "scores", "metadata")}
-    ids, lps = table.column("topk_ids"), table.column("topk_logprobs")
+    """Inverse of `samples_to_table` (the `reason` column, if any, is dropped). A table read without some
+    columns (the filter stage reads no teacher signal for most steps) gives samples with those fields at
+    their defaults."""
+    present = set(table.column_names)
+    plain = [name for name in _PLAIN_FIELDS if name in present]
+    py = {name: table.column(name).to_pylist() for name in plain}
+    json_cols = {name: [decode_json_column(t) for t in table.column(name).to_pylist()]
+                 for name in JSON_COLUMNS if name in present}
+    topk = {name: table.column(name) for name in _TOPK_DTYPES if name in present}
     return [
         Sample(
-            **{name: py[name][i] for name in _PLAIN_FIELDS},
-            scores=json.loads(py["scores"][i] or "{}"),
-            metadata=json.loads(py["metadata"][i] or "{}"),
-            topk_ids=_matrix(ids[i], np.int32) if ids[i].is_valid else None,
-            topk_logprobs=_matrix(lps[i], np.float16) if lps[i].is_valid else None,
+            **{name: py[name][i] for name in plain},
+            **{name: values[i] for name, values in json_cols.items()},
+            **{name: _matrix(col[i], _TOPK_DTYPES[name]) if col[i].is_valid else None for name, col in topk.items()},
         )
         for i in range(table.num_rows)
     ]
+
+
+_TOPK_DTYPES = {"topk_ids": np.int32, "topk_logprobs": np.float16}
 
 
 def _matrix(scalar: pa.ListScalar, dtype) -> np.ndarray:

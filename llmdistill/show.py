@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from llmdistill import store
+from llmdistill import records, store
 from llmdistill.errors import UserError
 
 STAGES = ("generate", "annotate", "filter", "train", "eval")
@@ -117,10 +116,10 @@ def _print_row(console: Console, row: dict) -> None:
         first = ", ".join(f"{i}:{lp:.2f}" for i, lp in zip(topk[0][:5], lps[0][:5]))
         console.print(f"  tokens {len(ids)}, top-{len(topk[0])} log-probs per token; step 0 top-5 {first}",
                       highlight=False)
-    scores = json.loads(row["scores"] or "{}")
+    scores = records.decode_json_column(row["scores"])
     if scores:
         console.print(f"  scores {scores}", highlight=False)
-    meta = {k: v for k, v in json.loads(row["metadata"] or "{}").items() if k.endswith("_of")}
+    meta = {k: v for k, v in records.decode_json_column(row["metadata"]).items() if k.endswith("_of")}
     if meta:
         console.print(f"  {', '.join(f'{k} {v[:16]}' for k, v in meta.items())}", highlight=False)
     console.print()

@@ -21,7 +21,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,30 +93,51 @@ def apply_file_mode(directory: Path) -> None:
             os.chmod(p, mode)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that `path` is either the old file or the whole new one (mode: `file_mode`)."""
-    path = Path(path)
+def _commit(path: Path, fill: Callable[[int, str], None], fault: str, what: str = "",
+            unchanged: Callable[[], bool] | None = None) -> None:
+    """The one write protocol of the store: `fill(fd, tmp)` writes a temporary file beside `path` (mode
+    `file_mode`), which is fsynced, renamed over `path` and its directory fsynced, so that `path` is either
+    the old file or the whole new one. The fault points `<fault>-tmp` (written, not renamed) and `<fault>`
+    (in place) come on the way. An OSError becomes a StorageError "cannot write <what><path>: <reason>",
+    unless the directory refuses the temporary file as read-only and `unchanged()` says `path` already holds
+    what was to be written: then nothing is written."""
     tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        _chmod_quietly(fd)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        faults.point("file-tmp")
+        try:
+            _chmod_quietly(fd)
+            fill(fd, tmp)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        faults.point(f"{fault}-tmp")
         os.replace(tmp, path)
     except BaseException as e:
         if tmp is not None:
             _unlink_quietly(tmp)
         if isinstance(e, OSError):
-            if tmp is None and refused_as_read_only(e) and _holds(path, data):
-                return  # a read-only run directory that already says this: nothing to write
-            raise StorageError(f"cannot write {path}: {os_error_reason(e)}") from e
+            if tmp is None and unchanged is not None and refused_as_read_only(e) and unchanged():
+                return
+            raise StorageError(f"cannot write {what}{path}: {os_error_reason(e)}") from e
         raise
     _fsync_dir(path.parent)
-    faults.point("file")
+    faults.point(fault)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that `path` is either the old file or the whole new one (mode: `file_mode`)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"cannot write {path}: {os_error_reason(e)}") from e
+
+    def fill(fd: int, tmp: str) -> None:
+        with open(fd, "wb", closefd=False) as f:
+            f.write(data)
+
+    # a read-only run directory that already says this: nothing to write
+    _commit(path, fill, "file", unchanged=lambda: _holds(path, data))
 
 
 READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
@@ -249,24 +270,11 @@ class ShardWriter:
         path = self.directory / f"part-{self.next_index if index is None else index:05d}.parquet"
         if index is not None and path.exists() and not replace:
             raise StoreError(f"shard {path} already exists")
-        tmp = None
-        try:
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}.", suffix=".tmp")
-            _chmod_quietly(fd)  # pyarrow rewrites the file in place: the mode stays
-            os.close(fd)
+
+        def fill(fd: int, tmp: str) -> None:  # pyarrow rewrites the file in place: its mode and inode stay
             pq.write_table(table.replace_schema_metadata(self.schema.metadata), tmp, **parquet_options(self.schema))
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            faults.point("shard-tmp")
-            os.replace(tmp, path)
-        except BaseException as e:
-            if tmp is not None:
-                _unlink_quietly(tmp)
-            if isinstance(e, OSError):  # disk full, read-only, ...: the shard is not committed
-                raise StorageError(f"cannot write shard {path}: {os_error_reason(e)}") from e
-            raise
-        _fsync_dir(self.directory)
-        faults.point("shard")
+
+        _commit(path, fill, "shard", what="shard ")  # disk full, read-only, ...: the shard is not committed
         if index is None:
             self.next_index += 1
         self.rows_written += table.num_rows
@@ -276,7 +284,8 @@ class ShardWriter:
         return self.write_table(records.samples_to_table(samples, reasons), index)
 
 
-def _open_shard(path: Path) -> pq.ParquetFile:
+def open_shard(path: Path) -> pq.ParquetFile:
+    """A committed shard, its footer read; a damaged one is a StoreError naming the file."""
     try:
         return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
@@ -285,7 +294,7 @@ def _open_shard(path: Path) -> pq.ParquetFile:
 
 def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
     try:
-        return _open_shard(path).read(columns=columns)
+        return open_shard(path).read(columns=columns)
     except StoreError:
         raise
     except (pa.ArrowException, OSError) as e:
@@ -313,15 +322,21 @@ def load_dataset(directory: Path, columns: list[str] | None = None):
     return datasets.Dataset(read_table(directory, columns))
 
 
-def iter_samples(directory: Path, batch_rows: int = 256) -> Iterator[records.Sample]:
-    """Stream samples shard by shard, `batch_rows` at a time, without loading the dataset."""
+def iter_batches(directory: Path, batch_rows: int = 256, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """The rows of every committed shard, in order, as record batches of at most `batch_rows` rows (a batch
+    never spans two shards), without loading the dataset. A damaged shard is a StoreError naming it."""
     for path in list_shards(directory):
-        pf = _open_shard(path)
+        pf = open_shard(path)
         try:
-            for batch in pf.iter_batches(batch_size=batch_rows):
-                yield from records.table_to_samples(pa.Table.from_batches([batch]))
+            yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
         except (pa.ArrowException, OSError) as e:
             raise StoreError(f"corrupt shard {path}: {e}") from None
+
+
+def iter_samples(directory: Path, batch_rows: int = 256) -> Iterator[records.Sample]:
+    """Stream samples shard by shard, `batch_rows` at a time, without loading the dataset."""
+    for batch in iter_batches(directory, batch_rows):
+        yield from records.table_to_samples(pa.Table.from_batches([batch]))
 
 
 def read_ids(directory: Path) -> list[str]:

@@ -1,7 +1,8 @@
 """Filter steps: small predicates that return None (keep) or a reason code (remove).
 
-Each step is built from its config section (`config.FilterStep`) and sees samples one at a time, in
-order; stateful steps (dedup) remember what they have kept. The stage owns counting and writing.
+Each step is built from its config section (`config.FilterStep`; the filter table, steps.py, names the
+function) and sees samples one at a time, in order; stateful steps (dedup) remember what they have kept.
+The stage owns counting and writing.
 """
 
 from __future__ import annotations
@@ -163,24 +164,6 @@ def exact_dedup(step: C.ExactDedupStep) -> Step:
         return None
 
     return check
-
-
-STEPS: dict[str, Callable] = {
-    "failed": failed,
-    "empty": empty,
-    "truncated": truncated,
-    "length": length,
-    "repetition": repetition,
-    "exact_dedup": exact_dedup,
-    "refusal": refusal,
-    "structured": structured,
-    "charset": charset,
-}
-
-
-def build_steps(steps: list) -> list[tuple[str, Step]]:
-    """Row predicates for the per-row steps among `steps` (corpus steps and scorers live elsewhere)."""
-    return [(s.name, STEPS[s.name](s)) for s in steps]
 
 
 def text_key(s: Sample, scope: str) -> str:

@@ -211,14 +211,6 @@ class ConfidenceScorer(Scorer):
         return out
 
 
-SCORERS = {"judge": JudgeScorer, "reward_model": RewardScorer, "perplexity": PerplexityScorer,
-           "confidence": ConfidenceScorer}
-
-
-def build_scorer(step) -> Scorer:
-    return SCORERS[step.name](step)
-
-
 def thresholds(step) -> list[tuple[str, float | None, float | None]]:
     """(score key, min, max) pairs a scorer step enforces."""
     key = step.key or step.name

@@ -11,10 +11,11 @@ Steps run one after the other over the rows still alive, reading light columns (
   consecutive ones share one pass;
 - scorers (judge, reward_model, perplexity, confidence): batched; each batch's scores are committed to
   `filter/scores/<i>-<name>/` as they come, so a killed stage resumes without scoring a row twice;
-- corpus steps (near_dedup, semantic_dedup): one pass to hash or embed, a decision on the whole corpus
-  (rows visited in `keep` order; one is removed only when a verified pair joins it to a row already kept,
-  `minhash.greedy_removals`), and for near_dedup a pass over the candidates only;
-- history_dedup: checks against the persistent index and adds the kept rows to it at the end.
+- corpus steps (near_dedup, semantic_dedup; corpus.py): one pass to hash or embed, a decision on the whole
+  corpus (rows visited in `keep` order; one is removed only when a verified pair joins it to a row already
+  kept, `minhash.greedy_removals`), and for near_dedup a pass over the candidates only;
+- history_dedup (corpus.py): checks against the persistent index and adds the kept rows to it at the end.
+Which step is of which kind, and what implements it, is the filter table's (steps.py).
 What stays in memory per row: its reason, level, id and scores (a few dozen bytes), plus per corpus
 step 8 bytes per LSH band (near) or the embedding (semantic).
 stats.json holds counts per reason and per level, score histograms and cluster sizes; decontamination
@@ -23,10 +24,9 @@ steps also write decontamination.json (which eval items were hit, by which sampl
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from llmdistill import __version__, records, store
-from llmdistill import config as C
 from llmdistill.config import Config
-from llmdistill.filter import filters, minhash, scorers
+from llmdistill.filter import scorers, steps
 from llmdistill.pipeline import StageContext
 
 log = logging.getLogger("llmdistill")
@@ -46,7 +45,6 @@ SCORES = "scores"
 DECONTAMINATION = "decontamination.json"
 LIGHT_COLUMNS = [c for c in records.arrow_schema().names
                  if c not in ("topk_ids", "topk_logprobs", "completion_token_ids")]
-CORPUS_STEPS = ("near_dedup", "semantic_dedup", "history_dedup")
 
 
 class Rows:
@@ -84,37 +82,19 @@ class Rows:
         columns = None if full else LIGHT_COLUMNS
         wanted = None if only is None else set(only.tolist())
         i = 0
-        for path in store.list_shards(self.src):
-            pf = store._open_shard(path)
-            for batch in pf.iter_batches(batch_size=self.read_rows, columns=columns):
-                rows = range(i, i + batch.num_rows)
-                i += batch.num_rows
-                keep = [j for j in rows if (j in wanted if wanted is not None else self.alive(j))]
-                if not keep:
-                    continue
-                table = pa.Table.from_batches([batch]).take([j - rows.start for j in keep])
-                yield from zip(keep, _to_samples(table, full))
-
-
-def _to_samples(table: pa.Table, full: bool) -> list[records.Sample]:
-    if full:
-        return records.table_to_samples(table)
-    py = table.to_pylist()
-    out = []
-    for row in py:
-        row["scores"] = json.loads(row["scores"] or "{}")
-        row["metadata"] = json.loads(row["metadata"] or "{}")
-        out.append(records.Sample(**row))
-    return out
+        for batch in store.iter_batches(self.src, self.read_rows, columns):
+            rows = range(i, i + batch.num_rows)
+            i += batch.num_rows
+            keep = [j for j in rows if (j in wanted if wanted is not None else self.alive(j))]
+            if not keep:
+                continue
+            table = pa.Table.from_batches([batch]).take([j - rows.start for j in keep])
+            yield from zip(keep, records.table_to_samples(table))
 
 
 # ------------------------------------------------------------------------------------------- row steps
-def run_row_steps(rows: Rows, steps: list, out_dir: Path, stats: dict) -> None:
-    from llmdistill.filter.decontam import Decontaminator
-
-    checks = []
-    for s in steps:
-        checks.append(Decontaminator(s) if s.name == "decontaminate" else filters.STEPS[s.name](s))
+def run_row_steps(rows: Rows, row_steps: list, out_dir: Path, stats: dict) -> None:
+    checks = [steps.implementation(s)(s) for s in row_steps]
     for i, sample in rows.samples():
         for check in checks:
             reason = check(sample)
@@ -143,7 +123,7 @@ def load_score_cache(directory: Path) -> dict[str, dict]:
     for path in store.list_shards(directory):
         t = store.read_shard(path)
         for rid, s in zip(t.column("id").to_pylist(), t.column("scores").to_pylist()):
-            out[rid] = json.loads(s)
+            out[rid] = records.decode_json_column(s)
     return out
 
 
@@ -151,7 +131,7 @@ _CACHE_SCHEMA = pa.schema([("id", pa.string()), ("scores", pa.string())])
 
 
 def run_scorer(rows: Rows, step, index: int, out_dir: Path, stats: dict, scorer=None) -> None:
-    scorer = scorer or scorers.build_scorer(step)
+    scorer = scorer or steps.implementation(step)(step)
     cache_dir = _cache_dir(out_dir, index, step)
     store.clean_temporaries(cache_dir)
     cached = load_score_cache(cache_dir)
@@ -163,7 +143,8 @@ def run_scorer(rows: Rows, step, index: int, out_dir: Path, stats: dict, scorer=
     def flush() -> None:
         results = scorer.score([s for _, s in batch])
         writer.write_table(pa.table({"id": [s.id for _, s in batch],
-                                     "scores": [json.dumps(r) for r in results]}, schema=_CACHE_SCHEMA))
+                                     "scores": [records.encode_json_column(r, "scores") for r in results]},
+                                    schema=_CACHE_SCHEMA))
         for (i, _), r in zip(batch, results):
             done[i] = r
         batch.clear()
@@ -203,151 +184,53 @@ def run_scorer(rows: Rows, step, index: int, out_dir: Path, stats: dict, scorer=
         log.info("filter: %s resumed %d scores from %s", scorer.key, resumed, cache_dir)
 
 
-# ------------------------------------------------------------------------------------------ dedup steps
-def _text_chunks(rows: Rows, scope: str, chunk: int, only: np.ndarray | None = None):
-    """(row indices, texts) chunks of the alive rows (or of `only`)."""
-    idx, texts = [], []
-    for i, s in rows.samples(only=only):
-        idx.append(i)
-        texts.append(filters.text_key(s, scope))
-        if len(idx) >= chunk:
-            yield np.array(idx), texts
-            idx, texts = [], []
-    if idx:
-        yield np.array(idx), texts
-
-
-def keep_order(members: np.ndarray, rows: Rows, keep: str, score: str | None) -> np.ndarray:
-    """The positions of `members` (row indices, ascending) best first for `keep`: first seen, lowest level,
-    or highest score (rows without the score last); ties go to the row seen first."""
-    if keep == "lowest_level":
-        return np.argsort(rows.levels[members], kind="stable")
-    if keep == "highest_score":
-        vals = rows.scores.get(score, np.full(rows.n, np.nan))[members]
-        return np.argsort(-np.where(np.isnan(vals), -np.inf, vals), kind="stable")
-    return np.arange(len(members))
-
-
-def _apply_removals(rows: Rows, members: np.ndarray, removed: dict[int, int], reason: str, stats: dict,
-                    field: str) -> None:
-    """Remove the rows of `removed` ({member position: kept member position}) with `reason`, naming the kept
-    row in `metadata[field]`; a cluster in the stats is a kept row and the rows removed for it."""
-    for j, rep in removed.items():
-        rows.remove(int(members[j]), reason, **{field: rows.ids[members[rep]]})
-    sizes = [n + 1 for n in Counter(removed.values()).values()]
-    hist = Counter(sizes)
-    stats.setdefault("clusters", {})[reason] = {
-        "clusters": len(sizes), "rows_removed": len(removed), "largest": max(sizes, default=0),
-        "size_histogram": {str(k): v for k, v in sorted(hist.items())}}
-
-
-def run_near_dedup(rows: Rows, step: C.NearDedupStep, stats: dict) -> None:
-    finder = minhash.NearDuplicateFinder(step.threshold, step.num_perm, step.bands, step.ngram, step.seed)
-    members: list[np.ndarray] = []
-    for idx, texts in _text_chunks(rows, step.scope, step.chunk_rows):
-        finder.add(texts)
-        members.append(idx)
-    members_arr = np.concatenate(members) if members else np.zeros(0, np.int64)
-
-    def read(local: np.ndarray):
-        for idx, texts in _text_chunks(rows, step.scope, step.chunk_rows, only=members_arr[local]):
-            yield np.searchsorted(members_arr, idx), texts
-
-    order = keep_order(members_arr, rows, step.keep, step.score)
-    removed, pairs, n_candidates = finder.removals(read, order)
-    stats.setdefault("near_dedup", {}).update({"bands": finder.bands, "candidate_pairs": n_candidates,
-                                               "verified_pairs": len(pairs)})
-    _apply_removals(rows, members_arr, removed, "near_duplicate", stats, "near_duplicate_of")
-
-
-def run_semantic_dedup(rows: Rows, step: C.SemanticDedupStep, stats: dict) -> None:
-    from llmdistill.filter import semantic
-
-    embedder = semantic.Embedder(step.model, step.device, step.max_length, step.batch_size)
-    members, embs = [], []
-    for idx, texts in _text_chunks(rows, step.scope, 4096):
-        members.append(idx)
-        embs.append(embedder.embed(texts).astype(np.float16))  # half the memory; cosines are checked in fp32
-    members_arr = np.concatenate(members) if members else np.zeros(0, np.int64)
-    emb = np.concatenate(embs) if embs else np.zeros((0, embedder.dim), np.float16)
-    pairs, _ = semantic.similar_pairs(emb, step.threshold, step.bits, step.tables, step.seed)
-    removed = minhash.greedy_removals(keep_order(members_arr, rows, step.keep, step.score), pairs)
-    stats.setdefault("semantic_dedup", {}).update({"verified_pairs": len(pairs)})
-    _apply_removals(rows, members_arr, removed, "semantic_duplicate", stats, "semantic_duplicate_of")
-
-
-class HistoryStep:
-    """history_dedup: drop rows an earlier run kept; remember this run's kept rows at the end."""
-
-    def __init__(self, step: C.HistoryDedupStep, owner: str):
-        from llmdistill.filter.history import HistoryIndex
-
-        self.step, self.owner = step, owner
-        self.index = HistoryIndex.open(step.path, scope=step.scope,
-                                       threshold=step.near_threshold or 0.8).exclude(owner)
-
-    def _hashes(self, samples: list[records.Sample]) -> tuple[np.ndarray, np.ndarray]:
-        from llmdistill.filter.history import exact_u64
-
-        p = self.index.params
-        exact = exact_u64([filters.exact_hash(s, p["scope"]) for s in samples])
-        sigs, _ = minhash.signatures([filters.text_key(s, p["scope"]) for s in samples], p["ngram"],
-                                     p["num_perm"], p["seed"])
-        return exact, sigs
-
-    def run(self, rows: Rows, stats: dict) -> None:
-        seen = Counter()
-        batch: list[tuple[int, records.Sample]] = []
-
-        def check() -> None:
-            exact, sigs = self._hashes([s for _, s in batch])
-            hit = self.index.contains_exact(exact)
-            near = (self.index.near_matches(sigs, self.step.near_threshold) if self.step.near_threshold
-                    else np.zeros(len(batch), bool))
-            for (i, _), e, nm in zip(batch, hit, near):
-                if e or nm:
-                    reason = "seen_before" if e else "seen_before_near"
-                    rows.remove(i, reason)
-                    seen[reason] += 1
-            batch.clear()
-
-        for item in rows.samples():
-            batch.append(item)
-            if len(batch) >= 4096:
-                check()
-        if batch:
-            check()
-        stats["history"] = {"path": str(self.step.path), "index_rows": len(self.index), **seen}
-
-    def add_kept(self, rows: Rows) -> int:
-        exact, sigs, ids = [], [], []
-        chunk: list[records.Sample] = []
-        for _, s in rows.samples():
-            chunk.append(s)
-            if len(chunk) >= 4096:
-                e, g = self._hashes(chunk)
-                exact.append(e), sigs.append(g), ids.extend(x.id for x in chunk)
-                chunk = []
-        if chunk:
-            e, g = self._hashes(chunk)
-            exact.append(e), sigs.append(g), ids.extend(x.id for x in chunk)
-        if not ids:
-            return 0
-        self.index.add(self.owner, np.concatenate(exact), np.concatenate(sigs), ids)
-        return len(ids)
-
-
 # ------------------------------------------------------------------------------------------- the stage
-def plan_passes(steps: list) -> list[tuple[str, list[tuple[int, object]]]]:
-    """Group the configured steps into passes: consecutive row steps share one; the others run alone."""
+def plan_passes(configured: list) -> list[tuple[str, list[tuple[int, object]]]]:
+    """Group the configured steps into passes of one kind (`steps.KINDS`): consecutive row steps share one;
+    the others run alone."""
     passes: list[tuple[str, list]] = []
-    for i, s in enumerate(steps):
-        kind = ("scorer" if s.name in scorers.SCORERS else s.name if s.name in CORPUS_STEPS else "rows")
-        if kind == "rows" and passes and passes[-1][0] == "rows":
+    for i, s in enumerate(configured):
+        kind = steps.kind(s)
+        if kind == "row" and passes and passes[-1][0] == "row":
             passes[-1][1].append((i, s))
         else:
             passes.append((kind, [(i, s)]))
     return passes
+
+
+class _Run:
+    """What the passes of one stage run share: the rows, the output directory, the stats being gathered, the
+    history steps (they add the kept rows at the end) and this run's name in the history index."""
+
+    def __init__(self, rows: Rows, out: Path, owner: str):
+        self.rows, self.out, self.owner = rows, out, owner
+        self.stats: dict = {}
+        self.history: list = []
+
+
+def _row_pass(run: _Run, group: list) -> None:
+    run_row_steps(run.rows, [s for _, s in group], run.out, run.stats)
+
+
+def _scorer_pass(run: _Run, group: list) -> None:
+    (index, step), = group
+    run_scorer(run.rows, step, index, run.out, run.stats)
+
+
+def _corpus_pass(run: _Run, group: list) -> None:
+    (_, step), = group
+    steps.implementation(step)(run.rows, step, run.stats)
+
+
+def _history_pass(run: _Run, group: list) -> None:
+    (_, step), = group
+    h = steps.implementation(step)(step, run.owner)
+    h.run(run.rows, run.stats)
+    run.history.append(h)
+
+
+PASSES: dict[str, Callable[[_Run, list], None]] = {
+    "row": _row_pass, "scorer": _scorer_pass, "corpus": _corpus_pass, "history": _history_pass}
 
 
 def run(cfg: Config, ctx: StageContext) -> None:
@@ -360,29 +243,16 @@ def run(cfg: Config, ctx: StageContext) -> None:
         path.unlink()
     (out / DECONTAMINATION).unlink(missing_ok=True)
     rows = Rows(src, cfg.filter.read_rows)
-    stats: dict = {}
-    history: list[HistoryStep] = []
-    owner = f"{ctx.run_dir.resolve()}@{ctx.fingerprint}"
+    state = _Run(rows, out, owner=f"{ctx.run_dir.resolve()}@{ctx.fingerprint}")
     for kind, group in plan_passes(cfg.filter.steps):
         before = sum(r is None for r in rows.reasons)
         names = "+".join(s.name for _, s in group)
-        if kind == "rows":
-            run_row_steps(rows, [s for _, s in group], out, stats)
-        elif kind == "scorer":
-            (index, step), = group
-            run_scorer(rows, step, index, out, stats)
-        elif kind == "near_dedup":
-            run_near_dedup(rows, group[0][1], stats)
-        elif kind == "semantic_dedup":
-            run_semantic_dedup(rows, group[0][1], stats)
-        elif kind == "history_dedup":
-            h = HistoryStep(group[0][1], owner)
-            h.run(rows, stats)
-            history.append(h)
+        PASSES[kind](state, group)
         after = sum(r is None for r in rows.reasons)
         log.info("filter: %s removed %d (%d left)", names, before - after, after)
+    stats = state.stats
     n_kept = write_outputs(rows, src, out, cfg.generate.shard_rows)
-    for h in history:
+    for h in state.history:
         if h.step.update:
             stats["history"]["added"] = h.add_kept(rows)
     stats = {**summarise(rows, cfg), **stats}
@@ -407,18 +277,17 @@ def write_outputs(rows: Rows, src: Path, out: Path, shard_rows: int) -> int:
     removed_w = _Buffered(store.ShardWriter(out / REMOVED, records.removed_schema()), shard_rows)
     score_keys = list(rows.scores)
     i = 0
-    for path in store.list_shards(src):
-        for batch in store._open_shard(path).iter_batches(batch_size=rows.read_rows):
-            table = pa.Table.from_batches([batch])
-            span = range(i, i + table.num_rows)
-            i += table.num_rows
-            table = _update_json_columns(table, span, rows, score_keys)
-            alive = pa.array([rows.reasons[j] is None for j in span])
-            kept_w.add(table.filter(alive))
-            gone = table.filter(pc.invert(alive))
-            if gone.num_rows:
-                reasons = [rows.reasons[j] for j in span if rows.reasons[j] is not None]
-                removed_w.add(gone.append_column(pa.field("reason", pa.string()), pa.array(reasons, pa.string())))
+    for batch in store.iter_batches(src, rows.read_rows):
+        table = pa.Table.from_batches([batch])
+        span = range(i, i + table.num_rows)
+        i += table.num_rows
+        table = _update_json_columns(table, span, rows, score_keys)
+        alive = pa.array([rows.reasons[j] is None for j in span])
+        kept_w.add(table.filter(alive))
+        gone = table.filter(pc.invert(alive))
+        if gone.num_rows:
+            reasons = [rows.reasons[j] for j in span if rows.reasons[j] is not None]
+            removed_w.add(gone.append_column(pa.field("reason", pa.string()), pa.array(reasons, pa.string())))
     kept_w.close()
     removed_w.close()
     return kept_w.writer.rows_written
@@ -433,13 +302,13 @@ def _update_json_columns(table: pa.Table, span: range, rows: Rows, score_keys: l
     for j in touched:
         r = j - span.start
         if any(not np.isnan(rows.scores[k][j]) for k in score_keys):
-            d = json.loads(scores[r] or "{}")
+            d = records.decode_json_column(scores[r])
             d.update({k: float(rows.scores[k][j]) for k in score_keys if not np.isnan(rows.scores[k][j])})
-            scores[r] = json.dumps(d, sort_keys=True)
+            scores[r] = records.encode_json_column(d, "scores")
         if j in rows.metadata:
-            d = json.loads(meta[r] or "{}")
+            d = records.decode_json_column(meta[r])
             d.update(rows.metadata[j])
-            meta[r] = json.dumps(d, sort_keys=True, ensure_ascii=False)
+            meta[r] = records.encode_json_column(d, "metadata")
     table = table.set_column(table.schema.get_field_index("scores"), "scores", pa.array(scores, pa.string()))
     return table.set_column(table.schema.get_field_index("metadata"), "metadata", pa.array(meta, pa.string()))
 

@@ -380,7 +380,7 @@ def finish(cfg: Config, ctx: StageContext, items: list[Item], prompt_info: dict,
         raise UserError(_too_many_failed(ctx.out_dir, counts, g.max_failed_fraction, errors))
     teachers = {name: teacher_provenance(cfg, ctx.out_dir, name) for name in teacher_rows}
     main = "default" if "default" in teachers else next(iter(teachers))
-    scores = [json.loads(s or "{}") for s in table.column("scores").to_pylist()]
+    scores = [records.decode_json_column(s) for s in table.column("scores").to_pylist()]
     if counts["failed"]:
         log.warning("generate: %d of %d samples failed (%s; reasons in the `error` column); %s", counts["failed"],
                     counts["rows"], _top(reasons), f"a plain rerun requests the {ctx.pending} transient ones again"

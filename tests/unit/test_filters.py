@@ -3,7 +3,7 @@
 from collections import Counter
 
 from llmdistill import config as C
-from llmdistill.filter import filters
+from llmdistill.filter import filters, steps
 from llmdistill.records import Sample
 
 
@@ -14,8 +14,8 @@ def sample(text, finish="stop", prompt="q", error=None):
 
 
 def run(step_cfg, samples):
-    (_, step), = filters.build_steps([step_cfg])
-    return [step(s) for s in samples]
+    check = steps.implementation(step_cfg)(step_cfg)
+    return [check(s) for s in samples]
 
 
 def test_failed():
@@ -67,18 +67,6 @@ def test_exact_dedup_prompt_scope_keeps_same_answer_to_different_prompts():
     a, b = sample("Yes.", prompt="is it blue?"), sample("Yes.", prompt="is it red?")
     assert run(C.ExactDedupStep(name="exact_dedup"), [a, b, sample("yes.", prompt="is it blue?")]) == [
         None, None, "duplicate"]
-
-
-def test_every_configured_step_name_has_a_builder():
-    import typing
-
-    from llmdistill.filter import scorers, stage
-
-    members = typing.get_args(typing.get_args(C.FilterStep)[0])
-    names = {m.model_fields["name"].annotation.__args__[0] for m in members}
-    assert names == set(C.FILTER_STEP_NAMES)
-    assert names == set(filters.STEPS) | {"decontaminate"} | set(scorers.SCORERS) | set(stage.CORPUS_STEPS)
-
 
 
 def test_duplicate_lines():

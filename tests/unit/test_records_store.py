@@ -106,6 +106,41 @@ def test_corrupt_shard_is_reported_by_name(tmp_path, damage):
         store.read_table(tmp_path)
     with pytest.raises(store.StoreError, match="part-00001.parquet"):
         list(store.iter_samples(tmp_path))
+    with pytest.raises(store.StoreError, match="part-00001.parquet"):
+        list(store.iter_batches(tmp_path))
+
+
+def test_iter_batches_reads_shard_by_shard_in_order(tmp_path):
+    w = store.ShardWriter(tmp_path)
+    w.write([make_sample(i) for i in range(3)])
+    w.write([make_sample(i) for i in range(3, 5)])
+    batches = list(store.iter_batches(tmp_path, batch_rows=2, columns=["id", "level"]))
+    assert [b.num_rows for b in batches] == [2, 1, 2]  # a batch never spans two shards
+    assert all(b.schema.names == ["id", "level"] for b in batches)
+    assert [i for b in batches for i in b.column("id").to_pylist()] == store.read_ids(tmp_path)
+
+
+@pytest.mark.parametrize("target", ["file", "shard"])
+def test_a_failed_rename_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch, target):
+    def write(n):
+        if target == "file":
+            store.atomic_write_json(tmp_path / "stats.json", {"n": n})
+            return tmp_path / "stats.json"
+        return store.ShardWriter(tmp_path).write_table(records.samples_to_table([make_sample(n)]), index=0,
+                                                       replace=True)
+
+    path = write(0)
+    old = path.read_bytes()
+
+    def refused(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.os, "replace", refused)
+    what = "shard " if target == "shard" else ""
+    with pytest.raises(store.StorageError, match=rf"cannot write {what}.*{path.name}: \[ENOSPC\] No space left"):
+        write(1)
+    assert path.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 def test_success_marker_and_manifest(tmp_path):
@@ -125,6 +160,30 @@ def test_removed_rows_carry_their_reason(tmp_path):
     w = store.ShardWriter(tmp_path, records.removed_schema())
     w.write([make_sample(0), make_sample(1)], ["duplicate", "too_short"])
     assert store.read_table(tmp_path).column("reason").to_pylist() == ["duplicate", "too_short"]
+
+
+def test_json_columns_have_one_encoding():
+    s = make_sample(0)
+    s.scores, s.metadata = {"z": 1.0, "é": 0.5}, {"b": "naïve", "a": [1]}
+    table = records.samples_to_table([s])
+    assert table.column("scores").to_pylist() == ['{"z": 1.0, "\\u00e9": 0.5}']  # sorted keys, ASCII
+    assert table.column("metadata").to_pylist() == ['{"a": [1], "b": "naïve"}']  # sorted keys, text as it is
+    assert [records.encode_json_column(v, c) for v, c in ((s.scores, "scores"), (s.metadata, "metadata"))] == [
+        json.dumps(s.scores, sort_keys=True), json.dumps(s.metadata, sort_keys=True, ensure_ascii=False)]
+    assert records.decode_json_column(None) == records.decode_json_column("") == {}
+    back, = records.table_to_samples(table)
+    assert (back.scores, back.metadata) == (s.scores, s.metadata)
+
+
+def test_samples_from_a_table_without_the_teacher_signal(tmp_path):
+    samples = [make_sample(0), make_sample(1, failed=True)]
+    store.ShardWriter(tmp_path).write(samples)
+    light = [c for c in records.arrow_schema().names if c not in store.SPLIT_COLUMNS]
+    back = records.table_to_samples(store.read_table(tmp_path, light))
+    for a, b in zip(samples, back):
+        assert (b.completion_token_ids, b.topk_ids, b.topk_logprobs) == (None, None, None)
+        assert (a.id, a.completion, a.error, a.scores, a.metadata, a.usage, a.level) == (
+            b.id, b.completion, b.error, b.scores, b.metadata, b.usage, b.level)
 
 
 def test_record_id_depends_on_every_input():
