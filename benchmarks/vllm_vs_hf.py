@@ -47,8 +47,8 @@ def main() -> None:
 
     from llmdistill import records
     from llmdistill.config import load_config
-    from llmdistill.generate.teachers import build_teacher
-    from llmdistill.generate.vllm_teacher import VLLMTeacher
+    from llmdistill.teachers import Sampling, build_teacher
+    from llmdistill.teachers.vllm import VLLMTeacher
 
     torch.set_num_threads(1)
     over = [f"generate.max_prompts={args.prompts}", f"generate.max_new_tokens={args.new_tokens}",
@@ -60,10 +60,10 @@ def main() -> None:
     batches = [prompts[i: i + args.batch] for i in range(0, len(prompts), args.batch)]
 
     started = time.monotonic()
-    hf = build_teacher(cfg.teacher, cfg.generate)
+    hf = build_teacher(cfg.teacher, Sampling.from_generate(cfg.generate))
     hf_load = time.monotonic() - started
     started = time.monotonic()
-    vllm: VLLMTeacher = build_teacher(vcfg.teacher, vcfg.generate)
+    vllm: VLLMTeacher = build_teacher(vcfg.teacher, Sampling.from_generate(vcfg.generate))
     vllm_load = time.monotonic() - started
     print(f"loaded: hf {hf_load:.1f} s, vllm {vllm_load:.1f} s ({vllm.provenance()['teacher']['engine']})",
           file=sys.stderr)

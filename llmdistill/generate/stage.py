@@ -27,6 +27,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import gc
 import json
@@ -43,8 +44,8 @@ from llmdistill import __version__, records, store
 from llmdistill.config import Config, RouteRule
 from llmdistill.errors import UserError
 from llmdistill.generate import curriculum, difficulty
-from llmdistill.generate.teachers import PromptTooLong, build_teacher, is_transient
 from llmdistill.pipeline import RunLock, StageContext
+from llmdistill.teachers import PromptTooLong, Sampling, build_teacher, is_transient
 
 log = logging.getLogger("llmdistill")
 
@@ -85,14 +86,14 @@ def build_prompts(cfg: Config, out_dir: Path, may_ask: bool = True) -> tuple[lis
         from llmdistill.generate import evolve
 
         ev = g.evolve
-        gcfg = g.model_copy(update={"max_new_tokens": ev.max_new_tokens, "temperature": ev.temperature,
-                                    "top_p": 1.0})
+        sampling = dataclasses.replace(Sampling.from_generate(g), max_new_tokens=ev.max_new_tokens,
+                                       temperature=ev.temperature, top_p=1.0)
 
         def make_teacher():
             if not may_ask:
                 raise UserError(f"merge: the evolution in {out_dir / EVOLVE_CACHE} is incomplete: no shard has "
                                 "finished it; run the shards first")
-            return build_teacher(cfg.teacher_config(ev.teacher), gcfg)
+            return build_teacher(cfg.teacher_config(ev.teacher), sampling)
 
         # shards of one run share the evolved prompts: the first to get here asks, the others wait and read
         with RunLock(out_dir, name=".lock-evolve", wait=True):
@@ -249,7 +250,8 @@ def generate_batches(cfg: Config, ctx: StageContext, batches: list[list[Item]], 
     initial = total - sum(len(batches[j]) for j in todo)
     with tqdm(total=total, initial=initial, desc="generate", unit="sample") as bar:
         for name in teachers:
-            teacher = build_teacher(cfg.teacher_config(name), g, cache_dir=cfg.run_dir / "cache")  # one at a time
+            teacher = build_teacher(cfg.teacher_config(name), Sampling.from_generate(g),  # one at a time
+                                    cache_dir=cfg.run_dir / "cache")
             store.atomic_write_json(out_dir / TEACHERS_DIR / f"{name}.json", teacher.provenance())
             for path, rows in retry.items():
                 if batches[rows[0][0]][0].teacher == name:
@@ -434,7 +436,8 @@ def teacher_provenance(cfg: Config, out_dir: Path, name: str) -> dict:
     path = out_dir / TEACHERS_DIR / f"{name}.json"
     if path.exists():
         return store.read_json(path)
-    prov = build_teacher(cfg.teacher_config(name), cfg.generate, cache_dir=cfg.run_dir / "cache").provenance()
+    prov = build_teacher(cfg.teacher_config(name), Sampling.from_generate(cfg.generate),
+                         cache_dir=cfg.run_dir / "cache").provenance()
     store.atomic_write_json(path, prov)
     return prov
 

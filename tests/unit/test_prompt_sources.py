@@ -289,7 +289,7 @@ class RewritingTeacher:
         self.calls = 0
 
     def generate(self, prompts, seed):
-        from llmdistill.generate.teachers import Generation
+        from llmdistill.teachers import Generation
 
         self.calls += 1
         out = []
