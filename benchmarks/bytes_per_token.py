@@ -44,6 +44,7 @@ def generate(prompts: int, k: int):
 
     from llmdistill import records, teachers
     from llmdistill.config import load_config
+    from llmdistill.prompts import load_prompts
     from llmdistill.teachers import hf
 
     torch.set_num_threads(1)
@@ -61,7 +62,7 @@ def generate(prompts: int, k: int):
         return scores
 
     hf._TopKCapture.__call__ = fp32_call
-    prompts_ = records.load_prompts(cfg.generate.prompts, None, "curriculum", prompts)
+    prompts_ = load_prompts(cfg.generate.prompts, None, "curriculum", prompts)
     samples, exact = [], []
     started = time.monotonic()
     try:

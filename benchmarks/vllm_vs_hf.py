@@ -45,8 +45,8 @@ def main() -> None:
 
     import torch
 
-    from llmdistill import records
     from llmdistill.config import load_config
+    from llmdistill.prompts import load_prompts
     from llmdistill.teachers import Sampling, build_teacher
     from llmdistill.teachers.vllm import VLLMTeacher
 
@@ -56,7 +56,7 @@ def main() -> None:
     cfg = load_config(None, over)
     vcfg = load_config(None, over + ["teacher.backend=vllm", "teacher.vllm.max_model_len=1024",
                                      "teacher.vllm.cpu_kvcache_gib=2", "teacher.vllm.enforce_eager=true"])
-    prompts = [p.messages for p in records.load_prompts(cfg.generate.prompts, None, "curriculum", args.prompts)]
+    prompts = [p.messages for p in load_prompts(cfg.generate.prompts, None, "curriculum", args.prompts)]
     batches = [prompts[i: i + args.batch] for i in range(0, len(prompts), args.batch)]
 
     started = time.monotonic()

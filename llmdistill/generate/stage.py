@@ -43,8 +43,9 @@ from tqdm.auto import tqdm
 from llmdistill import __version__, records, store
 from llmdistill.config import Config, RouteRule
 from llmdistill.errors import UserError
-from llmdistill.generate import curriculum, difficulty
+from llmdistill.generate import difficulty
 from llmdistill.pipeline import RunLock, StageContext
+from llmdistill.prompts import Prompt, curriculum_order, load_sources
 from llmdistill.teachers import PromptTooLong, Sampling, build_teacher, is_transient
 
 log = logging.getLogger("llmdistill")
@@ -59,23 +60,23 @@ SHARDS_DIR = "shards"  # one done-marker per finished --shard i/n
 class Item:
     """One sample to produce."""
 
-    prompt: records.Prompt
+    prompt: Prompt
     sample_index: int
     id: str
     teacher: str
 
 
 # ------------------------------------------------------------------------------------------------ prompts
-def build_prompts(cfg: Config, out_dir: Path, may_ask: bool = True) -> tuple[list[records.Prompt], dict]:
+def build_prompts(cfg: Config, out_dir: Path, may_ask: bool = True) -> tuple[list[Prompt], dict]:
     """The stage's prompt set in curriculum order, and what happened on the way (for the manifest).
 
     `max_prompts` thins the seed prompts; evolution then adds variants of those. `may_ask=False` (merge):
     evolution must already be complete in the cache."""
     g = cfg.generate
-    loaded = curriculum.load_sources(g)
+    loaded = load_sources(g)
     for line in loaded.bad_lines:
         log.warning("generate: skipped bad prompt %s", line)
-    seeds = records.curriculum_order(loaded.prompts, g.order, g.max_prompts)
+    seeds = curriculum_order(loaded.prompts, g.order, g.max_prompts)
     if not seeds:
         raise UserError("generate: the prompt sources gave no prompts")
     info: dict = {"seed_prompts": len(seeds), "bad_lines": len(loaded.bad_lines),
@@ -99,19 +100,19 @@ def build_prompts(cfg: Config, out_dir: Path, may_ask: bool = True) -> tuple[lis
         with RunLock(out_dir, name=".lock-evolve", wait=True):
             evolved, info["evolve"] = evolve.evolve(seeds, ev, cfg.seed, g.batch_size, out_dir / EVOLVE_CACHE,
                                                     make_teacher)
-        prompts = records.curriculum_order(seeds + evolved, g.order)
+        prompts = curriculum_order(seeds + evolved, g.order)
     info["prompts"] = len(prompts)
     return prompts, info
 
 
-def write_prompts(path: Path, prompts: list[records.Prompt]) -> None:
+def write_prompts(path: Path, prompts: list[Prompt]) -> None:
     lines = [json.dumps({"id": p.id, "messages": p.messages, "level": p.level, "source": p.source,
                          "answer": p.answer, "tags": p.tags}, ensure_ascii=False) for p in prompts]
     store.atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
 # --------------------------------------------------------------------------------------------------- plan
-def route(rules: list[RouteRule], prompt: records.Prompt) -> str:
+def route(rules: list[RouteRule], prompt: Prompt) -> str:
     """The teacher of a prompt: the first rule whose every criterion matches, else `default`."""
     for r in rules:
         if r.sources is not None and not any(fnmatch.fnmatchcase(prompt.source, pat) for pat in r.sources):
@@ -124,7 +125,7 @@ def route(rules: list[RouteRule], prompt: records.Prompt) -> str:
     return "default"
 
 
-def plan(cfg: Config, prompts: list[records.Prompt]) -> list[Item]:
+def plan(cfg: Config, prompts: list[Prompt]) -> list[Item]:
     """Every sample the stage must produce, in order: n per prompt, each with its id and teacher.
 
     In curriculum order, the prompts of one level are grouped by teacher (in order of first appearance,
