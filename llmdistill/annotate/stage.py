@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from llmdistill import __version__, models, records, store
 from llmdistill.config import Config, TeacherConfig
-from llmdistill.pipeline import StageContext
+from llmdistill.runner import StageContext
 from llmdistill.teachers import LocalTeacher, Sampling, build_teacher
 
 log = logging.getLogger("llmdistill")

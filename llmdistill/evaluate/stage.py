@@ -26,8 +26,8 @@ from llmdistill import models, records, store
 from llmdistill.config import Config
 from llmdistill.errors import UserError
 from llmdistill.evaluate.metrics import add_sums, finish, grade, sums_of, token_stats
-from llmdistill.pipeline import StageContext
 from llmdistill.prompts import load_prompts
+from llmdistill.runner import StageContext
 
 log = logging.getLogger("llmdistill")
 

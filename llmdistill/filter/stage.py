@@ -37,7 +37,7 @@ from llmdistill import __version__, records, store
 from llmdistill import config as C
 from llmdistill.config import Config
 from llmdistill.filter import filters, minhash, scorers
-from llmdistill.pipeline import StageContext
+from llmdistill.runner import StageContext
 
 log = logging.getLogger("llmdistill")
 

@@ -15,6 +15,7 @@ not received; requests go out in fixed, seeded batches, so the answers are the s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llmdistill import records
-from llmdistill.config import EvolveConfig
+from llmdistill.config import Config, EvolveConfig
 from llmdistill.errors import UserError
 from llmdistill.prompts import Prompt, render
 
@@ -42,6 +43,14 @@ def operator_template(name: str) -> str:
     if not path.is_file():
         raise UserError(f"evolution operator {name!r}: template {path} not found")
     return path.read_text(encoding="utf-8")
+
+
+def template_hashes(cfg: Config) -> dict[str, str]:
+    """The generate stage's files that the config names only indirectly, by content, for its fingerprint: the
+    templates of the configured operators (so editing one reruns generation); none without evolution."""
+    if cfg.generate.evolve is None:
+        return {}
+    return {op: hashlib.sha256(operator_template(op).encode()).hexdigest() for op in cfg.generate.evolve.operators}
 
 
 def choose_operators(prompt: Prompt, ev: EvolveConfig, seed: int) -> list[str]:

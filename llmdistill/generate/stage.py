@@ -44,8 +44,8 @@ from llmdistill import __version__, records, store
 from llmdistill.config import Config, RouteRule
 from llmdistill.errors import UserError
 from llmdistill.generate import difficulty
-from llmdistill.pipeline import RunLock, StageContext
 from llmdistill.prompts import Prompt, curriculum_order, load_sources
+from llmdistill.runner import RunLock, StageContext
 from llmdistill.teachers import PromptTooLong, Sampling, build_teacher, is_transient
 
 log = logging.getLogger("llmdistill")

@@ -84,7 +84,7 @@ def run_config(cfg: Config, run_dir: Path, prompts_file: Path, promoted: Path | 
 
 def retrain(cfg: Config) -> int:
     """Run one retrain; returns the exit code (see the module docstring). Never raises."""
-    from llmdistill.pipeline import RunLock
+    from llmdistill.runner import RunLock
 
     sdir = state_dir(cfg)
     try:
@@ -178,7 +178,7 @@ def _retrain_locked(cfg: Config, sdir: Path) -> int:
 
 def rollback(cfg: Config) -> dict:
     """Restore the student promoted before the current one (under the state directory's lock)."""
-    from llmdistill.pipeline import RunLock
+    from llmdistill.runner import RunLock
 
     sdir = state_dir(cfg)
     with RunLock(sdir):

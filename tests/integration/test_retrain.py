@@ -10,10 +10,10 @@ import yaml
 from conftest import PYTHON, make_tiny_config, write_prompts
 from llmdistill import store
 from llmdistill.config import load_config
-from llmdistill.pipeline import RunLock
 from llmdistill.prompts import read_prompt_file
 from llmdistill.retrain import state as S
 from llmdistill.retrain.run import state_dir
+from llmdistill.runner import RunLock
 
 
 def cli(*args):
