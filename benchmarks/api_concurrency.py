@@ -58,15 +58,16 @@ def start_server(tok: Path, latency: float) -> tuple[subprocess.Popen, int]:
 
 
 def measure(tok: Path, port: int, concurrency: int, requests: int, max_new_tokens: int, topk: int) -> dict:
-    from llmdistill.config import GenerateConfig, TeacherConfig
-    from llmdistill.generate.api_teacher import OpenAITeacher
+    from llmdistill.config import TeacherConfig
+    from llmdistill.teachers import Sampling
+    from llmdistill.teachers.api import OpenAITeacher
 
     tcfg = TeacherConfig(model=str(tok), backend="openai",
                          api={"base_url": f"http://127.0.0.1:{port}/v1", "served_model": "bench", "api_key_env": None,
                               "max_concurrency": concurrency, "cache": False, "token_mapping": "tokenizer"})
-    gcfg = GenerateConfig.model_construct(prompts=[], max_new_tokens=max_new_tokens, topk=topk, temperature=0.7,
-                                          top_p=1.0, logprob_mode="raw", batch_size=requests)
-    teacher = OpenAITeacher(tcfg, gcfg)
+    sampling = Sampling(max_new_tokens=max_new_tokens, topk=topk, temperature=0.7, top_p=1.0, logprob_mode="raw",
+                        too_long="skip")
+    teacher = OpenAITeacher(tcfg, sampling)
     teacher.generate([[{"role": "user", "content": "warm up"}]], seed=0)  # client, connection, imports
     prompts = [[{"role": "user", "content": f"benchmark prompt {i}: tell me about rivers"}] for i in range(requests)]
     cpu0, started = time.process_time(), time.perf_counter()

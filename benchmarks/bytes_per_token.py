@@ -42,16 +42,17 @@ def generate(prompts: int, k: int):
     """Samples with fp32 top-k from the demo teacher (hf backend), and its provenance."""
     import torch
 
-    from llmdistill import records
+    from llmdistill import records, teachers
     from llmdistill.config import load_config
-    from llmdistill.generate import teachers
+    from llmdistill.prompts import load_prompts
+    from llmdistill.teachers import hf
 
     torch.set_num_threads(1)
     cfg = load_config(None, [f"generate.max_prompts={prompts}", f"generate.topk={k}", "generate.batch_size=16"])
-    teacher = teachers.build_teacher(cfg.teacher, cfg.generate)
+    teacher = teachers.build_teacher(cfg.teacher, teachers.Sampling.from_generate(cfg.generate))
     # keep the captured log-probs in fp32 (the backend rounds them to fp16 as it captures), so the check
     # below sees exactly what storage loses
-    original_call = teachers._TopKCapture.__call__
+    original_call = hf._TopKCapture.__call__
 
     def fp32_call(self, input_ids, scores):
         lp = torch.log_softmax(scores.float(), dim=-1)
@@ -60,8 +61,8 @@ def generate(prompts: int, k: int):
         self.logprobs.append(values.cpu())
         return scores
 
-    teachers._TopKCapture.__call__ = fp32_call
-    prompts_ = records.load_prompts(cfg.generate.prompts, None, "curriculum", prompts)
+    hf._TopKCapture.__call__ = fp32_call
+    prompts_ = load_prompts(cfg.generate.prompts, None, "curriculum", prompts)
     samples, exact = [], []
     started = time.monotonic()
     try:
@@ -77,7 +78,7 @@ def generate(prompts: int, k: int):
                     completion_token_ids=g.token_ids, topk_ids=g.topk_ids, topk_logprobs=g.topk_logprobs))
                 exact.append(np.asarray(g.topk_logprobs, dtype=np.float32))
     finally:
-        teachers._TopKCapture.__call__ = original_call
+        hf._TopKCapture.__call__ = original_call
     print(f"generated {len(samples)} samples in {time.monotonic() - started:.0f} s", file=sys.stderr)
     return samples, exact, teacher.provenance()
 

@@ -45,10 +45,10 @@ def main() -> None:
 
     import torch
 
-    from llmdistill import records
     from llmdistill.config import load_config
-    from llmdistill.generate.teachers import build_teacher
-    from llmdistill.generate.vllm_teacher import VLLMTeacher
+    from llmdistill.prompts import load_prompts
+    from llmdistill.teachers import Sampling, build_teacher
+    from llmdistill.teachers.vllm import VLLMTeacher
 
     torch.set_num_threads(1)
     over = [f"generate.max_prompts={args.prompts}", f"generate.max_new_tokens={args.new_tokens}",
@@ -56,14 +56,14 @@ def main() -> None:
     cfg = load_config(None, over)
     vcfg = load_config(None, over + ["teacher.backend=vllm", "teacher.vllm.max_model_len=1024",
                                      "teacher.vllm.cpu_kvcache_gib=2", "teacher.vllm.enforce_eager=true"])
-    prompts = [p.messages for p in records.load_prompts(cfg.generate.prompts, None, "curriculum", args.prompts)]
+    prompts = [p.messages for p in load_prompts(cfg.generate.prompts, None, "curriculum", args.prompts)]
     batches = [prompts[i: i + args.batch] for i in range(0, len(prompts), args.batch)]
 
     started = time.monotonic()
-    hf = build_teacher(cfg.teacher, cfg.generate)
+    hf = build_teacher(cfg.teacher, Sampling.from_generate(cfg.generate))
     hf_load = time.monotonic() - started
     started = time.monotonic()
-    vllm: VLLMTeacher = build_teacher(vcfg.teacher, vcfg.generate)
+    vllm: VLLMTeacher = build_teacher(vcfg.teacher, Sampling.from_generate(vcfg.generate))
     vllm_load = time.monotonic() - started
     print(f"loaded: hf {hf_load:.1f} s, vllm {vllm_load:.1f} s ({vllm.provenance()['teacher']['engine']})",
           file=sys.stderr)

@@ -278,7 +278,7 @@ def distill_bert(
     """BERT-style distillation: fine-tune/load a teacher, distil a student, evaluate, export ONNX + int8."""
     _setup_logging(verbose)
     from llmdistill.config import ConfigError, load_bert_config
-    from llmdistill.errors import UserError
+    from llmdistill.errors import LockedError, UserError
 
     try:
         cfg = load_bert_config(config, list(overrides or []))
@@ -291,6 +291,8 @@ def distill_bert(
 
     try:
         metrics = run_bert(cfg, force=force)
+    except LockedError as e:
+        _fail(str(e), EXIT_LOCKED)
     except UserError as e:
         _fail(str(e), EXIT_BAD_INPUT)
     test = metrics["test"]

@@ -24,15 +24,14 @@ nothing `pending` (failed samples that a rerun requests again). A `_SUCCESS` fro
   fails or is killed leaves the previous output untouched; a kill mid-swap is repaired on the next start
   (`recover`). An interrupted staged attempt with the current fingerprint resumes in `<stage>.next`.
 
-Stage modules are imported only when they run, and never import each other.
+The stages are the rows of `TABLE`. Their modules are imported only when they run, and never import each
+other nor this module: what they get from the runner (`StageContext`, `RunLock`) lives in runner.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
-import fcntl
 import hashlib
 import importlib
 import importlib.metadata
@@ -51,57 +50,63 @@ from pydantic import BaseModel
 
 from llmdistill import __version__, faults, records, store
 from llmdistill.config import Config
-from llmdistill.errors import LockedError, StorageError, UserError, os_error_reason
+from llmdistill.errors import StorageError, UserError, os_error_reason
+from llmdistill.runner import STARTED, Ranks, RunLock, StageContext
 
 log = logging.getLogger("llmdistill")
 
-STAGES = ("generate", "annotate", "filter", "train", "eval")
-# The config sections each stage reads; anything else can change without rerunning it.
-SECTIONS = {
-    "generate": ("seed", "teacher", "teachers", "generate"),
-    "annotate": ("annotate",),
-    "filter": ("filter",),
-    "train": ("seed", "teacher", "train"),
-    "eval": ("teacher", "eval"),
-}
-UPSTREAM = {"generate": None, "annotate": "generate", "filter": "generate", "train": "filter", "eval": "train"}
-OPTIONAL = ("annotate",)  # stages that run only when their section says `enabled: true`
-STARTED = "_STARTED"
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of the stage table."""
+
+    name: str  # its command and directory, `<run>/<name>/`
+    package: str  # llmdistill.<package>.stage has `run(cfg, ctx)`
+    sections: tuple[str, ...]  # the config sections it reads; anything else can change without rerunning it
+    upstream: str | None  # the stage whose output it reads
+    optional: bool = False  # runs only when its section says `enabled: true`; stands in for its upstream
+    # for the stages after it that read the same upstream (annotate: filter reads it instead of generate)
+    templates: str | None = None  # "module:function(cfg)": files the config names only indirectly, by content
+
+
+TABLE = (
+    Stage("generate", "generate", ("seed", "teacher", "teachers", "generate"), None,
+          templates="llmdistill.generate.evolve:template_hashes"),
+    Stage("annotate", "annotate", ("annotate",), "generate", optional=True),
+    Stage("filter", "filter", ("filter",), "generate"),
+    Stage("train", "train", ("seed", "teacher", "train"), "filter"),
+    Stage("eval", "evaluate", ("teacher", "eval"), "train"),
+)
+STAGES = tuple(s.name for s in TABLE)
+BY_NAME = {s.name: s for s in TABLE}
 NEXT, PREV = ".next", ".prev"  # suffixes of a staged rerun's directory and of the output it replaces
 
 
 def active_stages(cfg: Config) -> tuple[str, ...]:
     """The stages this config runs, in order (an optional stage only when enabled)."""
-    return tuple(s for s in STAGES if s not in OPTIONAL or getattr(cfg, s).enabled)
+    return tuple(s.name for s in TABLE if not s.optional or getattr(cfg, s.name).enabled)
 
 
 def upstream(cfg: Config, stage: str) -> str | None:
-    """The stage whose output `stage` reads: the nearest active stage before it on its path."""
-    up = UPSTREAM[stage]
-    if stage == "filter" and "annotate" in active_stages(cfg):
-        return "annotate"
+    """The stage whose output `stage` reads: its table upstream, or an active optional stage between the two
+    that reads that upstream itself (annotate, between generate and filter)."""
+    up = BY_NAME[stage].upstream
+    if up is None:
+        return None
+    active = active_stages(cfg)
+    for row in TABLE[STAGES.index(up) + 1: STAGES.index(stage)]:
+        if row.optional and row.upstream == up and row.name in active:
+            up = row.name
     return up
 
 
-@dataclass
-class StageContext:
-    """What a stage gets besides the config: where to write, and where its input is."""
-
-    stage: str
-    run_dir: Path
-    out_dir: Path
-    fingerprint: str
-    upstream_dir: Path | None
-    main_process: bool = True  # False on the other ranks of a multi-process train: they write no files
-    shard: tuple[int, int] | None = None  # generate --shard i/n: this process's part of the work
-    merge_only: bool = False  # generate: check that the shards are complete and finish, generate nothing
-    # set by the stage: work a plain rerun would still do (generate: failed samples worth requesting again),
-    # and whether this attempt changed the output at all (a retry that failed the same way did not)
-    pending: int | None = None  # None: the stage did not count
-    changed: bool = True
-
-    def stage_dir(self, stage: str) -> Path:
-        return self.run_dir / stage
+def _templates(cfg: Config, stage: str) -> dict[str, str]:
+    """The stage's `templates` function's answer: files it reads that the config names only indirectly."""
+    where = BY_NAME[stage].templates
+    if where is None:
+        return {}
+    module, function = where.split(":")
+    return getattr(importlib.import_module(module), function)(cfg)
 
 
 def _content(value: Any) -> Any:
@@ -115,16 +120,6 @@ def _content(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_content(v) for v in value]
     return value
-
-
-def _templates(cfg: Config, stage: str) -> dict[str, str]:
-    """Files a stage reads that the config names only indirectly: the evolution operators' templates
-    (prompts/evol_<name>.md), by content, so editing one reruns generation."""
-    if stage != "generate" or cfg.generate.evolve is None:
-        return {}
-    from llmdistill.generate.evolve import operator_template
-
-    return {op: hashlib.sha256(operator_template(op).encode()).hexdigest() for op in cfg.generate.evolve.operators}
 
 
 def _not_hashed(value: Any) -> dict | None:
@@ -153,7 +148,7 @@ def fingerprints(cfg: Config) -> dict[str, str]:
         parts = {
             "schema_version": records.SCHEMA_VERSION,
             "stage": stage,
-            "sections": {s: _content(dumped[s]) for s in SECTIONS[stage]},
+            "sections": {s: _content(dumped[s]) for s in BY_NAME[stage].sections},
             "upstream": out[up] if up else None,
         }
         templates = _templates(cfg, stage)
@@ -161,81 +156,6 @@ def fingerprints(cfg: Config) -> dict[str, str]:
             parts["templates"] = templates
         out[stage] = records.stable_hash(parts)
     return out
-
-
-@dataclass
-class Ranks:
-    """This process's place in a multi-process launch (accelerate launch / torchrun set WORLD_SIZE)."""
-
-    world: int = 1
-    main: bool = True
-    _state: Any = None
-
-    @classmethod
-    def from_environment(cls) -> Ranks:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        import torch
-        from accelerate import PartialState  # sets up the process group (gloo on CPU, nccl on GPUs)
-
-        state = PartialState(cpu=not torch.cuda.is_available())
-        return cls(world=state.num_processes, main=state.is_main_process, _state=state)
-
-    def barrier(self) -> None:
-        if self._state is not None:
-            self._state.wait_for_everyone()
-
-
-class RunLock:
-    """An exclusive, non-blocking lock on `run_dir/.lock` (released by the OS if the process dies).
-
-    `shared`: several holders at once (the shards of one generate), none beside an exclusive holder.
-    `wait`: block until the lock is free instead of failing. `name`: another lock file in `run_dir`.
-    In a run directory this process may not write (a read-only mount, another user's files) an existing
-    lock file is opened read-only: it locks all the same, and the holder's pid is not written
-    (`read_only` is then True). A run with nothing to do writes nothing else either; one that has work
-    fails at its first write, naming the file and the errno (`[EROFS] Read-only file system`).
-    """
-
-    def __init__(self, run_dir: Path, name: str = ".lock", shared: bool = False, wait: bool = False):
-        self.path = Path(run_dir) / name
-        self.shared, self.wait = shared, wait
-        self.read_only = False
-        self._fh = None
-
-    def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fh = open(self.path, "a+")
-        except OSError as e:
-            if not (store.refused_as_read_only(e) and self.path.is_file()):
-                raise
-            fh = open(self.path)  # flock needs no write access
-            self.read_only = True
-        try:
-            fcntl.flock(fh, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | (0 if self.wait else fcntl.LOCK_NB))
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
-            fh.close()
-            raise LockedError(f"run directory {self.path.parent} is in use by another llmdistill process "
-                              f"(pid {holder}); wait for it to finish") from None
-        if not self.shared and not self.read_only:
-            fh.seek(0)
-            fh.truncate()
-            fh.write(str(os.getpid()))
-            fh.flush()
-        self._fh = fh
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
 
 
 def stage_status(cfg: Config, fps: dict[str, str] | None = None) -> dict[str, str]:
@@ -326,7 +246,9 @@ def run_stages(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, force:
             interrupted = pending and (out_dir / STARTED).exists()  # an earlier pass over it did not finish
             if ranks.main:
                 if merge_only:
-                    _require_started(out_dir, fps[stage])
+                    from llmdistill.generate import shards
+
+                    shards.require_started(out_dir, fps[stage])
                 if pending:
                     log.info("stage %s: done, with %d failed samples to request again", stage, success["pending"])
                     store.atomic_write_bytes(out_dir / STARTED, _attempt_key(fps[stage], up_token).encode())
@@ -335,7 +257,7 @@ def run_stages(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, force:
             ranks.barrier()
             log.info("stage %s: running (fingerprint %s) -> %s", stage, fps[stage], work_dir)
             started = time.monotonic()
-            module = importlib.import_module(f"llmdistill.{_PACKAGES[stage]}.stage")
+            module = importlib.import_module(f"llmdistill.{BY_NAME[stage].package}.stage")
             ctx = StageContext(stage, run_dir, work_dir, fps[stage], run_dir / up if up else None, ranks.main,
                                merge_only=merge_only)
             try:
@@ -387,41 +309,17 @@ def _attempt_key(fingerprint: str, upstream_output: str | None) -> str:
     return fingerprint if upstream_output is None else f"{fingerprint}\n{upstream_output}"
 
 
-_PACKAGES = {"generate": "generate", "annotate": "annotate", "filter": "filter", "train": "train", "eval": "evaluate"}
-
-
 def _run_shard(cfg: Config, shard: tuple[int, int], force: bool) -> dict[str, str]:
-    """One shard of the generate stage. Shards hold the run lock shared (so no unsharded run can start
-    beside them) and a lock of their own (so one shard never runs twice at once)."""
-    index, count = shard
-    if not 0 <= index < count:
-        raise UserError(f"--shard {index}/{count}: the index must be in 0..{count - 1}")
-    if force:
-        raise UserError("--force cannot be combined with --shard (it would delete the other shards' work)")
+    """One shard of the generate stage (generate/shards.py), prepared as any stage that starts in place."""
+    from llmdistill.generate import shards
+
     fp = fingerprints(cfg)["generate"]
-    out_dir = cfg.run_dir / "generate"
-    with RunLock(cfg.run_dir, shared=True), RunLock(cfg.run_dir, name=f".lock-shard-{index}-of-{count}"):
-        success = store.read_success(out_dir)
-        if success and success.get("fingerprint") == fp:
-            log.info("stage generate: up to date (fingerprint %s), skipping shard %d/%d", fp, index, count)
-            return {"generate": "skipped"}
-        with RunLock(cfg.run_dir, name=".lock-prepare", wait=True):  # one shard clears a stale directory
-            write_resolved_config(cfg, cfg.run_dir)
-            _prepare(out_dir, fp, fresh=success is not None)
-        log.info("stage generate: shard %d/%d (fingerprint %s) -> %s", index, count, fp, out_dir)
-        module = importlib.import_module("llmdistill.generate.stage")
-        module.run(cfg, StageContext("generate", cfg.run_dir, out_dir, fp, None, shard=shard))
-    return {"generate": f"ran shard {index}/{count}"}
 
+    def prepare(fresh: bool) -> None:
+        write_resolved_config(cfg, cfg.run_dir)
+        _prepare(cfg.run_dir / "generate", fp, fresh=fresh)
 
-def _require_started(out_dir: Path, fingerprint: str) -> None:
-    """merge: the shards must have run with this very config (merging never clears their work)."""
-    started = out_dir / STARTED
-    previous = started.read_text().strip() if started.exists() else None
-    if previous != fingerprint:
-        state = "no shard has run" if previous is None else f"the shards ran with another config ({previous})"
-        raise UserError(f"merge: {out_dir}: {state}; run `llmdistill generate CONFIG --shard i/n` for every i "
-                        "with this config first")
+    return shards.run_shard(cfg, shard, force, fp, prepare)
 
 
 def _prepare(work_dir: Path, fingerprint: str, fresh: bool, upstream_output: str | None = None) -> None:

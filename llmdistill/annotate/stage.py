@@ -25,9 +25,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from llmdistill import __version__, models, records, store
-from llmdistill.config import Config, GenerateConfig, TeacherConfig
-from llmdistill.generate.teachers import build_teacher
-from llmdistill.pipeline import StageContext
+from llmdistill.config import Config, TeacherConfig
+from llmdistill.runner import StageContext
+from llmdistill.teachers import LocalTeacher, Sampling, build_teacher
 
 log = logging.getLogger("llmdistill")
 
@@ -43,10 +43,10 @@ def run(cfg: Config, ctx: StageContext) -> None:
     done = set(store.read_ids(ctx.out_dir))
     if done:
         log.info("annotate: resuming, %d rows already committed", len(done))
-    gcfg = GenerateConfig(prompts=[], topk=a.topk, batch_size=a.batch_size, logprob_mode="raw")
+    sampling = Sampling.scoring(a.topk)
     tcfg = annotating_teacher(cfg)
     writer = store.ShardWriter(ctx.out_dir)
-    teacher = None
+    teacher: LocalTeacher | None = None
     same_tokenizer = False
     counts: Counter = Counter()
     pending: list[records.Sample] = []
@@ -57,7 +57,7 @@ def run(cfg: Config, ctx: StageContext) -> None:
     def flush_batch() -> None:
         nonlocal teacher, same_tokenizer
         if teacher is None:  # loaded lazily: a rerun with nothing left to do never loads the model
-            teacher = build_teacher(tcfg, gcfg)
+            teacher = build_teacher(tcfg, sampling)
             same_tokenizer = (models.tokenizer_info(teacher.tokenizer)["tokenizer_hash"]
                               == upstream["provenance"].get("tokenizer_hash"))
         pending.extend(annotate_batch(teacher, batch, same_tokenizer, counts))
@@ -80,13 +80,13 @@ def run(cfg: Config, ctx: StageContext) -> None:
     if teacher is None and (ctx.out_dir / store.MANIFEST).exists():
         provenance = store.read_manifest(ctx.out_dir)["provenance"]
     else:
-        teacher = teacher or build_teacher(tcfg, gcfg)
+        teacher = teacher or build_teacher(tcfg, sampling)
         provenance = teacher.provenance() | {
             "annotated_by": a.teacher.model,
             "annotate_method": METHOD[a.teacher.backend],
             "text_from": upstream["provenance"].get("teacher"),
         }
-    if teacher is not None and hasattr(teacher, "close"):
+    if teacher is not None:
         teacher.close()
     table = store.read_table(ctx.out_dir, ["error", "usage"])
     errors = table.column("error").to_pylist()
@@ -135,7 +135,7 @@ def completion_tokens(sample: records.Sample, tokenizer, same_tokenizer: bool) -
     return ids
 
 
-def annotate_batch(teacher, samples: list[records.Sample], same_tokenizer: bool,
+def annotate_batch(teacher: LocalTeacher, samples: list[records.Sample], same_tokenizer: bool,
                    counts: Counter) -> list[records.Sample]:
     """The samples with the teacher's top-k filled in (same order); `counts` gets one reason per row."""
     out: list[records.Sample | None] = [None] * len(samples)

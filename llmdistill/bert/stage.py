@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from llmdistill.bert import objective, signals, students, trainer
 from llmdistill.bert import teacher as bteacher
 from llmdistill.config import BertDistillConfig
 from llmdistill.errors import UserError
+from llmdistill.runner import RunLock
 
 log = logging.getLogger("llmdistill")
 
@@ -49,15 +49,23 @@ def fingerprint(cfg: BertDistillConfig) -> str:
 
 
 def run(cfg: BertDistillConfig, force: bool = False) -> dict:
-    """Run (or reuse) the distillation described by `cfg`; returns the metrics."""
+    """Run (or reuse) the distillation described by `cfg`; returns the metrics. One process at a time per
+    run directory (a second one gets `LockedError`)."""
     out = cfg.run_dir
     fp = fingerprint(cfg)
-    if not force and finished(out, fp):
+    if not force and finished(out, fp):  # checked before the lock too: a finished run is read-only work
         log.info("distill-bert %s: done (fingerprint %s), skipping", out, fp)
         return store.read_json(out / "metrics.json")
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    with RunLock(out) as lock:
+        if not force and finished(out, fp):  # another process finished it while we waited for nothing
+            return store.read_json(out / "metrics.json")
+        for child in out.iterdir():  # a fresh start; the lock file stays (it is what we hold)
+            if child != lock.path:
+                store.remove_path(child)
+        return _run(cfg, out, fp)
+
+
+def _run(cfg: BertDistillConfig, out: Path, fp: str) -> dict:
     torch.set_num_threads(cfg.threads)
     start = time.time()
     store.atomic_write_bytes(out / "config.resolved.yaml", yaml.safe_dump(

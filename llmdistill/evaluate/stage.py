@@ -26,7 +26,8 @@ from llmdistill import models, records, store
 from llmdistill.config import Config
 from llmdistill.errors import UserError
 from llmdistill.evaluate.metrics import add_sums, finish, grade, sums_of, token_stats
-from llmdistill.pipeline import StageContext
+from llmdistill.prompts import load_prompts
+from llmdistill.runner import StageContext
 
 log = logging.getLogger("llmdistill")
 
@@ -39,7 +40,7 @@ def run(cfg: Config, ctx: StageContext) -> None:
 
     e = cfg.eval
     try:
-        prompts = records.load_prompts(e.prompts, cfg.generate.system_prompt, "curriculum", e.max_prompts)
+        prompts = load_prompts(e.prompts, cfg.generate.system_prompt, "curriculum", e.max_prompts)
     except ValueError as err:
         raise UserError(str(err)) from None
     trained_on = set(store.read_table(ctx.stage_dir("filter"), ["prompt_id"]).column("prompt_id").to_pylist())
@@ -183,7 +184,7 @@ def task_scores(cfg: Config, models_by_name: dict, tokenizers: dict, device) -> 
     out: dict[str, dict] = {name: {} for name in models_by_name}
     for task in e.tasks:
         try:
-            items = records.load_prompts(task.prompts, cfg.generate.system_prompt, "file", task.max_items)
+            items = load_prompts(task.prompts, cfg.generate.system_prompt, "file", task.max_items)
         except ValueError as err:
             raise UserError(str(err)) from None
         missing = [p for p in items if p.answer is None]

@@ -67,12 +67,11 @@ class JudgeScorer(Scorer):
     @property
     def teacher(self):
         if self._teacher is None:
-            from llmdistill.generate.teachers import build_teacher
+            from llmdistill.teachers import Sampling, build_teacher
 
-            gcfg = C.GenerateConfig.model_construct(
-                prompts=[], max_new_tokens=self.step.max_new_tokens, temperature=0.0, top_p=1.0, topk=1,
-                logprob_mode="raw", batch_size=self.step.batch_size, n=1)
-            self._teacher = build_teacher(self.step.teacher, gcfg)
+            sampling = Sampling(max_new_tokens=self.step.max_new_tokens, temperature=0.0, top_p=1.0, topk=1,
+                                logprob_mode="raw", too_long="skip")  # greedy; a prompt too long is left unscored
+            self._teacher = build_teacher(self.step.teacher, sampling)
         return self._teacher
 
     def prompt(self, s: Sample) -> list[dict]:

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 from llmdistill import __version__, records, store
 from llmdistill.config import Config
 from llmdistill.filter import scorers, steps
-from llmdistill.pipeline import StageContext
+from llmdistill.runner import StageContext
 
 log = logging.getLogger("llmdistill")
 

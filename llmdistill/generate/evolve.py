@@ -15,6 +15,7 @@ not received; requests go out in fixed, seeded batches, so the answers are the s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -24,9 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llmdistill import records
-from llmdistill.config import EvolveConfig
+from llmdistill.config import Config, EvolveConfig
 from llmdistill.errors import UserError
-from llmdistill.generate.curriculum import render
+from llmdistill.prompts import Prompt, render
 
 log = logging.getLogger("llmdistill")
 
@@ -44,13 +45,21 @@ def operator_template(name: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def choose_operators(prompt: records.Prompt, ev: EvolveConfig, seed: int) -> list[str]:
+def template_hashes(cfg: Config) -> dict[str, str]:
+    """The generate stage's files that the config names only indirectly, by content, for its fingerprint: the
+    templates of the configured operators (so editing one reruns generation); none without evolution."""
+    if cfg.generate.evolve is None:
+        return {}
+    return {op: hashlib.sha256(operator_template(op).encode()).hexdigest() for op in cfg.generate.evolve.operators}
+
+
+def choose_operators(prompt: Prompt, ev: EvolveConfig, seed: int) -> list[str]:
     """`ev.per_prompt` distinct operators for this prompt, the same on every run with this seed."""
     rng = random.Random(int(records.stable_hash([seed, "evolve", prompt.id], 15), 16))
     return rng.sample(list(ev.operators), ev.per_prompt)
 
 
-def last_user_text(prompt: records.Prompt) -> str:
+def last_user_text(prompt: Prompt) -> str:
     return next(m["content"] for m in reversed(prompt.messages) if m["role"] == "user")
 
 
@@ -76,13 +85,13 @@ def clean(text: str | None, finish_reason: str | None, parent_text: str, ev: Evo
     return t, None
 
 
-def variant(parent: records.Prompt, operator: str, text: str) -> records.Prompt:
+def variant(parent: Prompt, operator: str, text: str) -> Prompt:
     """The harder prompt: the parent's turns with the last user turn replaced, one level up."""
     messages = [dict(m) for m in parent.messages]
     last = max(i for i, m in enumerate(messages) if m["role"] == "user")
     messages[last]["content"] = text
     tags = [t for t in parent.tags if not t.startswith(("evol:", "parent:"))]
-    return records.Prompt(messages=messages, level=parent.level + 1, source=parent.source, answer=None,
+    return Prompt(messages=messages, level=parent.level + 1, source=parent.source, answer=None,
                           tags=tags + [f"evol:{operator}", f"parent:{parent.id}"])
 
 
@@ -115,15 +124,15 @@ class Cache:
             f.flush()
 
 
-def evolve(seeds: list[records.Prompt], ev: EvolveConfig, seed: int, batch_size: int, cache_path: Path,
-           make_teacher: Callable) -> tuple[list[records.Prompt], dict]:
+def evolve(seeds: list[Prompt], ev: EvolveConfig, seed: int, batch_size: int, cache_path: Path,
+           make_teacher: Callable) -> tuple[list[Prompt], dict]:
     """Harder variants of `seeds` (not including them) and the counts {requested, accepted, rejected}.
 
     `make_teacher()` is called only if some answer is not in the cache."""
     templates = {op: operator_template(op) for op in ev.operators}
     cache = Cache(cache_path)
     teacher = None
-    out: list[records.Prompt] = []
+    out: list[Prompt] = []
     requested, rejected = 0, Counter()
     current = [p for p in seeds if ev.levels is None or p.level in ev.levels]
     for round_index in range(ev.rounds):

@@ -27,6 +27,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import gc
 import json
@@ -42,9 +43,10 @@ from tqdm.auto import tqdm
 from llmdistill import __version__, records, store
 from llmdistill.config import Config, RouteRule
 from llmdistill.errors import UserError
-from llmdistill.generate import curriculum, difficulty
-from llmdistill.generate.teachers import PromptTooLong, build_teacher, is_transient
-from llmdistill.pipeline import RunLock, StageContext
+from llmdistill.generate import difficulty
+from llmdistill.prompts import Prompt, curriculum_order, load_sources
+from llmdistill.runner import RunLock, StageContext
+from llmdistill.teachers import PromptTooLong, Sampling, build_teacher, is_transient
 
 log = logging.getLogger("llmdistill")
 
@@ -58,23 +60,23 @@ SHARDS_DIR = "shards"  # one done-marker per finished --shard i/n
 class Item:
     """One sample to produce."""
 
-    prompt: records.Prompt
+    prompt: Prompt
     sample_index: int
     id: str
     teacher: str
 
 
 # ------------------------------------------------------------------------------------------------ prompts
-def build_prompts(cfg: Config, out_dir: Path, may_ask: bool = True) -> tuple[list[records.Prompt], dict]:
+def build_prompts(cfg: Config, out_dir: Path, may_ask: bool = True) -> tuple[list[Prompt], dict]:
     """The stage's prompt set in curriculum order, and what happened on the way (for the manifest).
 
     `max_prompts` thins the seed prompts; evolution then adds variants of those. `may_ask=False` (merge):
     evolution must already be complete in the cache."""
     g = cfg.generate
-    loaded = curriculum.load_sources(g)
+    loaded = load_sources(g)
     for line in loaded.bad_lines:
         log.warning("generate: skipped bad prompt %s", line)
-    seeds = records.curriculum_order(loaded.prompts, g.order, g.max_prompts)
+    seeds = curriculum_order(loaded.prompts, g.order, g.max_prompts)
     if not seeds:
         raise UserError("generate: the prompt sources gave no prompts")
     info: dict = {"seed_prompts": len(seeds), "bad_lines": len(loaded.bad_lines),
@@ -85,32 +87,32 @@ def build_prompts(cfg: Config, out_dir: Path, may_ask: bool = True) -> tuple[lis
         from llmdistill.generate import evolve
 
         ev = g.evolve
-        gcfg = g.model_copy(update={"max_new_tokens": ev.max_new_tokens, "temperature": ev.temperature,
-                                    "top_p": 1.0})
+        sampling = dataclasses.replace(Sampling.from_generate(g), max_new_tokens=ev.max_new_tokens,
+                                       temperature=ev.temperature, top_p=1.0)
 
         def make_teacher():
             if not may_ask:
                 raise UserError(f"merge: the evolution in {out_dir / EVOLVE_CACHE} is incomplete: no shard has "
                                 "finished it; run the shards first")
-            return build_teacher(cfg.teacher_config(ev.teacher), gcfg)
+            return build_teacher(cfg.teacher_config(ev.teacher), sampling)
 
         # shards of one run share the evolved prompts: the first to get here asks, the others wait and read
         with RunLock(out_dir, name=".lock-evolve", wait=True):
             evolved, info["evolve"] = evolve.evolve(seeds, ev, cfg.seed, g.batch_size, out_dir / EVOLVE_CACHE,
                                                     make_teacher)
-        prompts = records.curriculum_order(seeds + evolved, g.order)
+        prompts = curriculum_order(seeds + evolved, g.order)
     info["prompts"] = len(prompts)
     return prompts, info
 
 
-def write_prompts(path: Path, prompts: list[records.Prompt]) -> None:
+def write_prompts(path: Path, prompts: list[Prompt]) -> None:
     lines = [json.dumps({"id": p.id, "messages": p.messages, "level": p.level, "source": p.source,
                          "answer": p.answer, "tags": p.tags}, ensure_ascii=False) for p in prompts]
     store.atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
 # --------------------------------------------------------------------------------------------------- plan
-def route(rules: list[RouteRule], prompt: records.Prompt) -> str:
+def route(rules: list[RouteRule], prompt: Prompt) -> str:
     """The teacher of a prompt: the first rule whose every criterion matches, else `default`."""
     for r in rules:
         if r.sources is not None and not any(fnmatch.fnmatchcase(prompt.source, pat) for pat in r.sources):
@@ -123,7 +125,7 @@ def route(rules: list[RouteRule], prompt: records.Prompt) -> str:
     return "default"
 
 
-def plan(cfg: Config, prompts: list[records.Prompt]) -> list[Item]:
+def plan(cfg: Config, prompts: list[Prompt]) -> list[Item]:
     """Every sample the stage must produce, in order: n per prompt, each with its id and teacher.
 
     In curriculum order, the prompts of one level are grouped by teacher (in order of first appearance,
@@ -249,7 +251,8 @@ def generate_batches(cfg: Config, ctx: StageContext, batches: list[list[Item]], 
     initial = total - sum(len(batches[j]) for j in todo)
     with tqdm(total=total, initial=initial, desc="generate", unit="sample") as bar:
         for name in teachers:
-            teacher = build_teacher(cfg.teacher_config(name), g, cache_dir=cfg.run_dir / "cache")  # one at a time
+            teacher = build_teacher(cfg.teacher_config(name), Sampling.from_generate(g),  # one at a time
+                                    cache_dir=cfg.run_dir / "cache")
             store.atomic_write_json(out_dir / TEACHERS_DIR / f"{name}.json", teacher.provenance())
             for path, rows in retry.items():
                 if batches[rows[0][0]][0].teacher == name:
@@ -434,7 +437,8 @@ def teacher_provenance(cfg: Config, out_dir: Path, name: str) -> dict:
     path = out_dir / TEACHERS_DIR / f"{name}.json"
     if path.exists():
         return store.read_json(path)
-    prov = build_teacher(cfg.teacher_config(name), cfg.generate, cache_dir=cfg.run_dir / "cache").provenance()
+    prov = build_teacher(cfg.teacher_config(name), Sampling.from_generate(cfg.generate),
+                         cache_dir=cfg.run_dir / "cache").provenance()
     store.atomic_write_json(path, prov)
     return prov
 

@@ -24,9 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-from llmdistill import records, store
+from llmdistill import store
 from llmdistill.config import Config, validate_dict
 from llmdistill.errors import LockedError, UserError
+from llmdistill.prompts import Prompt, curriculum_order, load_sources
 from llmdistill.retrain import gates as G
 from llmdistill.retrain import state as S
 
@@ -50,16 +51,14 @@ def emit(event: str, **fields) -> None:
     print(json.dumps({"event": event, "time": S.now(), **fields}, default=str), file=sys.stdout, flush=True)
 
 
-def new_prompts(cfg: Config, seen: set[str]) -> list[records.Prompt]:
+def new_prompts(cfg: Config, seen: set[str]) -> list[Prompt]:
     """The configured prompts never generated before, in curriculum order, capped by generate.max_prompts."""
-    from llmdistill.generate.curriculum import load_sources  # every source kind: files, datasets, templates
-
     g = cfg.generate
-    prompts = records.curriculum_order(load_sources(g).prompts, g.order)
-    return records.curriculum_order([p for p in prompts if p.id not in seen], g.order, g.max_prompts)
+    prompts = curriculum_order(load_sources(g).prompts, g.order)  # every source kind: files, datasets, templates
+    return curriculum_order([p for p in prompts if p.id not in seen], g.order, g.max_prompts)
 
 
-def write_prompts(path: Path, prompts: list[records.Prompt]) -> None:
+def write_prompts(path: Path, prompts: list[Prompt]) -> None:
     lines = [json.dumps({"messages": p.messages, "level": p.level, "source": p.source, "answer": p.answer,
                          "tags": p.tags}, ensure_ascii=False) for p in prompts]
     store.atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
@@ -85,7 +84,7 @@ def run_config(cfg: Config, run_dir: Path, prompts_file: Path, promoted: Path | 
 
 def retrain(cfg: Config) -> int:
     """Run one retrain; returns the exit code (see the module docstring). Never raises."""
-    from llmdistill.pipeline import RunLock
+    from llmdistill.runner import RunLock
 
     sdir = state_dir(cfg)
     try:
@@ -179,7 +178,7 @@ def _retrain_locked(cfg: Config, sdir: Path) -> int:
 
 def rollback(cfg: Config) -> dict:
     """Restore the student promoted before the current one (under the state directory's lock)."""
-    from llmdistill.pipeline import RunLock
+    from llmdistill.runner import RunLock
 
     sdir = state_dir(cfg)
     with RunLock(sdir):

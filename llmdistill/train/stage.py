@@ -23,7 +23,7 @@ import time
 from llmdistill import models, store
 from llmdistill.config import Config, LossTerm
 from llmdistill.errors import StorageError, UserError
-from llmdistill.pipeline import StageContext
+from llmdistill.runner import StageContext
 from llmdistill.train import preflight
 
 log = logging.getLogger("llmdistill")

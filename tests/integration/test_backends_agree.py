@@ -38,7 +38,7 @@ def test_hf_vllm_and_openai_agree_on_greedy_tokens(tiny_config, tiny_vllm, vllm_
     vllm_opts = {"python": str(vllm_python()), "max_model_len": 256, "enforce_eager": True, "cpu_kvcache_gib": 1}
     runs = {"hf": generate(tiny_config, "hf", {"model": model}),
             "vllm": generate(tiny_config, "vllm", {"model": model, "backend": "vllm", "vllm": vllm_opts})}
-    if importlib.util.find_spec("llmdistill.generate.api_teacher") is not None:
+    if importlib.util.find_spec("llmdistill.teachers.api") is not None:
         api = {"base_url": vllm_server.base_url, "served_model": "tiny", "api_key_env": None,
                "token_mapping": "token_ids"}
         runs["openai"] = generate(tiny_config, "openai", {"model": model, "backend": "openai", "api": api})
@@ -56,4 +56,4 @@ def test_hf_vllm_and_openai_agree_on_greedy_tokens(tiny_config, tiny_vllm, vllm_
             np.testing.assert_allclose(s.topk_logprobs[:n, :3].astype(np.float32),
                                        ref.topk_logprobs[:n, :3].astype(np.float32), atol=4e-3, rtol=2e-3)
     if "openai" not in runs:
-        pytest.skip("hf and vllm agree; the openai backend (llmdistill.generate.api_teacher) is not in this tree")
+        pytest.skip("hf and vllm agree; the openai backend (llmdistill.teachers.api) is not in this tree")

@@ -17,6 +17,7 @@ import yaml
 
 from llmdistill.bert import models as bmodels
 from llmdistill.config import ConfigError, load_bert_config
+from llmdistill.errors import LockedError
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("bert-*.yaml"))
@@ -110,6 +111,31 @@ def test_config_runs_end_to_end(name, tiny_bert, tmp_path):
     assert bmodels.count_parameters(reloaded) == metrics["student_parameters"]
     # a rerun with the same config is skipped and returns the same metrics
     assert run(cfg) == metrics
+
+
+def test_run_directory_follows_the_stage_conventions(tiny_bert, tmp_path):
+    """_SUCCESS is the store's JSON with the fingerprint; one process per run directory (exit 3 for a second)."""
+    from llmdistill import store
+    from llmdistill.bert.stage import fingerprint, run
+    from llmdistill.runner import RunLock
+
+    cfg = load_bert_config(REPO / "configs" / "bert-kd.yaml", _overrides("bert-kd.yaml", tiny_bert, tmp_path))
+    with RunLock(cfg.run_dir), pytest.raises(LockedError, match="in use by another llmdistill process"):
+        run(cfg)
+    assert not (cfg.run_dir / "metrics.json").exists()
+    metrics = run(cfg)
+    assert store.read_success(cfg.run_dir)["fingerprint"] == fingerprint(cfg)
+    assert store.read_json(cfg.run_dir / "metrics.json") == metrics
+    assert not list(cfg.run_dir.rglob(".*.tmp"))
+    with RunLock(cfg.run_dir):  # a finished run is only read: no lock needed
+        assert run(cfg) == metrics
+    with RunLock(cfg.run_dir):  # a forced rerun needs the lock: the CLI says so in one line, exit 3
+        res = subprocess.run([".venv/bin/python", "-m", "llmdistill.cli", "distill-bert", "configs/bert-kd.yaml",
+                              *_overrides("bert-kd.yaml", tiny_bert, tmp_path), "--force"], cwd=REPO,
+                             capture_output=True, text=True)
+    assert res.returncode == 3 and "in use by another llmdistill process" in res.stderr, res.stderr
+    assert res.stderr.strip().count("\n") == 0
+    assert store.read_json(cfg.run_dir / "metrics.json") == metrics  # nothing already written was lost
 
 
 def test_layer_map_and_projections_recorded(tiny_bert, tmp_path):

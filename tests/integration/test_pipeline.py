@@ -14,7 +14,8 @@ from conftest import PYTHON
 from llmdistill import store
 from llmdistill.config import load_config
 from llmdistill.errors import UserError
-from llmdistill.pipeline import STARTED, RunLock, fingerprints, run_stages
+from llmdistill.pipeline import STARTED, fingerprints, run_stages
+from llmdistill.runner import RunLock
 
 
 def cli(*args, cwd=None):

@@ -8,11 +8,12 @@ import pytest
 import yaml
 
 from conftest import PYTHON, make_tiny_config, write_prompts
-from llmdistill import records, store
+from llmdistill import store
 from llmdistill.config import load_config
-from llmdistill.pipeline import RunLock
+from llmdistill.prompts import read_prompt_file
 from llmdistill.retrain import state as S
 from llmdistill.retrain.run import state_dir
+from llmdistill.runner import RunLock
 
 
 def cli(*args):
@@ -107,7 +108,7 @@ def test_retrain_promotes_refuses_on_a_failing_gate_and_rolls_back(retrain_confi
     assert pointer["current"]["run_dir"] == str(run3) and pointer["current"]["previous"] == run1
     seen = S.read_lines(sdir / S.SEEN)
     assert len(seen) == 24 and seen == set(first_ids) | set(second_ids) | set(third_ids)
-    assert {p.id for p in records.read_prompt_file(seeds)} == seen
+    assert {p.id for p in read_prompt_file(seeds)} == seen
 
     # rollback restores run 1's student; the history keeps every promotion
     res = cli("rollback", path)

@@ -19,8 +19,8 @@ from fakeopenai import FakeOpenAI
 from conftest import PYTHON, REPO
 from llmdistill import store
 from llmdistill.config import load_config
-from llmdistill.generate.token_map import UNMAPPED_ID
 from llmdistill.pipeline import run_stages
+from llmdistill.teachers.token_map import UNMAPPED_ID
 
 
 @pytest.fixture()

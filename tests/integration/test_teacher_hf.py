@@ -6,7 +6,7 @@ import torch
 
 from llmdistill import models
 from llmdistill.config import GenerateConfig, TeacherConfig
-from llmdistill.generate.teachers import build_teacher
+from llmdistill.teachers import Sampling, build_teacher
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def reference_logprobs(teacher_dir, prompt, token_ids, temperature=1.0):
 @pytest.mark.parametrize("mode", ["raw", "processed"])
 def test_stored_topk_matches_forward_pass(tmp_path, tiny, prompts, mode):
     gcfg = GenerateConfig(prompts=[], max_new_tokens=10, temperature=0.8, topk=5, logprob_mode=mode)
-    teacher = build_teacher(TeacherConfig(model=str(tiny["teacher"])), gcfg)
+    teacher = build_teacher(TeacherConfig(model=str(tiny["teacher"])), Sampling.from_generate(gcfg))
     out = teacher.generate(prompts, seed=3)
     assert len(out) == len(prompts)
     for prompt, g in zip(prompts, out):
@@ -51,7 +51,7 @@ def test_stored_topk_matches_forward_pass(tmp_path, tiny, prompts, mode):
 
 def test_same_seed_same_batch_same_output(tiny, prompts):
     gcfg = GenerateConfig(prompts=[], max_new_tokens=8, temperature=1.0, topk=3)
-    teacher = build_teacher(TeacherConfig(model=str(tiny["teacher"])), gcfg)
+    teacher = build_teacher(TeacherConfig(model=str(tiny["teacher"])), Sampling.from_generate(gcfg))
     a = teacher.generate(prompts, seed=7)
     b = teacher.generate(prompts, seed=7)
     assert [x.token_ids for x in a] == [x.token_ids for x in b]

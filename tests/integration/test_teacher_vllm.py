@@ -10,7 +10,7 @@ from vllm_server import SKIP_REASON, vllm_python
 from llmdistill import models
 from llmdistill.config import GenerateConfig, TeacherConfig
 from llmdistill.errors import UserError
-from llmdistill.generate.teachers import build_teacher
+from llmdistill.teachers import Sampling, build_teacher
 
 
 def vllm_test(fn):
@@ -31,7 +31,7 @@ def vllm_config(model_dir, **vllm) -> TeacherConfig:
 @pytest.fixture(scope="module")
 def engine(tiny_vllm):
     gcfg = GenerateConfig(prompts=[], max_new_tokens=12, temperature=0.8, topk=K)
-    teacher = build_teacher(vllm_config(tiny_vllm), gcfg)
+    teacher = build_teacher(vllm_config(tiny_vllm), Sampling.from_generate(gcfg))
     yield teacher
     teacher.close()
 
@@ -81,12 +81,12 @@ def test_seeds_reproduce(engine):
 @vllm_test
 def test_greedy_agrees_with_hf(engine, tiny_vllm):
     greedy = GenerateConfig(prompts=[], max_new_tokens=12, temperature=0.0, topk=K)
-    engine.gcfg, saved = greedy, engine.gcfg
+    engine.sampling, saved = Sampling.from_generate(greedy), engine.sampling
     try:
         v = engine.generate(PROMPTS, seed=0)
     finally:
-        engine.gcfg = saved
-    h = build_teacher(TeacherConfig(model=str(tiny_vllm)), greedy).generate(PROMPTS, seed=0)
+        engine.sampling = saved
+    h = build_teacher(TeacherConfig(model=str(tiny_vllm)), Sampling.from_generate(greedy)).generate(PROMPTS, seed=0)
     assert [x.token_ids for x in v] == [x.token_ids for x in h]
     for a, b in zip(v, h):
         np.testing.assert_array_equal(a.topk_ids[:, :3], b.topk_ids[:, :3])
@@ -127,7 +127,7 @@ def test_score_is_teacher_forcing(engine, tiny_vllm):
 @pytest.mark.slow
 def test_processed_mode_is_tempered(tiny_vllm):
     gcfg = GenerateConfig(prompts=[], max_new_tokens=8, temperature=0.5, topk=5, logprob_mode="processed")
-    teacher = build_teacher(vllm_config(tiny_vllm), gcfg)
+    teacher = build_teacher(vllm_config(tiny_vllm), Sampling.from_generate(gcfg))
     try:
         out = teacher.generate(PROMPTS[:2], seed=1)
         assert teacher.provenance()["vllm_logprobs_mode"] == "processed_logprobs"
@@ -146,11 +146,11 @@ def test_openai_server_greedy_agrees_with_offline_engine(vllm_server, engine):
 
     client = openai.OpenAI(base_url=vllm_server.base_url, api_key="unused")
     greedy = GenerateConfig(prompts=[], max_new_tokens=12, temperature=0.0, topk=5)
-    engine.gcfg, saved = greedy, engine.gcfg
+    engine.sampling, saved = Sampling.from_generate(greedy), engine.sampling
     try:
         offline = engine.generate(PROMPTS[:1], seed=0)[0]
     finally:
-        engine.gcfg = saved
+        engine.sampling = saved
     resp = client.chat.completions.create(model="tiny", messages=PROMPTS[0], max_tokens=12, temperature=0.0,
                                           logprobs=True, top_logprobs=5)
     content = resp.choices[0].logprobs.content
@@ -172,7 +172,7 @@ def test_missing_vllm_python_is_a_user_error(tmp_path, tiny_vllm, monkeypatch, w
     else:
         tcfg = TeacherConfig(model=str(tiny_vllm), backend="vllm", vllm={"python": str(missing)})
     with pytest.raises(UserError, match="no Python at"):
-        build_teacher(tcfg, GenerateConfig(prompts=[]))
+        build_teacher(tcfg, Sampling.from_generate(GenerateConfig(prompts=[])))
 
 
 def test_python_without_vllm_is_a_user_error(tiny_vllm):
@@ -180,4 +180,4 @@ def test_python_without_vllm_is_a_user_error(tiny_vllm):
 
     tcfg = TeacherConfig(model=str(tiny_vllm), backend="vllm", vllm={"python": sys.executable})
     with pytest.raises(UserError, match="vllm: ModuleNotFoundError"):
-        build_teacher(tcfg, GenerateConfig(prompts=[]))
+        build_teacher(tcfg, Sampling.from_generate(GenerateConfig(prompts=[])))

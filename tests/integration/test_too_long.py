@@ -96,7 +96,8 @@ def test_each_prompt_is_tokenised_once(tmp_path, tiny, monkeypatch):
     """The API teacher on the completions endpoint with a budget, a tokens/min limit and a context check: every
     one of them needs the prompt's tokens, which are counted once."""
     from llmdistill.config import GenerateConfig, TeacherConfig
-    from llmdistill.generate.api_teacher import OpenAITeacher
+    from llmdistill.teachers import Sampling
+    from llmdistill.teachers.api import OpenAITeacher
 
     srv = FakeOpenAI(tiny["teacher"]).start()
     calls = []
@@ -107,8 +108,8 @@ def test_each_prompt_is_tokenised_once(tmp_path, tiny, monkeypatch):
             "base_url": srv.base_url, "served_model": "tiny", "api_key_env": None, "endpoint": "completions",
             "token_mapping": "token_ids", "budget_usd": 1.0, "tokens_per_minute": 1e9, "max_context_tokens": 512,
             "cache": False})
-        teacher = OpenAITeacher(tcfg, GenerateConfig(prompts=None, sources=[{"kind": "template", "template": __file__,
-                                                                                 "rows": [{}]}], max_new_tokens=4))
+        teacher = OpenAITeacher(tcfg, Sampling.from_generate(GenerateConfig(
+            prompts=None, sources=[{"kind": "template", "template": __file__, "rows": [{}]}], max_new_tokens=4)))
         prompts = [[{"role": "user", "content": f"question {i}"}] for i in range(5)]
         out = teacher.generate(prompts, seed=1)
         teacher.close()

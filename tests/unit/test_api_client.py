@@ -8,8 +8,8 @@ import random
 import pytest
 
 from llmdistill.config import APIPrice
-from llmdistill.generate import api_client as ac
-from llmdistill.generate.token_map import UNMAPPED_ID, TokenMapper, _byte_decoder, _entry_bytes, token_bytes
+from llmdistill.teachers import api_client as ac
+from llmdistill.teachers.token_map import UNMAPPED_ID, TokenMapper, _byte_decoder, _entry_bytes, token_bytes
 
 
 # ------------------------------------------------------------------------------------------ backoff

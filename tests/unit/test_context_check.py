@@ -8,7 +8,7 @@ import pytest
 
 from conftest import build_tokenizer
 from llmdistill import models
-from llmdistill.generate.teachers import TOO_LONG, ContextCheck, PromptTooLong, is_transient
+from llmdistill.teachers import TOO_LONG, ContextCheck, PromptTooLong, is_transient
 
 
 @pytest.fixture(scope="module")

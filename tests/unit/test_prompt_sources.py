@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from conftest import write_prompts
-from llmdistill import records
+from llmdistill import prompts as sources
 from llmdistill.config import EvolveConfig, load_config, validate_dict
 from llmdistill.errors import UserError
-from llmdistill.generate import curriculum, difficulty, evolve
+from llmdistill.generate import difficulty, evolve
 from llmdistill.generate.stage import Item, make_batches, route, shard_of
 
 
@@ -33,13 +33,13 @@ def test_file_sources_jsonl_and_text_with_overrides(tmp_path):
     cfg = gen_config(tmp_path, {"prompts": str(jsonl), "sources": [
         {"kind": "file", "path": str(text), "level": 4, "source": "plain", "tags": ["easy"]},
         {"kind": "file", "path": [str(jsonl)], "level": 0, "source": "again"}]})
-    loaded = curriculum.load_sources(cfg.generate)
+    loaded = sources.load_sources(cfg.generate)
     assert len(loaded.prompts) == 6 + 2 + 6
     plain = [p for p in loaded.prompts if p.source == "plain"]
     assert [p.messages[-1]["content"] for p in plain] == ["What is a river?", "Name two colours."]
     assert all(p.level == 4 and p.tags == ["easy"] for p in plain)
     assert {p.level for p in loaded.prompts if p.source == "again"} == {0}
-    ordered = records.curriculum_order(loaded.prompts)
+    ordered = sources.curriculum_order(loaded.prompts)
     assert [p.level for p in ordered] == sorted(p.level for p in ordered)
 
 
@@ -54,13 +54,13 @@ def test_bad_lines_fatal_by_default_names_file_and_line(tmp_path):
     bad = write_bad_file(tmp_path / "bad.jsonl")
     cfg = gen_config(tmp_path, {"prompts": str(bad)})
     with pytest.raises(UserError, match=r"bad\.jsonl:2: not valid JSON"):
-        curriculum.load_sources(cfg.generate)
+        sources.load_sources(cfg.generate)
 
 
 def test_bad_lines_skipped_and_reported(tmp_path):
     bad = write_bad_file(tmp_path / "bad.jsonl")
     cfg = gen_config(tmp_path, {"prompts": str(bad), "on_bad_line": "skip"})
-    loaded = curriculum.load_sources(cfg.generate)
+    loaded = sources.load_sources(cfg.generate)
     assert [p.messages[-1]["content"] for p in loaded.prompts] == ["fine", "also fine"]
     assert [line.split(": ", 1)[0].rsplit(":", 1)[1] for line in loaded.bad_lines] == ["2", "3", "4", "5"]
     assert "'level' must be a non-negative integer" in loaded.bad_lines[2]
@@ -71,12 +71,12 @@ def test_bad_utf8_byte_is_named_by_file_and_line_in_both_modes(tmp_path):
     bad.write_bytes(b'{"prompt": "fine", "level": 1}\n{"prompt": "na\xefve", "level": 1}\n{"prompt": "also fine"}\n')
     cfg = gen_config(tmp_path, {"prompts": str(bad)})
     with pytest.raises(UserError, match=r"latin1\.jsonl:2: not UTF-8 text \(byte 0xef at character 15\)"):
-        curriculum.load_sources(cfg.generate)
+        sources.load_sources(cfg.generate)
     text = tmp_path / "latin1.txt"
     text.write_bytes(b"fine\nna\xefve\n")
     cfg = gen_config(tmp_path, {"prompts": str(bad), "on_bad_line": "skip",
                                 "sources": [{"kind": "file", "path": str(text)}]})
-    loaded = curriculum.load_sources(cfg.generate)
+    loaded = sources.load_sources(cfg.generate)
     assert [p.messages[-1]["content"] for p in loaded.prompts] == ["fine", "also fine", "fine"]
     assert loaded.bad_lines == [f"{bad}:2: not UTF-8 text (byte 0xef at character 15)",
                                 f"{text}:2: not UTF-8 text (byte 0xef at character 3)"]
@@ -87,7 +87,7 @@ def test_template_that_is_not_utf8_names_the_line(tmp_path):
     template.write_bytes(b"What is {{ a }}?\n{# caf\xe9 #}\n")
     cfg = gen_config(tmp_path, {"sources": [{"kind": "template", "template": str(template), "rows": [{"a": 1}]}]})
     with pytest.raises(UserError, match=r"t\.j2:2: not UTF-8 text \(byte 0xe9"):
-        curriculum.load_sources(cfg.generate)
+        sources.load_sources(cfg.generate)
 
 
 def test_generate_needs_some_prompts(tmp_path):
@@ -108,7 +108,7 @@ def test_template_grid_and_rows(tmp_path):
     cfg = gen_config(tmp_path, {"sources": [{"kind": "template", "template": str(t), "level": 2, "tags": ["t"],
                                              "grid": {"thing": ["rain", "snow"], "who": ["a child", "an expert"]},
                                              "rows": [{"thing": "fog", "who": "me", "answer": 42}]}]})
-    prompts = curriculum.load_sources(cfg.generate).prompts
+    prompts = sources.load_sources(cfg.generate).prompts
     texts = [p.messages[-1]["content"] for p in prompts]
     assert texts == ["Explain rain to a child. Be simple.", "Explain rain to an expert.",
                      "Explain snow to a child. Be simple.", "Explain snow to an expert.", "Explain fog to me."]
@@ -131,7 +131,7 @@ def test_template_sandbox_refuses_escapes_and_file_access(tmp_path, body, proble
     t.write_text(body)
     cfg = gen_config(tmp_path, {"sources": [{"kind": "template", "template": str(t), "rows": [{"thing": "x"}]}]})
     with pytest.raises(UserError, match=problem) as e:
-        curriculum.load_sources(cfg.generate)
+        sources.load_sources(cfg.generate)
     assert "evil.md.j2" in str(e.value) and "root:" not in str(e.value)
 
 
@@ -145,11 +145,11 @@ def test_template_source_needs_variables(tmp_path):
 def test_shipped_templates_render(tmp_path):
     from llmdistill.generate.evolve import PROMPTS_DIR
 
-    text = curriculum.render((PROMPTS_DIR / "explain_concept.md.j2").read_text(),
+    text = sources.render((PROMPTS_DIR / "explain_concept.md.j2").read_text(),
                              {"concept": "gravity", "audience": "a ten-year-old", "length": "two sentences"}, "x")
     assert text == "Explain gravity to a ten-year-old in two sentences. Use one everyday example."
     for op in EvolveConfig().operators:
-        rendered = curriculum.render(evolve.operator_template(op), {"prompt": "What is 2 + 2?"}, op)
+        rendered = sources.render(evolve.operator_template(op), {"prompt": "What is 2 + 2?"}, op)
         assert "What is 2 + 2?" in rendered and rendered.endswith("Rewritten prompt:")
 
 
@@ -166,7 +166,7 @@ def test_hf_dataset_from_save_to_disk_and_from_json(tmp_path):
          "level_column": "difficulty", "answer_column": "gold", "source": "saved"},
         {"kind": "hf_dataset", "path": "json", "data_files": str(jsonl), "prompt_column": "text", "level": 5,
          "max_rows": 2}]})
-    prompts = curriculum.load_sources(cfg.generate).prompts
+    prompts = sources.load_sources(cfg.generate).prompts
     saved = [p for p in prompts if p.source == "saved"]
     assert [(p.messages[-1]["content"], p.level, p.answer) for p in saved] == [
         ("q one", 2, "a"), ("q two", 1, "b"), ("q three", 3, "c")]
@@ -180,14 +180,14 @@ def test_hf_dataset_missing_column_and_missing_dataset(tmp_path):
     datasets.Dataset.from_dict({"q": ["x"]}).save_to_disk(str(tmp_path / "d"))
     cfg = gen_config(tmp_path, {"sources": [{"kind": "hf_dataset", "path": str(tmp_path / "d")}]})
     with pytest.raises(UserError, match=r"no column 'prompt' \(columns: q\)"):
-        curriculum.load_sources(cfg.generate)
+        sources.load_sources(cfg.generate)
     with pytest.raises(UserError, match="dataset not found"):
         gen_config(tmp_path, {"sources": [{"kind": "hf_dataset", "path": "./nowhere"}]})
 
 
 # ------------------------------------------------------------------------------- routing and batching
 def prompt(source="s", level=1, tags=(), text="q"):
-    return records.Prompt(messages=[{"role": "user", "content": text}], level=level, source=source, tags=list(tags))
+    return sources.Prompt(messages=[{"role": "user", "content": text}], level=level, source=source, tags=list(tags))
 
 
 def test_routing_first_match_then_default(tmp_path):
@@ -289,7 +289,7 @@ class RewritingTeacher:
         self.calls = 0
 
     def generate(self, prompts, seed):
-        from llmdistill.generate.teachers import Generation
+        from llmdistill.teachers import Generation
 
         self.calls += 1
         out = []
@@ -366,7 +366,7 @@ def test_plan_groups_teachers_within_a_level_and_keeps_level_order(tmp_path):
     seeds.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = gen_config(tmp_path, {"prompts": str(seeds), "routing": [{"teacher": "m", "tags": ["math"]}]},
                      teachers={"m": {"model": "org/m"}})
-    items = plan(cfg, records.curriculum_order(curriculum.load_sources(cfg.generate).prompts))
+    items = plan(cfg, sources.curriculum_order(sources.load_sources(cfg.generate).prompts))
     assert [(it.prompt.level, it.teacher) for it in items] == (
         [(1, "default")] * 3 + [(1, "m")] * 3 + [(2, "default")] * 3 + [(2, "m")] * 3)
     assert [it.prompt.messages[0]["content"] for it in items[:6]] == ["q0", "q2", "q4", "q1", "q3", "q5"]

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from llmdistill import pipeline, store
+from llmdistill import runner, store
 from llmdistill.errors import LockedError, StorageError
 
 
@@ -27,14 +27,14 @@ def test_lock_in_a_read_only_directory_still_excludes_and_writes_no_pid(tmp_path
         return real_open(file, mode, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", read_only_open)
-    with pipeline.RunLock(tmp_path) as held:
+    with runner.RunLock(tmp_path) as held:
         assert held.read_only
         monkeypatch.setattr(builtins, "open", real_open)
         with pytest.raises(LockedError, match=r"in use by another llmdistill process \(pid 4242\)"):
-            with pipeline.RunLock(tmp_path):
+            with runner.RunLock(tmp_path):
                 pass
     assert lock.read_text() == "4242"
-    with pipeline.RunLock(tmp_path) as held:  # writable again: the pid is written as before
+    with runner.RunLock(tmp_path) as held:  # writable again: the pid is written as before
         assert not held.read_only and lock.read_text() == str(os.getpid())
 
 
@@ -44,7 +44,7 @@ def test_read_only_lock_needs_the_lock_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "open", refused)
     with pytest.raises(OSError, match="Read-only file system"):  # the CLI prints it as one line, exit 2
-        with pipeline.RunLock(tmp_path):
+        with runner.RunLock(tmp_path):
             pass
 
 

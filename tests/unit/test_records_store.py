@@ -5,6 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from llmdistill import records, store
+from llmdistill.prompts import load_prompts, read_prompt_file
 
 
 def make_sample(i: int, T: int = 5, k: int = 3, level: int = 1, failed: bool = False) -> records.Sample:
@@ -218,13 +219,13 @@ def write_lines(path, lines):
 def test_prompt_file_errors_name_file_and_line(tmp_path):
     p = write_lines(tmp_path / "p.jsonl", ['{"prompt": "ok", "level": 1}', "{broken", '{"prompt": "x"}'])
     with pytest.raises(ValueError, match=r"p\.jsonl:2: not valid JSON"):
-        records.read_prompt_file(p)
+        read_prompt_file(p)
     p = write_lines(tmp_path / "q.jsonl", ['{"prompt": "ok", "level": "hard"}'])
     with pytest.raises(ValueError, match=r"q\.jsonl:1: 'level' must be"):
-        records.read_prompt_file(p)
+        read_prompt_file(p)
     p = write_lines(tmp_path / "r.jsonl", ['{"text": "no prompt key"}'])
     with pytest.raises(ValueError, match=r"r\.jsonl:1: needs a non-empty 'prompt'"):
-        records.read_prompt_file(p)
+        read_prompt_file(p)
 
 
 # Real text with a byte that is not UTF-8 on line 3 (a Latin-1 "é" pasted into a UTF-8 file), and
@@ -239,30 +240,30 @@ def test_prompt_file_with_a_byte_that_is_not_utf8_names_file_and_line(tmp_path):
     p = tmp_path / "mixed.jsonl"
     p.write_bytes(NOT_UTF8)
     with pytest.raises(ValueError, match=r"^.*mixed\.jsonl:3: not UTF-8 text \(byte 0xe9 at character 16\)$"):
-        records.read_prompt_file(p)
+        read_prompt_file(p)
     with pytest.raises(ValueError, match=r"mixed\.jsonl:3: not UTF-8 text"):
-        records.load_prompts([p])  # eval's reader
+        load_prompts([p])  # eval's reader
     bad: list[str] = []
-    prompts = records.read_prompt_file(p, bad_lines=bad)  # skip mode: the other lines are read
+    prompts = read_prompt_file(p, bad_lines=bad)  # skip mode: the other lines are read
     assert [q.messages[-1]["content"] for q in prompts] == ["caf\u00e9 \u2019quoted\u2019", "no\u00a0break\u2028space",
                                                            "last"]
     assert bad == [f"{p}:3: not UTF-8 text (byte 0xe9 at character 16)"]
     t = tmp_path / "plain.txt"  # text format too
     t.write_bytes(b"one\r\ntw\xff\xfeo\r\nthree\n")
     with pytest.raises(ValueError, match=r"plain\.txt:2: not UTF-8 text \(byte 0xff at character 3\)"):
-        records.read_prompt_file(t)
+        read_prompt_file(t)
 
 
 def test_curriculum_order_dedup_and_even_subsample(tmp_path):
     lines = [json.dumps({"prompt": f"q{i}", "level": lv}) for i, lv in enumerate([3, 1, 2, 1, 3, 2, 1, 2, 3])]
     lines.append(json.dumps({"prompt": "q0", "level": 3}))  # an exact repeat is dropped
     p = write_lines(tmp_path / "p.jsonl", lines)
-    prompts = records.load_prompts([p], system_prompt="be brief")
+    prompts = load_prompts([p], system_prompt="be brief")
     assert [x.level for x in prompts] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
     assert prompts[0].messages[0] == {"role": "system", "content": "be brief"}
-    few = records.load_prompts([p], max_prompts=3)
+    few = load_prompts([p], max_prompts=3)
     assert [x.level for x in few] == [1, 2, 3]
-    assert [x.level for x in records.load_prompts([p], order="file")][:3] == [3, 1, 2]
+    assert [x.level for x in load_prompts([p], order="file")][:3] == [3, 1, 2]
 
 
 # ---- file modes follow the umask (issue 11, item 14)
@@ -271,6 +272,7 @@ import os, stat, sys
 from pathlib import Path
 os.umask(int(sys.argv[2], 8))
 from llmdistill import records, store
+from llmdistill.prompts import load_prompts, read_prompt_file
 sys.path.insert(0, sys.argv[3])
 from test_records_store import make_sample
 d = Path(sys.argv[1])

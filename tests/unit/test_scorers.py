@@ -9,8 +9,8 @@ import torch
 
 from llmdistill import config as C
 from llmdistill.filter import scorers
-from llmdistill.generate.teachers import Generation
 from llmdistill.records import Sample
+from llmdistill.teachers import Generation
 
 
 def sample(completion, prompt="What is the capital of France?", i=0):

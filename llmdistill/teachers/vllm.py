@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from llmdistill import models
-from llmdistill.config import GenerateConfig, TeacherConfig, VLLMOptions
+from llmdistill.config import TeacherConfig, VLLMOptions
 from llmdistill.errors import UserError
-from llmdistill.generate.teachers import ContextCheck, Generation, Scored, too_long
+from llmdistill.teachers.base import ContextCheck, Generation, Sampling, Scored, too_long
 
 log = logging.getLogger("llmdistill")
 
@@ -174,7 +174,7 @@ class InProcess:
     def __init__(self, env: dict[str, str], args: dict):
         for key, value in env.items():
             os.environ.setdefault(key, value)
-        from llmdistill.generate.vllm_worker import Engine
+        from llmdistill.teachers.vllm_worker import Engine
 
         log.info("vllm: starting the engine in this process")
         try:
@@ -228,18 +228,18 @@ def _unpack(result: dict, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
 class VLLMTeacher:
     """Teacher protocol over the vLLM engine (see the module docstring)."""
 
-    def __init__(self, tcfg: TeacherConfig, gcfg: GenerateConfig):
+    def __init__(self, tcfg: TeacherConfig, sampling: Sampling):
         self.name = tcfg.model
-        self.tcfg, self.gcfg = tcfg, gcfg
+        self.tcfg, self.sampling = tcfg, sampling
         self.tokenizer = models.load_tokenizer(tcfg.model, tcfg.revision, tcfg.trust_remote_code)
         self.eos_ids = _eos_ids(models.resolve_source(tcfg.model), self.tokenizer)
-        self.engine = start_engine(tcfg, gcfg.topk, gcfg.logprob_mode)
+        self.engine = start_engine(tcfg, sampling.topk, sampling.logprob_mode)
         self.info = self.engine.info
-        self.context = ContextCheck(self.tokenizer, int(self.info["max_model_len"]), gcfg.max_new_tokens,
-                                    gcfg.too_long)
+        self.context = ContextCheck(self.tokenizer, int(self.info["max_model_len"]), sampling.max_new_tokens,
+                                    sampling.too_long)
 
     def provenance(self) -> dict:
-        g = self.gcfg
+        g = self.sampling
         raw = g.logprob_mode == "raw"
         where = "in-process" if isinstance(self.engine, InProcess) else f"worker:{self.engine.python}"
         return {
@@ -265,7 +265,7 @@ class VLLMTeacher:
     def sampling_params(self, seed: int, positions: list[int] | int) -> list[dict]:
         """SamplingParams keyword arguments per request; the request at position i is seeded with seed + i
         (`positions` a count n: positions 0 .. n - 1)."""
-        g = self.gcfg
+        g = self.sampling
         positions = range(positions) if isinstance(positions, int) else positions
         base = {"temperature": g.temperature, "top_p": g.top_p if g.temperature > 0 else 1.0, "top_k": 0,
                 "max_tokens": g.max_new_tokens, "stop_token_ids": self.eos_ids, "skip_special_tokens": True}
@@ -283,7 +283,7 @@ class VLLMTeacher:
 
     def _generate(self, encoded: list[list[int]], seed: int, positions: list[int]) -> list[Generation]:
         params = self.sampling_params(seed, positions)
-        outs = self.engine.call({"op": "generate", "prompts": encoded, "params": params, "k": self.gcfg.topk})
+        outs = self.engine.call({"op": "generate", "prompts": encoded, "params": params, "k": self.sampling.topk})
         results = []
         for prompt_ids, out in zip(encoded, outs):
             token_ids = out["token_ids"]
@@ -304,7 +304,7 @@ class VLLMTeacher:
         """Teacher forcing through prompt log-probs: the top-k at every completion token (raw log-probs)."""
         encoded = [models.encode_prompt(self.tokenizer, m) for m in prompts]
         outs = self.engine.call({"op": "score", "prompts": encoded, "completions": completions,
-                                 "k": self.gcfg.topk})
+                                 "k": self.sampling.topk})
         results = []
         for prompt_ids, comp, out in zip(encoded, completions, outs):
             ids, lps, own = _unpack(out, len(comp))

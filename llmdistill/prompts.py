@@ -1,15 +1,17 @@
-"""Curriculum building: prompts from seed files, `datasets` datasets and templates, each with a level.
+"""Prompt sources, below the stages: seed files, `datasets` datasets and templates, each prompt with a level.
 
-Sources are read in config order into one list of `records.Prompt`; `records.curriculum_order` then
-drops repeats and sorts easy to hard. Templates render in a sandboxed Jinja environment: no loader (a
-template cannot include or read files), attributes starting with `_` are off limits (no
-`''.__class__.__mro__` escapes), the sandbox's immutable variant forbids mutating values, and an
+generate reads every configured source (`load_sources`), retrain the same to find new prompts, eval its
+prompt files (`load_prompts`). Sources are read in config order into one list of `Prompt`;
+`curriculum_order` then drops repeats and sorts easy to hard. Templates render in a sandboxed Jinja
+environment: no loader (a template cannot include or read files), attributes starting with `_` are off
+limits (no `''.__class__.__mro__` escapes), the sandbox's immutable variant forbids mutating values, and an
 undefined variable is an error instead of an empty string.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +21,123 @@ from llmdistill.errors import UserError, describe_template_error
 
 
 @dataclass
+class Prompt:
+    """A prompt that seeds samples: chat turns, curriculum level, where it came from, optional gold answer."""
+
+    messages: list[dict]
+    level: int
+    source: str
+    answer: str | None = None
+    tags: list[str] = field(default_factory=list)
+    origin: str | None = field(default=None, compare=False)  # "file:line" for error messages; not part of the id
+
+    @property
+    def id(self) -> str:
+        return records.prompt_id(self.messages, self.source)
+
+
+def read_prompt_file(path, system_prompt: str | None = None, *, format: str = "auto", level: int | None = None,
+                     source: str | None = None, tags: list[str] | tuple = (),
+                     bad_lines: list[str] | None = None) -> list[Prompt]:
+    """Read a prompt file.
+
+    JSONL (the default; `format="text"` or a .txt file reads one prompt per non-empty line instead): each line
+    {"prompt": str | "messages": [...], "level": int, "source"?: str, "answer"?: str, "tags"?: [str]}.
+    `level` / `source` given here override the lines'; `tags` are added to every prompt.
+    A bad line raises ValueError "file:line: problem", or, when a `bad_lines` list is given, is appended to
+    it and skipped."""
+    path = Path(path)
+    text_format = format == "text" or (format == "auto" and path.suffix == ".txt")
+    out = []
+    with records.open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.check_utf8(line)
+                obj = {"prompt": line.strip()} if text_format else _json_line(line)
+                out.append(prompt_from_dict(obj, path, system_prompt, level, source, tags, f"{path}:{lineno}"))
+            except ValueError as e:
+                message = f"{path}:{lineno}: {e}"
+                if bad_lines is None:
+                    raise ValueError(message) from None
+                bad_lines.append(message)
+    return out
+
+
+def _json_line(line: str) -> dict:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise ValueError("expected a JSON object")
+    return obj
+
+
+def prompt_from_dict(obj: dict, path, system_prompt, level, source, tags, origin: str | None = None) -> Prompt:
+    """One prompt from a parsed line; ValueError (without the location) if the line is not a prompt."""
+    messages = obj.get("messages")
+    if messages is None:
+        text = obj.get("prompt")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("needs a non-empty 'prompt' string or a 'messages' list")
+        messages = [{"role": "user", "content": text}]
+    elif not (isinstance(messages, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in messages
+    ) and messages):
+        raise ValueError("'messages' must be a non-empty list of {role, content} objects")
+    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if system_prompt and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system_prompt}] + messages
+    if level is None:
+        level = obj.get("level", 1)
+        if not isinstance(level, int) or isinstance(level, bool) or level < 0:
+            raise ValueError(f"'level' must be a non-negative integer, got {level!r}")
+    answer = obj.get("answer")
+    line_tags = obj.get("tags") or []
+    if not isinstance(line_tags, list):
+        raise ValueError(f"'tags' must be a list, got {line_tags!r}")
+    return Prompt(
+        messages=messages,
+        level=level,
+        source=source or str(obj.get("source") or path.stem),
+        answer=None if answer is None else str(answer),
+        tags=[str(t) for t in line_tags] + [t for t in tags if t not in line_tags],
+        origin=origin,
+    )
+
+
+def curriculum_order(prompts: list[Prompt], order: str = "curriculum", max_prompts: int | None = None) -> list[Prompt]:
+    """Drop repeated prompts (same id), sort easy to hard (stable, by level) unless `order == "file"`, and keep
+    `max_prompts` spread evenly over the ordered list, so a shrunken run still covers every level."""
+    seen, out = set(), []
+    for p in prompts:
+        if p.id not in seen:
+            seen.add(p.id)
+            out.append(p)
+    if order == "curriculum":
+        out.sort(key=lambda p: p.level)
+    if max_prompts is not None and max_prompts < len(out):
+        step = len(out) / max_prompts
+        out = [out[int(i * step)] for i in range(max_prompts)]
+    return out
+
+
+def load_prompts(paths, system_prompt: str | None = None, order: str = "curriculum",
+                 max_prompts: int | None = None) -> list[Prompt]:
+    """Prompts from several JSONL files, without repeats, in curriculum order (see `curriculum_order`)."""
+    prompts = [p for path in paths for p in read_prompt_file(path, system_prompt)]
+    return curriculum_order(prompts, order, max_prompts)
+
+
+# ---------------------------------------------------------------------------------------------- sources
+@dataclass
 class Loaded:
     """What the sources gave: the prompts (source order) and every bad line or row that was skipped."""
 
-    prompts: list[records.Prompt] = field(default_factory=list)
+    prompts: list[Prompt] = field(default_factory=list)
     bad_lines: list[str] = field(default_factory=list)
 
 
@@ -47,9 +162,9 @@ def load_sources(g: GenerateConfig) -> Loaded:
     return out
 
 
-def _read_file(path, system_prompt, bad, **kwargs) -> list[records.Prompt]:
+def _read_file(path, system_prompt, bad, **kwargs) -> list[Prompt]:
     try:
-        return records.read_prompt_file(path, system_prompt, bad_lines=bad, **kwargs)
+        return read_prompt_file(path, system_prompt, bad_lines=bad, **kwargs)
     except ValueError as e:  # "file:line: problem" (a byte that is not UTF-8 included)
         raise UserError(str(e)) from None
 
@@ -81,7 +196,7 @@ def render(template_text: str, variables: dict, where: str) -> str:
         raise UserError(f"{where}: template {problem}") from None
 
 
-def template_prompts(src: TemplateSource, system_prompt: str | None) -> list[records.Prompt]:
+def template_prompts(src: TemplateSource, system_prompt: str | None) -> list[Prompt]:
     """One prompt per `grid` combination (in the order written), then one per `rows` entry.
 
     A variable named `answer` becomes the prompt's gold answer."""
@@ -105,7 +220,7 @@ def template_prompts(src: TemplateSource, system_prompt: str | None) -> list[rec
         if system_prompt:
             messages.insert(0, {"role": "system", "content": system_prompt})
         answer = variables.get("answer")
-        out.append(records.Prompt(messages=messages, level=src.level, source=name,
+        out.append(Prompt(messages=messages, level=src.level, source=name,
                                   answer=None if answer is None else str(answer), tags=list(src.tags)))
     return out
 
@@ -133,7 +248,7 @@ def open_dataset(src: HFDatasetSource):
                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
-def dataset_prompts(src: HFDatasetSource, system_prompt: str | None, bad: list[str] | None) -> list[records.Prompt]:
+def dataset_prompts(src: HFDatasetSource, system_prompt: str | None, bad: list[str] | None) -> list[Prompt]:
     ds = open_dataset(src)
     wanted = [c for c in (src.prompt_column, src.level_column, src.answer_column) if c]
     missing = [c for c in wanted if c not in ds.column_names]
@@ -148,7 +263,7 @@ def dataset_prompts(src: HFDatasetSource, system_prompt: str | None, bad: list[s
         obj = {"prompt": row[src.prompt_column], "level": row[src.level_column] if src.level_column else src.level,
                "answer": row[src.answer_column] if src.answer_column else None}
         try:
-            out.append(records.prompt_from_dict(obj, Path(name), system_prompt, None, name, src.tags))
+            out.append(prompt_from_dict(obj, Path(name), system_prompt, None, name, src.tags))
         except ValueError as e:
             message = f"{src.path}[row {i}]: {e}"
             if bad is None:

@@ -1,149 +1,13 @@
-"""Teacher backends: one protocol, picked by the short name in `teacher.backend`.
-
-A teacher turns a batch of chat prompts into completions plus, for every completion token, the
-teacher's top-k log-probabilities (`Generation`). Backends record what their log-probs mean in
-`provenance()`, which goes into the dataset manifest.
-"""
+"""The `hf` teacher backend: transformers `generate` on a local model, and teacher forcing (`score`)."""
 
 from __future__ import annotations
-
-import logging
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from llmdistill import models
-from llmdistill.config import GenerateConfig, TeacherConfig
+from llmdistill.config import TeacherConfig
 from llmdistill.errors import UserError
-
-log = logging.getLogger("llmdistill")
-
-
-@dataclass
-class Generation:
-    """One completion. `topk_ids`/`topk_logprobs` are [T, k], row t for `token_ids[t]`.
-
-    A failed request has `error` set (finish_reason "error"); a text-only teacher leaves the token fields None.
-    """
-
-    text: str | None
-    token_ids: list[int] | None
-    topk_ids: np.ndarray | None
-    topk_logprobs: np.ndarray | None
-    finish_reason: str  # "stop", "length" or "error"
-    prompt_tokens: int
-    error: str | None = None
-
-
-TOO_LONG = "prompt too long"
-# Failures worth another request on a plain rerun: no usable reply came (connection, timeout, rate limit, server
-# error, a malformed reply). A refusal (HTTP 400, 422), a prompt too long for the context, a finish reason the stage
-# does not take or tokens that do not map would come out the same again, so they are not retried.
-TRANSIENT = ("connection error", "timeout", "malformed reply", "HTTP 408", "HTTP 409", "HTTP 429", "HTTP 5")
-
-
-def is_transient(error: str | None) -> bool:
-    """Whether a failed sample's `error` is worth requesting again (see TRANSIENT)."""
-    return error is not None and error.startswith(TRANSIENT)
-
-
-class PromptTooLong(UserError):
-    """A prompt that cannot fit the teacher's context, under `generate.too_long: error`. `index` is its position
-    in the batch, so the stage can name the prompt's file and line."""
-
-    def __init__(self, index: int, reason: str):
-        self.index, self.reason = index, reason
-        super().__init__(reason)
-
-
-class ContextCheck:
-    """Prompt token ids through the chat template, checked against the teacher's context before anything is
-    generated: a prompt whose tokens + max_new_tokens exceed `context` becomes the reason it cannot be sent
-    (generate.too_long: skip), or raises PromptTooLong (error).
-
-    A prompt far too long is found without tokenising it (tokenising 5 MB takes seconds): when the tokenizer does
-    not normalise text, every token covers at least one byte of the rendered prompt and at most as many as the
-    longest vocabulary entry, so bytes / that length is a lower bound on its tokens. Otherwise the prompt is
-    tokenised once, by `models.encode_prompt`, and the ids are what the backend sends."""
-
-    def __init__(self, tokenizer, context: int | None, max_new_tokens: int, policy: str):
-        self.tokenizer, self.context, self.max_new_tokens, self.policy = tokenizer, context, max_new_tokens, policy
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        added = getattr(tokenizer, "added_tokens_decoder", {}).values()
-        # a token that swallows the whitespace beside it (lstrip/rstrip) can cover more bytes than it spells
-        stripping = any(getattr(t, "lstrip", False) or getattr(t, "rstrip", False) for t in added)
-        self._widest = None
-        if context is not None and backend is not None and backend.normalizer is None and not stripping:
-            self._widest = max((len(t.encode("utf-8")) for t in tokenizer.get_vocab()), default=1) or 1
-
-    def encode(self, prompts: list[list[dict]]) -> list[list[int] | str]:
-        """For each prompt its ids, or (skip) the reason it is too long; all checked before any is returned."""
-        out: list[list[int] | str] = []
-        for i, messages in enumerate(prompts):
-            ids_or_reason = self._one(messages)
-            if isinstance(ids_or_reason, str) and self.policy == "error":
-                raise PromptTooLong(i, ids_or_reason)
-            out.append(ids_or_reason)
-        return out
-
-    def _one(self, messages: list[dict]) -> list[int] | str:
-        if self.context is None:
-            return models.encode_prompt(self.tokenizer, messages)
-        room = self.context - self.max_new_tokens
-        # only a prompt whose text alone could hold that many bytes (4 per character at most) is worth rendering
-        if self._widest is not None and 4 * sum(len(m["content"]) for m in messages) > self._widest * room:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            size = len(text.encode("utf-8"))
-            least = -(-size // self._widest)
-            if least > room:
-                return (f"{TOO_LONG}: at least {least} tokens ({size} bytes) + max_new_tokens {self.max_new_tokens} "
-                        f"> the teacher's context of {self.context} tokens")
-        ids = models.encode_prompt(self.tokenizer, messages)
-        if len(ids) > room:
-            return (f"{TOO_LONG}: {len(ids)} tokens + max_new_tokens {self.max_new_tokens} > the teacher's context "
-                    f"of {self.context} tokens")
-        return ids
-
-
-def too_long(reason: str) -> Generation:
-    """The failed sample of a prompt that was not sent (it cannot fit the context)."""
-    return Generation(text=None, token_ids=None, topk_ids=None, topk_logprobs=None, finish_reason="error",
-                      prompt_tokens=0, error=reason)
-
-
-def model_context(config) -> int | None:
-    """Prompt + completion tokens a transformers model config takes (None when it does not say)."""
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-@dataclass
-class Scored:
-    """A finished text re-scored by teacher forcing (annotate): `topk_*` are [T, k], row t is the
-    distribution that token t is drawn from; `token_logprobs` [T] is the log-prob of each actual token."""
-
-    topk_ids: np.ndarray
-    topk_logprobs: np.ndarray
-    token_logprobs: np.ndarray
-    prompt_tokens: int
-
-
-class Teacher(Protocol):
-    name: str
-
-    def generate(self, prompts: list[list[dict]], seed: int, positions: list[int] | None = None) -> list[Generation]:
-        """Complete each prompt (chat turns) once; `seed` makes the batch reproducible. `positions`: the prompts'
-        places in the batch they were planned in (default 0, 1, ...), so a retry of part of a batch sends the very
-        requests the whole batch would have. A prompt that cannot fit the context fails (generate.too_long)."""
-        ...
-
-    def provenance(self) -> dict:
-        """What the manifest must say about this teacher and its log-probs."""
-        ...
+from llmdistill.teachers.base import ContextCheck, Generation, Sampling, Scored, model_context, too_long
 
 
 class HFTeacher:
@@ -154,22 +18,22 @@ class HFTeacher:
     processed mode: the step scores after temperature and top-p (`output_scores`), log-softmaxed.
     """
 
-    def __init__(self, tcfg: TeacherConfig, gcfg: GenerateConfig):
+    def __init__(self, tcfg: TeacherConfig, sampling: Sampling):
         import torch
 
         self.name = tcfg.model
-        self.tcfg, self.gcfg = tcfg, gcfg
+        self.tcfg, self.sampling = tcfg, sampling
         self.device = models.pick_device(tcfg.device)
         self.tokenizer = models.load_tokenizer(tcfg.model, tcfg.revision, tcfg.trust_remote_code)
         self.tokenizer.padding_side = "left"
         self.model = models.load_causal_lm(tcfg.model, tcfg.dtype, self.device, tcfg.revision, tcfg.trust_remote_code)
         self.eos_ids = models.eos_token_ids(self.model, self.tokenizer)
-        self.context = ContextCheck(self.tokenizer, model_context(self.model.config), gcfg.max_new_tokens,
-                                    gcfg.too_long)
+        self.context = ContextCheck(self.tokenizer, model_context(self.model.config), sampling.max_new_tokens,
+                                    sampling.too_long)
         self._torch = torch
 
     def provenance(self) -> dict:
-        g = self.gcfg
+        g = self.sampling
         raw = g.logprob_mode == "raw"
         return {
             "teacher": {
@@ -205,7 +69,7 @@ class HFTeacher:
         torch = self._torch
         from transformers import LogitsProcessorList
 
-        g = self.gcfg
+        g = self.sampling
         batch = self.tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt").to(self.device)
         capture = _TopKCapture(g.topk)
         sampling = g.temperature > 0
@@ -257,7 +121,6 @@ class HFTeacher:
             )
         return results
 
-
     def _garbage(self, what: str) -> UserError:
         return UserError(f"teacher {self.name!r} returned garbage: {what} (broken weights, or a dtype that "
                          f"overflows: try teacher.dtype=float32); nothing was written for this batch")
@@ -276,7 +139,7 @@ class HFTeacher:
             ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
             mask[i, : len(s)] = 1
         head, cap = models.lm_head(self.model)
-        k = self.gcfg.topk
+        k = self.sampling.topk
         results = []
         with torch.no_grad():
             hidden = self.model.base_model(input_ids=ids.to(self.device),
@@ -298,6 +161,9 @@ class HFTeacher:
         """Prompt + completion tokens the model takes."""
         return model_context(self.model.config) or 1 << 30
 
+    def close(self) -> None:
+        """Nothing to release: the model goes with the object."""
+
 
 class _TopKCapture:
     """A logits processor that records log_softmax(scores).topk(k) at every step and changes nothing."""
@@ -315,28 +181,3 @@ class _TopKCapture:
         self.ids.append(indices.to(torch.int32).cpu())
         self.logprobs.append(values.to(torch.float16).cpu())
         return scores
-
-
-# backend name -> "module:class"; imported only when used, so optional backends cost nothing when absent
-BACKENDS = {
-    "hf": "llmdistill.generate.teachers:HFTeacher",
-    "vllm": "llmdistill.generate.vllm_teacher:VLLMTeacher",
-    "openai": "llmdistill.generate.api_teacher:OpenAITeacher",
-}
-
-
-def build_teacher(tcfg: TeacherConfig, gcfg: GenerateConfig, cache_dir=None) -> Teacher:
-    """The backend named by `tcfg.backend`; `cache_dir` (run_dir/cache) goes to backends that keep a cache."""
-    import importlib
-
-    module, cls = BACKENDS[tcfg.backend].split(":")
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("llmdistill"):
-            raise UserError(f"teacher backend {tcfg.backend!r} is not available in this version") from None
-        raise UserError(f"teacher backend {tcfg.backend!r} needs the package {e.name!r}: {e}") from None
-    teacher_cls = getattr(mod, cls)
-    if getattr(teacher_cls, "accepts_cache_dir", False):
-        return teacher_cls(tcfg, gcfg, cache_dir=cache_dir)
-    return teacher_cls(tcfg, gcfg)

@@ -142,4 +142,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # run as a script, this file's directory comes first on sys.path, and its neighbour vllm.py (the backend)
+    # would shadow the vllm package: drop it
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
     main()

@@ -44,12 +44,12 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from llmdistill import models
-from llmdistill.config import GenerateConfig, TeacherConfig
+from llmdistill.config import TeacherConfig
 from llmdistill.errors import BudgetExceeded, UserError
-from llmdistill.generate import api_client as ac
-from llmdistill.generate.teachers import ContextCheck, Generation
-from llmdistill.generate.token_map import UNMAPPED_ID, TokenMapper
 from llmdistill.records import stable_hash
+from llmdistill.teachers import api_client as ac
+from llmdistill.teachers.base import ContextCheck, Generation, Sampling
+from llmdistill.teachers.token_map import UNMAPPED_ID, TokenMapper
 
 log = logging.getLogger("llmdistill")
 
@@ -68,8 +68,8 @@ class _Outcome:
 class OpenAITeacher:
     accepts_cache_dir = True
 
-    def __init__(self, tcfg: TeacherConfig, gcfg: GenerateConfig, cache_dir: Path | None = None):
-        self.tcfg, self.gcfg, self.opts = tcfg, gcfg, tcfg.api
+    def __init__(self, tcfg: TeacherConfig, sampling: Sampling, cache_dir: Path | None = None):
+        self.tcfg, self.sampling, self.opts = tcfg, sampling, tcfg.api
         self.name = tcfg.model
         self.served_model = self.opts.served_model or tcfg.model
         self.api_key = _read_key(self.opts.api_key_env)
@@ -80,8 +80,8 @@ class OpenAITeacher:
         if self.want_logprobs or self.opts.endpoint == "completions" or self.opts.max_context_tokens is not None:
             self.tokenizer = models.load_tokenizer(tcfg.model, tcfg.revision, tcfg.trust_remote_code)
             self.vocab_size = _vocab_size(tcfg, self.tokenizer)
-            self.context = ContextCheck(self.tokenizer, self.opts.max_context_tokens, gcfg.max_new_tokens,
-                                        gcfg.too_long)
+            self.context = ContextCheck(self.tokenizer, self.opts.max_context_tokens, sampling.max_new_tokens,
+                                        sampling.too_long)
         self.mapper = TokenMapper(self.opts.token_mapping, self.tokenizer) if self.want_logprobs else None
         if self.mapper is not None:
             self.mapper.vocab_size = self.vocab_size
@@ -106,7 +106,7 @@ class OpenAITeacher:
 
     # ------------------------------------------------------------------------------------ protocol
     def provenance(self) -> dict:
-        g = self.gcfg
+        g = self.sampling
         raw = g.logprob_mode == "raw"
         prov = {
             "teacher": {
@@ -174,7 +174,7 @@ class OpenAITeacher:
         return sum(len(m["content"].encode("utf-8")) + 8 for m in messages) + 8
 
     def _body(self, messages: list[dict], seed: int, ids: list[int] | None = None) -> dict:
-        g, o = self.gcfg, self.opts
+        g, o = self.sampling, self.opts
         body: dict = {"model": self.served_model, "temperature": g.temperature, "top_p": g.top_p, "n": 1,
                       "seed": seed}
         if o.endpoint == "chat":
@@ -211,7 +211,7 @@ class OpenAITeacher:
             raise
 
     async def _request(self, body: dict, prompt_tokens: int) -> _Outcome:
-        o, g = self.opts, self.gcfg
+        o, g = self.opts, self.sampling
         key = ac.cache_key(o.endpoint, body)
         if self.cache is not None:
             hit = self.cache.get(key)
@@ -337,7 +337,7 @@ class OpenAITeacher:
         if not self.want_logprobs:
             return Generation(text=reply.text, token_ids=None, topk_ids=None, topk_logprobs=None,
                               finish_reason=finish, prompt_tokens=reply.prompt_tokens)
-        k = self.gcfg.topk
+        k = self.sampling.topk
         ids, unmapped = [], []
         top_ids = np.full((len(reply.tokens), k), UNMAPPED_ID, dtype=np.int32)
         top_lps = np.full((len(reply.tokens), k), -np.inf, dtype=np.float32)
