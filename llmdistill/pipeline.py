@@ -1,7 +1,7 @@
 """The stage runner: fingerprints, skip-if-done, resume, stage-and-swap reruns, one lock per run directory.
 
 Each stage's fingerprint hashes the config sections it reads (input files by content), the schema
-version and its upstream stage's fingerprint (fields marked NOT_HASHED in config.py are left out: they
+version and its upstream stage's fingerprint (fields marked NOT_HASHED in config are left out: they
 decide how a stage runs, not what it writes).
 
 A stage's output can also change under the same fingerprint (generate retrying its failed samples), so
