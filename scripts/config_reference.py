@@ -44,6 +44,9 @@ def type_name(tp) -> str:
         return inner + (" \\| null" if len(args) < len(typing.get_args(tp)) else "")
     if origin is list:
         return f"list[{type_name(typing.get_args(tp)[0])}]"
+    if origin is dict and isinstance(typing.get_args(tp)[1], type) and issubclass(typing.get_args(tp)[1], BaseModel):
+        key, value = typing.get_args(tp)  # a config class by the path users import it from, not its module's
+        return f"dict[{key.__name__}, llmdistill.config.{value.__name__}]"
     if isinstance(tp, type):
         return {"Path": "path", "str": "string", "int": "int", "float": "float", "bool": "bool"}.get(
             tp.__name__, tp.__name__)

@@ -1,3 +1,4 @@
+import os
 import subprocess
 from pathlib import Path
 
@@ -170,7 +171,7 @@ def test_validate_cli_ok(tmp_path):
 
 def test_configuration_reference_is_current():
     res = subprocess.run([PYTHON, str(REPO / "scripts" / "config_reference.py"), "--check"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})  # this checkout
     assert res.returncode == 0, res.stderr
 
 
