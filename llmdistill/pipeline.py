@@ -24,8 +24,9 @@ nothing `pending` (failed samples that a rerun requests again). A `_SUCCESS` fro
   fails or is killed leaves the previous output untouched; a kill mid-swap is repaired on the next start
   (`recover`). An interrupted staged attempt with the current fingerprint resumes in `<stage>.next`.
 
-The stages are the rows of `TABLE`. Their modules are imported only when they run, and never import each
-other nor this module: what they get from the runner (`StageContext`, `RunLock`) lives in runner.py.
+The stages are the rows of `TABLE` (runner.py). Their modules are imported only when they run, and never
+import each other nor this module: what they share with the runner (`StageContext`, `RunLock`) lives in
+runner.py.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ import secrets
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,34 +51,11 @@ from pydantic import BaseModel
 from llmdistill import __version__, faults, records, store
 from llmdistill.config import Config
 from llmdistill.errors import StorageError, UserError, os_error_reason
-from llmdistill.runner import STARTED, Ranks, RunLock, StageContext
+from llmdistill.runner import BY_NAME, STAGES, STARTED, TABLE, Ranks, RunLock, StageContext
 
 log = logging.getLogger("llmdistill")
 
 
-@dataclass(frozen=True)
-class Stage:
-    """One row of the stage table."""
-
-    name: str  # its command and directory, `<run>/<name>/`
-    package: str  # llmdistill.<package>.stage has `run(cfg, ctx)`
-    sections: tuple[str, ...]  # the config sections it reads; anything else can change without rerunning it
-    upstream: str | None  # the stage whose output it reads
-    optional: bool = False  # runs only when its section says `enabled: true`; stands in for its upstream
-    # for the stages after it that read the same upstream (annotate: filter reads it instead of generate)
-    templates: str | None = None  # "module:function(cfg)": files the config names only indirectly, by content
-
-
-TABLE = (
-    Stage("generate", "generate", ("seed", "teacher", "teachers", "generate"), None,
-          templates="llmdistill.generate.evolve:template_hashes"),
-    Stage("annotate", "annotate", ("annotate",), "generate", optional=True),
-    Stage("filter", "filter", ("filter",), "generate"),
-    Stage("train", "train", ("seed", "teacher", "train"), "filter"),
-    Stage("eval", "evaluate", ("teacher", "eval"), "train"),
-)
-STAGES = tuple(s.name for s in TABLE)
-BY_NAME = {s.name: s for s in TABLE}
 NEXT, PREV = ".next", ".prev"  # suffixes of a staged rerun's directory and of the output it replaces
 
 

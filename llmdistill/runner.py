@@ -1,5 +1,6 @@
-"""What every stage gets from the runner, below the stages: its `StageContext`, the run directory's lock
-(`RunLock`) and this process's place in a multi-process launch (`Ranks`).
+"""What the runner and the stages share, below the stages: the stage table (`TABLE`, one row per stage),
+each stage's `StageContext`, the run directory's lock (`RunLock`) and this process's place in a
+multi-process launch (`Ranks`).
 
 The runner (pipeline.py) imports the stages; the stages import this module, never pipeline.py.
 """
@@ -17,6 +18,31 @@ from llmdistill import store
 from llmdistill.errors import LockedError
 
 STARTED = "_STARTED"  # in a stage directory: the attempt under way (its fingerprint, and upstream token)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of the stage table."""
+
+    name: str  # its command and directory, `<run>/<name>/`
+    package: str  # llmdistill.<package>.stage has `run(cfg, ctx)`
+    sections: tuple[str, ...]  # the config sections it reads; anything else can change without rerunning it
+    upstream: str | None  # the stage whose output it reads
+    optional: bool = False  # runs only when its section says `enabled: true`; stands in for its upstream
+    # for the stages after it that read the same upstream (annotate: filter reads it instead of generate)
+    templates: str | None = None  # "module:function(cfg)": files the config names only indirectly, by content
+
+
+TABLE = (
+    Stage("generate", "generate", ("seed", "teacher", "teachers", "generate"), None,
+          templates="llmdistill.generate.evolve:template_hashes"),
+    Stage("annotate", "annotate", ("annotate",), "generate", optional=True),
+    Stage("filter", "filter", ("filter",), "generate"),
+    Stage("train", "train", ("seed", "teacher", "train"), "filter"),
+    Stage("eval", "evaluate", ("teacher", "eval"), "train"),
+)
+STAGES = tuple(s.name for s in TABLE)
+BY_NAME = {s.name: s for s in TABLE}
 
 
 @dataclass

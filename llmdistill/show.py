@@ -9,7 +9,7 @@ from rich.table import Table
 
 from llmdistill import records, store
 from llmdistill.errors import UserError
-from llmdistill.pipeline import STAGES
+from llmdistill.runner import STAGES
 
 
 def inspect_path(path: Path, n: int = 3, removed: bool = False, sample_id: str | None = None,

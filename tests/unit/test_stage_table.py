@@ -1,5 +1,5 @@
-"""The stage table (pipeline.TABLE) is the one list of stages: every row names a stage module, config sections
-that exist and an upstream before it; the runner's other lists are derived from it."""
+"""The stage table (runner.TABLE, used by the pipeline) is the one list of stages: every row names a stage
+module, config sections that exist and an upstream before it; the runner's other lists are derived from it."""
 
 from __future__ import annotations
 
