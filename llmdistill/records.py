@@ -145,6 +145,8 @@ _PLAIN_FIELDS = ("id", "prompt_id", "messages", "completion", "source", "teacher
                  "finish_reason", "error", "level", "difficulty", "completion_token_ids")
 # The JSON text columns, and whether each escapes non-ASCII characters (scores do, metadata keeps them).
 JSON_COLUMNS = {"scores": True, "metadata": False}
+# The teacher's top-k matrices, stored as list<list<x>> through offsets, and their dtypes.
+_TOPK_DTYPES = {"topk_ids": np.int32, "topk_logprobs": np.float16}
 
 
 def encode_json_column(value: dict, column: str) -> str:
@@ -165,8 +167,8 @@ def samples_to_table(samples: list[Sample], reasons: list[str] | None = None) ->
         cols[name] = [getattr(s, name) for s in samples]
     for name in JSON_COLUMNS:
         cols[name] = [encode_json_column(getattr(s, name), name) for s in samples]
-    cols["topk_ids"] = _nested(samples, "topk_ids", np.int32, pa.int32())
-    cols["topk_logprobs"] = _nested(samples, "topk_logprobs", np.float16, pa.float16())
+    for name, dtype in _TOPK_DTYPES.items():
+        cols[name] = _nested(samples, name, dtype, pa.from_numpy_dtype(dtype))
     if reasons is not None:
         cols["reason"] = reasons
     arrays = []
@@ -212,8 +214,6 @@ def table_to_samples(table: pa.Table) -> list[Sample]:
         for i in range(table.num_rows)
     ]
 
-
-_TOPK_DTYPES = {"topk_ids": np.int32, "topk_logprobs": np.float16}
 
 
 def _matrix(scalar: pa.ListScalar, dtype) -> np.ndarray:

@@ -57,7 +57,7 @@ def run(cfg: BertDistillConfig, force: bool = False) -> dict:
         log.info("distill-bert %s: done (fingerprint %s), skipping", out, fp)
         return store.read_json(out / "metrics.json")
     with RunLock(out) as lock:
-        if not force and finished(out, fp):  # another process finished it while we waited for nothing
+        if not force and finished(out, fp):  # finished by another process since the check above
             return store.read_json(out / "metrics.json")
         for child in out.iterdir():  # a fresh start; the lock file stays (it is what we hold)
             if child != lock.path:
