@@ -201,6 +201,33 @@ def validate(
 
 
 @app.command()
+def prune(
+    config: str | None = typer.Argument(None, help=CONFIG_HELP),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    out: Path | None = typer.Option(None, "--out", help="student directory to write (default: <run>/pruned)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Prune the teacher into a student as train.student.prune says (depth by block influence, width by
+    activation importance) and write it with its importance scores (pruning.json)."""
+    _setup_logging(verbose)
+    cfg = _load(config, overrides)
+    from llmdistill.errors import UserError, describe_os_error
+    from llmdistill.train.prune import prune_command
+
+    try:
+        target, record = prune_command(cfg, out)
+    except UserError as e:
+        _fail(str(e), EXIT_BAD_INPUT)
+    except OSError as e:
+        _fail(describe_os_error(e), EXIT_BAD_INPUT)
+    params = record["parameters"]
+    typer.echo(f"pruned: layers {record['layers']} of {record['teacher_layers']}, MLP "
+               f"{record['intermediate_size']['student']}, heads {record['attention_heads']['student']}, hidden "
+               f"{record['hidden_size']['student']}: {params['student'] / 1e6:.1f}M of {params['teacher'] / 1e6:.1f}M "
+               f"parameters -> {target}")
+
+
+@app.command()
 def inspect(
     directory: Path = typer.Argument(..., help="a run directory or a dataset directory (e.g. runs/demo/filter)"),
     n: int = typer.Option(3, "-n", help="samples to show"),

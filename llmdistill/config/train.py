@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from llmdistill.config.base import ModelSource, Section, literal_values
+from llmdistill.config.base import InputFiles, ModelSource, Section, literal_values
 
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
 DIVERGENCE_NAMES = literal_values(Divergence)
@@ -48,13 +48,39 @@ class LossTerm(Section):
         return {k: v for k in _PARAM_NAMES if (v := getattr(self, k)) is not None}
 
 
+class PruneConfig(Section):
+    """Build the student by pruning the teacher (Llama family): depth by block influence, width by activation
+    importance, both measured on calibration text; see docs/llm-students.md. Unset sizes stay whole."""
+
+    layers: int | None = Field(None, ge=1, description="decoder layers kept")
+    select: Literal["importance", "uniform"] = Field(
+        "importance", description="importance: the layers with the largest block influence (1 - cos of a layer's "
+        "input and output); uniform: spread evenly from the first to the last")
+    intermediate_size: int | None = Field(None, ge=1, description="MLP channels kept in every layer")
+    attention_heads: int | None = Field(
+        None, ge=1, description="query heads kept in every layer (a multiple of the key/value heads)")
+    hidden_size: int | None = Field(None, ge=1, description="hidden channels kept everywhere (embeddings, head too)")
+    calibration: InputFiles | None = Field(
+        None, description="prompt files (JSONL or text) to measure on; default: the training samples "
+        "(prompt + teacher completion)")
+    calibration_samples: int = Field(64, ge=1, description="sequences measured (spread over the data)")
+    calibration_tokens: int = Field(256, ge=8, description="tokens per calibration sequence, at most")
+
+    @model_validator(mode="after")
+    def _something(self):
+        if all(getattr(self, k) is None for k in ("layers", "intermediate_size", "attention_heads", "hidden_size")):
+            raise ValueError("prune needs at least one of layers, intermediate_size, attention_heads, hidden_size")
+        return self
+
+
 class StudentConfig(Section):
-    """Where the student starts: an existing model, or a layer subset of the teacher."""
+    """Where the student starts: an existing model, a layer subset of the teacher, or a pruned teacher."""
 
     model: ModelSource | None = Field(None, description="local HF directory or hub id")
     teacher_layers: list[int] | None = Field(
         None, description="build the student from the teacher's embeddings, these decoder layers and its head"
     )
+    prune: PruneConfig | None = Field(None, description="prune the teacher by importance (see `train.student.prune`)")
 
     @field_validator("teacher_layers")
     @classmethod
@@ -68,8 +94,8 @@ class StudentConfig(Section):
 
     @model_validator(mode="after")
     def _exactly_one(self):
-        if (self.model is None) == (self.teacher_layers is None):
-            raise ValueError("set exactly one of student.model and student.teacher_layers")
+        if sum(x is not None for x in (self.model, self.teacher_layers, self.prune)) != 1:
+            raise ValueError("set exactly one of student.model, student.teacher_layers and student.prune")
         return self
 
 

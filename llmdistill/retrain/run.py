@@ -73,7 +73,7 @@ def run_config(cfg: Config, run_dir: Path, prompts_file: Path, promoted: Path | 
     data["generate"]["sources"] = []  # the new prompts of every source are already in prompts_file
     data["generate"]["max_prompts"] = None
     if promoted is not None and cfg.retrain.warm_start:
-        data["train"]["student"] = {"model": str(promoted), "teacher_layers": None}
+        data["train"]["student"] = {"model": str(promoted), "teacher_layers": None, "prune": None}
     data["eval"]["compare_to"] = str(promoted) if promoted is not None else None
     steps = [step.model_dump(mode="json") for step in cfg.filter.steps]
     if not any(step["name"] == "history_dedup" for step in steps):

@@ -29,6 +29,7 @@ from llmdistill.train import preflight
 log = logging.getLogger("llmdistill")
 
 CE_ONLY = [LossTerm(name="ce", weight=1.0)]
+PRUNED = "pruned"  # train/pruned/: the pruned teacher every variant starts from (train.student.prune)
 
 
 def run(cfg: Config, ctx: StageContext) -> None:
@@ -57,6 +58,15 @@ def run(cfg: Config, ctx: StageContext) -> None:
     mixed = preflight.check_teacher_mix(manifest, present, t.mode == "offline" and any(x.name != "ce" for x in t.loss))
     metrics_path = ctx.out_dir / "metrics.json"
     metrics = store.read_json(metrics_path) if metrics_path.exists() else {}
+    if t.student.prune is not None and store.read_success(ctx.out_dir / PRUNED) is None and ctx.main_process:
+        from llmdistill.train.prune import calibration_sequences, write_pruned
+
+        record = write_pruned(cfg, ctx.out_dir / PRUNED, calibration_sequences(t.student.prune, tokenizer, dataset))
+        store.mark_success(ctx.out_dir / PRUNED, {"layers": record["layers"]})
+    if t.student.prune is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()  # the other ranks load what the main process pruned
     for name, mode, terms in variants:
         final_dir = ctx.out_dir / name
         if store.read_success(final_dir) is not None and name in metrics:
@@ -104,6 +114,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
                   prov: dict) -> dict:
     import torch
 
+    from llmdistill.train.prune import PRUNING_FILE
     from llmdistill.train.student import build_student
     from llmdistill.train.trainer import LogAtCheckpoints, mean_train_loss
 
@@ -114,7 +125,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
                  "(%s) are not used", name, ", ".join(x.name for x in terms if x.name != "ce"))
         terms = CE_ONLY
     torch.manual_seed(cfg.seed)
-    student = build_student(cfg)
+    student = build_student(cfg, ctx.out_dir / PRUNED)
     teacher_tokenizer = None
     if models.tokenizer_info(tokenizer)["tokenizer_hash"] != prov["tokenizer_hash"]:
         teacher_tokenizer = models.load_tokenizer(prov["teacher"]["source"], prov["teacher"]["revision"],
@@ -169,7 +180,8 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
         if "train_loss" in entry:  # Trainer's own figure covers only this attempt's steps
             entry["train_loss"] = training_loss
     if ctx.main_process:
-        _save_final(trainer, tokenizer, final_dir, lora=t.lora is not None)
+        _save_final(trainer, tokenizer, final_dir, lora=t.lora is not None,
+                    pruned=ctx.out_dir / PRUNED / PRUNING_FILE if t.student.prune is not None else None)
         store.mark_success(final_dir, {"variant": name, "global_step": trainer.state.global_step})
         store.atomic_write_json(ctx.out_dir / f"log_history.{name}.json", history)
     term_logs = [h for h in history if "loss" in h]
@@ -221,7 +233,7 @@ def _readable_state(path: str) -> bool:
         return False
 
 
-def _save_final(trainer, tokenizer, final_dir, lora: bool) -> None:
+def _save_final(trainer, tokenizer, final_dir, lora: bool, pruned=None) -> None:
     """Write the final student next to its destination, then swap it in with one rename."""
     model = trainer.accelerator.unwrap_model(trainer.model)
 
@@ -232,6 +244,8 @@ def _save_final(trainer, tokenizer, final_dir, lora: bool) -> None:
         else:
             model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        if pruned is not None:  # how the student was made, beside it (eval and the report show it)
+            shutil.copy2(pruned, tmp / pruned.name)
 
     models.save_dir(final_dir, "the trained student", write)
 

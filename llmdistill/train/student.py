@@ -1,4 +1,5 @@
-"""Student construction: an existing model, or a layer subset of the teacher (DistilBERT-style init)."""
+"""Student construction: an existing model, a layer subset of the teacher (DistilBERT-style init), or the
+teacher pruned by importance (train/prune.py)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from llmdistill.errors import UserError
 log = logging.getLogger("llmdistill")
 
 
-def build_student(cfg: Config):
-    """A fresh student (float32 unless configured) on the CPU; the Trainer moves it where it trains."""
+def build_student(cfg: Config, pruned_dir=None):
+    """A fresh student (float32 unless configured) on the CPU; the Trainer moves it where it trains.
+    `pruned_dir`: where the train stage wrote the pruned teacher (train.student.prune)."""
     s = cfg.train.student
-    if s.model is not None:
-        return models.load_causal_lm(s.model, "float32", "cpu", trust_remote_code=cfg.teacher.trust_remote_code)
+    if s.model is not None or s.prune is not None:
+        source = s.model if s.model is not None else str(pruned_dir)
+        return models.load_causal_lm(source, "float32", "cpu", trust_remote_code=cfg.teacher.trust_remote_code)
     teacher = models.load_causal_lm(cfg.teacher.model, "float32", "cpu", cfg.teacher.revision,
                                     cfg.teacher.trust_remote_code)
     return layer_subset(teacher, s.teacher_layers)

@@ -142,3 +142,36 @@ def test_gradable_task_accuracy_for_every_model(base, tmp_path):
         t = models[name]["tasks"]["words"]
         assert t["total"] == 3 and 0 <= t["correct"] <= 3 and t["grader"] == "contains"
         assert len(t["examples"]) == 3
+
+
+PRUNED = "train.student={prune: {layers: 2, intermediate_size: 96, hidden_size: 48, calibration_samples: 6}}"
+
+
+def test_a_pruned_student_trains_and_carries_its_pruning_record(base):
+    cfg = load_config(base, [*FAST, PRUNED])
+    m = train(base, PRUNED)
+    record = store.read_json(cfg.run_dir / "train" / "student" / "pruning.json")
+    assert len(record["layers"]) == 2 and record["method"] == "importance"
+    assert record["hidden_size"] == {**record["hidden_size"], "teacher": 64, "student": 48}
+    assert record["calibration"]["samples"] == 6 and record["calibration"]["tokens"] > 0
+    assert m["parameters"] == record["parameters"]["student"] < record["parameters"]["teacher"]
+    # the most influential layers were kept
+    bi = record["block_influence"]
+    assert sorted(bi, reverse=True)[:2] == sorted((bi[i] for i in record["layers"]), reverse=True)
+
+
+def test_prune_command_writes_a_student_and_refuses_without_calibration(base, tmp_path):
+    from typer.testing import CliRunner
+
+    from llmdistill import cli
+
+    res = CliRunner().invoke(cli.app, ["prune", str(base), *FAST, PRUNED, "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert "pruned: layers" in res.output and (tmp_path / "s" / "pruning.json").is_file()
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "s").config.hidden_size == 48
+    res = CliRunner().invoke(cli.app, ["prune", str(base), *FAST, "output_dir=" + str(tmp_path / "none"), PRUNED])
+    assert res.exit_code == 2 and "no calibration text" in res.output
+    res = CliRunner().invoke(cli.app, ["prune", str(base), *FAST])
+    assert res.exit_code == 2 and "no train.student.prune" in res.output
