@@ -21,7 +21,7 @@ OUT = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 HEADER = """# Configuration reference
 
-Generated from `llmdistill/config.py` by `scripts/config_reference.py`; do not edit by hand.
+Generated from the `llmdistill/config/` package by `scripts/config_reference.py`; do not edit by hand.
 Every key is checked: an unknown key is an error (with a did-you-mean), so is a wrong type or a
 missing input file. `llmdistill validate CONFIG` reports all of them at once without loading a model.
 Override any key on the command line with `key.sub=value` (YAML syntax for the value), e.g.
@@ -82,7 +82,10 @@ def render() -> str:
     for name, model in (("teacher", C.TeacherConfig), ("teacher.vllm", C.VLLMOptions),
                         ("generate", C.GenerateConfig), ("annotate", C.AnnotateConfig), ("filter", C.FilterConfig),
                         ("train", C.TrainConfig), ("train.student", C.StudentConfig),
-                        ("train.loss[]", C.LossTerm), ("eval", C.EvalConfig)):
+                        ("train.student.prune", C.PruneConfig), ("train.loss[]", C.LossTerm),
+                        ("train.on_policy", C.OnPolicyConfig), ("train.curriculum", C.CurriculumConfig),
+                        ("train.lora", C.LoraConfig), ("eval", C.EvalConfig), ("eval.tasks[]", C.TaskConfig),
+                        ("retrain", C.RetrainConfig), ("retrain.gates[]", C.GateConfig)):
         parts += section(f"`{name}`", model, f"{name}.".replace("[].", "[i]."))
         if name == "teacher":  # the openai backend's options
             parts += section("`teacher.api`", C.APIOptions, "teacher.api.")
