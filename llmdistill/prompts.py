@@ -151,14 +151,16 @@ def load_sources(g: GenerateConfig) -> Loaded:
     for path in g.prompts or []:
         out.prompts += _read_file(path, g.system_prompt, bad)
     for src in g.sources:
+        got: list[Prompt] = []
         if isinstance(src, FileSource):
             for path in src.path:
-                out.prompts += _read_file(path, g.system_prompt, bad, format=src.format, level=src.level,
-                                          source=src.source, tags=src.tags)
+                got += _read_file(path, g.system_prompt, bad, format=src.format, level=src.level,
+                                  source=src.source, tags=src.tags)
         elif isinstance(src, HFDatasetSource):
-            out.prompts += dataset_prompts(src, g.system_prompt, bad)
+            got = dataset_prompts(src, g.system_prompt, bad)
         elif isinstance(src, TemplateSource):
-            out.prompts += template_prompts(src, g.system_prompt)
+            got = template_prompts(src, g.system_prompt)
+        out.prompts += curriculum_order(got, "file", src.max_prompts) if src.max_prompts is not None else got
     return out
 
 

@@ -21,7 +21,15 @@ def _dataset_source(value: str, info: ValidationInfo) -> str:
     return value
 
 
-class FileSource(Section):
+class _Source(Section):
+    """What every prompt source takes besides its own fields."""
+
+    max_prompts: int | None = Field(
+        None, gt=0, description="use this many of the source's prompts, spread evenly over it (e.g. a share of "
+        "general data beside a task's prompts)")
+
+
+class FileSource(_Source):
     """Seed prompts from files: JSONL ({prompt | messages, level?, source?, answer?, tags?} per line) or plain
     text (one prompt per non-empty line)."""
 
@@ -33,7 +41,7 @@ class FileSource(Section):
     tags: list[str] = Field(default_factory=list, description="tags added to every prompt")
 
 
-class HFDatasetSource(Section):
+class HFDatasetSource(_Source):
     """Prompts from a `datasets` dataset: a hub id, a builder name with data_files (json, parquet, csv), or a
     directory written by `Dataset.save_to_disk`."""
 
@@ -51,7 +59,7 @@ class HFDatasetSource(Section):
     max_rows: int | None = Field(None, gt=0, description="read at most this many rows (the first ones)")
 
 
-class TemplateSource(Section):
+class TemplateSource(_Source):
     """Prompts rendered from a Jinja template (in a sandbox: no file access, no attribute escapes) once per
     combination of `grid` values and once per `rows` entry."""
 

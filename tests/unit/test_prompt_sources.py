@@ -50,6 +50,17 @@ def write_bad_file(path):
     return path
 
 
+def test_a_source_gives_a_share_spread_over_it(tmp_path):
+    """A task's prompts in full beside a spread share of general data (the mix of task-focused distillation)."""
+    task = write_prompts(tmp_path / "task.jsonl", n_per_level=10, levels=(1,), tag="task")
+    general = write_prompts(tmp_path / "general.jsonl", n_per_level=10, levels=(1, 2, 3), tag="general")
+    cfg = gen_config(tmp_path, {"sources": [{"kind": "file", "path": str(task)},
+                                            {"kind": "file", "path": str(general), "max_prompts": 6}]})
+    got = sources.load_sources(cfg.generate).prompts
+    assert len(got) == 16 and sum("task" in p.messages[-1]["content"] for p in got) == 10
+    assert sorted(p.level for p in got[10:]) == [1, 1, 2, 2, 3, 3]  # spread over the file, not its head
+
+
 def test_bad_lines_fatal_by_default_names_file_and_line(tmp_path):
     bad = write_bad_file(tmp_path / "bad.jsonl")
     cfg = gen_config(tmp_path, {"prompts": str(bad)})
