@@ -174,6 +174,8 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_seq_len: int = Field(1024, ge=8, description="prompt + completion tokens; longer completions are cut")
     shuffle: bool = Field(False, description="False keeps the curriculum order (easy to hard)")
+    seed: int | None = Field(None, description="seeds training alone (data order, anything random in the "
+                             "student); default: the top-level seed. Sweep it to repeat a run on the same data")
     chunk_tokens: int | None = Field(
         None, ge=1, description="loss chunk: at most this many tokens' logits exist at once (default: 2^24 / "
         "vocabulary, i.e. 64 MB of fp32 logits, within 16..1024)")

@@ -79,6 +79,10 @@ def run(cfg: Config, ctx: StageContext) -> None:
             store.atomic_write_json(metrics_path, metrics)
 
 
+def train_seed(cfg: Config) -> int:
+    return cfg.train.seed if cfg.train.seed is not None else cfg.seed
+
+
 def trainer_arguments(cfg: Config, ckpt_dir, **extra) -> dict:
     """The TrainingArguments every variant shares (trl's configs take the same keys)."""
     import torch
@@ -98,7 +102,7 @@ def trainer_arguments(cfg: Config, ckpt_dir, **extra) -> dict:
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
         report_to=t.report_to or "none",
-        seed=cfg.seed,
+        seed=train_seed(cfg),
         bf16=t.bf16,
         train_sampling_strategy="random" if t.shuffle else "sequential",
         remove_unused_columns=False,
@@ -124,7 +128,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
         log.info("train: %s: mode seq_kd trains on the teacher's text with cross-entropy; the divergence terms "
                  "(%s) are not used", name, ", ".join(x.name for x in terms if x.name != "ce"))
         terms = CE_ONLY
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(train_seed(cfg))
     student = build_student(cfg, ctx.out_dir / PRUNED)
     teacher_tokenizer = None
     if models.tokenizer_info(tokenizer)["tokenizer_hash"] != prov["tokenizer_hash"]:

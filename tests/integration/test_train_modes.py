@@ -175,3 +175,10 @@ def test_prune_command_writes_a_student_and_refuses_without_calibration(base, tm
     assert res.exit_code == 2 and "no calibration text" in res.output
     res = CliRunner().invoke(cli.app, ["prune", str(base), *FAST])
     assert res.exit_code == 2 and "no train.student.prune" in res.output
+
+
+def test_train_seed_repeats_training_on_the_same_data(base):
+    first = train(base, "train.shuffle=true")  # train() checks that generate and filter were not rerun
+    again = train(base, "train.shuffle=true", "train.seed=1")
+    assert first["train_loss"] != again["train_loss"]
+    assert train(base, "train.shuffle=true")["train_loss"] == first["train_loss"]
