@@ -73,9 +73,6 @@ HELDOUT_SUBJECTS = {
     # Both words of every held-out pair (the prompt word and its gold answer).
     "opposites": tuple(w for p, a in bt.OPPOSITES for w in (p.rsplit(" ", 1)[1].rstrip("?"), a)),
 }
-# Train "reverse capitals" items (city -> country) ask the capitals facts backwards, so they are kept
-# apart from the held-out capitals subjects too (and from the held-out capital cities).
-RELATED = {"capital_countries": "capitals"}
 
 # ---------------------------------------------------------------------------------------------------------
 # Country list (rule, stated in advance): UN member states in Europe (UN geoscheme), plus UN member states
@@ -109,10 +106,6 @@ CAPITALS = [
     ("North Korea", "Pyongyang"), ("Syria", "Damascus"), ("Mali", "Bamako"),
     ("Burkina Faso", "Ouagadougou"), ("Malawi", "Lilongwe"), ("Zambia", "Lusaka"),
 ]
-# Reverse capitals: how the city is written in the prompt and the gold country, where that differs.
-REVERSE_CITY = {"Washington": "Washington, D.C."}
-REVERSE_GOLD = {"the United States": "United States", "the United Kingdom": "United Kingdom",
-                "the Democratic Republic of the Congo": "Congo"}
 
 # (country, language). Kept: the country's main spoken language, where it is also official and no other
 # language is spoken by a comparable share. Left out: held-out countries; Brazil and Mexico (seeds.jsonl
@@ -206,7 +199,6 @@ TEMPLATES = {
     "capitals": ("What is the capital of {s}?", "Which city is the capital of {s}?",
                  "Name the capital city of {s}.", "What city is the capital of {s}?",
                  "Tell me the capital of {s}."),
-    "capital_countries": ("{s} is the capital of which country?", "Which country has {s} as its capital?"),
     "languages": ("Which language is mainly spoken in {s}?", "What language do most people in {s} speak?",
                   "In {s}, what language do people speak?", "What is the main language of {s}?"),
     "currencies": ("Which currency is used in {s}?", "What currency does {s} use?",
@@ -214,17 +206,13 @@ TEMPLATES = {
     "opposites": ("Which word is the opposite of {s}?", "What is the opposite of {s}?",
                   "Give a word that means the opposite of {s}."),
 }
-TAGS = {"capitals": ["geography"], "capital_countries": ["geography"],
-        "languages": ["geography", "language"], "currencies": ["geography"], "opposites": ["language"]}
+TAGS = {"capitals": ["geography"], "languages": ["geography", "language"], "currencies": ["geography"],
+        "opposites": ["language"]}
 
 
 def subjects() -> dict[str, list[tuple[str, str]]]:
     """(subject as written in the prompt, gold answer) per train category."""
-    reverse = [(REVERSE_CITY.get(city, city), REVERSE_GOLD.get(country, country)) for country, city in CAPITALS]
-    # A reverse item whose answer is in the city's name (Andorra la Vella, Mexico City) would give itself away.
-    reverse = [(city, country) for city, country in reverse if not grade_contains(city, country)]
-    return {"capitals": CAPITALS, "capital_countries": reverse, "languages": LANGUAGES,
-            "currencies": CURRENCIES, "opposites": OPPOSITES}
+    return {"capitals": CAPITALS, "languages": LANGUAGES, "currencies": CURRENCIES, "opposites": OPPOSITES}
 
 
 def build_train() -> list[dict]:
@@ -244,24 +232,22 @@ def category(row: dict) -> str:
     return row["tags"][1]
 
 
-def _has(text: str, phrase: str) -> bool:
-    return grade_contains(text, phrase)
-
-
 def leaks(row: dict) -> list[str]:
-    """Held-out subjects (or held-out capital cities) that a train row names; empty when it names none."""
-    cat = RELATED.get(category(row), category(row))
-    found = [s for s in HELDOUT_SUBJECTS.get(cat, ()) if _has(row["prompt"], s) or _has(row["answer"], s)]
+    """Held-out subjects of the row's category (for capitals also the held-out capital cities) that a train
+    row names in its prompt or answer; empty when it names none."""
+    cat = category(row)
+    named = list(HELDOUT_SUBJECTS.get(cat, ()))
     if cat == "capitals":
-        found += [a for _, a in bt.CAPITALS if _has(row["prompt"], a) or _has(row["answer"], a)]
-    return found
+        named += [a for _, a in bt.CAPITALS]
+    text = f" {norm(row['prompt'])} {norm(row['answer'] or '')} "
+    return [s for s in named if f" {norm(s)} " in text]
 
 
 def validate(train: list[dict], heldout: list[dict]) -> None:
     errors = []
     for r in heldout:
         cat = category(r)
-        named = [s for s in HELDOUT_SUBJECTS[cat] if _has(r["prompt"], s)]
+        named = [s for s in HELDOUT_SUBJECTS[cat] if grade_contains(r["prompt"], s)]
         if cat != "opposites" and len(named) != 1:
             errors.append(f"held-out prompt should name one listed subject, names {named}: {r['prompt']!r}")
     if len(heldout) != sum(len(items) for _, _, items in bt.CATEGORIES):
@@ -279,8 +265,9 @@ def validate(train: list[dict], heldout: list[dict]) -> None:
             errors.append(f"train item without an answer: {r['prompt']!r}")
         elif grade_contains(r["prompt"], r["answer"]):
             errors.append(f"gold answer appears in its prompt: {r['prompt']!r}")
-        if leaks(r):
-            errors.append(f"train item names held-out subject(s) {leaks(r)}: {r['prompt']!r}")
+        leaked = leaks(r)
+        if leaked:
+            errors.append(f"train item names held-out subject(s) {leaked}: {r['prompt']!r}")
     words = [w for pair in OPPOSITES for w in pair]
     if len(set(words)) != len(words):
         errors.append("a word occurs in two opposite pairs")
@@ -288,10 +275,12 @@ def validate(train: list[dict], heldout: list[dict]) -> None:
     eval_prompts = [bt.json.loads(line)["prompt"] for line in (DEMO / "eval.jsonl").read_text().splitlines()
                     if line.strip()]
     eval_norm = [norm(p) for p in eval_prompts]
-    for r in train:
-        n = norm(r["prompt"])
-        for e, en in zip(eval_prompts, eval_norm):
-            if n == en or SequenceMatcher(None, n, en).ratio() >= NEAR_DUP:
+    for e, en in zip(eval_prompts, eval_norm):
+        sm = SequenceMatcher(None, "", en)  # the second sequence is the one SequenceMatcher indexes
+        for r in train:
+            sm.set_seq1(norm(r["prompt"]))
+            # real_quick_ratio and quick_ratio are upper bounds of ratio, and much cheaper.
+            if sm.real_quick_ratio() >= NEAR_DUP and sm.quick_ratio() >= NEAR_DUP and sm.ratio() >= NEAR_DUP:
                 errors.append(f"train prompt near eval.jsonl prompt: {r['prompt']!r} ~ {e!r}")
     if errors:
         sys.exit("build_facts.py: " + "\n  ".join(["validation failed:"] + errors))
