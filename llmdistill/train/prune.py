@@ -272,10 +272,12 @@ def _spread(n: int, k: int) -> list[int]:
     return sorted({int(i * n / k) for i in range(k)})
 
 
-def write_pruned(cfg, target, sequences) -> dict:
+def write_pruned(cfg, target, sequences, cache_dir=None) -> dict:
     """Prune the configured teacher as `cfg.train.student.prune` says, measured on `sequences`, and write
-    the student (model, tokenizer, pruning.json) to `target` in one swap. Returns the pruning record."""
-    from llmdistill import store
+    the student (model, tokenizer, pruning.json) to `target` in one swap. Returns the pruning record.
+    `cache_dir`: the importances are kept there, keyed by the teacher and the calibration text, so another
+    student size (or a rerun) on the same text does not measure again."""
+    from llmdistill import records, store
 
     p = cfg.train.student.prune
     tokenizer = models.load_tokenizer(cfg.teacher.model, cfg.teacher.revision, cfg.teacher.trust_remote_code)
@@ -283,7 +285,16 @@ def write_pruned(cfg, target, sequences) -> dict:
                                     cfg.teacher.trust_remote_code)
     check_supported(teacher)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    importance = measure_importance(teacher, sequences, pad_id=pad)
+    key = records.stable_hash({"teacher": models.model_hash(cfg.teacher.model), "revision": cfg.teacher.revision,
+                               "sequences": sequences})
+    cache = Path(cache_dir) / f"importance-{key}.json" if cache_dir is not None else None
+    if cache is not None and cache.exists():
+        log.info("prune: importances from cache %s", cache)
+        importance = store.read_json(cache)
+    else:
+        importance = measure_importance(teacher, sequences, pad_id=pad)
+        if cache is not None:
+            store.atomic_write_json(cache, importance)
     student, record = prune(teacher, importance, layers=p.layers, select=p.select,
                             intermediate_size=p.intermediate_size, attention_heads=p.attention_heads,
                             hidden_size=p.hidden_size)
@@ -316,5 +327,5 @@ def prune_command(cfg, target=None) -> tuple[Path, dict]:
         dataset = store.load_dataset(samples, COLUMNS)
     tokenizer = models.load_tokenizer(cfg.teacher.model, cfg.teacher.revision, cfg.teacher.trust_remote_code)
     target = Path(target) if target is not None else cfg.run_dir / "pruned"
-    record = write_pruned(cfg, target, calibration_sequences(p, tokenizer, dataset))
+    record = write_pruned(cfg, target, calibration_sequences(p, tokenizer, dataset), cfg.run_dir / "cache")
     return target, record

@@ -61,7 +61,8 @@ def run(cfg: Config, ctx: StageContext) -> None:
     if t.student.prune is not None and store.read_success(ctx.out_dir / PRUNED) is None and ctx.main_process:
         from llmdistill.train.prune import calibration_sequences, write_pruned
 
-        record = write_pruned(cfg, ctx.out_dir / PRUNED, calibration_sequences(t.student.prune, tokenizer, dataset))
+        record = write_pruned(cfg, ctx.out_dir / PRUNED, calibration_sequences(t.student.prune, tokenizer, dataset),
+                              ctx.run_dir / "cache")
         store.mark_success(ctx.out_dir / PRUNED, {"layers": record["layers"]})
     if t.student.prune is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState

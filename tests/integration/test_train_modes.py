@@ -155,6 +155,7 @@ def test_a_pruned_student_trains_and_carries_its_pruning_record(base):
     assert record["hidden_size"] == {**record["hidden_size"], "teacher": 64, "student": 48}
     assert record["calibration"]["samples"] == 6 and record["calibration"]["tokens"] > 0
     assert m["parameters"] == record["parameters"]["student"] < record["parameters"]["teacher"]
+    assert len(list((cfg.run_dir / "cache").glob("importance-*.json"))) == 1  # another size would not remeasure
     # the most influential layers were kept
     bi = record["block_influence"]
     assert sorted(bi, reverse=True)[:2] == sorted((bi[i] for i in record["layers"]), reverse=True)
