@@ -75,6 +75,7 @@ def collect(run_dir: Path) -> dict:
         "filter": _read(run_dir / "filter" / "stats.json"),
         "generate": generate.get("counts") if isinstance(generate, dict) else None,
         "retrain": _read(run_dir / "retrain.json"),
+        "pruning": _read(run_dir / "train" / "student" / "pruning.json"),
     }
 
 
@@ -260,6 +261,38 @@ def plot_latency_size(models: dict[str, dict]) -> bytes | None:
     return _png(fig)
 
 
+def plot_pruning(record: dict | None) -> bytes | None:
+    """Block influence of every teacher layer, the kept ones filled."""
+    if not record or not record.get("block_influence"):
+        return None
+    bi, kept = record["block_influence"], set(record["layers"])
+    fig, ax = _figure(7.0, 3.2)
+    ax.bar(range(len(bi)), bi, color=["#1f77b4" if i in kept else "#d3d3d3" for i in range(len(bi))])
+    ax.set(xlabel="teacher layer", ylabel="block influence (1 - cos)", yscale="log",
+           title=f"Layers kept ({record['method']}): {len(kept)} of {len(bi)} (blue)")
+    ax.grid(alpha=0.3, axis="y")
+    return _png(fig)
+
+
+def pruning_table(record: dict | None) -> str | None:
+    if not record:
+        return None
+    rows = [["layers", record["teacher_layers"], len(record["layers"]), ", ".join(map(str, record["layers"]))]]
+    for key, label in (("intermediate_size", "MLP channels"), ("attention_heads", "query heads"),
+                       ("hidden_size", "hidden channels")):
+        d = record.get(key) or {}
+        kept = d.get("importance_kept")
+        share = (f"importance kept: {_num(min(kept.values()))} to {_num(max(kept.values()))} per layer"
+                 if isinstance(kept, dict) and kept else f"importance kept: {_num(kept)}" if kept is not None else "")
+        rows.append([label, d.get("teacher"), d.get("student"), share])
+    params = record.get("parameters") or {}
+    rows.append(["parameters", params.get("teacher"), params.get("student"),
+                 f"calibration: {record.get('calibration', {}).get('samples')} sequences, "
+                 f"{record.get('calibration', {}).get('tokens')} tokens"])
+    return _table("table-pruning", ["", "teacher", "student", "kept"], rows,
+                  "how the student was pruned from the teacher (train/student/pruning.json)")
+
+
 # ------------------------------------------------------------------------------------------------- html
 def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
@@ -419,6 +452,10 @@ def render(data: dict) -> str:
         ("Data: generate and filter", _img("plot-funnel", plot_funnel(funnel), "filter funnel",
                                            "no filter/stats.json")
          + (funnel_table(funnel) or _missing("table-funnel", "no filter/stats.json"))),
+        ("Student construction", (_img("plot-pruning", plot_pruning(data.get("pruning")),
+                                       "block influence per teacher layer", "")
+                                  + pruning_table(data.get("pruning")))
+         if data.get("pruning") else _missing("table-pruning", "the student was not pruned (train.student.prune)")),
         ("Latency vs size", _img("plot-latency-size", plot_latency_size(models), "latency against size", no_eval)),
         ("Side-by-side generations", samples_table(data.get("samples"))
          or _missing("table-samples", "no eval/samples.jsonl")),
@@ -434,7 +471,8 @@ def render(data: dict) -> str:
 def report_metrics(data: dict) -> dict:
     """The numbers behind the page, in one JSON document."""
     return {"run": data["name"], "run_dir": data["run_dir"], "eval": data.get("eval"), "train": data.get("train"),
-            "filter": data.get("filter"), "generate": data.get("generate"), "retrain": data.get("retrain")}
+            "filter": data.get("filter"), "generate": data.get("generate"), "retrain": data.get("retrain"),
+            "pruning": data.get("pruning")}
 
 
 def write_report(run_dir: Path) -> Path:

@@ -156,6 +156,10 @@ def test_a_pruned_student_trains_and_carries_its_pruning_record(base):
     assert record["calibration"]["samples"] == 6 and record["calibration"]["tokens"] > 0
     assert m["parameters"] == record["parameters"]["student"] < record["parameters"]["teacher"]
     assert len(list((cfg.run_dir / "cache").glob("importance-*.json"))) == 1  # another size would not remeasure
+    from llmdistill.report import write_report
+
+    page = write_report(cfg.run_dir).read_text()
+    assert 'id="plot-pruning"' in page and 'id="table-pruning"' in page and "importance kept" in page
     # the most influential layers were kept
     bi = record["block_influence"]
     assert sorted(bi, reverse=True)[:2] == sorted((bi[i] for i in record["layers"]), reverse=True)
