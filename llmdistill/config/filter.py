@@ -102,12 +102,15 @@ KeepRule = Literal["first", "lowest_level", "highest_score"]
 
 class CorrectStep(_Graded):
     """Rejection sampling: a row whose prompt has a gold `answer` (metadata.answer, from the prompt file) is
-    removed when the teacher's completion fails `grader` (reason `incorrect:<grader>`); rows without an answer
-    are kept. The graders are the eval tasks' (llmdistill/graders.py)."""
+    removed when the teacher's completion fails `grader` (reason `incorrect:<grader>`); rows without an answer,
+    or outside `sources` / `tags` when set, are kept. The graders are the eval tasks' (llmdistill/graders.py)."""
 
     name: Literal["correct"]
     grader: GraderName = Field("contains", description=GRADER_HELP)
     choices: list[str] | None = Field(None, description=CHOICES_HELP)
+    sources: list[str] | None = Field(None, description="grade only rows from these sources (default: all)")
+    tags: list[str] | None = Field(None, description="grade only rows whose metadata.tags has one of these "
+                                   "(e.g. [math] for a numeric grader when other prompts have word answers)")
 
 
 class _Cluster(Section):

@@ -154,13 +154,16 @@ def charset(step: C.CharsetStep) -> Step:
 
 
 def correct(step: C.CorrectStep) -> Step:
-    """Rejection sampling on prompts with a gold answer (metadata.answer); rows without one are kept. A gold
-    answer the grader cannot use (a bad regex, a label outside `choices`) is a UserError naming the row."""
+    """Rejection sampling on prompts with a gold answer (metadata.answer); rows without one, or outside the
+    step's `sources` / `tags`, are kept. A gold answer the grader cannot use (a bad regex, a label outside
+    `choices`, no number for numeric) is a UserError naming the row."""
     reason = f"incorrect:{step.grader}"
 
     def check(s: Sample) -> Verdict:
         answer = s.metadata.get("answer")
-        if answer is None:
+        if answer is None or (step.sources is not None and s.source not in step.sources):
+            return None
+        if step.tags is not None and not set(step.tags) & set(s.metadata.get("tags") or []):
             return None
         answer = str(answer)
         graders.check_answers(step.grader, [(f"row {s.id} (prompt {s.prompt_id}, source {s.source})", answer)],

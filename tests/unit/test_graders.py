@@ -261,6 +261,22 @@ def test_correct_step_drops_wrong_answers_and_keeps_rows_without_one():
     assert check(C.CorrectStep(name="correct"), labelled) == [None, None, None]  # contains: the label is there
 
 
+def test_correct_step_grades_only_the_tagged_rows_when_tags_are_set():
+    """Demo-like seeds mix number answers (tag math) and word answers: a numeric step limited to the math rows
+    leaves the word answers alone (without `tags` they would stop it: no number to compare)."""
+    mixed = rows([("Compute 58 + 88.", "146", "58 + 88 = 146", True),
+                  ("Compute 58 + 88.", "146", "58 + 88 = 136", False),
+                  ("Tom is taller than Ana, and Ana is taller than Raj. Who is the shortest?", "Raj",
+                   "Raj is the shortest of the three.", True)])
+    for s, tags in zip(mixed, (["math"], ["math"], ["reasoning"])):
+        s.metadata["tags"] = tags
+    math_only = C.CorrectStep(name="correct", grader="numeric", tags=["math"])
+    assert check(math_only, mixed) == [None, "incorrect:numeric", None]
+    assert check(C.CorrectStep(name="correct", grader="numeric", sources=["elsewhere"]), mixed) == [None] * 3
+    with pytest.raises(UserError, match="answer 'Raj' has no number"):
+        check(C.CorrectStep(name="correct", grader="numeric"), mixed)
+
+
 def test_correct_step_names_the_row_whose_answer_it_cannot_use():
     bad = rows([("Is 9 prime? Reply yes or no.", "(no", "No, 9 = 3 × 3.", True)])
     with pytest.raises(UserError, match=rf"filter step correct: row {bad[0].id} \(prompt {bad[0].prompt_id}, "
