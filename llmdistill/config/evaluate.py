@@ -4,19 +4,43 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
+from llmdistill import graders
 from llmdistill.config.base import InputFiles, ModelSource, OutputDir, Section, _real_dir
 
+# The grader names, from the graders table (llmdistill/graders.py) and its aliases ("number" is "numeric").
+GraderName = Literal[(*graders.GRADERS, *graders.ALIASES)]
+GRADER_HELP = "; ".join([*(f"{name}: {' '.join(fn.__doc__.split())}" for name, fn in graders.GRADERS.items()),
+                         *(f"{old}: {new}'s older name" for old, new in graders.ALIASES.items())]) + \
+    " (texts compared after lower-casing, punctuation stripped)"
+CHOICES_HELP = "the choice grader's closed label set, e.g. [positive, negative, neutral] (every gold answer is one)"
 
-class TaskConfig(Section):
+
+class _Graded(Section):
+    """The checks of a section with `grader` and `choices` fields: the alias is stored as the grader's own name,
+    and `choices` are given for the choice grader (and only for it)."""
+
+    @field_validator("grader", check_fields=False)
+    @classmethod
+    def _canonical(cls, v: str) -> str:
+        return graders.canonical(v)
+
+    @model_validator(mode="after")
+    def _choices(self):
+        problem = graders.choices_problem(self.grader, self.choices)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+class TaskConfig(_Graded):
     """A gradable task: prompts with gold answers, answered greedily by every model and graded."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="task name in the report")
     prompts: InputFiles = Field(description="JSONL prompts, each with an 'answer'")
-    grader: Literal["contains", "number", "exact"] = Field(
-        "contains", description="contains: the answer appears as whole words; number: the last number in the "
-        "output equals it; exact: the whole output equals it (all after lower-casing, punctuation stripped)")
+    grader: GraderName = Field("contains", description=GRADER_HELP)
+    choices: list[str] | None = Field(None, description=CHOICES_HELP)
     max_new_tokens: int = Field(32, ge=1)
     max_items: int | None = Field(None, gt=0, description="grade this many items, spread over the file")
 

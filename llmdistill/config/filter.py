@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from llmdistill.config.base import InputFile, ModelSource, OutputDir, Section, literal_values, union_tags
+from llmdistill.config.evaluate import CHOICES_HELP, GRADER_HELP, GraderName, _Graded
 from llmdistill.config.teacher import TeacherConfig
 
 
@@ -97,6 +98,19 @@ class CharsetStep(Section):
 
 
 KeepRule = Literal["first", "lowest_level", "highest_score"]
+
+
+class CorrectStep(_Graded):
+    """Rejection sampling: a row whose prompt has a gold `answer` (metadata.answer, from the prompt file) is
+    removed when the teacher's completion fails `grader` (reason `incorrect:<grader>`); rows without an answer,
+    or outside `sources` / `tags` when set, are kept. The graders are the eval tasks' (llmdistill/graders.py)."""
+
+    name: Literal["correct"]
+    grader: GraderName = Field("contains", description=GRADER_HELP)
+    choices: list[str] | None = Field(None, description=CHOICES_HELP)
+    sources: list[str] | None = Field(None, description="grade only rows from these sources (default: all)")
+    tags: list[str] | None = Field(None, description="grade only rows whose metadata.tags has one of these "
+                                   "(e.g. [math] for a numeric grader when other prompts have word answers)")
 
 
 class _Cluster(Section):
@@ -261,8 +275,8 @@ class ConfidenceStep(_Scorer):
 
 FilterStep = Annotated[
     FailedStep | EmptyStep | LengthStep | RepetitionStep | TruncatedStep | ExactDedupStep | RefusalStep
-    | StructuredStep | CharsetStep | NearDedupStep | SemanticDedupStep | HistoryDedupStep | DecontaminateStep
-    | JudgeStep | RewardModelStep | PerplexityStep | ConfidenceStep,
+    | StructuredStep | CharsetStep | CorrectStep | NearDedupStep | SemanticDedupStep | HistoryDedupStep
+    | DecontaminateStep | JudgeStep | RewardModelStep | PerplexityStep | ConfidenceStep,
     Field(discriminator="name"),
 ]
 FILTER_STEP_NAMES = union_tags(FilterStep)

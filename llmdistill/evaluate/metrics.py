@@ -12,12 +12,12 @@ y [N] (the teacher's own greedy tokens), with p = softmax(T), q = softmax(S), m 
 up over batches; `finish` turns sums into means. Expected calibration error over B equal-width bins of
 confidence: ECE = sum_b (n_b / N) |accuracy_b - confidence_b|. When the two logit widths differ (a
 vocabulary padded with unused rows) both are compared on the shared width, renormalised.
+The task graders (right or wrong answers) are in llmdistill/graders.py.
 """
 
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 
@@ -116,35 +116,3 @@ def finish(sums: dict) -> dict[str, float]:
         ]
     return out
 
-
-# ---------------------------------------------------------------------------------------- task graders
-_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")
-_PUNCT = re.compile(r"[^\w\s-]")
-
-
-def _normal(text: str) -> str:
-    return " ".join(_PUNCT.sub(" ", text.lower()).split())
-
-
-def _number(text: str) -> float | None:
-    found = _NUMBER.findall(text)
-    if not found:
-        return None
-    try:
-        return float(found[-1].replace(",", ""))
-    except ValueError:
-        return None
-
-
-def grade(grader: str, output: str, answer: str) -> bool:
-    """Is `output` right? contains: the answer's words appear, in order, as whole words of the output;
-    number: the last number in the output equals the answer; exact: equal after normalisation."""
-    if grader == "number":
-        got, want = _number(output), _number(answer)
-        return got is not None and want is not None and got == want
-    out, ans = _normal(output), _normal(answer)
-    if grader == "exact":
-        return out == ans
-    if grader == "contains":
-        return bool(ans) and f" {ans} " in f" {out} "
-    raise ValueError(f"unknown grader {grader!r}")

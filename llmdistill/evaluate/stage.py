@@ -22,10 +22,10 @@ import time
 
 from tqdm.auto import tqdm
 
-from llmdistill import models, records, store
+from llmdistill import graders, models, records, store
 from llmdistill.config import Config
 from llmdistill.errors import UserError
-from llmdistill.evaluate.metrics import add_sums, finish, grade, sums_of, token_stats
+from llmdistill.evaluate.metrics import add_sums, finish, sums_of, token_stats
 from llmdistill.prompts import load_prompts
 from llmdistill.runner import StageContext
 
@@ -50,6 +50,8 @@ def run(cfg: Config, ctx: StageContext) -> None:
         prompts = [p for p in prompts if p.id not in trained_on]
     if not prompts:
         raise UserError("eval: no held-out prompts left to evaluate on")
+    for task in e.tasks:  # a task file the grader cannot use fails now, before any model is loaded
+        task_items(cfg, task)
 
     device = models.pick_device(cfg.teacher.device)
     tokenizer = models.load_tokenizer(cfg.teacher.model, cfg.teacher.revision, cfg.teacher.trust_remote_code)
@@ -178,25 +180,33 @@ def greedy(model, tokenizer, prompts, max_new_tokens: int, batch_size: int, devi
     return out_rows
 
 
+def task_items(cfg: Config, task) -> list:
+    """The task's prompts (`eval.tasks[]` entry `task`), each with a gold answer its grader can use."""
+    try:
+        items = load_prompts(task.prompts, cfg.generate.system_prompt, "file", task.max_items)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    missing = [p for p in items if p.answer is None]
+    if missing:
+        raise UserError(f"eval.tasks {task.name}: {len(missing)} items have no 'answer' "
+                        f"(first: {missing[0].messages[-1]['content'][:60]!r})")
+    graders.check_answers(task.grader, [(p.origin or repr(p.messages[-1]["content"][:60]), p.answer) for p in items],
+                          task.choices, f"eval.tasks {task.name}")
+    return items
+
+
 def task_scores(cfg: Config, models_by_name: dict, tokenizers: dict, device) -> dict[str, dict]:
     """Accuracy of every model on every gradable task, with the first answers for inspection."""
     e = cfg.eval
     out: dict[str, dict] = {name: {} for name in models_by_name}
     for task in e.tasks:
-        try:
-            items = load_prompts(task.prompts, cfg.generate.system_prompt, "file", task.max_items)
-        except ValueError as err:
-            raise UserError(str(err)) from None
-        missing = [p for p in items if p.answer is None]
-        if missing:
-            raise UserError(f"eval.tasks {task.name}: {len(missing)} items have no 'answer' "
-                            f"(first: {missing[0].messages[-1]['content'][:60]!r})")
+        items = task_items(cfg, task)
         for name, model in models_by_name.items():
             tok = tokenizers[name]
             answers = [tok.decode(c, skip_special_tokens=True)
                        for _, c in greedy(model, tok, items, task.max_new_tokens, e.batch_size, device,
                                           f"eval: {task.name} / {name}")]
-            correct = [grade(task.grader, a, p.answer) for a, p in zip(answers, items)]
+            correct = [graders.grade(task.grader, a, p.answer, task.choices) for a, p in zip(answers, items)]
             out[name][task.name] = {"accuracy": sum(correct) / len(items), "correct": sum(correct),
                                     "total": len(items), "grader": task.grader,
                                     "examples": [{"prompt": p.messages[-1]["content"], "answer": p.answer,

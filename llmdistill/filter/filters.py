@@ -13,7 +13,7 @@ import unicodedata
 from collections.abc import Callable
 
 from llmdistill import config as C
-from llmdistill import textnorm
+from llmdistill import graders, textnorm
 from llmdistill.records import Sample
 
 Verdict = str | None  # None keeps the sample; a string is the reason it is removed
@@ -149,6 +149,26 @@ def charset(step: C.CharsetStep) -> Step:
         if "LATIN" not in allowed:
             foreign += sum(1 for ch in letters if ch.isascii())
         return "charset" if foreign / len(letters) > step.max_foreign_fraction else None
+
+    return check
+
+
+def correct(step: C.CorrectStep) -> Step:
+    """Rejection sampling on prompts with a gold answer (metadata.answer); rows without one, or outside the
+    step's `sources` / `tags`, are kept. A gold answer the grader cannot use (a bad regex, a label outside
+    `choices`, no number for numeric) is a UserError naming the row."""
+    reason = f"incorrect:{step.grader}"
+
+    def check(s: Sample) -> Verdict:
+        answer = s.metadata.get("answer")
+        if answer is None or (step.sources is not None and s.source not in step.sources):
+            return None
+        if step.tags is not None and not set(step.tags) & set(s.metadata.get("tags") or []):
+            return None
+        answer = str(answer)
+        graders.check_answers(step.grader, [(f"row {s.id} (prompt {s.prompt_id}, source {s.source})", answer)],
+                              step.choices, "filter step correct")
+        return None if graders.grade(step.grader, s.completion or "", answer, step.choices) else reason
 
     return check
 

@@ -46,6 +46,7 @@ TABLE: dict[type, Entry] = {
     C.RefusalStep: Entry("row", f"{_FILTERS}:refusal"),
     C.StructuredStep: Entry("row", f"{_FILTERS}:structured"),
     C.CharsetStep: Entry("row", f"{_FILTERS}:charset"),
+    C.CorrectStep: Entry("row", f"{_FILTERS}:correct"),
     C.DecontaminateStep: Entry("row", "llmdistill.filter.decontam:Decontaminator"),
     C.NearDedupStep: Entry("corpus", f"{_CORPUS}:run_near_dedup"),
     C.SemanticDedupStep: Entry("corpus", f"{_CORPUS}:run_semantic_dedup"),

@@ -1,21 +1,9 @@
-"""Eval metrics: task graders and token metrics."""
+"""Eval token metrics (the task graders are tested in test_graders.py)."""
 
 import math
 
 import pytest
 import torch
-
-from llmdistill.evaluate.metrics import grade
-
-
-def test_task_graders():
-    assert grade("contains", "The capital of France is Paris.", "Paris")
-    assert not grade("contains", "Parisian food is great", "Paris")
-    assert grade("contains", "It is New York City.", "new york")
-    assert grade("number", "3 + 4 = 7, so the answer is 7.", "7")
-    assert grade("number", "That makes 1,200 apples", "1200")
-    assert not grade("number", "seven", "7")
-    assert grade("exact", "  Blue! ", "blue") and not grade("exact", "light blue", "blue")
 
 
 def test_token_metrics_on_a_shared_width():
