@@ -7,7 +7,8 @@
    token, top-1 agreement, top-k overlap, the student's perplexity and its calibration error (ECE).
 3. Gradable tasks, size (parameters, bytes) and CPU/GPU latency per generated token (greedy, batch 1).
 Writes eval/metrics.json, eval/token_kl.json (per-token KL, for the report's histogram) and
-eval/samples.jsonl (side-by-side generations) and prints a summary that fits the width (`print_table`).
+eval/samples.jsonl (side-by-side generations), eval/tasks.jsonl (every graded reply) and prints a summary
+that fits the width (`print_table`).
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def run(cfg: Config, ctx: StageContext) -> None:
                         "note": "another tokenizer than the teacher: no token-level metrics"}
     everyone = {"teacher": teacher, **students}
     tokenizers = {name: other_tokenizer.get(name, tokenizer) for name in everyone}
-    for name, tasks in task_scores(cfg, everyone, tokenizers, device).items():
+    for name, tasks in task_scores(cfg, ctx, everyone, tokenizers, device).items():
         if tasks:
             result[name]["tasks"] = tasks
     samples = {}
@@ -195,23 +196,46 @@ def task_items(cfg: Config, task) -> list:
     return items
 
 
-def task_scores(cfg: Config, models_by_name: dict, tokenizers: dict, device) -> dict[str, dict]:
-    """Accuracy of every model on every gradable task, with the first answers for inspection."""
+def task_scores(cfg: Config, ctx: StageContext, models_by_name: dict, tokenizers: dict, device) -> dict[str, dict]:
+    """Accuracy of every model on every gradable task, with the first answers for inspection; every graded
+    reply goes to eval/tasks.jsonl. The teacher's replies are cached (runs/<name>/cache/), like its references."""
     e = cfg.eval
     out: dict[str, dict] = {name: {} for name in models_by_name}
+    rows = []
     for task in e.tasks:
         items = task_items(cfg, task)
         for name, model in models_by_name.items():
             tok = tokenizers[name]
-            answers = [tok.decode(c, skip_special_tokens=True)
-                       for _, c in greedy(model, tok, items, task.max_new_tokens, e.batch_size, device,
-                                          f"eval: {task.name} / {name}")]
+
+            def replies(model=model, tok=tok, name=name):
+                return [tok.decode(c, skip_special_tokens=True)
+                        for _, c in greedy(model, tok, items, task.max_new_tokens, e.batch_size, device,
+                                           f"eval: {task.name} / {name}")]
+
+            if name == "teacher":
+                key = records.stable_hash({"teacher": cfg.teacher.model_dump(mode="json"),
+                                           "prompts": [p.id for p in items], "max_new_tokens": task.max_new_tokens,
+                                           "system": cfg.generate.system_prompt})
+                cache = ctx.run_dir / "cache" / f"eval-task-{key}.json"
+                if cache.exists():
+                    log.info("eval: the teacher's %s replies from cache %s", task.name, cache)
+                    answers = store.read_json(cache)
+                else:
+                    answers = replies()
+                    store.atomic_write_json(cache, answers)
+            else:
+                answers = replies()
             correct = [graders.grade(task.grader, a, p.answer, task.choices) for a, p in zip(answers, items)]
             out[name][task.name] = {"accuracy": sum(correct) / len(items), "correct": sum(correct),
                                     "total": len(items), "grader": task.grader,
                                     "examples": [{"prompt": p.messages[-1]["content"], "answer": p.answer,
                                                   "output": a, "correct": c}
                                                  for p, a, c in list(zip(items, answers, correct))[:5]]}
+            rows += [{"task": task.name, "model": name, "prompt": p.messages[-1]["content"], "answer": p.answer,
+                      "output": a, "correct": c} for p, a, c in zip(items, answers, correct)]
+    if rows:
+        store.atomic_write_bytes(ctx.out_dir / "tasks.jsonl", "".join(
+            json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
     return out
 
 

@@ -142,6 +142,11 @@ def test_gradable_task_accuracy_for_every_model(base, tmp_path):
         t = models[name]["tasks"]["words"]
         assert t["total"] == 3 and 0 <= t["correct"] <= 3 and t["grader"] == "contains"
         assert len(t["examples"]) == 3
+    graded = [json.loads(line) for line in (cfg.run_dir / "eval" / "tasks.jsonl").read_text().splitlines()]
+    assert sorted(r["model"] for r in graded) == ["student"] * 3 + ["teacher"] * 3
+    assert {r["answer"] for r in graded} == {"blue", "one", "cat"}
+    cached = list((cfg.run_dir / "cache").glob("eval-task-*.json"))
+    assert len(cached) == 1 and len(store.read_json(cached[0])) == 3  # the teacher answers once per task
 
 
 PRUNED = "train.student={prune: {layers: 2, intermediate_size: 96, hidden_size: 48, calibration_samples: 6}}"
