@@ -13,6 +13,7 @@ that fits the width (`print_table`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -206,12 +207,8 @@ def task_scores(cfg: Config, ctx: StageContext, models_by_name: dict, tokenizers
         items = task_items(cfg, task)
         for name, model in models_by_name.items():
             tok = tokenizers[name]
-
-            def replies(model=model, tok=tok, name=name):
-                return [tok.decode(c, skip_special_tokens=True)
-                        for _, c in greedy(model, tok, items, task.max_new_tokens, e.batch_size, device,
-                                           f"eval: {task.name} / {name}")]
-
+            replies = functools.partial(_replies, model, tok, items, task.max_new_tokens, e.batch_size, device,
+                                        f"eval: {task.name} / {name}")
             if name == "teacher":
                 key = records.stable_hash({"teacher": cfg.teacher.model_dump(mode="json"),
                                            "prompts": [p.id for p in items], "max_new_tokens": task.max_new_tokens,
@@ -237,6 +234,11 @@ def task_scores(cfg: Config, ctx: StageContext, models_by_name: dict, tokenizers
         store.atomic_write_bytes(ctx.out_dir / "tasks.jsonl", "".join(
             json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
     return out
+
+
+def _replies(model, tok, items, max_new_tokens: int, batch_size: int, device, desc: str) -> list[str]:
+    return [tok.decode(c, skip_special_tokens=True)
+            for _, c in greedy(model, tok, items, max_new_tokens, batch_size, device, desc)]
 
 
 def _score_batch(refs: list[dict], pad_id: int, device):
