@@ -134,6 +134,21 @@ def select_layers(block_influence: list[float], keep: int, select: str) -> list[
     return sorted(order[:keep])
 
 
+def check_sizes(cfg, attention_heads: int | None, hidden_size: int | None) -> None:
+    """Query heads: a multiple of the key/value heads; the hidden size: a multiple of the query heads
+    (transformers requires it, even with head_dim set)."""
+    heads = attention_heads or cfg.num_attention_heads
+    hidden = hidden_size or cfg.hidden_size
+    kv = cfg.num_key_value_heads
+    if heads % kv:
+        raise UserError(f"train.student.prune.attention_heads: {heads} is not a multiple of the teacher's "
+                        f"{kv} key/value heads (grouped-query attention keeps whole groups' shares)")
+    if hidden % heads:
+        below, above = hidden - hidden % heads, hidden - hidden % heads + heads
+        raise UserError(f"train.student.prune: a hidden size of {hidden} is not a multiple of the {heads} query "
+                        f"heads kept (transformers requires it); use {below} or {above}, or another head count")
+
+
 def _top(scores: list[float], keep: int) -> list[int]:
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
     return sorted(order[:keep])
@@ -141,10 +156,7 @@ def _top(scores: list[float], keep: int) -> list[int]:
 
 def _heads_kept(scores: list[float], keep: int, kv_heads: int) -> list[int]:
     """The query heads kept: the same number in every key/value group, the most important of each group."""
-    per_group = len(scores) // kv_heads
-    if keep % kv_heads:
-        raise UserError(f"train.student.prune.attention_heads: {keep} is not a multiple of the teacher's "
-                        f"{kv_heads} key/value heads (grouped-query attention keeps whole groups' shares)")
+    per_group = len(scores) // kv_heads  # keep is a multiple of kv_heads (check_sizes)
     kept = []
     for g in range(kv_heads):
         group = list(range(g * per_group, (g + 1) * per_group))
@@ -167,6 +179,7 @@ def prune(model, importance: dict, layers: int | None = None, select: str = "imp
     for what, value, full in sizes:
         if value is not None and not 1 <= value <= full:
             raise UserError(f"train.student.prune.{what}: the teacher has {full}, cannot keep {value}")
+    check_sizes(cfg, attention_heads, hidden_size)
     kept_layers = select_layers(importance["block_influence"], layers or n, select)
     mlp_keep = {i: _top(importance["mlp"][i], intermediate_size or cfg.intermediate_size) for i in kept_layers}
     head_keep = {i: _heads_kept(importance["heads"][i], attention_heads or heads, kv) for i in kept_layers}
@@ -284,6 +297,7 @@ def write_pruned(cfg, target, sequences, cache_dir=None) -> dict:
     teacher = models.load_causal_lm(cfg.teacher.model, "float32", "cpu", cfg.teacher.revision,
                                     cfg.teacher.trust_remote_code)
     check_supported(teacher)
+    check_sizes(teacher.config, p.attention_heads, p.hidden_size)  # before the measuring, not after
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     key = records.stable_hash({"teacher": models.model_hash(cfg.teacher.model), "revision": cfg.teacher.revision,
                                "sequences": sequences})

@@ -109,6 +109,8 @@ def test_bad_sizes_and_other_architectures_are_one_clear_error():
     imp = measure_importance(model, text(4))
     with pytest.raises(UserError, match="multiple of the teacher's 2 key/value heads"):
         prune(model, imp, attention_heads=3)
+    with pytest.raises(UserError, match="hidden size of 62 is not a multiple of the 4 query heads kept.*use 60 or 64"):
+        prune(model, imp, hidden_size=62)
     with pytest.raises(UserError, match="has 4 layers, cannot keep 9"):
         prune(model, imp, layers=9)
     with pytest.raises(UserError, match="has 96, cannot keep 500"):
