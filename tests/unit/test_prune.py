@@ -120,3 +120,27 @@ def test_bad_sizes_and_other_architectures_are_one_clear_error():
         measure_importance(gpt2, text(2))
     with pytest.raises(UserError, match="no calibration text"):
         measure_importance(model, [])
+
+
+@pytest.mark.parametrize("kind", ["mistral", "qwen2"])
+def test_the_other_llama_layouts_prune_too(kind, tmp_path):
+    """Mistral and Qwen2 (with its q/k/v biases) share the layout; a width-pruned one reloads and runs."""
+    from transformers import AutoConfig
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(kind, vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=MLP,
+                               num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV,
+                               max_position_embeddings=128, tie_word_embeddings=False)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    imp = measure_importance(model, text())
+    same, _ = prune(model, imp)
+    ids = torch.tensor([text(1, 12, seed=2)[0]])
+    with torch.no_grad():
+        assert torch.allclose(same(ids).logits, model(ids).logits, atol=1e-5)
+    student, record = prune(model, imp, layers=3, intermediate_size=64, attention_heads=2, hidden_size=48)
+    assert student.lm_head.weight.shape == (VOCAB, 48)  # an untied head is narrowed too
+    student.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert torch.allclose(again(ids).logits, student(ids).logits, atol=1e-6)
+    assert record["parameters"]["student"] == sum(p.numel() for p in again.parameters())
