@@ -26,8 +26,9 @@ from llmdistill import store
 log = logging.getLogger("llmdistill")
 
 PLOTS = ("plot-loss", "plot-agreement-by-level", "plot-kl-histogram", "plot-calibration", "plot-funnel",
-         "plot-latency-size")
-TABLES = ("table-summary", "table-levels", "table-tasks", "table-samples", "table-funnel", "table-run")
+         "plot-pruning", "plot-latency-size")
+TABLES = ("table-summary", "table-levels", "table-tasks", "table-samples", "table-funnel", "table-pruning",
+          "table-run")
 REPORT_DIR = "report"
 STUDENT_ORDER = ("teacher", "student", "sft_baseline", "promoted")
 

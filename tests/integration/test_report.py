@@ -60,6 +60,7 @@ def reported_run(tmp_path_factory, tiny):
     tasks.write_text("".join(json.dumps({"prompt": f"what is {a} plus {b}", "answer": str(a + b)}) + "\n"
                              for a, b in ((1, 2), (2, 3), (3, 4))))
     data["eval"]["tasks"] = [{"name": "sums", "prompts": str(tasks), "grader": "number", "max_new_tokens": 4}]
+    data["train"]["student"] = {"prune": {"layers": 2, "intermediate_size": 96, "calibration_samples": 4}}
     path.write_text(yaml.safe_dump(data))
     res = subprocess.run([PYTHON, "-m", "llmdistill.cli", "run", str(path)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
