@@ -313,7 +313,7 @@ def summary(metrics: dict) -> tuple[str, list[str], list[list[str]]]:
             f"{m['top1_agreement']:.3f}" if "top1_agreement" in m else "-",
             f"{m['topk_overlap']:.3f}" if "topk_overlap" in m else "-",
             f"{m['perplexity']:.2f}" if "perplexity" in m else "-",
-            f"{m['ece']:.3f}" if "ece" in m else "-",
+            f"{m['ece']:.3f}" if m.get("ece") is not None else "-",
             f"{m['latency_ms_per_token']:.1f}" if m.get("latency_ms_per_token") is not None else "-",
             *[f"{m['tasks'][t]['accuracy']:.3f}" if t in m.get("tasks", {}) else "-" for t in tasks],
         ])

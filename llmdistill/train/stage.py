@@ -121,7 +121,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
 
     from llmdistill.train.prune import PRUNING_FILE
     from llmdistill.train.student import build_student
-    from llmdistill.train.trainer import LogAtCheckpoints, mean_train_loss
+    from llmdistill.train.trainer import LogAtCheckpoints, StopOnNonFinite, mean_train_loss
 
     t = cfg.train
     if mode == "seq_kd" and any(x.name != "ce" for x in terms):
@@ -155,6 +155,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
         if any(x.name != "ce" for x in terms):
             description += f", {t.teacher_signal} teacher signal"
     trainer.add_callback(LogAtCheckpoints())
+    trainer.add_callback(StopOnNonFinite())
     last = last_complete_checkpoint(ckpt_dir)
     log.info("train: %s with %s on %d samples", name, description, len(trainer.train_dataset))
     started = time.monotonic()

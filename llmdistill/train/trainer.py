@@ -7,12 +7,14 @@ Checkpointing, resume, logging, gradient accumulation and `accelerate launch` co
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
 
 from llmdistill import faults, models, store
+from llmdistill.errors import UserError
 from llmdistill.train.curriculum import PacedSampler, closed_loop_weights
 from llmdistill.train.objective import chunked_loss
 from llmdistill.train.signals import LiveSignal, SparseSignal
@@ -148,6 +150,28 @@ class LogAtCheckpoints(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if control.should_save:
             control.should_log = True
+
+
+class StopOnNonFinite(TrainerCallback):
+    """Stop training, with one line, when the gradient norm or a logged loss term is NaN or infinite.
+
+    Trainer itself keeps going (its `logging_nan_inf_filter` even hides a NaN loss behind the running mean):
+    after one bad step every weight is NaN, and the run would save a useless student as if all were well."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        bad = {k: v for k, v in (logs or {}).items()
+               if (k == "grad_norm" or k.startswith("loss") or k.startswith("eval_loss")) and not _finite(v)}
+        if bad:
+            raise UserError(f"train: {', '.join(f'{k} is {v}' for k, v in bad.items())} at step {state.global_step}: "
+                            f"training diverged (lower train.lr, now {args.learning_rate:g}, or add warm-up steps); "
+                            "no student was saved")
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return True  # not a number: nothing to say
 
 
 def mean_train_loss(history: list[dict]) -> float | None:

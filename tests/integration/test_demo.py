@@ -8,9 +8,11 @@ from conftest import PYTHON
 from llmdistill import store
 
 SHRINK = [
-    "generate.max_prompts=6", "generate.batch_size=6", "generate.max_new_tokens=12",
+    "generate.sources.0.max_prompts=4", "generate.sources.1.max_prompts=3",  # 4 task prompts, 3 general ones
+    "generate.batch_size=7", "generate.max_new_tokens=12",
     "train.max_steps=2", "train.batch_size=3", "train.save_steps=1",
     "eval.max_prompts=3", "eval.max_new_tokens=8", "eval.latency_prompts=1", "eval.latency_new_tokens=4",
+    "eval.tasks.0.max_items=4",
 ]
 
 
@@ -23,10 +25,13 @@ def test_demo_config_end_to_end_with_smollm2(tmp_path):
     manifest = store.read_manifest(run / "generate")
     assert manifest["provenance"]["vocab_size"] == 49152
     assert manifest["provenance"]["topk"] == 20
-    assert manifest["counts"]["levels"] == {"1": 2, "2": 2, "3": 2}
+    assert manifest["counts"]["levels"] == {"1": 5, "2": 1, "3": 1}  # the general share spans the levels
     metrics = store.read_json(run / "eval" / "metrics.json")["models"]
     assert set(metrics) == {"teacher", "student", "sft_baseline"}
-    assert metrics["student"]["parameters"] < 0.5 * metrics["teacher"]["parameters"]  # 10 of 30 layers
+    assert metrics["student"]["parameters"] < 0.55 * metrics["teacher"]["parameters"]  # pruned in depth and width
+    assert metrics["student"]["tasks"]["facts"]["total"] == 4
+    pruning = store.read_json(run / "train" / "student" / "pruning.json")
+    assert len(pruning["layers"]) == 20 and pruning["hidden_size"]["student"] == 504
     assert f"report: {run / 'report' / 'index.html'}" in res.stdout  # the run ends with the HTML report
     assert (run / "report" / "metrics.json").exists()
     # a finished run reruns as a no-op
