@@ -275,6 +275,7 @@ def table(results: dict) -> str:
             f"{ms(r['task_accuracy'])} | {ms(r['task_retention'])} | {ms(r['answer_agreement'])} | "
             f"{ms(r['kl_to_teacher'])} | {ms(r['top1_agreement'])} | {ms(r['kl_gap_closed'])} | "
             f"{'-' if r['kd_beats_sft_seeds'] is None else str(r['kd_beats_sft_seeds']) + '/' + str(r['seeds'])} |")
+    lines += [f"\nfailed: {key}: {why}" for key, why in results.get("failed", {}).items()]
     lines += ["", f"best: {json.dumps(summary['best'])}"]
     return "\n".join(lines)
 
@@ -316,7 +317,15 @@ def main() -> None:
             if key in results["runs"]:
                 continue
             print(f"--- {key}", flush=True)
-            results["runs"][key] = run_one(student, method, seed, args.steps, args.batch, args.lr)
+            from llmdistill.errors import UserError
+
+            try:
+                results["runs"][key] = run_one(student, method, seed, args.steps, args.batch, args.lr)
+            except UserError as e:  # a run that diverges is a result too: the table says so
+                results.setdefault("failed", {})[key] = str(e)
+                print(f"    failed: {e}", flush=True)
+                save(results)
+                continue
             r = results["runs"][key]
             print(f"    task {r['task_accuracy']:.3f} (teacher {r['teacher_task_accuracy']:.3f}), KL "
                   f"{r['kl_to_teacher']:.3f}, top-1 {r['top1_agreement']:.3f}, {r['wall_seconds']:.0f} s", flush=True)
