@@ -29,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 ROOT = Path(__file__).resolve().parent
+GENERAL_DEMO = ROOT.parent / "configs" / "demo-general.yaml"  # the setting these figures were measured in
 OUT = ROOT / "results" / "distill_quality.json"
 TASK = ROOT.parent / "data" / "demo" / "task_facts.jsonl"
 
@@ -67,7 +68,7 @@ def main() -> None:
     for name in args.only.split(","):
         overrides = [*common, *VARIANTS[name]]
         data = "greedy" if "generate.temperature=0" in overrides else "sampled"
-        cfg = load_config(None, [*overrides, f"name=quality-{data}"])
+        cfg = load_config(GENERAL_DEMO, [*overrides, f"name=quality-{data}"])
         started = time.monotonic()
         run_stages(cfg)
         metrics = store.read_json(cfg.run_dir / "eval" / "metrics.json")["models"]

@@ -29,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 ROOT = Path(__file__).resolve().parent
+GENERAL_DEMO = ROOT.parent / "configs" / "demo-general.yaml"  # the setting these figures were measured in
 OUT = ROOT / "results" / "train_throughput.json"
 WORK = ROOT / ".work"
 DATA = ["output_dir=" + str(WORK), "name=throughput", "generate.max_prompts=96", "generate.batch_size=32"]
@@ -39,7 +40,7 @@ def dataset():
     from llmdistill.config import load_config
     from llmdistill.pipeline import run_stages
 
-    cfg = load_config(None, DATA)
+    cfg = load_config(GENERAL_DEMO, DATA)
     run_stages(cfg, ("generate", "filter"))
     return cfg, store.read_manifest(cfg.run_dir / "filter")["provenance"]
 
