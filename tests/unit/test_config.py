@@ -103,7 +103,13 @@ def test_a_key_spelled_like_a_union_tag_stays_in_the_error(tmp_path):
 def test_student_needs_exactly_one_source(tmp_path):
     data = minimal(tmp_path)
     data["train"]["student"] = {}
-    with pytest.raises(ConfigError, match="exactly one of student.model and student.teacher_layers"):
+    with pytest.raises(ConfigError, match="exactly one of student.model, student.teacher_layers and student.prune"):
+        load_config(write(tmp_path, data))
+    data["train"]["student"] = {"teacher_layers": [0], "prune": {"layers": 2}}
+    with pytest.raises(ConfigError, match="exactly one of student.model, student.teacher_layers and student.prune"):
+        load_config(write(tmp_path, data))
+    data["train"]["student"] = {"prune": {"select": "uniform"}}
+    with pytest.raises(ConfigError, match="prune needs at least one of layers, intermediate_size"):
         load_config(write(tmp_path, data))
 
 
