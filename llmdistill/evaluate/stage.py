@@ -148,19 +148,29 @@ def teacher_references(cfg: Config, ctx: StageContext, teacher, tokenizer, promp
     """The teacher's greedy completion of every prompt (token ids include the EOS), cached per content."""
 
     e = cfg.eval
+
+    def compute():
+        answered = greedy(teacher, tokenizer, prompts, e.max_new_tokens, e.batch_size, device,
+                          "eval: teacher references")
+        return [{"prompt_id": p.id, "level": p.level, "prompt_ids": prompt_ids, "completion_ids": completion,
+                 "text": tokenizer.decode(completion, skip_special_tokens=True)}
+                for p, (prompt_ids, completion) in zip(prompts, answered)]
+
+    return teacher_cached(cfg, ctx, "refs", prompts, e.max_new_tokens, compute, "teacher references")
+
+
+def teacher_cached(cfg: Config, ctx: StageContext, kind: str, prompts, max_new_tokens: int, compute, what: str):
+    """`compute()` (the teacher's greedy replies to `prompts`), cached under runs/<name>/cache/, keyed by the
+    teacher, the prompts, the length and the system prompt: a retrain or a sweep does not pay for it again."""
     key = records.stable_hash({"teacher": cfg.teacher.model_dump(mode="json"), "prompts": [p.id for p in prompts],
-                               "max_new_tokens": e.max_new_tokens, "system": cfg.generate.system_prompt})
-    cache = ctx.run_dir / "cache" / f"eval-refs-{key}.json"
+                               "max_new_tokens": max_new_tokens, "system": cfg.generate.system_prompt})
+    cache = ctx.run_dir / "cache" / f"eval-{kind}-{key}.json"
     if cache.exists():
-        log.info("eval: teacher references from cache %s", cache)
+        log.info("eval: %s from cache %s", what, cache)
         return store.read_json(cache)
-    refs = []
-    for p, (prompt_ids, completion) in zip(prompts, greedy(teacher, tokenizer, prompts, e.max_new_tokens, e.batch_size,
-                                                              device, "eval: teacher references")):
-        refs.append({"prompt_id": p.id, "level": p.level, "prompt_ids": prompt_ids, "completion_ids": completion,
-                     "text": tokenizer.decode(completion, skip_special_tokens=True)})
-    store.atomic_write_json(cache, refs)
-    return refs
+    out = compute()
+    store.atomic_write_json(cache, out)
+    return out
 
 
 def greedy(model, tokenizer, prompts, max_new_tokens: int, batch_size: int, device, desc: str):
@@ -209,19 +219,8 @@ def task_scores(cfg: Config, ctx: StageContext, models_by_name: dict, tokenizers
             tok = tokenizers[name]
             replies = functools.partial(_replies, model, tok, items, task.max_new_tokens, e.batch_size, device,
                                         f"eval: {task.name} / {name}")
-            if name == "teacher":
-                key = records.stable_hash({"teacher": cfg.teacher.model_dump(mode="json"),
-                                           "prompts": [p.id for p in items], "max_new_tokens": task.max_new_tokens,
-                                           "system": cfg.generate.system_prompt})
-                cache = ctx.run_dir / "cache" / f"eval-task-{key}.json"
-                if cache.exists():
-                    log.info("eval: the teacher's %s replies from cache %s", task.name, cache)
-                    answers = store.read_json(cache)
-                else:
-                    answers = replies()
-                    store.atomic_write_json(cache, answers)
-            else:
-                answers = replies()
+            answers = (teacher_cached(cfg, ctx, "task", items, task.max_new_tokens, replies,
+                                      f"the teacher's {task.name} replies") if name == "teacher" else replies())
             correct = [graders.grade(task.grader, a, p.answer, task.choices) for a, p in zip(answers, items)]
             out[name][task.name] = {"accuracy": sum(correct) / len(items), "correct": sum(correct),
                                     "total": len(items), "grader": task.grader,

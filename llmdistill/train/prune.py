@@ -263,7 +263,7 @@ def calibration_sequences(p, tokenizer, dataset=None) -> list[list[int]]:
         from llmdistill.prompts import load_prompts
 
         try:
-            prompts = load_prompts(p.calibration, None, "file")
+            prompts = load_prompts(p.calibration, None, "file", p.calibration_samples)  # spread evenly
         except ValueError as e:
             raise UserError(f"train.student.prune.calibration: {e}") from None
         seqs = [models.encode_prompt(tokenizer, q.messages) for q in prompts]
@@ -274,8 +274,7 @@ def calibration_sequences(p, tokenizer, dataset=None) -> list[list[int]]:
     else:
         raise UserError("prune: no calibration text: run the generate and filter stages first, or set "
                         "train.student.prune.calibration to a prompt file")
-    seqs = [s[: p.calibration_tokens] for s in seqs if s]
-    return [seqs[i] for i in _spread(len(seqs), p.calibration_samples)] if p.calibration else seqs
+    return [s[: p.calibration_tokens] for s in seqs if s]
 
 
 def _spread(n: int, k: int) -> list[int]:
