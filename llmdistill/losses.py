@@ -67,8 +67,14 @@ def _float(x: torch.Tensor) -> torch.Tensor:
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(x)) for x <= 0, accurate near 0 and for very negative x (Maechler 2012)."""
-    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    """log(1 - exp(x)) for x < 0, accurate near 0 and for very negative x (Maechler 2012).
+
+    Each branch gets an input it is finite on (the "double where"): torch.where back-propagates zero
+    times the unused branch's local gradient, and an infinite one there (x = 0) would make it NaN."""
+    near = x > -0.6931471805599453
+    x_near = torch.where(near, x, torch.full_like(x, -1.0))
+    x_far = torch.where(near, torch.full_like(x, -1.0), x)
+    return torch.where(near, torch.log(-torch.expm1(x_near)), torch.log1p(-torch.exp(x_far)))
 
 
 # ------------------------------------------------------------------------------------------ divergences
@@ -194,8 +200,10 @@ def student_sparse_logprobs(
     if tail != "bucket":
         raise ValueError(f"tail must be one of {TAIL_POLICIES}, got {tail!r}")
     on_ids = torch.logsumexp(gathered, -1)
-    rest = log1mexp(on_ids.clamp(max=0.0))
-    tight = (on_ids > math.log1p(-TAIL_EXACT)).nonzero()[:, 0]
+    tight_mask = on_ids > math.log1p(-TAIL_EXACT)
+    # tight rows never reach log1mexp (their on-id mass can round to 1, where its gradient is infinite)
+    rest = log1mexp(torch.where(tight_mask, torch.full_like(on_ids, -1.0), on_ids))
+    tight = tight_mask.nonzero()[:, 0]
     if tight.numel():
         exact = torch.logsumexp(student_logp[tight].scatter(-1, topk_ids[tight], float("-inf")), -1)
         rest = rest.index_put((tight,), exact)

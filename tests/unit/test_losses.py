@@ -442,3 +442,22 @@ def test_confident_student_tail_is_summed_exactly(name):
     assert got.tolist() == pytest.approx(want, rel=1e-9)
     got.sum().backward()
     assert torch.isfinite(s.grad).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradient_is_finite_when_the_students_tail_rounds_to_zero(name):
+    """In fp32 a confident student's mass on the teacher's ids rounds to exactly 1. The value was right
+    but the gradient was NaN (torch.where passed 0 x inf back through the unused log1mexp branch); a
+    pruned student's training diverged at step 20 from it."""
+    g = torch.Generator().manual_seed(11)
+    t = torch.randn(3, V, generator=g)
+    ids, lps = topk_of(t, K)
+    s = torch.randn(3, V, generator=g)
+    s[0] = -60.0
+    s[0].scatter_(0, ids[0], 40.0)  # row 0: tail mass e^-100, 1 - that is 1.0 in fp32
+    s.requires_grad_(True)
+    assert losses.tempered_logprobs(s[:1]).gather(-1, ids[:1]).logsumexp(-1).item() == 0.0
+    out = losses.sparse_divergence(name, s, ids, lps, **PARAMS.get(name, {}))
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    assert torch.isfinite(s.grad).all()
