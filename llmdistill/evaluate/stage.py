@@ -118,7 +118,7 @@ def run(cfg: Config, ctx: StageContext) -> None:
                         "note": "another tokenizer than the teacher: no token-level metrics"}
     everyone = {"teacher": teacher, **students}
     tokenizers = {name: other_tokenizer.get(name, tokenizer) for name in everyone}
-    for name, tasks in task_scores(cfg, ctx, everyone, tokenizers, device).items():
+    for name, tasks in task_scores(cfg, ctx, everyone, tokenizers, device, refs).items():
         if tasks:
             result[name]["tasks"] = tasks
     samples = {}
@@ -207,20 +207,29 @@ def task_items(cfg: Config, task) -> list:
     return items
 
 
-def task_scores(cfg: Config, ctx: StageContext, models_by_name: dict, tokenizers: dict, device) -> dict[str, dict]:
+def task_scores(cfg: Config, ctx: StageContext, models_by_name: dict, tokenizers: dict, device,
+                refs: list[dict] = ()) -> dict[str, dict]:
     """Accuracy of every model on every gradable task, with the first answers for inspection; every graded
-    reply goes to eval/tasks.jsonl. The teacher's replies are cached (runs/<name>/cache/), like its references."""
+    reply goes to eval/tasks.jsonl. The teacher's replies are cached (runs/<name>/cache/), like its references;
+    a task asked on the held-out prompts themselves, at the same length, reads them from the references
+    (`refs`: the same greedy replies) instead of generating them again."""
     e = cfg.eval
     out: dict[str, dict] = {name: {} for name in models_by_name}
     rows = []
+    ref_text = {r["prompt_id"]: r["text"] for r in refs}
     for task in e.tasks:
         items = task_items(cfg, task)
         for name, model in models_by_name.items():
             tok = tokenizers[name]
             replies = functools.partial(_replies, model, tok, items, task.max_new_tokens, e.batch_size, device,
                                         f"eval: {task.name} / {name}")
-            answers = (teacher_cached(cfg, ctx, "task", items, task.max_new_tokens, replies,
-                                      f"the teacher's {task.name} replies") if name == "teacher" else replies())
+            if name == "teacher" and task.max_new_tokens == e.max_new_tokens and all(p.id in ref_text for p in items):
+                answers = [ref_text[p.id] for p in items]
+            elif name == "teacher":
+                answers = teacher_cached(cfg, ctx, "task", items, task.max_new_tokens, replies,
+                                         f"the teacher's {task.name} replies")
+            else:
+                answers = replies()
             correct = [graders.grade(task.grader, a, p.answer, task.choices) for a, p in zip(answers, items)]
             out[name][task.name] = {"accuracy": sum(correct) / len(items), "correct": sum(correct),
                                     "total": len(items), "grader": task.grader,
