@@ -147,7 +147,6 @@ def run_one(student: str, method: str, seed: int, steps: int, batch: int, lr: fl
         "parameters": s["parameters"], "teacher_parameters": t["parameters"],
         "train_seconds": store.read_json(train_dir / "metrics.json")["student"]["seconds_this_attempt"],
         "wall_seconds": round(time.monotonic() - started, 1),
-        "student_dir": str(train_dir / "student"),
     }
 
 
@@ -196,6 +195,28 @@ def latency(student_dirs: dict[str, str], rounds: int = 5, prompts: int = 8) -> 
     return {"new_tokens": new, "prompts": len(encoded), "rounds": rounds, "threads": 1,
             "seconds_per_answer": {k: round(v, 5) for k, v in medians.items()},
             "speedup": {k: round(medians["teacher"] / v, 3) for k, v in medians.items() if k != "teacher"}}
+
+
+def untrained(student_dirs: dict[str, str]) -> dict:
+    """Each pruned student as pruned, before any training: held-out task accuracy (the same grader, greedy,
+    TASK_TOKENS new tokens) and agreement of its replies with the teacher's. Deterministic (no seed)."""
+    from llmdistill import graders, models
+    from llmdistill.evaluate.stage import greedy
+    from llmdistill.prompts import load_prompts
+
+    tok = models.load_tokenizer("smollm2-135m-instruct")
+    items = load_prompts([HELDOUT], None, "file", None)
+    replies = {}
+    for name, path in {"teacher": "smollm2-135m-instruct", **student_dirs}.items():
+        model = models.load_causal_lm(path).eval()
+        replies[name] = [tok.decode(c, skip_special_tokens=True)
+                         for _, c in greedy(model, tok, items, TASK_TOKENS, 16, "cpu", f"untrained: {name}")]
+    out = {}
+    for name, answers in replies.items():
+        correct = [graders.grade("contains", a, p.answer) for a, p in zip(answers, items)]
+        agree = [normal(a) == normal(t) for a, t in zip(answers, replies["teacher"])]
+        out[name] = {"task_accuracy": sum(correct) / len(items), "answer_agreement": sum(agree) / len(items)}
+    return out
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -275,6 +296,12 @@ def table(results: dict) -> str:
             f"{ms(r['task_accuracy'])} | {ms(r['task_retention'])} | {ms(r['answer_agreement'])} | "
             f"{ms(r['kl_to_teacher'])} | {ms(r['top1_agreement'])} | {ms(r['kl_gap_closed'])} | "
             f"{'-' if r['kd_beats_sft_seeds'] is None else str(r['kd_beats_sft_seeds']) + '/' + str(r['seeds'])} |")
+    if results.get("untrained"):
+        u = results["untrained"]
+        lines += ["", "Pruned, before training (deterministic):", "",
+                  "| student | task acc | retention | answer agree |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {name} | {v['task_accuracy']:.3f} | {v['task_accuracy'] / u['teacher']['task_accuracy']:.3f} | "
+                  f"{v['answer_agreement']:.3f} |" for name, v in u.items() if name != "teacher"]
     lines += [f"\nfailed: {key}: {why}" for key, why in results.get("failed", {}).items()]
     lines += ["", f"best: {json.dumps(summary['best'])}"]
     return "\n".join(lines)
@@ -297,6 +324,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--lr", type=float, default=LR)
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--untrained", action="store_true",
+                        help="also grade every pruned architecture before training (after latency)")
     parser.add_argument("--table", action="store_true", help="print the table of what is there and exit")
     args = parser.parse_args()
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
@@ -326,6 +355,7 @@ def main() -> None:
                 print(f"    failed: {e}", flush=True)
                 save(results)
                 continue
+            results.get("failed", {}).pop(key, None)  # a run that failed once (a since-fixed bug) and now ran
             r = results["runs"][key]
             print(f"    task {r['task_accuracy']:.3f} (teacher {r['teacher_task_accuracy']:.3f}), KL "
                   f"{r['kl_to_teacher']:.3f}, top-1 {r['top1_agreement']:.3f}, {r['wall_seconds']:.0f} s", flush=True)
@@ -344,6 +374,9 @@ def main() -> None:
         if dirs:
             results["latency"] = latency(dirs)
             save(results)
+            if args.untrained:
+                results["untrained"] = untrained(dirs)
+                save(results)
     print(table(results))
 
 

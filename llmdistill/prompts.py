@@ -109,6 +109,14 @@ def prompt_from_dict(obj: dict, path, system_prompt, level, source, tags, origin
     )
 
 
+def spread(n: int, k: int | None) -> list[int]:
+    """`k` indices spread evenly over range(n), increasing (all of them when k is None or >= n)."""
+    if k is None or k >= n:
+        return list(range(n))
+    step = n / k
+    return [int(i * step) for i in range(k)]
+
+
 def curriculum_order(prompts: list[Prompt], order: str = "curriculum", max_prompts: int | None = None) -> list[Prompt]:
     """Drop repeated prompts (same id), sort easy to hard (stable, by level) unless `order == "file"`, and keep
     `max_prompts` spread evenly over the ordered list, so a shrunken run still covers every level."""
@@ -119,10 +127,7 @@ def curriculum_order(prompts: list[Prompt], order: str = "curriculum", max_promp
             out.append(p)
     if order == "curriculum":
         out.sort(key=lambda p: p.level)
-    if max_prompts is not None and max_prompts < len(out):
-        step = len(out) / max_prompts
-        out = [out[int(i * step)] for i in range(max_prompts)]
-    return out
+    return [out[i] for i in spread(len(out), max_prompts)]
 
 
 def load_prompts(paths, system_prompt: str | None = None, order: str = "curriculum",

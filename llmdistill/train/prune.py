@@ -259,29 +259,22 @@ def calibration_sequences(p, tokenizer, dataset=None) -> list[list[int]]:
     """Token ids to measure on: `p.calibration_samples` sequences spread evenly over the prompt files of
     `p.calibration` (each chat-encoded prompt), or else over `dataset` (prompt + the teacher's completion),
     each cut to `p.calibration_tokens`."""
-    if p.calibration:
-        from llmdistill.prompts import load_prompts
+    from llmdistill.prompts import load_prompts, spread
 
+    if p.calibration:
         try:
             prompts = load_prompts(p.calibration, None, "file", p.calibration_samples)  # spread evenly
         except ValueError as e:
             raise UserError(f"train.student.prune.calibration: {e}") from None
         seqs = [models.encode_prompt(tokenizer, q.messages) for q in prompts]
     elif dataset is not None:
-        picked = _spread(len(dataset), p.calibration_samples)
+        picked = spread(len(dataset), p.calibration_samples)
         rows = dataset.select(picked).select_columns(["messages", "completion_token_ids"])
         seqs = [models.encode_prompt(tokenizer, r["messages"]) + list(r["completion_token_ids"] or []) for r in rows]
     else:
         raise UserError("prune: no calibration text: run the generate and filter stages first, or set "
                         "train.student.prune.calibration to a prompt file")
     return [s[: p.calibration_tokens] for s in seqs if s]
-
-
-def _spread(n: int, k: int) -> list[int]:
-    """k indices (all of them if k >= n) spread evenly over range(n), increasing."""
-    if k >= n:
-        return list(range(n))
-    return sorted({int(i * n / k) for i in range(k)})
 
 
 def write_pruned(cfg, target, sequences, cache_dir=None) -> dict:
