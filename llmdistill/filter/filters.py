@@ -19,10 +19,15 @@ from llmdistill.records import Sample
 Verdict = str | None  # None keeps the sample; a string is the reason it is removed
 Step = Callable[[Sample], Verdict]
 
-_WORD = re.compile(r"\w+", re.UNICODE)
+# scripts written without spaces between words (Han, kana, Thai, Lao, Myanmar, Khmer): each character counts
+# as a word, so a Chinese answer is not one "word" per sentence (too short for `length`, blind to `repetition`)
+_UNSPACED = ("\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+             "\uf900-\ufaff\U00020000-\U0003134f")
+_WORD = re.compile(rf"[{_UNSPACED}]|[^\W{_UNSPACED}]+")
 
 
 def words(text: str) -> list[str]:
+    """Lower-cased words: runs of word characters, and single characters of unspaced scripts."""
     return _WORD.findall(text.lower())
 
 

@@ -44,6 +44,19 @@ def test_repetition():
     assert filters.repeated_ngram_fraction("a b a b a b".split(), 2) == 1 - 2 / 5
 
 
+def test_unspaced_scripts_count_a_word_per_character():
+    """Chinese, Japanese and Thai have no spaces between words: a sentence is not one word, so a looping
+    answer is caught and a long one is not 'too short'."""
+    chinese = "北京是中国的首都，也是一座历史悠久的城市。"
+    assert len(filters.words(chinese)) == 19 and filters.words("Café naïve 123") == ["café", "naïve", "123"]
+    assert filters.words("서울은 한국의 수도") == ["서울은", "한국의", "수도"]  # Korean is spaced
+    looped = "我喜欢学习中文。" * 6
+    rep = C.RepetitionStep(name="repetition", n=3, max_fraction=0.3)
+    assert run(rep, [sample(looped), sample(chinese)]) == ["repetition", None]
+    assert run(C.LengthStep(name="length", min_words=5), [sample("東京は日本の首都です"), sample("東京")]) == [
+        None, "too_short"]
+
+
 def test_exact_dedup_normalises_case_space_and_unicode():
     texts = ["Paris is the capital.", "paris  is the\tcapital.", "Ｐaris is the capital.", "Rome."]
     assert run(C.ExactDedupStep(name="exact_dedup", scope="completion"), [sample(t) for t in texts]) == [
