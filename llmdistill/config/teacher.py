@@ -68,13 +68,23 @@ class APIOptions(Section):
         "tokenizer", description="how top-logprob tokens become ids: token_ids: vLLM's --return-tokens-as-token-ids "
         "('token_id:N' strings); tokenizer: look the token's bytes up in the local tokenizer; none: text only "
         "(no logprobs requested; add logits later with annotate)")
-    max_concurrency: int = Field(16, ge=1, description="requests in flight at once (also keep generate.batch_size "
-                                 ">= this: one batch is the unit of concurrency)")
-    requests_per_minute: float | None = Field(None, gt=0, description="request rate limit (token bucket)")
+    # how fast and how hard the client asks, not what the teacher writes: left out of the fingerprint, so
+    # raising max_concurrency or budget_usd on a stopped run resumes it
+    max_concurrency: int = Field(
+        16, ge=1, json_schema_extra=NOT_HASHED,
+        description="requests in flight at once (also keep generate.batch_size >= this: one batch is the unit of "
+        "concurrency)")
+    requests_per_minute: float | None = Field(
+        None, gt=0, json_schema_extra=NOT_HASHED, description="request rate limit (token bucket)")
     tokens_per_minute: float | None = Field(
-        None, gt=0, description="token rate limit; a request counts its estimated prompt tokens + max_new_tokens")
-    timeout_s: float = Field(60.0, gt=0, description="per-request timeout (an attempt that takes longer is retried)")
-    max_retries: int = Field(6, ge=0, description="retries of one request on 429, 5xx, timeouts, malformed replies")
+        None, gt=0, json_schema_extra=NOT_HASHED,
+        description="token rate limit; a request counts its estimated prompt tokens + max_new_tokens")
+    timeout_s: float = Field(
+        60.0, gt=0, json_schema_extra=NOT_HASHED,
+        description="per-request timeout (an attempt that takes longer is retried)")
+    max_retries: int = Field(
+        6, ge=0, json_schema_extra=NOT_HASHED,
+        description="retries of one request on 429, 5xx, timeouts, malformed replies")
     max_connection_failures: int | None = Field(
         None, ge=1, json_schema_extra=NOT_HASHED, description="the endpoint is down after this many attempts in a row "
         "(across requests; any reply resets the count) could not connect: the stage stops with exit code 2, "
@@ -84,15 +94,18 @@ class APIOptions(Section):
         None, ge=1, json_schema_extra=NOT_HASHED, description="the served model's context in tokens: a prompt whose "
         "tokens (local tokenizer, chat template) + generate.max_new_tokens do not fit is not sent (generate.too_long); "
         "null: not checked here (the server refuses it)")
-    backoff_base_s: float = Field(0.5, gt=0, description="first retry waits up to this; doubles every retry (full "
-                                  "jitter); a server's Retry-After is honoured")
-    backoff_max_s: float = Field(30.0, gt=0, description="cap of one retry wait")
+    backoff_base_s: float = Field(
+        0.5, gt=0, json_schema_extra=NOT_HASHED,
+        description="first retry waits up to this; doubles every retry (full jitter); a server's Retry-After is "
+        "honoured")
+    backoff_max_s: float = Field(30.0, gt=0, json_schema_extra=NOT_HASHED, description="cap of one retry wait")
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = Field(
         "max_tokens", description="request field for generate.max_new_tokens (chat endpoint)")
     price: APIPrice = Field(default_factory=APIPrice, description="see `teacher.api.price`")
     budget_usd: float | None = Field(
-        None, gt=0, description="stop (exit code 4, finished work kept) before spending more than this on this run "
-        "(paid replies counted from the request cache, across reruns)")
+        None, gt=0, json_schema_extra=NOT_HASHED,
+        description="stop (exit code 4, finished work kept) before spending more than this on this run (paid replies "
+        "counted from the request cache, across reruns)")
     cache: bool = Field(True, description="keep every good reply in run_dir/cache/api.sqlite, keyed by request "
                         "content: a rerun or resume re-sends only requests without a stored reply")
     extra_body: dict[str, Any] = Field(

@@ -309,3 +309,19 @@ def test_config_that_is_not_utf8_names_the_line(tmp_path):
     path.write_bytes(b"name: demo\n# caf\xe9\n")
     with pytest.raises(ConfigError, match=r"latin1\.yaml: line 2: not UTF-8 text \(byte 0xe9"):
         load_config(path)
+
+
+def test_client_pacing_and_budget_do_not_change_the_fingerprint(tmp_path):
+    """Raising max_concurrency or budget_usd on a stopped API run resumes it rather than starting over."""
+    from llmdistill.pipeline import fingerprints
+
+    data = minimal(tmp_path)
+    data["teacher"] = {"backend": "openai", "api": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": None}}
+    path = write(tmp_path, data)
+    base = fingerprints(load_config(path))
+    paced = load_config(path, ["teacher.api.max_concurrency=64", "teacher.api.budget_usd=5", "teacher.api.timeout_s=5",
+                               "teacher.api.max_retries=1", "teacher.api.requests_per_minute=100",
+                               "teacher.api.tokens_per_minute=1000", "teacher.api.backoff_base_s=1",
+                               "teacher.api.backoff_max_s=2"])
+    assert fingerprints(paced) == base
+    assert fingerprints(load_config(path, ["teacher.api.served_model=other"]))["generate"] != base["generate"]
