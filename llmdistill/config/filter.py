@@ -247,6 +247,8 @@ class RewardModelStep(_Scorer):
     label: int = Field(0, ge=0, description="which output logit is the reward")
     max_length: int = Field(1024, ge=8)
     device: str = Field("cpu")
+    trust_remote_code: bool = Field(False, description="run the model repository's own code (only for a model "
+                                    "you trust)")
 
 
 class PerplexityStep(_Scorer):
@@ -256,6 +258,8 @@ class PerplexityStep(_Scorer):
     model: ModelSource = Field(description="local directory, hub id, or smollm2-135m-instruct")
     max_length: int = Field(1024, ge=8)
     device: str = Field("cpu")
+    trust_remote_code: bool = Field(False, description="run the model repository's own code (only for a model "
+                                    "you trust)")
 
 
 class ConfidenceStep(_Scorer):

@@ -99,6 +99,16 @@ def _conversation(s: Sample) -> list[dict]:
     return [*s.messages, {"role": "assistant", "content": s.completion or ""}]
 
 
+def _needs_trust(step, err: Exception):
+    """transformers' refusal to run a repository's code, as one line naming the step and the fix."""
+    from llmdistill.errors import UserError
+
+    if "trust_remote_code" in str(err) and not step.trust_remote_code:
+        return UserError(f"filter {step.name}: {step.model} ships its own model code; set trust_remote_code: true in "
+                         "this step if you trust it")
+    return err
+
+
 class RewardScorer(Scorer):
     def __init__(self, step: C.RewardModelStep):
         super().__init__(step)
@@ -111,11 +121,16 @@ class RewardScorer(Scorer):
         from llmdistill import models
 
         path = models.resolve_source(self.step.model)
-        self.tok = AutoTokenizer.from_pretrained(path)
+        trust = self.step.trust_remote_code
+        try:
+            self.tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+            self._model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32,
+                                                                             trust_remote_code=trust)
+        except ValueError as e:
+            raise _needs_trust(self.step, e) from None
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
-        self._model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
-        if self._model.config.pad_token_id is None:
+        if getattr(self._model.config, "pad_token_id", None) is None:  # not every config has the field
             self._model.config.pad_token_id = self.tok.pad_token_id
         self._model.to(self.step.device).eval()
         if self.step.label >= self._model.config.num_labels:
@@ -154,8 +169,13 @@ class PerplexityScorer(Scorer):
         from llmdistill import models
 
         if self._model is None:
-            self.tok = models.load_tokenizer(self.step.model)
-            self._model = models.load_causal_lm(self.step.model, "float32", self.step.device)
+            trust = self.step.trust_remote_code
+            try:
+                self.tok = models.load_tokenizer(self.step.model, trust_remote_code=trust)
+                self._model = models.load_causal_lm(self.step.model, "float32", self.step.device,
+                                                    trust_remote_code=trust)
+            except ValueError as e:
+                raise _needs_trust(self.step, e) from None
         seqs, starts = [], []
         for s in samples:
             prompt = models.encode_prompt(self.tok, s.messages)

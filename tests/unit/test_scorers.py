@@ -137,3 +137,60 @@ def test_a_failed_judge_generation_is_unparsed_not_a_crash():
     judge.teacher.generate = lambda prompts, seed: [failed]
     assert judge.score([sample("Paris.")]) == [{}]
     assert judge.unparsed == 1
+
+
+CUSTOM_RM = """
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+
+class CustomRMConfig(PretrainedConfig):
+    model_type = "custom_rm"
+
+    def __init__(self, vocab_size=8, hidden_size=8, **kwargs):
+        self.vocab_size, self.hidden_size = vocab_size, hidden_size
+        super().__init__(**kwargs)
+
+
+class CustomRM(PreTrainedModel):
+    config_class = CustomRMConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embed = torch.nn.Embedding(config.vocab_size, config.hidden_size)
+        self.score = torch.nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        mask = attention_mask.unsqueeze(-1).float()
+        pooled = (self.embed(input_ids) * mask).sum(1) / mask.sum(1)
+        return SequenceClassifierOutput(logits=self.score(pooled))
+"""
+
+
+def test_reward_model_with_its_own_code_loads_only_when_trusted(tmp_path, tiny):
+    """A reward model whose repository ships its modeling code (auto_map) needs trust_remote_code."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from llmdistill.errors import UserError
+
+    tok = AutoTokenizer.from_pretrained(tiny["teacher"])
+    out = tmp_path / "custom_rm"
+    code: dict = {}
+    exec(CUSTOM_RM, code)
+    code["CustomRM"](code["CustomRMConfig"](vocab_size=len(tok), num_labels=1)).save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "custom_rm.py").write_text(CUSTOM_RM)
+    config = json.loads((out / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "custom_rm.CustomRMConfig",
+                          "AutoModelForSequenceClassification": "custom_rm.CustomRM"}
+    (out / "config.json").write_text(json.dumps(config))
+    batch = [sample("Paris.")]
+    with pytest.raises(UserError, match="ships its own model code; set trust_remote_code: true"):
+        scorers.RewardScorer(C.RewardModelStep(name="reward_model", model=str(out))).score(batch)
+    step = C.RewardModelStep(name="reward_model", model=str(out), key="reward", trust_remote_code=True)
+    got = scorers.RewardScorer(step).score(batch)
+    assert math.isfinite(got[0]["reward"])
