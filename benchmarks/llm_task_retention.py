@@ -60,6 +60,8 @@ STUDENTS = {
     "uniform-20": {"prune": {"layers": 20, "select": "uniform"}},
     "depth-20": {"prune": {"layers": 20}},
     "width-20": {"prune": {"layers": 20, "intermediate_size": 1024, "hidden_size": 504}},
+    "uniform-18": {"prune": {"layers": 18, "select": "uniform"}},
+    "depth-18": {"prune": {"layers": 18}},
     "uniform-14": {"prune": {"layers": 14, "select": "uniform"}},
     "depth-14": {"prune": {"layers": 14}},
     "width-14": {"prune": {"layers": 14, "intermediate_size": 768, "attention_heads": 6, "hidden_size": 456}},
@@ -84,8 +86,9 @@ METHODS = {  # method -> (data, overrides)
 KD_METHODS = [m for m in METHODS if m != "sft"]
 
 PLANS = {  # (student, method, seeds)
-    "pilot": [("width-20", "sft", [0]), ("width-20", "forward_kl", [0])],
+    "pilot": [("depth-18", "sft", [0]), ("depth-18", "forward_kl", [0])],
     "table": [
+        *[("depth-18", m, [0, 1, 2]) for m in ("sft", "forward_kl")],
         *[("width-20", m, [0, 1, 2]) for m in ("sft", "seq_kd", "forward_kl")],
         *[("width-20", m, [0]) for m in ("reverse_kl", "jsd", "skew_kl")],
         *[(s, m, [0, 1, 2]) for s in ("uniform-20", "depth-20") for m in ("sft", "forward_kl")],

@@ -28,10 +28,10 @@ def test_demo_config_end_to_end_with_smollm2(tmp_path):
     assert manifest["counts"]["levels"] == {"1": 5, "2": 1, "3": 1}  # the general share spans the levels
     metrics = store.read_json(run / "eval" / "metrics.json")["models"]
     assert set(metrics) == {"teacher", "student", "sft_baseline"}
-    assert metrics["student"]["parameters"] < 0.55 * metrics["teacher"]["parameters"]  # pruned in depth and width
+    assert metrics["student"]["parameters"] < 0.7 * metrics["teacher"]["parameters"]  # 18 of 30 layers
     assert metrics["student"]["tasks"]["facts"]["total"] == 4
     pruning = store.read_json(run / "train" / "student" / "pruning.json")
-    assert len(pruning["layers"]) == 20 and pruning["hidden_size"]["student"] == 504
+    assert len(pruning["layers"]) == 18 and pruning["hidden_size"]["student"] == 576
     assert f"report: {run / 'report' / 'index.html'}" in res.stdout  # the run ends with the HTML report
     assert (run / "report" / "metrics.json").exists()
     # a finished run reruns as a no-op
