@@ -174,6 +174,7 @@ def read_yaml(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"top level must be a mapping of sections, got {type(data).__name__}"], source)
+    data.pop("_provenance", None)  # a run's config.resolved.yaml loads back: its record of versions is not config
     errors: list[str] = []
     override_values: set[str] = set()
     for text in overrides:

@@ -114,7 +114,8 @@ class OnPolicyConfig(Section):
 
     @model_validator(mode="after")
     def _gkd_only(self):
-        if self.trainer == "distillation" and (self.seq_kd or "lmbda" in self.model_fields_set):
+        # the default lmbda is accepted (a resolved config writes it out), any other value is refused
+        if self.trainer == "distillation" and (self.seq_kd or self.lmbda != type(self).model_fields["lmbda"].default):
             raise ValueError("lmbda and seq_kd apply to on_policy.trainer: gkd only")
         return self
 

@@ -325,3 +325,17 @@ def test_client_pacing_and_budget_do_not_change_the_fingerprint(tmp_path):
                                "teacher.api.backoff_max_s=2"])
     assert fingerprints(paced) == base
     assert fingerprints(load_config(path, ["teacher.api.served_model=other"]))["generate"] != base["generate"]
+
+
+def test_a_runs_resolved_config_loads_back_with_the_same_fingerprints(tmp_path):
+    """`llmdistill run runs/<name>/config.resolved.yaml` reruns what made the run (to a no-op): the file
+    loads (its _provenance record and the written-out on_policy defaults are accepted)."""
+    from llmdistill.pipeline import fingerprints, write_resolved_config
+
+    cfg = load_config(write(tmp_path, minimal(tmp_path)))
+    (tmp_path / "run").mkdir()
+    write_resolved_config(cfg, tmp_path / "run")
+    again = load_config(tmp_path / "run" / "config.resolved.yaml")
+    assert fingerprints(again) == fingerprints(cfg)
+    with pytest.raises(Exception, match="lmbda and seq_kd apply to on_policy.trainer: gkd only"):
+        load_config(tmp_path / "run" / "config.resolved.yaml", ["train.on_policy.lmbda=0.3"])
