@@ -258,7 +258,8 @@ def summarise(results: dict) -> dict:
                      "kl_to_teacher": mean_sd([r["kl_to_teacher"] for r in rs]),
                      "top1_agreement": mean_sd([r["top1_agreement"] for r in rs]),
                      "kl_gap_closed": mean_sd(gap) if gap else None,
-                     "kd_beats_sft_seeds": sum(beats) if method != "sft" and beats else None})
+                     "kd_beats_sft_seeds": sum(beats) if method != "sft" and beats else None,
+                     "sft_paired_seeds": len(beats)})
     # the docs lead with the KD row of best retention among those fast enough and repeated enough; failing
     # that, the best KD row there is, with the bars it misses named
     kd = [r for r in rows if r["method"] != "sft"]
@@ -292,13 +293,14 @@ def table(results: dict) -> str:
         return "-" if v is None else f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}" if v[1] else f"{v[0]:.{digits}f}"
 
     for r in summary["rows"]:
+        beat = "-" if r["kd_beats_sft_seeds"] is None else f"{r['kd_beats_sft_seeds']}/{r['sft_paired_seeds']}"
         lines.append(
             f"| {r['student']} | {r['method']} | {r['budget']} | {r['seeds']} | {r['parameters'] / 1e6:.1f}M | "
             f"{'-' if r['seconds_per_answer'] is None else format(r['seconds_per_answer'], '.3f')} | "
             f"{'-' if r['latency_speedup'] is None else format(r['latency_speedup'], '.2f') + 'x'} | "
             f"{ms(r['task_accuracy'])} | {ms(r['task_retention'])} | {ms(r['answer_agreement'])} | "
             f"{ms(r['kl_to_teacher'])} | {ms(r['top1_agreement'])} | {ms(r['kl_gap_closed'])} | "
-            f"{'-' if r['kd_beats_sft_seeds'] is None else str(r['kd_beats_sft_seeds']) + '/' + str(r['seeds'])} |")
+            f"{beat} |")
     if results.get("untrained"):
         u = results["untrained"]
         lines += ["", "Pruned, before training (deterministic):", "",
