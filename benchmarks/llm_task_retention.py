@@ -200,28 +200,6 @@ def latency(student_dirs: dict[str, str], rounds: int = 5, prompts: int = 8) -> 
             "speedup": {k: round(medians["teacher"] / v, 3) for k, v in medians.items() if k != "teacher"}}
 
 
-def untrained(student_dirs: dict[str, str]) -> dict:
-    """Each pruned student as pruned, before any training: held-out task accuracy (the same grader, greedy,
-    TASK_TOKENS new tokens) and agreement of its replies with the teacher's. Deterministic (no seed)."""
-    from llmdistill import graders, models
-    from llmdistill.evaluate.stage import greedy
-    from llmdistill.prompts import load_prompts
-
-    tok = models.load_tokenizer("smollm2-135m-instruct")
-    items = load_prompts([HELDOUT], None, "file", None)
-    replies = {}
-    for name, path in {"teacher": "smollm2-135m-instruct", **student_dirs}.items():
-        model = models.load_causal_lm(path).eval()
-        replies[name] = [tok.decode(c, skip_special_tokens=True)
-                         for _, c in greedy(model, tok, items, TASK_TOKENS, 16, "cpu", f"untrained: {name}")]
-    out = {}
-    for name, answers in replies.items():
-        correct = [graders.grade("contains", a, p.answer) for a, p in zip(answers, items)]
-        agree = [normal(a) == normal(t) for a, t in zip(answers, replies["teacher"])]
-        out[name] = {"task_accuracy": sum(correct) / len(items), "answer_agreement": sum(agree) / len(items)}
-    return out
-
-
 def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -301,12 +279,6 @@ def table(results: dict) -> str:
             f"{ms(r['task_accuracy'])} | {ms(r['task_retention'])} | {ms(r['answer_agreement'])} | "
             f"{ms(r['kl_to_teacher'])} | {ms(r['top1_agreement'])} | {ms(r['kl_gap_closed'])} | "
             f"{beat} |")
-    if results.get("untrained"):
-        u = results["untrained"]
-        lines += ["", "Pruned, before training (deterministic):", "",
-                  "| student | task acc | retention | answer agree |", "| --- | ---: | ---: | ---: |"]
-        lines += [f"| {name} | {v['task_accuracy']:.3f} | {v['task_accuracy'] / u['teacher']['task_accuracy']:.3f} | "
-                  f"{v['answer_agreement']:.3f} |" for name, v in u.items() if name != "teacher"]
     lines += [f"\nfailed: {key}: {why}" for key, why in results.get("failed", {}).items()]
     lines += ["", f"best: {json.dumps(summary['best'])}"]
     return "\n".join(lines)
@@ -329,8 +301,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--lr", type=float, default=LR)
     parser.add_argument("--no-latency", action="store_true")
-    parser.add_argument("--untrained", action="store_true",
-                        help="also grade every pruned architecture before training (after latency)")
     parser.add_argument("--table", action="store_true", help="print the table of what is there and exit")
     args = parser.parse_args()
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
@@ -379,9 +349,6 @@ def main() -> None:
         if dirs:
             results["latency"] = latency(dirs)
             save(results)
-            if args.untrained:
-                results["untrained"] = untrained(dirs)
-                save(results)
     print(table(results))
 
 

@@ -149,7 +149,6 @@ def test_gradable_task_accuracy_for_every_model(base, tmp_path):
     assert len(cached) == 1 and len(store.read_json(cached[0])) == 3  # the teacher answers once per task
 
 
-
 def test_a_task_on_the_held_out_prompts_reuses_the_teachers_references(base, tmp_path):
     """eval.prompts and a task on the same file at the same length: the teacher's greedy replies are the
     references it already wrote, not a second generation."""
@@ -169,6 +168,7 @@ def test_a_task_on_the_held_out_prompts_reuses_the_teachers_references(base, tmp
     graded = [json.loads(line) for line in (cfg.run_dir / "eval" / "tasks.jsonl").read_text().splitlines()]
     teacher = [r["output"] for r in graded if r["model"] == "teacher"]
     assert len(teacher) == 2 and set(teacher) <= texts
+
 
 PRUNED = "train.student={prune: {layers: 2, intermediate_size: 96, hidden_size: 48, calibration_samples: 6}}"
 
