@@ -73,6 +73,20 @@ def test_force_reruns_the_stage_and_everything_after_it(finished_run):
     assert run_stages(cfg, force={"filter"}) == {"generate": "skipped", "filter": "ran", "train": "ran", "eval": "ran"}
 
 
+def test_a_forced_rerun_killed_downstream_redoes_the_downstream_next_time(finished_run):
+    # the forced filter rerun completes with new rows; train is killed at its first step. train's old output
+    # still carries the current fingerprint, but was built from the old filter output: it must not count as done
+    path, cfg = finished_run
+    env = {**os.environ, "LLMDISTILL_FAULT": "train:step:1"}
+    killed = subprocess.run([PYTHON, "-m", "llmdistill.cli", "run", str(path), "--force", "filter"],
+                            capture_output=True, text=True, env=env)
+    assert killed.returncode != 0
+    filter_token = store.read_success(cfg.run_dir / "filter")["output"]
+    assert store.read_success(cfg.run_dir / "train")["upstream_output"] != filter_token  # the old train output
+    assert run_stages(cfg) == {"generate": "skipped", "filter": "skipped", "train": "ran", "eval": "ran"}
+    assert store.read_success(cfg.run_dir / "train")["upstream_output"] == filter_token
+
+
 def test_kept_rows_keep_their_logits(finished_run):
     _, cfg = finished_run
     generated = {s["id"]: s for s in store.load_dataset(cfg.run_dir / "generate")}
