@@ -11,6 +11,7 @@ without a valid score). Models load on the first batch, so a fully resumed step 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -99,14 +100,19 @@ def _conversation(s: Sample) -> list[dict]:
     return [*s.messages, {"role": "assistant", "content": s.completion or ""}]
 
 
-def _needs_trust(step, err: Exception):
-    """transformers' refusal to run a repository's code, as one line naming the step and the fix."""
+@contextlib.contextmanager
+def _loading(step):
+    """Load a step's model; transformers' refusal to run a repository's code becomes one line naming the step
+    and the fix."""
     from llmdistill.errors import UserError
 
-    if "trust_remote_code" in str(err) and not step.trust_remote_code:
-        return UserError(f"filter {step.name}: {step.model} ships its own model code; set trust_remote_code: true in "
-                         "this step if you trust it")
-    return err
+    try:
+        yield
+    except ValueError as e:
+        if "trust_remote_code" in str(e) and not step.trust_remote_code:
+            raise UserError(f"filter {step.name}: {step.model} ships its own model code; set trust_remote_code: "
+                            "true in this step if you trust it") from None
+        raise
 
 
 class RewardScorer(Scorer):
@@ -122,12 +128,10 @@ class RewardScorer(Scorer):
 
         path = models.resolve_source(self.step.model)
         trust = self.step.trust_remote_code
-        try:
+        with _loading(self.step):
             self.tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
             self._model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32,
                                                                              trust_remote_code=trust)
-        except ValueError as e:
-            raise _needs_trust(self.step, e) from None
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         if getattr(self._model.config, "pad_token_id", None) is None:  # not every config has the field
@@ -170,12 +174,10 @@ class PerplexityScorer(Scorer):
 
         if self._model is None:
             trust = self.step.trust_remote_code
-            try:
+            with _loading(self.step):
                 self.tok = models.load_tokenizer(self.step.model, trust_remote_code=trust)
                 self._model = models.load_causal_lm(self.step.model, "float32", self.step.device,
                                                     trust_remote_code=trust)
-            except ValueError as e:
-                raise _needs_trust(self.step, e) from None
         seqs, starts = [], []
         for s in samples:
             prompt = models.encode_prompt(self.tok, s.messages)
