@@ -166,7 +166,8 @@ def _task_outputs(eval_dir: Path) -> dict[str, dict[str, str]]:
 
 def latency(student_dirs: dict[str, str], rounds: int = 5, prompts: int = 8) -> dict:
     """Seconds per answer at batch 1 with 1 thread: the chat prompt plus `new` greedy tokens, where `new` is
-    the teacher's mean reply length on these prompts; the median over rounds, every model in every round."""
+    the teacher's mean reply length on these prompts; the median over rounds, every model in every round
+    (students of the same shape: over all their rounds together)."""
     import torch
 
     from llmdistill import models
@@ -194,8 +195,17 @@ def latency(student_dirs: dict[str, str], rounds: int = 5, prompts: int = 8) -> 
                     model.generate(ids, min_new_tokens=new, max_new_tokens=new, do_sample=False,
                                    pad_token_id=tok.pad_token_id)
                 times[name].append((time.perf_counter() - start) / len(encoded))
-    medians = {name: statistics.median(v) for name, v in times.items()}
+    # students of one shape (uniform-18 and depth-18 differ only in which layers they kept) run the same
+    # arithmetic: pool their rounds, so timing noise cannot make one look faster than the other
+    shapes: dict[tuple, list[str]] = {}
+    for name, model in loaded.items():
+        c = model.config
+        shapes.setdefault((name == "teacher", c.num_hidden_layers, c.hidden_size, c.intermediate_size,
+                           c.num_attention_heads, c.num_key_value_heads), []).append(name)
+    medians = {name: statistics.median([t for n in group for t in times[n]])
+               for group in shapes.values() for name in group}
     return {"new_tokens": new, "prompts": len(encoded), "rounds": rounds, "threads": 1,
+            "same_shape": [sorted(g) for g in shapes.values() if len(g) > 1],
             "seconds_per_answer": {k: round(v, 5) for k, v in medians.items()},
             "speedup": {k: round(medians["teacher"] / v, 3) for k, v in medians.items() if k != "teacher"}}
 
@@ -218,7 +228,8 @@ def summarise(results: dict) -> dict:
     speed = results.get("latency", {}).get("speedup", {})
     per_answer = results.get("latency", {}).get("seconds_per_answer", {})
     rows = []
-    order = sorted(by_row, key=lambda k: (k[2], list(STUDENTS).index(k[0]), list(METHODS).index(k[1])))
+    order = sorted(by_row, key=lambda k: (int(k[2].split("x")[0]), k[2], list(STUDENTS).index(k[0]),
+                                          list(METHODS).index(k[1])))  # budget by steps, then student
     for student, method, spent in order:
         rs = sorted(by_row[(student, method, spent)], key=lambda r: r["seed"])
         sft = {r["seed"]: r for r in by_row.get((student, "sft", spent), [])}
