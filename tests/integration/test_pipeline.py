@@ -74,8 +74,9 @@ def test_force_reruns_the_stage_and_everything_after_it(finished_run):
 
 
 def test_a_forced_rerun_killed_downstream_redoes_the_downstream_next_time(finished_run):
-    # the forced filter rerun completes with new rows; train is killed at its first step. train's old output
-    # still carries the current fingerprint, but was built from the old filter output: it must not count as done
+    # the forced filter rerun completes (a new output token, whatever its rows); train is killed at its first
+    # step. train's old output still carries the current fingerprint but was built from the old filter output:
+    # it must not count as done
     path, cfg = finished_run
     env = {**os.environ, "LLMDISTILL_FAULT": "train:step:1"}
     killed = subprocess.run([PYTHON, "-m", "llmdistill.cli", "run", str(path), "--force", "filter"],
