@@ -115,9 +115,11 @@ class FakeOpenAI:
     def __init__(self, tokenizer_dir: Path, *, latency_s: float = 0.0, fault_rate: float = 0.0,
                  faults: tuple[str, ...] = FAULT_KINDS, seed: int = 0, api_key: str | None = None,
                  unmappable_rate: float = 0.0, retry_after_s: float = 0.05, host: str = "127.0.0.1",
-                 port: int = 0, max_top_logprobs: int = 20, die_after: int | None = None, stop_prob: float = 0.08):
+                 port: int = 0, max_top_logprobs: int = 20, die_after: int | None = None, stop_prob: float = 0.08,
+                 canned: int = 0):
         self.model = TinyModel(tokenizer_dir, stop_prob=stop_prob)
         self.die_after, self.dead = die_after, False
+        self.canned, self._canned = canned, {}
         self._writers: set = set()
         self.latency_s, self.fault_rate, self.faults, self.seed = latency_s, fault_rate, tuple(faults), seed
         self.api_key, self.unmappable_rate, self.retry_after_s = api_key, unmappable_rate, retry_after_s
@@ -125,6 +127,8 @@ class FakeOpenAI:
         self.seen: Counter = Counter()  # request key -> times received (since the last reset_counts)
         self.attempts: Counter = Counter()  # the same, never reset: faults are drawn per (key, attempt)
         self.statuses: Counter = Counter()
+        self.delivered: Counter = Counter()  # request key -> 200 replies written out in full (a dying server's
+        # last replies may be counted in `statuses` and never reach the client)
         self.contents: list[dict] = []  # one entry per request: {key, prompt, status}
         self.in_flight = 0
         self.max_in_flight = 0
@@ -177,12 +181,14 @@ class FakeOpenAI:
         with self._lock:
             self.seen.clear()
             self.statuses.clear()
+            self.delivered.clear()
             self.contents.clear()
             self.max_in_flight = 0
 
     def stats(self) -> dict:
         with self._lock:
             return {"requests": sum(self.seen.values()), "by_key": dict(self.seen), "statuses": dict(self.statuses),
+                    "delivered": dict(self.delivered),
                     "max_in_flight": self.max_in_flight, "contents": list(self.contents)}
 
     # ------------------------------------------------------------------------------------------ HTTP
@@ -216,6 +222,9 @@ class FakeOpenAI:
                 head += [f"{k}: {v}" for k, v in extra.items()]
                 writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
                 await writer.drain()
+                if status == 200 and "X-Request-Key" in extra:
+                    with self._lock:
+                        self.delivered[extra["X-Request-Key"]] += 1
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError, ValueError):
             pass
         finally:
@@ -299,8 +308,16 @@ class FakeOpenAI:
             k = int(body.get("logprobs") or 0)
         if k > self.max_top_logprobs:
             return 400, _error(f"top_logprobs must be <= {self.max_top_logprobs}", "invalid_request_error"), {}
-        chosen, tops, chosen_lp, finish = self.model.complete(body, k)
         as_ids = bool(body.get("return_tokens_as_token_ids"))
+        if self.canned:  # one of `canned` replies made once per shape: the server costs next to no CPU
+            slot = (path, int(key[:8], 16) % self.canned, k, as_ids, body.get("max_tokens"))
+            if slot not in self._canned:
+                self._canned[slot] = self._made(path, body, key, k, want, as_ids, chat)
+            return 200, self._canned[slot], {"X-Request-Key": key}
+        return 200, self._made(path, body, key, k, want, as_ids, chat), {"X-Request-Key": key}
+
+    def _made(self, path: str, body: dict, key: str, k: int, want: bool, as_ids: bool, chat: bool) -> bytes:
+        chosen, tops, chosen_lp, finish = self.model.complete(body, k)
         rng = random.Random(f"unmappable:{key}")
         text = self.model.tok.decode(chosen)
 
@@ -338,7 +355,7 @@ class FakeOpenAI:
             reply = {"id": f"cmpl-{key}", "object": "text_completion", "created": created, "model": body["model"],
                      "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}],
                      "usage": usage}
-        return 200, json.dumps(reply).encode(), {}
+        return json.dumps(reply).encode()
 
 
 def _error(message: str, code: str) -> bytes:
@@ -353,9 +370,12 @@ def main() -> None:
     ap.add_argument("--fault-rate", type=float, default=0.0)
     ap.add_argument("--faults", default=",".join(FAULT_KINDS))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stop-prob", type=float, default=0.08, help="0: every reply is max_tokens long")
+    ap.add_argument("--canned", type=int, default=0, help="serve N prepared replies (a server that costs no CPU)")
     args = ap.parse_args()
     srv = FakeOpenAI(Path(args.tokenizer), latency_s=args.latency, fault_rate=args.fault_rate,
-                     faults=tuple(args.faults.split(",")), seed=args.seed, port=args.port).start()
+                     faults=tuple(args.faults.split(",")), seed=args.seed, port=args.port, stop_prob=args.stop_prob,
+                     canned=args.canned).start()
     print(f"PORT {srv.port}", flush=True)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

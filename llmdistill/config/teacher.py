@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from llmdistill.config.base import (
     KEY_PREFIXES,
@@ -52,9 +52,11 @@ class APIOptions(Section):
 
     model_config = ConfigDict(extra="forbid", validate_default=True, hide_input_in_errors=True)  # may hold a pasted key
 
-    base_url: Annotated[str, AfterValidator(_no_credentials)] = Field(
-        "https://api.openai.com/v1", description="endpoint root, e.g. http://127.0.0.1:8000/v1 (no credentials in "
-        "it: the key comes from api_key_env)")
+    base_url: str | list[str] = Field(
+        "https://api.openai.com/v1", json_schema_extra=NOT_HASHED,
+        description="endpoint root, e.g. http://127.0.0.1:8000/v1, or a list of them (a pool of servers of one "
+        "model: requests go to the least busy, a server that stops answering is left out and its requests go to "
+        "the others); no credentials in it: the key comes from api_key_env")
     served_model: str | None = Field(
         None, description="the name the server knows the model by, sent in requests (default: teacher.model, which "
         "names the local tokenizer that maps top-logprob tokens to ids)")
@@ -111,6 +113,20 @@ class APIOptions(Section):
     extra_body: dict[str, Any] = Field(
         default_factory=dict, description="extra request fields passed as they are (e.g. {top_k: 50} for vLLM)")
 
+    @field_validator("base_url")
+    @classmethod
+    def _urls(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("an empty list: give at least one endpoint root")
+            for url in v:
+                _no_credentials(url)
+            if len(set(v)) != len(v):
+                raise ValueError("lists a server twice")
+        else:
+            _no_credentials(v)
+        return v
+
     @field_validator("api_key_env")
     @classmethod
     def _env_name(cls, v: str | None) -> str | None:
@@ -140,6 +156,10 @@ class APIOptions(Section):
             raise ValueError("holds what looks like an API key (value not shown): the config is written to the run "
                              "directory; give the key through the environment variable named by api_key_env")
         return v
+
+    def urls(self) -> list[str]:
+        """`base_url` as a list (the pool; one server is a pool of one)."""
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
 
     def connection_failure_limit(self) -> int:
         """`max_connection_failures`, or its default: every request of a full window failing every attempt."""

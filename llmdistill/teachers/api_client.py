@@ -4,7 +4,7 @@ cost accounting and reading replies. Small and pure where possible, so each is t
 
 from __future__ import annotations
 
-import json
+import math
 import random
 import sqlite3
 import time
@@ -12,7 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import orjson
+
 from llmdistill.records import stable_hash
+from llmdistill.teachers.token_map import UNMAPPED_ID
 
 # HTTP statuses worth another attempt (the set the openai client itself retries): request timeout,
 # conflict, rate limit, server errors.
@@ -105,14 +109,15 @@ class RequestCache:
         self.db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, reply TEXT NOT NULL, "
                         "prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL, created REAL)")
 
-    def get(self, key: str) -> dict | None:
+    def get(self, key: str) -> bytes | str | None:
+        """The reply body stored for `key` as it came from the server (decode it with `decode_json`)."""
         row = self.db.execute("SELECT reply FROM replies WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        return row[0] if row else None
 
-    def put(self, key: str, reply: dict, prompt_tokens: int, completion_tokens: int, cost: float) -> None:
+    def put(self, key: str, reply: bytes | str, prompt_tokens: int, completion_tokens: int, cost: float) -> None:
+        """Store a reply body as it came (bytes or text; never re-serialised)."""
         self.db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?)",
-                        (key, json.dumps(reply, separators=(",", ":")), prompt_tokens, completion_tokens, cost,
-                         time.time()))
+                        (key, reply, prompt_tokens, completion_tokens, cost, time.time()))
 
     def spent_usd(self) -> float:
         return float(self.db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM replies").fetchone()[0])
@@ -153,34 +158,40 @@ class MalformedReply(Exception):
 
 
 @dataclass
-class TokenLogprobs:
-    token: str
-    raw: list[int] | None  # the `bytes` field, when the server sends it
-    logprob: float
-    top: list[tuple[str, list[int] | None, float]]
-
-
-@dataclass
 class Reply:
+    """One reply, read and mapped to token ids in one pass over the raw JSON (no object per log-prob)."""
+
     text: str
     finish_reason: str | None
-    tokens: list[TokenLogprobs] | None  # None when logprobs were not requested
     prompt_tokens: int
     completion_tokens: int
+    tokens: list[str] | None = None  # the server's token strings; None when logprobs were not requested
+    token_ids: list[int | None] | None = None  # each token's id, None where it did not map
+    topk_ids: np.ndarray | None = None  # [T, k] int32, UNMAPPED_ID where an alternative did not map
+    topk_logprobs: np.ndarray | None = None  # [T, k] float32, -inf in unused slots
+    unmapped_alternatives: list[str] = field(default_factory=list)
 
 
-def decode_json(text: str) -> dict:
+def decode_json(data: bytes | str) -> dict:
+    """A reply body as a dict (orjson: several times faster than the standard library on log-prob replies)."""
     try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MalformedReply(f"not JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise MalformedReply(f"not JSON ({e})") from None
     if not isinstance(obj, dict):
         raise MalformedReply("not a JSON object")
     return obj
 
 
-def read_reply(obj: dict, endpoint: str, want_logprobs: bool) -> Reply:
-    """Check and read one reply of /chat/completions ("chat") or /completions; raise MalformedReply."""
+Lookup = Callable[[str, "list[int] | None"], "int | None"]
+
+
+def read_reply(obj: dict, endpoint: str, k: int | None = None, lookup: Lookup | None = None,
+               memo: dict | None = None) -> Reply:
+    """Check and read one reply of /chat/completions ("chat") or /completions; raise MalformedReply.
+
+    With `k` (logprobs were requested) every token and its top-k alternatives are mapped to ids by
+    `lookup(token, bytes)` (or found in `memo`) straight from the decoded JSON, alternatives ordered by log-prob."""
     choices = obj.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise MalformedReply("no choices")
@@ -195,42 +206,76 @@ def read_reply(obj: dict, endpoint: str, want_logprobs: bool) -> Reply:
         text = choice.get("text")
         if not isinstance(text, str):
             raise MalformedReply("choice without text")
-    tokens = None
-    if want_logprobs:
+    reply = Reply(text=text if isinstance(text, str) else str(text), finish_reason=choice.get("finish_reason"),
+                  prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=0)
+    if k is not None:
         lp = choice.get("logprobs")
         if not isinstance(lp, dict):
             raise MalformedReply("logprobs were requested but the reply has none")
-        tokens = _chat_logprobs(lp) if endpoint == "chat" else _completion_logprobs(lp)
-    return Reply(text=text if isinstance(text, str) else str(text), finish_reason=choice.get("finish_reason"),
-                 tokens=tokens, prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                 completion_tokens=int(usage.get("completion_tokens") or (len(tokens) if tokens else 0)))
+        entries = _chat_entries(lp) if endpoint == "chat" else _completion_entries(lp)
+        _map_entries(reply, entries, k, lookup, memo)
+    reply.completion_tokens = int(usage.get("completion_tokens") or (len(reply.tokens) if reply.tokens else 0))
+    return reply
 
 
-def _chat_logprobs(lp: dict) -> list[TokenLogprobs]:
+def _chat_entries(lp: dict):
     content = lp.get("content")
     if content is None:
-        content = []
+        return []
     if not isinstance(content, list):
         raise MalformedReply("logprobs.content is not a list")
-    out = []
-    try:
-        for entry in content:
-            top = [(t["token"], t.get("bytes"), float(t["logprob"])) for t in entry.get("top_logprobs") or []]
-            out.append(TokenLogprobs(entry["token"], entry.get("bytes"), float(entry["logprob"]), top))
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise MalformedReply(f"bad logprobs entry ({type(e).__name__}: {e})") from None
-    return out
+    # per position: (token, bytes, alternatives' tokens, log-probs, bytes); a KeyError or TypeError from a bad
+    # entry surfaces in _map_entries
+    return ((e["token"], e.get("bytes"), [t["token"] for t in alts], [t["logprob"] for t in alts],
+             [t.get("bytes") for t in alts]) for e in content for alts in (e.get("top_logprobs") or (),))
 
 
-def _completion_logprobs(lp: dict) -> list[TokenLogprobs]:
+def _completion_entries(lp: dict):
     tokens, values, tops = lp.get("tokens"), lp.get("token_logprobs"), lp.get("top_logprobs")
     if not isinstance(tokens, list) or not isinstance(values, list) or len(tokens) != len(values):
         raise MalformedReply("logprobs.tokens / token_logprobs missing or of different lengths")
     tops = tops if isinstance(tops, list) else [None] * len(tokens)
     if len(tops) != len(tokens):
         raise MalformedReply("logprobs.top_logprobs has a different length")
+    return ((t, None, list(top or ()), list((top or {}).values()), None) for t, top in zip(tokens, tops))
+
+
+def _map_entries(reply: Reply, entries, k: int, lookup: Lookup, memo: dict | None) -> None:
+    """Fill `reply`'s token ids and [T, k] top-k arrays. The common case runs on whole lists: alternatives
+    already in log-prob order (servers send them so), every id found in `memo` (token string -> id, valid
+    for strings that name their bytes), none repeated; anything else takes the careful path for its row."""
+    tokens, ids, top_ids, top_lps, unmapped = [], [], [], [], []
+    pad_ids, pad_lps = [UNMAPPED_ID] * k, [-math.inf] * k
+    get = (memo or {}).get
     try:
-        return [TokenLogprobs(t, None, float(v), [(s, None, float(x)) for s, x in (top or {}).items()])
-                for t, v, top in zip(tokens, values, tops)]
-    except (TypeError, ValueError, AttributeError) as e:
+        for token, raw, alt_tokens, alt_lps, alt_raw in entries:
+            if not isinstance(token, str):
+                raise TypeError(f"token {token!r} is not a string")
+            tokens.append(token)
+            ids.append(lookup(token, raw))
+            if alt_lps != sorted(alt_lps, reverse=True):
+                order = sorted(range(len(alt_lps)), key=alt_lps.__getitem__, reverse=True)
+                alt_tokens, alt_lps = [alt_tokens[j] for j in order], [alt_lps[j] for j in order]
+                alt_raw = [alt_raw[j] for j in order] if alt_raw else None
+            alt_tokens, alt_lps = alt_tokens[:k], alt_lps[:k]
+            row = [get(t) for t in alt_tokens]
+            if None in row or len(set(row)) < len(row):  # a miss, an unmapped or a repeated token: one by one
+                row, seen = [], set()
+                for j, t in enumerate(alt_tokens):
+                    m = lookup(t, alt_raw[j] if alt_raw else None)
+                    if m is None or m in seen:
+                        unmapped.append(t)
+                        m = UNMAPPED_ID  # kept with its log-prob: training moves this mass into the tail
+                    else:
+                        seen.add(m)
+                    row.append(m)
+            n = len(row)
+            top_ids.append(row + pad_ids[n:] if n < k else row)
+            top_lps.append(alt_lps + pad_lps[n:] if n < k else alt_lps)
+        lps = np.array(top_lps, dtype=np.float32).reshape(len(tokens), k)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise MalformedReply(f"bad logprobs entry ({type(e).__name__}: {e})") from None
+    lps[~np.isfinite(lps)] = -np.inf  # a null or NaN log-prob: no mass
+    reply.tokens, reply.token_ids, reply.unmapped_alternatives = tokens, ids, unmapped
+    reply.topk_ids = np.array(top_ids, dtype=np.int32).reshape(len(tokens), k)
+    reply.topk_logprobs = lps

@@ -122,10 +122,22 @@ class TokenMapper:
         if mode == "tokenizer":
             self.table, self.clashes = vocab_bytes(tokenizer)
             self.vocab = tokenizer.get_vocab()
+        self.memo: dict[str, int | None] = {}  # token string -> id (see lookup)
         self.counts: Counter = Counter()
         self.examples: list[str] = []
 
     def lookup(self, token: str, raw: list[int] | None = None) -> int | None:
+        """The id of a reply's token. Memoised in `memo` by the token string when that string names its bytes
+        (it holds no U+FFFD, the stand-in for a piece of a UTF-8 character, whose bytes only `raw` tells)."""
+        if "\ufffd" in token:
+            return self._lookup(token, raw)
+        try:
+            return self.memo[token]
+        except KeyError:
+            i = self.memo[token] = self._lookup(token, raw)
+            return i
+
+    def _lookup(self, token: str, raw: list[int] | None) -> int | None:
         if self.mode == "token_ids":
             m = _TOKEN_ID.match(token)
             i = int(m.group(1)) if m else None

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -416,6 +417,28 @@ def test_a_server_that_dies_mid_run_stops_the_stage_then_a_rerun_resumes(tmp_pat
     clean = load_config(api_config(tmp_path, tiny, back, n_prompts=48, name="clean", max_concurrency=4, cache=False))
     run_stages(clean, ["generate"])
     assert rows(cfg) == rows(clean)  # the same dataset as a run the server never left
+
+
+def test_a_pool_of_two_servers_loses_one_mid_run_and_every_prompt_is_answered_once(tmp_path, tiny, server):
+    dying, healthy = server(die_after=12, latency_s=0.02), server(latency_s=0.02)
+    path = api_config(tmp_path, tiny, dying, n_prompts=48, max_concurrency=8)
+    data = yaml.safe_load(path.read_text())
+    data["teacher"]["api"]["base_url"] = [dying.base_url, healthy.base_url]
+    path.write_text(yaml.safe_dump(data))
+    res = cli_generate(path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"teacher api: {dying.base_url} is down" in res.stderr  # said once, as a warning
+    assert res.stderr.count(f"{dying.base_url} is down") == 1
+    cfg = load_config(path)
+    got = rows(cfg)
+    assert len(got) == 48 and all(r["error"] is None for r in got)
+    delivered = Counter(dying.stats()["delivered"]) + Counter(healthy.stats()["delivered"])
+    assert sum(dying.stats()["delivered"].values()) >= 8 and sum(healthy.stats()["delivered"].values()) >= 24
+    assert len(delivered) == 48 and set(delivered.values()) == {1}  # every prompt answered (and paid) once
+    clean_srv = server()
+    clean = load_config(api_config(tmp_path, tiny, clean_srv, n_prompts=48, name="clean", cache=False))
+    run_stages(clean, ["generate"])
+    assert got == rows(clean)  # the same dataset as one server that never failed
 
 
 def test_too_many_failures_is_not_done_and_reruns_retry_exactly_the_failed_samples(tmp_path, tiny, server):

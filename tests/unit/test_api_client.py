@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
 from llmdistill.config import APIPrice
@@ -88,11 +89,12 @@ def test_cache_key_covers_the_request_content_only():
 def test_request_cache_round_trip_and_spend(tmp_path):
     cache = ac.RequestCache(tmp_path / "c" / "api.sqlite")
     assert cache.get("k1") is None
-    cache.put("k1", {"choices": [{"text": "x"}]}, 10, 5, 0.25)
-    cache.put("k2", {"choices": []}, 1, 1, 0.5)
+    cache.put("k1", b'{"choices": [{"text": "x"}]}', 10, 5, 0.25)  # stored as the server sent it
+    cache.put("k2", '{"choices": []}', 1, 1, 0.5)
     cache.close()
     again = ac.RequestCache(tmp_path / "c" / "api.sqlite")
-    assert again.get("k1") == {"choices": [{"text": "x"}]}
+    assert again.get("k1") == b'{"choices": [{"text": "x"}]}' and ac.decode_json(again.get("k1"))["choices"]
+    assert ac.decode_json(again.get("k2")) == {"choices": []}
     assert len(again) == 2 and again.spent_usd() == pytest.approx(0.75)
 
 
@@ -116,19 +118,42 @@ CHAT = {
 }
 
 
-def test_read_chat_reply():
-    r = ac.read_reply(CHAT, "chat", True)
+VOCAB = {"H": 1, "Y": 2, "i": 3, "a": 4, "b": 5, "c": 6}
+
+
+def lookup(token, raw=None):
+    return VOCAB.get(token)
+
+
+def test_read_chat_reply_maps_tokens_and_alternatives():
+    r = ac.read_reply(CHAT, "chat", 3, lookup)
     assert r.text == "Hi" and r.finish_reason == "stop" and r.prompt_tokens == 7 and r.completion_tokens == 2
-    assert [t.token for t in r.tokens] == ["H", "i"] and r.tokens[0].top[1] == ("Y", [89], -2.5)
+    assert r.tokens == ["H", "i"] and r.token_ids == [1, 3]
+    assert r.topk_ids.dtype == np.int32 and r.topk_ids.tolist() == [[1, 2, UNMAPPED_ID], [UNMAPPED_ID] * 3]
+    assert r.topk_logprobs[0, :2].tolist() == pytest.approx([-0.1, -2.5]) and np.isneginf(r.topk_logprobs[1]).all()
+    text_only = ac.read_reply(CHAT, "chat")
+    assert text_only.tokens is None and text_only.text == "Hi"
 
 
-def test_read_completions_reply():
+def test_read_completions_reply_orders_alternatives_and_keeps_unmapped_mass():
     obj = {"choices": [{"text": "ab", "finish_reason": "length",
                         "logprobs": {"tokens": ["a", "b"], "token_logprobs": [-0.5, -1.0],
-                                     "top_logprobs": [{"a": -0.5, "c": -1.5}, {"b": -1.0}]}}],
-           "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
-    r = ac.read_reply(obj, "completions", True)
-    assert r.text == "ab" and [t.logprob for t in r.tokens] == [-0.5, -1.0] and r.tokens[0].top[1] == ("c", None, -1.5)
+                                     "top_logprobs": [{"c": -1.5, "a": -0.5, "zz": -3.0}, {"b": -1.0}]}}],
+           "usage": {"prompt_tokens": 3}}
+    r = ac.read_reply(obj, "completions", 2, lookup)
+    assert r.text == "ab" and r.token_ids == [4, 5] and r.completion_tokens == 2  # no usage: counted
+    assert r.topk_ids.tolist() == [[4, 6], [5, UNMAPPED_ID]]  # best two of three, by log-prob
+    three = ac.read_reply(obj, "completions", 3, lookup)
+    assert three.topk_ids[0].tolist() == [4, 6, UNMAPPED_ID] and three.unmapped_alternatives == ["zz"]
+    assert three.topk_logprobs[0].tolist() == pytest.approx([-0.5, -1.5, -3.0])  # its mass stays (the tail)
+
+
+def test_a_repeated_alternative_is_not_counted_twice():
+    obj = {"choices": [{"message": {"content": "H"}, "finish_reason": "stop", "logprobs": {"content": [
+        {"token": "H", "logprob": -0.1, "top_logprobs": [{"token": "H", "logprob": -0.1},
+                                                         {"token": "H", "logprob": -0.2}]}]}}]}
+    r = ac.read_reply(obj, "chat", 2, lookup)
+    assert r.topk_ids.tolist() == [[1, UNMAPPED_ID]]
 
 
 @pytest.mark.parametrize("obj, endpoint, want", [
@@ -141,12 +166,14 @@ def test_read_completions_reply():
 ])
 def test_malformed_replies_are_named(obj, endpoint, want):
     with pytest.raises(ac.MalformedReply):
-        ac.read_reply(obj, endpoint, want)
+        ac.read_reply(obj, endpoint, 2 if want else None, lookup)
 
 
 def test_decode_json_rejects_garbage():
     with pytest.raises(ac.MalformedReply, match="not JSON"):
         ac.decode_json('{"choices": [')
+    with pytest.raises(ac.MalformedReply, match="not JSON"):
+        ac.decode_json(b"\xff\xfe<html>")
     with pytest.raises(ac.MalformedReply):
         ac.decode_json("[1, 2]")
 
