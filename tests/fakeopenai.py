@@ -116,10 +116,15 @@ class FakeOpenAI:
                  faults: tuple[str, ...] = FAULT_KINDS, seed: int = 0, api_key: str | None = None,
                  unmappable_rate: float = 0.0, retry_after_s: float = 0.05, host: str = "127.0.0.1",
                  port: int = 0, max_top_logprobs: int = 20, die_after: int | None = None, stop_prob: float = 0.08,
-                 canned: int = 0):
+                 canned: int = 0, batch_seconds: float = 1.0):
         self.model = TinyModel(tokenizer_dir, stop_prob=stop_prob)
         self.die_after, self.dead = die_after, False
         self.canned, self._canned = canned, {}
+        # the batch API (/v1/files, /v1/batches): a batch answers its requests over `batch_seconds`
+        self.batch_seconds = batch_seconds
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
+        self.batches_created = 0
         self._writers: set = set()
         self.latency_s, self.fault_rate, self.faults, self.seed = latency_s, fault_rate, tuple(faults), seed
         self.api_key, self.unmappable_rate, self.retry_after_s = api_key, unmappable_rate, retry_after_s
@@ -246,6 +251,8 @@ class FakeOpenAI:
             return 200, b"{}", {}
         if method == "GET" and path == "/v1/models":
             return 200, json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]}).encode(), {}
+        if path.startswith(("/v1/files", "/v1/batches")):
+            return self._batch_api(method, path, headers, raw)
         if method != "POST" or path not in ("/v1/chat/completions", "/v1/completions"):
             return 404, _error("not found", "not_found"), {}
         auth = headers.get("authorization")
@@ -280,6 +287,83 @@ class FakeOpenAI:
             prompt = body.get("messages", body.get("prompt"))
             self.contents.append({"key": key, "prompt": prompt, "status": status})
         return status, payload, extra
+
+    # ------------------------------------------------------------------------------------ batch API
+    def _batch_api(self, method: str, path: str, headers: dict, raw: bytes):
+        parts = path.strip("/").split("/")  # v1, files|batches, [id], [content]
+        if method == "POST" and parts == ["v1", "files"]:
+            fields = _multipart(raw, headers.get("content-type", ""))
+            if "file" not in fields:
+                return 400, _error("no file in the upload", "invalid_request_error"), {}
+            name, content = fields["file"]
+            with self._lock:
+                fid = f"file-{len(self.files) + 1}"
+                self.files[fid] = content
+            return 200, json.dumps({"id": fid, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+                                    "filename": name, "purpose": "batch", "status": "processed"}).encode(), {}
+        if method == "GET" and len(parts) == 4 and parts[1] == "files" and parts[3] == "content":
+            if parts[2] not in self.files:
+                return 404, _error("no such file", "not_found"), {}
+            return 200, self.files[parts[2]], {}
+        if method == "POST" and parts == ["v1", "batches"]:
+            req = json.loads(raw)
+            if req.get("input_file_id") not in self.files:
+                return 400, _error("input_file_id not found", "invalid_request_error"), {}
+            with self._lock:
+                self.batches_created += 1
+                bid = f"batch_{self.batches_created}"
+                batch = {"id": bid, "object": "batch", "endpoint": req["endpoint"], "errors": None,
+                         "input_file_id": req["input_file_id"], "completion_window": req["completion_window"],
+                         "status": "validating", "output_file_id": None, "error_file_id": None,
+                         "created_at": int(time.time()), "request_counts": {"total": 0, "completed": 0, "failed": 0},
+                         "metadata": req.get("metadata")}
+                self.batches[bid] = batch
+            asyncio.ensure_future(self._run_batch(batch))
+            return 200, json.dumps(batch).encode(), {}
+        if method == "GET" and parts == ["v1", "batches"]:
+            data = sorted(self.batches.values(), key=lambda b: b["created_at"], reverse=True)
+            return 200, json.dumps({"object": "list", "data": data, "has_more": False}).encode(), {}
+        if method == "GET" and len(parts) == 3 and parts[1] == "batches":
+            if parts[2] not in self.batches:
+                return 404, _error("no such batch", "not_found"), {}
+            return 200, json.dumps(self.batches[parts[2]]).encode(), {}
+        return 404, _error("not found", "not_found"), {}
+
+    async def _run_batch(self, batch: dict) -> None:
+        lines = [json.loads(line) for line in self.files[batch["input_file_id"]].splitlines() if line.strip()]
+        batch["request_counts"]["total"] = len(lines)
+        await asyncio.sleep(0.05)
+        batch["status"], batch["in_progress_at"] = "in_progress", int(time.time())
+        out, errors = [], []
+        for n, line in enumerate(lines):
+            await asyncio.sleep(self.batch_seconds / max(len(lines), 1))
+            body, path = line["body"], line["url"]
+            key = _key(body)
+            with self._lock:
+                self.seen[key] += 1
+                self.attempts[key] += 1
+                attempt = self.attempts[key]
+            status, payload, _ = self._reply(path, body, key, attempt)
+            status = 500 if status is None else status
+            try:
+                parsed = json.loads(payload)
+            except json.JSONDecodeError:
+                parsed = payload.decode("latin-1")
+            entry = {"id": f"batch_req_{n}", "custom_id": line["custom_id"],
+                     "response": {"status_code": status, "request_id": f"req_{n}", "body": parsed}, "error": None}
+            with self._lock:
+                self.statuses[str(status)] += 1
+                if status == 200:
+                    self.delivered[key] += 1
+            (out if status == 200 else errors).append(entry)
+            batch["request_counts"]["completed" if status == 200 else "failed"] += 1
+        with self._lock:
+            for kind, rows in (("output_file_id", out), ("error_file_id", errors)):
+                if rows:
+                    fid = f"file-{len(self.files) + 1}"
+                    self.files[fid] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                    batch[kind] = fid
+        batch["status"], batch["completed_at"] = "completed", int(time.time())
 
     def _fault(self, key: str, attempt: int) -> str | None:
         if not self.fault_rate:
@@ -356,6 +440,23 @@ class FakeOpenAI:
                      "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}],
                      "usage": usage}
         return json.dumps(reply).encode()
+
+
+def _multipart(raw: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]:
+    """The fields of a multipart/form-data body: name -> (filename, content)."""
+    boundary = content_type.partition("boundary=")[2].strip('"')
+    fields = {}
+    for part in raw.split(b"--" + boundary.encode())[1:]:
+        if part.startswith(b"--"):
+            break
+        head, _, content = part.partition(b"\r\n\r\n")
+        disposition = next((h for h in head.decode("latin-1").split("\r\n") if h.lower().startswith(
+            "content-disposition")), "")
+        attrs = dict(a.strip().split("=", 1) for a in disposition.split(";")[1:] if "=" in a)
+        name = attrs.get("name", "").strip('"')
+        fields[name] = (attrs.get("filename", "").strip('"') or None, content[:-2] if content.endswith(b"\r\n")
+                        else content)
+    return fields
 
 
 def _error(message: str, code: str) -> bytes:

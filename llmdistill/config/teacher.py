@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from llmdistill.config.base import (
     KEY_PREFIXES,
@@ -45,6 +45,9 @@ class APIPrice(Section):
 
     prompt: float = Field(0.0, ge=0.0, description="USD per 1M prompt (input) tokens")
     completion: float = Field(0.0, ge=0.0, description="USD per 1M completion (output) tokens")
+    batch: float = Field(0.5, ge=0.0, le=1.0, json_schema_extra=NOT_HASHED,
+                         description="share of these prices a batch-API reply costs (teacher.api.mode: batch; "
+                         "OpenAI and Anthropic: 0.5)")
 
 
 class APIOptions(Section):
@@ -70,6 +73,13 @@ class APIOptions(Section):
         "tokenizer", description="how top-logprob tokens become ids: token_ids: vLLM's --return-tokens-as-token-ids "
         "('token_id:N' strings); tokenizer: look the token's bytes up in the local tokenizer; none: text only "
         "(no logprobs requested; add logits later with annotate)")
+    mode: Literal["online", "batch"] = Field(
+        "online", json_schema_extra=NOT_HASHED,
+        description="online: requests answered at once; batch: the provider's batch API (/v1/files + /v1/batches: "
+        "one JSONL upload, answered within 24 h at batch prices), its id kept in the run directory so a killed run "
+        "resumes polling instead of paying again (needs cache: true)")
+    batch_poll_s: float = Field(30.0, gt=0, json_schema_extra=NOT_HASHED,
+                                description="seconds between two looks at a batch in progress (mode: batch)")
     # how fast and how hard the client asks, not what the teacher writes: left out of the fingerprint, so
     # raising max_concurrency or budget_usd on a stopped run resumes it
     max_concurrency: int = Field(
@@ -156,6 +166,12 @@ class APIOptions(Section):
             raise ValueError("holds what looks like an API key (value not shown): the config is written to the run "
                              "directory; give the key through the environment variable named by api_key_env")
         return v
+
+    @model_validator(mode="after")
+    def _batch_needs_cache(self) -> APIOptions:
+        if self.mode == "batch" and not self.cache:
+            raise ValueError("mode: batch keeps the batch's replies in the request cache: set cache: true")
+        return self
 
     def urls(self) -> list[str]:
         """`base_url` as a list (the pool; one server is a pool of one)."""

@@ -254,6 +254,9 @@ def generate_batches(cfg: Config, ctx: StageContext, batches: list[list[Item]], 
             teacher = build_teacher(cfg.teacher_config(name), Sampling.from_generate(g),  # one at a time
                                     cache_dir=cfg.run_dir / "cache")
             store.atomic_write_json(out_dir / TEACHERS_DIR / f"{name}.json", teacher.provenance())
+            if hasattr(teacher, "prefetch"):  # e.g. a provider batch API: all this teacher will be asked, at once
+                teacher.prefetch(_work(cfg, batches, [j for j in todo if batches[j][0].teacher == name],
+                                       {p: r for p, r in retry.items() if batches[r[0][0]][0].teacher == name}))
             for path, rows in retry.items():
                 if batches[rows[0][0]][0].teacher == name:
                     if retry_shard(cfg, teacher, writer, path, batches, rows):
@@ -286,6 +289,18 @@ def generate_batches(cfg: Config, ctx: StageContext, batches: list[list[Item]], 
             del teacher
             gc.collect()
     return new_tokens
+
+
+def _work(cfg: Config, batches: list[list[Item]], todo: list[int], retry: dict[Path, list[tuple[int, int]]]):
+    """(prompts, seed, positions) of every teacher.generate call the loop below will make, in its order."""
+    work = []
+    for rows in retry.values():
+        by_batch: dict[int, list[int]] = {}
+        for j, pos in rows:
+            by_batch.setdefault(j, []).append(pos)
+        work += [([batches[j][p].prompt.messages for p in ps], batch_seed(cfg, batches[j]), ps)
+                 for j, ps in by_batch.items()]
+    return work + [([it.prompt.messages for it in batches[j]], batch_seed(cfg, batches[j]), None) for j in todo]
 
 
 def _ask(teacher, name: str, items: list[Item], seed: int, positions: list[int] | None = None):

@@ -96,6 +96,8 @@ class OpenAITeacher:
         self.rng = random.Random(0)
         self._loop = asyncio.new_event_loop()
         self._pool: _Pool | None = None
+        self._batches = None  # BatchRunner (mode: batch), made on first use
+        self._batch_errors: dict[str, str] = {}  # request key -> why the batch left it without a reply
         self._sem: asyncio.Semaphore | None = None
         self._reserved = 0.0  # worst-case dollars of the requests started and not finished
         self._budget_hit = False
@@ -139,10 +141,9 @@ class OpenAITeacher:
         return prov
 
     def generate(self, prompts: list[list[dict]], seed: int, positions: list[int] | None = None) -> list[Generation]:
-        positions = list(range(len(prompts))) if positions is None else positions
-        prepared = self._prepare(prompts)
-        jobs = [(self._body(m, _request_seed(seed, pos), ids), self._prompt_tokens(m, ids))
-                for m, pos, ids in zip(prompts, positions, prepared) if not isinstance(ids, str)]
+        prepared, jobs = self._jobs(prompts, seed, positions)
+        if self.opts.mode == "batch":
+            self.prefetch([(prompts, seed, positions)])  # a no-op for what an earlier prefetch covered
         with _fewer_gc_passes():
             sent = iter(self._loop.run_until_complete(self._batch(jobs)))
         outcomes = [_Outcome(error=ids) if isinstance(ids, str) else next(sent) for ids in prepared]
@@ -152,6 +153,41 @@ class OpenAITeacher:
                 "finished batches are committed and every paid reply is in the request cache; raise the budget "
                 "and rerun to continue")
         return [self._generation(o) for o in outcomes]
+
+    def prefetch(self, work: list[tuple[list[list[dict]], int, list[int] | None]]) -> None:
+        """mode: batch: answer every request of `work` ((prompts, seed, positions) per generate call to come)
+        through the provider's batch API, one batch for all of them, before the first `generate`; the replies
+        land in the request cache, where `generate` then finds them. Online mode: nothing to do."""
+        if self.opts.mode != "batch":
+            return
+        if self.cache is None:
+            raise UserError("teacher.api.mode: batch needs the request cache and a run directory")
+        requests = {}
+        for prompts, seed, positions in work:
+            for body, prompt_tokens in self._jobs(prompts, seed, positions)[1]:
+                key = ac.cache_key(self.opts.endpoint, body)
+                if key not in self._batch_errors:
+                    requests[key] = (body, prompt_tokens)
+        if not requests:
+            return
+        if self._batches is None:
+            import openai
+
+            from llmdistill.teachers.api_batch import BatchRunner
+
+            client = openai.OpenAI(base_url=self.opts.urls()[0], api_key=self.api_key or "none",
+                                   max_retries=self.opts.max_retries, timeout=self.opts.timeout_s)
+            self._batches = BatchRunner(client, self.cache.path.parent, self.cache, self.opts.endpoint,
+                                        self.opts.price, self.meter, self.opts.batch_poll_s, self._read, self._spent,
+                                        self.opts.budget_usd, _safe_url(self.opts.urls()[0]))
+        self._batch_errors.update(self._batches.run(requests, self.sampling.max_new_tokens))
+
+    def _jobs(self, prompts: list[list[dict]], seed: int, positions: list[int] | None):
+        """(per prompt: its ids / reason it cannot be sent / None, [(request body, prompt tokens)] of those sent)."""
+        positions = list(range(len(prompts))) if positions is None else positions
+        prepared = self._prepare(prompts)
+        return prepared, [(self._body(m, _request_seed(seed, pos), ids), self._prompt_tokens(m, ids))
+                          for m, pos, ids in zip(prompts, positions, prepared) if not isinstance(ids, str)]
 
     def close(self) -> None:
         if self._pool is not None:
@@ -220,6 +256,8 @@ class OpenAITeacher:
             if hit is not None:
                 self.meter.cache_hits += 1
                 return _Outcome(reply=hit)
+        if o.mode == "batch":  # the batch gave no reply (prefetch ran it): never sent online at online prices
+            return _Outcome(error=self._batch_errors.get(key, "timeout: no reply from the batch"))
         estimate = prompt_tokens + g.max_new_tokens  # what the tokens/min bucket takes (the reply refunds the rest)
         worst = ac.cost_usd(prompt_tokens, g.max_new_tokens, o.price)
         # check and reserve in one step, before any wait: no await in between, so no other request can pass the

@@ -553,3 +553,63 @@ def test_a_kill_during_a_retry_loses_no_good_row_and_the_next_run_finishes(tmp_p
 
     assert run_stages(cfg, ["generate", "filter"]) == {"generate": "ran", "filter": "ran"}
     assert all(r["error"] is None for r in rows(cfg)) and len(store.read_ids(cfg.run_dir / "filter")) == 24
+
+
+# ------------------------------------------------------------------------------------------- batch API
+def test_batch_mode_survives_sigkill_mid_batch_and_resumes_without_a_second_batch(tmp_path, tiny, server):
+    srv = server(batch_seconds=4.0)  # 40 requests answered over 4 s
+    path = api_config(tmp_path, tiny, srv, n_prompts=40, mode="batch", batch_poll_s=0.2,
+                      price={"prompt": 1.0, "completion": 2.0, "batch": 0.5})
+    cfg = load_config(path)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([PYTHON, "-m", "llmdistill.cli", "generate", str(path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state = cfg.run_dir / "cache" / "api_batches.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (srv.batches and 5 <= sum(srv.stats()["delivered"].values()) < 30):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    recorded = json.loads(state.read_text())["batches"]
+    assert [b["status"] for b in recorded] == ["created"] and recorded[0]["id"] == "batch_1"
+    assert srv.batches["batch_1"]["status"] == "in_progress" and not (cfg.run_dir / "generate" / "_SUCCESS").exists()
+
+    res = cli_generate(path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resuming batch batch_1" in res.stderr
+    assert srv.batches_created == 1  # polled again, not paid again
+    assert [b["status"] for b in json.loads(state.read_text())["batches"]] == ["collected (completed)"]
+    got = rows(cfg)
+    assert len(got) == 40 and all(r["error"] is None for r in got)
+    assert sorted(srv.stats()["by_key"].values()) == [1] * 40  # every request answered once, by the batch
+    usage = store.read_json(cfg.run_dir / "generate" / "teachers" / "default.json")["api_usage"]
+    db = sqlite3.connect(cfg.run_dir / "cache" / "api.sqlite")
+    p, c, cost = db.execute("SELECT SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd) FROM replies").fetchone()
+    db.close()
+    assert cost == pytest.approx((p * 1.0 + c * 2.0) / 1e6 * 0.5)  # batch prices
+    assert usage["spent_usd_in_run"] == pytest.approx(cost, rel=1e-4)
+
+    online = load_config(api_config(tmp_path, tiny, srv, n_prompts=40, name="online", cache=False))
+    run_stages(online, ["generate"])
+    assert got == rows(online)  # the very samples online mode writes
+
+
+def test_batch_mode_errors_become_failed_samples_and_a_rerun_submits_only_those(tmp_path, tiny, server):
+    srv = server(batch_seconds=0.2, fault_rate=0.25, faults=("500",))
+    path = api_config(tmp_path, tiny, srv, n_prompts=24, mode="batch", batch_poll_s=0.05,
+                      generate={"max_failed_fraction": 0.9})
+    cfg = load_config(path)
+    run_stages(cfg, ["generate"])
+    failed = [r for r in rows(cfg) if r["error"] is not None]
+    assert failed and all(r["error"].startswith("HTTP 500: internal error (batch batch_1)") for r in failed)
+    run_stages(cfg, ["generate"])  # a plain rerun asks again for the transient failures, in a second batch
+    assert srv.batches_created == 2
+    assert srv.batches["batch_2"]["request_counts"]["total"] == len(failed)
+    assert sum(r["error"] is not None for r in rows(cfg)) < len(failed)
+
+
+def test_batch_mode_needs_the_cache(tmp_path, tiny, server):
+    from llmdistill.config import ConfigError
+
+    with pytest.raises(ConfigError, match="mode: batch keeps the batch's replies in the request cache"):
+        load_config(api_config(tmp_path, tiny, server(), mode="batch", cache=False))
