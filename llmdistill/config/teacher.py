@@ -86,6 +86,11 @@ class APIOptions(Section):
         16, ge=1, json_schema_extra=NOT_HASHED,
         description="requests in flight at once (also keep generate.batch_size >= this: one batch is the unit of "
         "concurrency)")
+    client_processes: int = Field(
+        1, ge=1, le=64, json_schema_extra=NOT_HASHED,
+        description="processes sending the requests (each keeps max_concurrency / N in flight, under rate limits "
+        "and budget / N): for when one process's CPU, not the server, is the limit (hundreds of requests in "
+        "flight); mode: online")
     requests_per_minute: float | None = Field(
         None, gt=0, json_schema_extra=NOT_HASHED, description="request rate limit (token bucket)")
     tokens_per_minute: float | None = Field(

@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import random
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,7 @@ class OpenAITeacher:
         self._loop = asyncio.new_event_loop()
         self._pool: _Pool | None = None
         self._batches = None  # BatchRunner (mode: batch), made on first use
+        self._workers: _ClientProcesses | None = None  # client_processes > 1, started on first use
         self._batch_errors: dict[str, str] = {}  # request key -> why the batch left it without a reply
         self._sem: asyncio.Semaphore | None = None
         self._reserved = 0.0  # worst-case dollars of the requests started and not finished
@@ -131,12 +133,12 @@ class OpenAITeacher:
             "capture_temperature": 1.0 if raw else (g.temperature or 1.0),
             "capture_top_p": 1.0 if raw else g.top_p,
             "vocab_size": self.vocab_size,
-            "api_usage": {**self.meter.as_dict(), "spent_usd_in_run": round(self._spent(), 6)},
+            "api_usage": {**self._usage(), "spent_usd_in_run": round(self._spent(), 6)},
         }
         if self.tokenizer is not None:
             prov.update(models.tokenizer_info(self.tokenizer))
         if self.mapper is not None:
-            prov["token_mapping"] = self.mapper.report()
+            prov["token_mapping"] = self.mapper.report() if self._workers is None else self._workers.mapping()
         log.info("teacher api: %s", _summary(prov["api_usage"], prov.get("token_mapping")))
         return prov
 
@@ -144,14 +146,14 @@ class OpenAITeacher:
         prepared, jobs = self._jobs(prompts, seed, positions)
         if self.opts.mode == "batch":
             self.prefetch([(prompts, seed, positions)])  # a no-op for what an earlier prefetch covered
+        elif self.opts.client_processes > 1:
+            done = iter(self._processes().generate(jobs))
+            return [_failed(ids) if isinstance(ids, str) else next(done) for ids in prepared]
         with _fewer_gc_passes():
             sent = iter(self._loop.run_until_complete(self._batch(jobs)))
         outcomes = [_Outcome(error=ids) if isinstance(ids, str) else next(sent) for ids in prepared]
         if self._budget_hit:
-            raise BudgetExceeded(
-                f"teacher.api.budget_usd ${self.opts.budget_usd:g} reached (${self._spent():.4f} spent in this run): "
-                "finished batches are committed and every paid reply is in the request cache; raise the budget "
-                "and rerun to continue")
+            raise self._budget_error()
         return [self._generation(o) for o in outcomes]
 
     def prefetch(self, work: list[tuple[list[list[dict]], int, list[int] | None]]) -> None:
@@ -182,6 +184,26 @@ class OpenAITeacher:
                                         self.opts.budget_usd, _safe_url(self.opts.urls()[0]))
         self._batch_errors.update(self._batches.run(requests, self.sampling.max_new_tokens))
 
+    def _processes(self) -> _ClientProcesses:
+        if self._workers is None:
+            self._workers = _ClientProcesses(self.tcfg, self.sampling, self.cache.path.parent if self.cache else None,
+                                             self.spent_before)
+        return self._workers
+
+    def run_jobs(self, jobs: list[tuple[dict, int]]) -> list[Generation]:
+        """Send prepared requests and read their replies (what a client process does for its share)."""
+        with _fewer_gc_passes():
+            outcomes = self._loop.run_until_complete(self._batch(jobs))
+        if self._budget_hit:
+            raise self._budget_error()
+        return [self._generation(o) for o in outcomes]
+
+    def _budget_error(self) -> BudgetExceeded:
+        return BudgetExceeded(
+            f"teacher.api.budget_usd ${self.opts.budget_usd:g} reached (${self._spent():.4f} spent in this run): "
+            "finished batches are committed and every paid reply is in the request cache; raise the budget "
+            "and rerun to continue")
+
     def _jobs(self, prompts: list[list[dict]], seed: int, positions: list[int] | None):
         """(per prompt: its ids / reason it cannot be sent / None, [(request body, prompt tokens)] of those sent)."""
         positions = list(range(len(prompts))) if positions is None else positions
@@ -190,6 +212,9 @@ class OpenAITeacher:
                           for m, pos, ids in zip(prompts, positions, prepared) if not isinstance(ids, str)]
 
     def close(self) -> None:
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
         if self._pool is not None:
             self._loop.run_until_complete(self._pool.close())
             self._pool = None
@@ -374,8 +399,12 @@ class OpenAITeacher:
         if self.cache is not None:
             self.cache.put(key, body, p, c, cost)
 
+    def _usage(self) -> dict:
+        """This process's requests, plus its client processes' when it has them."""
+        return self.meter.as_dict() if self._workers is None else self._workers.usage(self.meter)
+
     def _spent(self) -> float:
-        return self.spent_before + self.meter.cost_usd
+        return self.spent_before + self._usage()["cost_usd"]
 
     def _redact(self, text: str) -> str:
         return text.replace(self.api_key, "[redacted]") if self.api_key else text
@@ -483,6 +512,109 @@ class _Pool:
         for e in self.endpoints:
             for c in e._clients:
                 await c.close()
+
+
+class _ClientProcesses:
+    """`client_processes` worker processes, each an OpenAITeacher sending its share of every batch with
+    max_concurrency / N in flight (rate limits and the budget left split N ways, so together they stay within
+    them). They share the request cache (SQLite in WAL mode takes their writes in turn). This process builds
+    the request bodies; a worker sends them, reads the replies into Generations and returns those with its
+    running totals (requests, retries, cost; token-mapping counts)."""
+
+    def __init__(self, tcfg: TeacherConfig, sampling: Sampling, cache_dir: Path | None, spent_before: float):
+        import concurrent.futures
+        import multiprocessing
+
+        o, n = tcfg.api, tcfg.api.client_processes
+        share = {"client_processes": 1, "max_concurrency": max(1, o.max_concurrency // n),
+                 "max_connection_failures": max(1, o.connection_failure_limit() // n)}
+        for name in ("requests_per_minute", "tokens_per_minute"):
+            if getattr(o, name) is not None:
+                share[name] = getattr(o, name) / n
+        if o.budget_usd is not None:
+            share["budget_usd"] = spent_before + max(o.budget_usd - spent_before, 0.0) / n or 1e-9
+        self.tcfg = tcfg.model_copy(update={"api": o.model_copy(update=share)})
+        self.n, self.budget = n, o.budget_usd
+        self.pool = concurrent.futures.ProcessPoolExecutor(
+            n, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,
+            initargs=(self.tcfg, sampling, cache_dir))
+        self.totals: dict[int, dict] = {}  # worker pid -> its latest running totals
+
+    def generate(self, jobs: list[tuple[dict, int]]) -> list[Generation]:
+        shares = [jobs[w::self.n] for w in range(self.n)]  # interleaved: slow and fast requests spread evenly
+        futures = [self.pool.submit(_worker_run, share) for share in shares if share]
+        results, error = [], None
+        for f in futures:  # every worker's answer first (their replies are cached either way), then any error
+            try:
+                gens, pid, totals = f.result()
+                self.totals[pid] = totals
+                results.append(gens)
+            except BaseException as e:  # noqa: BLE001 - re-raised below, after the others finished
+                error = error or e
+        if isinstance(error, BudgetExceeded):  # a worker's share is spent: said for the whole run
+            raise BudgetExceeded(f"teacher.api.budget_usd ${self.budget:g} reached: finished batches are committed "
+                                 "and every paid reply is in the request cache; raise the budget and rerun to "
+                                 "continue") from None
+        if error is not None:
+            raise error
+        out: list[Generation | None] = [None] * len(jobs)
+        for w, gens in enumerate(results):
+            out[w::self.n] = gens
+        return out
+
+    def usage(self, own: ac.Meter) -> dict:
+        total = own.as_dict()
+        for t in self.totals.values():
+            for key, value in t["usage"].items():
+                if isinstance(value, dict):
+                    merged = dict(total[key])
+                    for reason, count in value.items():
+                        merged[reason] = merged.get(reason, 0) + count
+                    total[key] = dict(sorted(merged.items()))
+                else:
+                    total[key] = round(total[key] + value, 6) if isinstance(value, float) else total[key] + value
+        return total
+
+    def mapping(self) -> dict:
+        reports = [t["mapping"] for t in self.totals.values() if t.get("mapping")]
+        if not reports:
+            return {}
+        merged = dict(reports[0])
+        for r in reports[1:]:
+            for key, value in r.items():
+                if isinstance(value, int) and key != "vocab_clashes":
+                    merged[key] = merged.get(key, 0) + value
+            merged["unmapped_examples"] = list(dict.fromkeys(merged["unmapped_examples"] + r["unmapped_examples"]))[:5]
+        return merged
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+_WORKER: OpenAITeacher | None = None
+
+
+def _worker_start(tcfg: TeacherConfig, sampling: Sampling, cache_dir: Path | None) -> None:
+    global _WORKER
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    parent = os.getppid()
+
+    def orphaned() -> None:  # a killed parent (SIGKILL, OOM) leaves no worker behind
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=orphaned, daemon=True).start()
+    _WORKER = OpenAITeacher(tcfg, sampling, cache_dir)
+
+
+def _worker_run(jobs: list[tuple[dict, int]]) -> tuple[list[Generation], int, dict]:
+    gens = _WORKER.run_jobs(jobs)
+    mapping = _WORKER.mapper.report() if _WORKER.mapper is not None else None
+    return gens, os.getpid(), {"usage": _WORKER.meter.as_dict(), "mapping": mapping}
 
 
 @contextlib.contextmanager

@@ -613,3 +613,47 @@ def test_batch_mode_needs_the_cache(tmp_path, tiny, server):
 
     with pytest.raises(ConfigError, match="mode: batch keeps the batch's replies in the request cache"):
         load_config(api_config(tmp_path, tiny, server(), mode="batch", cache=False))
+
+
+def test_two_client_processes_write_the_dataset_one_process_writes(tmp_path, tiny, server):
+    srv = server(latency_s=0.02)
+    two = load_config(api_config(tmp_path, tiny, srv, n_prompts=32, name="two", client_processes=2,
+                                 max_concurrency=8))
+    run_stages(two, ["generate"])
+    assert sorted(srv.stats()["by_key"].values()) == [1] * 32  # each request sent once, by one of the two
+    usage = store.read_json(two.run_dir / "generate" / "teachers" / "default.json")["api_usage"]
+    assert usage["requests"] == 32 and usage["completion_tokens"] == sum(len(r["completion_token_ids"])
+                                                                         for r in rows(two))
+    one = load_config(api_config(tmp_path, tiny, srv, n_prompts=32, name="one", cache=False, max_concurrency=8))
+    run_stages(one, ["generate"])
+    assert rows(two) == rows(one)
+
+
+def test_a_killed_run_leaves_no_client_process_behind(tmp_path, tiny, server):
+    srv = server(latency_s=0.3)
+    path = api_config(tmp_path, tiny, srv, n_prompts=200, client_processes=2, max_concurrency=8,
+                      generate={"batch_size": 16})
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([PYTHON, "-m", "llmdistill.cli", "generate", str(path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while srv.stats()["requests"] < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) >= 2  # the two client processes (and multiprocessing's resource tracker)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    def alive(pid: str) -> bool:
+        try:
+            return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(map(alive, children)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(alive, children))
+    before = srv.stats()["requests"]
+    time.sleep(1.0)
+    assert srv.stats()["requests"] == before  # nothing is still sending
