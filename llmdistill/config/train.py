@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from llmdistill.config.base import InputFiles, ModelSource, Section, literal_values
+from llmdistill.config.teacher import APIOptions
 
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
 DIVERGENCE_NAMES = literal_values(Divergence)
@@ -155,8 +156,16 @@ class TrainConfig(Section):
     mode: Literal["offline", "seq_kd", "on_policy"] = Field(
         "offline", description="offline: the loss terms on the generated samples; seq_kd: CE on the teacher's "
         "text (works across tokenizers); on_policy: trl on-policy distillation (see train.on_policy)")
-    teacher_signal: Literal["stored", "live"] = Field(
-        "stored", description="offline mode: the stored top-k log-probs, or a live teacher's full distribution")
+    teacher_signal: Literal["stored", "live", "served"] = Field(
+        "stored", description="offline mode: the stored top-k log-probs; live: a teacher loaded here (its full "
+        "distribution); served: the top-k of a teacher behind a vLLM server (prompt_logprobs of each training "
+        "sequence, fetched while the previous step trains; see train.served)")
+    served: APIOptions | None = Field(
+        None, description="teacher_signal: served: the vLLM OpenAI-compatible server(s) of the teacher, as "
+        "`teacher.api` (base_url or a pool, served_model, api_key_env, max_concurrency, retries; teacher.model names "
+        "its local tokenizer); endpoint and token ids are implied")
+    served_topk: int = Field(20, ge=1, le=1000, description="teacher_signal: served: log-probs kept per position "
+                             "(vLLM caps it at its --max-logprobs, 20 by default)")
     loss: list[LossTerm] = Field(default_factory=_default_loss)
     tail: Literal["bucket", "renormalize"] = Field(
         "bucket",
@@ -199,6 +208,11 @@ class TrainConfig(Section):
             raise ValueError(f"loss terms must be distinct, got {names}")
         if not any(t.weight > 0 for t in self.loss):
             raise ValueError("at least one loss term needs a positive weight")
+        if self.teacher_signal == "served":
+            if self.served is None:
+                raise ValueError("teacher_signal: served needs train.served (the teacher server's base_url ...)")
+            if self.served.mode != "online":
+                raise ValueError("train.served.mode must be online (training waits for each batch's log-probs)")
         c = self.curriculum
         if c.pacing != "none" and self.max_steps is None:
             raise ValueError("curriculum pacing needs train.max_steps (the pace is set per step)")

@@ -204,6 +204,28 @@ class OpenAITeacher:
             "finished batches are committed and every paid reply is in the request cache; raise the budget "
             "and rerun to continue")
 
+    def score(self, sequences: list[list[int]], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The teacher's top-k log-probs at every position of each token sequence, from a vLLM server's
+        `prompt_logprobs` (/completions, the prompt as token ids, one token generated): per sequence
+        ([L, k] ids, [L, k] log-probs), row i the distribution of token i given the tokens before it (row 0
+        empty). Sent like any request (pool, retries, cache); a sequence that fails every attempt raises."""
+        jobs = [({"model": self.served_model, "prompt": list(map(int, seq)), "max_tokens": 1, "temperature": 0.0,
+                  "prompt_logprobs": k}, len(seq)) for seq in sequences]
+
+        with _fewer_gc_passes():
+            outcomes = self._loop.run_until_complete(self._batch(jobs, read=_Scored.read))
+        out = []
+        for (_, n), o in zip(jobs, outcomes):
+            if o.reply is None:
+                raise UserError(f"served teacher {self._pool.names() if self._pool else ''}: scoring a sequence "
+                                f"of {n} tokens failed: {o.error}")
+            try:
+                scored = o.parsed if o.parsed is not None else _Scored.read(o.reply)
+                out.append(scored.arrays(k, n))
+            except ac.MalformedReply as e:
+                raise UserError(f"served teacher: a reply for a sequence of {n} tokens is unusable: {e}") from None
+        return out
+
     def _jobs(self, prompts: list[list[dict]], seed: int, positions: list[int] | None):
         """(per prompt: its ids / reason it cannot be sent / None, [(request body, prompt tokens)] of those sent)."""
         positions = list(range(len(prompts))) if positions is None else positions
@@ -260,11 +282,11 @@ class OpenAITeacher:
         body.update(o.extra_body)
         return body
 
-    async def _batch(self, jobs: list[tuple[dict, int]]) -> list[_Outcome]:
+    async def _batch(self, jobs: list[tuple[dict, int]], read=None) -> list[_Outcome]:
         if self._pool is None:
             self._pool = _Pool(self.opts, self.api_key)
             self._sem = asyncio.Semaphore(self.opts.max_concurrency)
-        tasks = [asyncio.ensure_future(self._request(body, prompt_tokens)) for body, prompt_tokens in jobs]
+        tasks = [asyncio.ensure_future(self._request(body, prompt_tokens, read)) for body, prompt_tokens in jobs]
         try:
             return list(await asyncio.gather(*tasks))
         except BaseException:
@@ -273,7 +295,7 @@ class OpenAITeacher:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    async def _request(self, body: dict, prompt_tokens: int) -> _Outcome:
+    async def _request(self, body: dict, prompt_tokens: int, read=None) -> _Outcome:
         o, g = self.opts, self.sampling
         key = ac.cache_key(o.endpoint, body)
         if self.cache is not None:
@@ -281,7 +303,7 @@ class OpenAITeacher:
             if hit is not None:
                 self.meter.cache_hits += 1
                 return _Outcome(reply=hit)
-        if o.mode == "batch":  # the batch gave no reply (prefetch ran it): never sent online at online prices
+        if o.mode == "batch" and read is None:  # no reply from the batch (prefetch ran it): never sent online
             return _Outcome(error=self._batch_errors.get(key, "timeout: no reply from the batch"))
         estimate = prompt_tokens + g.max_new_tokens  # what the tokens/min bucket takes (the reply refunds the rest)
         worst = ac.cost_usd(prompt_tokens, g.max_new_tokens, o.price)
@@ -293,11 +315,11 @@ class OpenAITeacher:
         self.meter.requests += 1
         self._reserved += worst
         try:
-            return await self._attempts(key, body, estimate)
+            return await self._attempts(key, body, estimate, read)
         finally:
             self._reserved -= worst
 
-    async def _attempts(self, key: str, body: dict, estimate: int) -> _Outcome:
+    async def _attempts(self, key: str, body: dict, estimate: int, read=None) -> _Outcome:
         o = self.opts
         reason = "not sent"
         for attempt in range(o.max_retries + 1):
@@ -309,7 +331,7 @@ class OpenAITeacher:
                     await asyncio.sleep(self.tpm.reserve(estimate))
                 self.meter.attempts += 1
                 endpoint = self._pool.pick()
-                reply, reason, retry_after = await self._send(endpoint, body)
+                reply, reason, retry_after = await self._send(endpoint, body, read)
             if reply is not None:
                 self._account(key, reply[0], reply[1], estimate)
                 return _Outcome(reply=reply[0], parsed=reply[1])
@@ -328,12 +350,12 @@ class OpenAITeacher:
         log.warning("api: request failed: %s", reason)
         return _Outcome(error=reason)
 
-    async def _send(self, endpoint: _Endpoint, body: dict) -> tuple[tuple[bytes, ac.Reply] | None, str,
-                                                                    float | None | bool]:
+    async def _send(self, endpoint: _Endpoint, body: dict, read=None) -> tuple[tuple[bytes, ac.Reply] | None, str,
+                                                                               float | None | bool]:
         """((good reply, read) or None, reason, Retry-After seconds or None; False when a retry cannot help)."""
         import openai
 
-        path = "/chat/completions" if self.opts.endpoint == "chat" else "/completions"
+        path = "/chat/completions" if "messages" in body else "/completions"
         endpoint.in_flight += 1
         try:
             # the body as bytes: parsed once by orjson, never into the openai package's pydantic objects
@@ -367,10 +389,10 @@ class OpenAITeacher:
         self._refused = 0
         self._pool.answered(endpoint)
         try:
-            parsed = self._read(text)
+            parsed = (read or self._read)(text)
         except ac.MalformedReply as e:
             return None, f"malformed reply: {e}", None
-        if self.opts.token_mapping == "token_ids" and not self._checked_ids:
+        if read is None and self.opts.token_mapping == "token_ids" and not self._checked_ids:
             self._check_token_ids(parsed)
         return (text, parsed), "", None
 
@@ -512,6 +534,28 @@ class _Pool:
         for e in self.endpoints:
             for c in e._clients:
                 await c.close()
+
+
+class _Scored:
+    """A prompt_logprobs reply, decoded once; its arrays are read for the length that was sent."""
+
+    def __init__(self, obj: dict):
+        usage = obj.get("usage") or {}
+        self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        self.completion_tokens = int(usage.get("completion_tokens") or 0)
+        choices = obj.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict) \
+                or not isinstance(choices[0].get("prompt_logprobs"), list):
+            raise ac.MalformedReply("prompt_logprobs were requested but the reply has none (a vLLM server, "
+                                    "started with --max-logprobs >= the k asked for, is needed)")
+        self.rows = choices[0]["prompt_logprobs"]
+
+    @classmethod
+    def read(cls, body: bytes | str) -> _Scored:
+        return cls(ac.decode_json(body))
+
+    def arrays(self, k: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        return ac.read_prompt_logprobs(self.rows, k, length)
 
 
 class _ClientProcesses:

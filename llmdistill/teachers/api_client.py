@@ -279,3 +279,25 @@ def _map_entries(reply: Reply, entries, k: int, lookup: Lookup, memo: dict | Non
     reply.tokens, reply.token_ids, reply.unmapped_alternatives = tokens, ids, unmapped
     reply.topk_ids = np.array(top_ids, dtype=np.int32).reshape(len(tokens), k)
     reply.topk_logprobs = lps
+
+
+def read_prompt_logprobs(rows: list, k: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """vLLM's `prompt_logprobs` (of a /completions reply) as [length, k] arrays: row i is the distribution
+    that produced prompt token i (row 0, which nothing predicts, stays empty: UNMAPPED_ID / -inf), its k
+    most likely token ids by log-prob. vLLM adds the prompt token itself when it is outside the top k
+    (rank > k); that entry is dropped, so the rest of the mass is the tail, as in a stored top-k."""
+    if len(rows) != length:
+        raise MalformedReply(f"prompt_logprobs for {len(rows)} tokens, {length} were sent")
+    ids = np.full((length, k), UNMAPPED_ID, dtype=np.int32)
+    lps = np.full((length, k), -np.inf, dtype=np.float32)
+    try:
+        for i, row in enumerate(rows):
+            if not row:
+                continue
+            best = sorted(((float(v["logprob"]), int(t)) for t, v in row.items()), reverse=True)[:k]
+            ids[i, : len(best)] = [t for _, t in best]
+            lps[i, : len(best)] = [lp for lp, _ in best]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise MalformedReply(f"bad prompt_logprobs entry ({type(e).__name__}: {e})") from None
+    lps[~np.isfinite(lps)] = -np.inf
+    return ids, lps

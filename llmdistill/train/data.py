@@ -57,9 +57,12 @@ def build_examples(dataset, tokenizer, max_seq_len: int, retokenize: bool = Fals
 class Collator:
     """Right-padded batches: input_ids, attention_mask, labels [B, L]; teacher_ids/teacher_logprobs [B, L, k]."""
 
-    def __init__(self, pad_token_id: int, with_teacher: bool = True):
+    def __init__(self, pad_token_id: int, with_teacher: bool = True, scorer=None):
+        """scorer: a served teacher (`served.ServedScorer`) asked for each sequence's top-k instead of the
+        stored rows."""
         self.pad = pad_token_id
         self.with_teacher = with_teacher
+        self.scorer = scorer
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         B, L = len(rows), max(len(r["input_ids"]) for r in rows)
@@ -69,8 +72,9 @@ class Collator:
         batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
         if "row" in rows[0]:
             batch["rows"] = torch.tensor([r["row"] for r in rows], dtype=torch.long)
+        served = self.scorer([r["input_ids"] for r in rows]) if self.with_teacher and self.scorer else None
         if self.with_teacher:
-            k = len(rows[0]["topk_ids"][0])
+            k = served[0][0].shape[1] if served else len(rows[0]["topk_ids"][0])
             t_ids = torch.zeros((B, L, k), dtype=torch.long)
             t_lps = torch.zeros((B, L, k), dtype=torch.float32)
             batch.update(teacher_ids=t_ids, teacher_logprobs=t_lps)
@@ -80,7 +84,10 @@ class Collator:
             input_ids[b, :n] = ids
             attention[b, :n] = 1
             labels[b, p:n] = ids[p:]
-            if self.with_teacher:
+            if served:  # row i of the served arrays is the distribution of token i
+                t_ids[b, p - 1 : n - 1] = torch.as_tensor(served[b][0][p:n].astype(np.int64))
+                t_lps[b, p - 1 : n - 1] = torch.as_tensor(served[b][1][p:n])
+            elif self.with_teacher:
                 m = n - p  # completion tokens kept after truncation
                 t_ids[b, p - 1 : n - 1] = torch.as_tensor(np.asarray(r["topk_ids"][:m], dtype=np.int64))
                 t_lps[b, p - 1 : n - 1] = torch.as_tensor(np.asarray(r["topk_logprobs"][:m], dtype=np.float32))

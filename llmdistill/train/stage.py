@@ -200,6 +200,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
         "lora": t.lora.model_dump() if t.lora is not None else None,
         "loss_terms": [x.model_dump() for x in terms] if mode != "on_policy" else None,
         "preflight": check.outcome,
+        "teacher_signal": t.teacher_signal if mode == "offline" and any(x.name != "ce" for x in terms) else None,
         "last_logged": term_logs[-1] if term_logs else None,
     }
     log.info("train: %s done: %d steps, loss %s, %.0f s -> %s", name, out["steps"], out["train_loss"], seconds,
@@ -302,6 +303,14 @@ def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, 
     t = cfg.train
     needs_teacher = any(x.name != "ce" for x in terms)
     live = needs_teacher and t.teacher_signal == "live"
+    scorer = None
+    if needs_teacher and t.teacher_signal == "served":
+        from llmdistill.train.served import ServedScorer, check_server, served_teacher_config
+
+        served = served_teacher_config(cfg.teacher.model, cfg.teacher.revision, t.served)
+        check_server(served, models.load_tokenizer(cfg.teacher.model, cfg.teacher.revision,
+                                                   cfg.teacher.trust_remote_code), t.max_seq_len, t.served_topk)
+        scorer = ServedScorer(served, t.served_topk, cfg.run_dir / "cache")
     examples = build_examples(dataset, tokenizer, t.max_seq_len, retokenize=check.outcome == "retokenize",
                               vocab_limit=check.student_vocab if check.outcome == "truncate" else None)
     eval_examples = None
@@ -313,14 +322,17 @@ def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, 
                                         cfg.teacher.trust_remote_code)
     return DistillTrainer(
         model=student,
-        args=TrainingArguments(**trainer_arguments(cfg, ckpt_dir), **_eval_arguments(t, eval_examples)),
+        # served: one DataLoader worker asks the server for the next batch while this step trains
+        args=TrainingArguments(**{**trainer_arguments(cfg, ckpt_dir), **_eval_arguments(t, eval_examples),
+                                  **({"dataloader_num_workers": 1, "dataloader_persistent_workers": True}
+                                     if scorer is not None else {})}),
         train_dataset=examples,
         eval_dataset=eval_examples,
-        data_collator=Collator(tokenizer.pad_token_id, with_teacher=needs_teacher and not live),
+        data_collator=Collator(tokenizer.pad_token_id, with_teacher=needs_teacher and not live, scorer=scorer),
         processing_class=tokenizer,
         loss_terms=terms,
         tail=t.tail,
-        capture_temperature=float(prov["capture_temperature"]),
+        capture_temperature=1.0 if scorer is not None else float(prov["capture_temperature"]),  # vLLM: raw
         chunk_tokens=t.chunk_tokens,
         teacher_model=teacher,
         curriculum=t.curriculum,

@@ -1,0 +1,97 @@
+"""The served teacher (`train.teacher_signal: served`) against a real vLLM server on 127.0.0.1: its prompt
+log-probs give the in-process teacher's top-k and loss to fp32 rounding, and a train run distils from it."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from vllm_server import SKIP_REASON, vllm_python
+
+from llmdistill import losses, models, store
+from llmdistill.config import APIOptions, load_config
+from llmdistill.errors import UserError
+from llmdistill.pipeline import run_stages
+from llmdistill.teachers.token_map import UNMAPPED_ID
+from llmdistill.train.served import ServedScorer, check_server, served_teacher_config
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.skipif(vllm_python() is None, reason=SKIP_REASON)]
+K = 20
+
+
+def served_config(tiny_vllm, server, **api):
+    options = {"base_url": server.base_url, "served_model": "tiny", "api_key_env": None, **api}
+    return served_teacher_config(str(tiny_vllm), None, APIOptions(**options))
+
+
+def sequences(tokenizer, n=3):
+    texts = ["the teacher scores every token of this sentence", "naïve café: 東京 🙂 12345",
+             "a third, longer sequence of ordinary words to score " * 2][:n]
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def in_process_topk(tiny_vllm, seq):
+    model = models.load_causal_lm(str(tiny_vllm), "float32", "cpu")
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([seq])).logits[0].double(), -1).float()
+    lps, ids = logp.topk(K, dim=-1)  # row i: the distribution of token i + 1
+    return logp, ids, lps
+
+
+def test_served_topk_and_loss_match_the_in_process_teacher(tmp_path, tiny_vllm, vllm_server):
+    tok = models.load_tokenizer(str(tiny_vllm))
+    seqs = sequences(tok)
+    scored = ServedScorer(served_config(tiny_vllm, vllm_server), K, tmp_path / "cache")(seqs)
+    torch.manual_seed(0)
+    for seq, (ids, lps) in zip(seqs, scored):
+        assert ids.shape == (len(seq), K) and (ids[0] == UNMAPPED_ID).all()  # nothing predicts token 0
+        ref_logp, ref_ids, ref_lps = in_process_topk(tiny_vllm, seq)
+        s_ids = torch.as_tensor(ids[1:].astype(np.int64))  # served row i + 1 = in-process row i
+        s_lps = torch.as_tensor(lps[1:])
+        np.testing.assert_allclose(s_lps.numpy(), ref_lps[:-1].numpy(), atol=2e-5, rtol=1e-5)
+        assert (s_ids == ref_ids[:-1]).float().mean() > 0.99  # ids may swap only between near-equal log-probs
+        student = torch.log_softmax(ref_logp[:-1] + 0.5 * torch.randn_like(ref_logp[:-1]), -1)
+        for temperature in (1.0, 2.0):
+            for tail in ("bucket", "renormalize"):
+                served_loss = losses.sparse_divergence_logp("forward_kl", student, s_ids, s_lps, temperature, tail)
+                local_loss = losses.sparse_divergence_logp("forward_kl", student, ref_ids[:-1], ref_lps[:-1],
+                                                           temperature, tail)
+                # two engines' fp32 forward passes (vLLM's CPU kernels, transformers') round differently: per
+                # token about 1e-5 relative (the log-probs agree to 2e-5 absolute); the batch loss to 1e-5
+                torch.testing.assert_close(served_loss, local_loss, rtol=5e-5, atol=1e-6)
+                torch.testing.assert_close(served_loss.mean(), local_loss.mean(), rtol=1e-5, atol=0.0)
+
+
+def test_the_server_is_checked_before_step_one(tiny_vllm, tiny, vllm_server):
+    tok = models.load_tokenizer(str(tiny_vllm))
+    assert check_server(served_config(tiny_vllm, vllm_server), tok, 128, K)["served_model"] == "tiny"
+    with pytest.raises(UserError, match="serves \\['tiny'\\], not 'other'"):
+        check_server(served_config(tiny_vllm, vllm_server, served_model="other"), tok, 128, K)
+    with pytest.raises(UserError, match="context of 256 tokens, shorter than train.max_seq_len 512"):
+        check_server(served_config(tiny_vllm, vllm_server), tok, 512, K)
+    other = models.load_tokenizer(str(tiny["other"]))
+    with pytest.raises(UserError, match="tokenises a probe text differently"):
+        check_server(served_teacher_config(str(tiny["other"]), None, APIOptions(
+            base_url=vllm_server.base_url, served_model="tiny", api_key_env=None)), other, 128, K)
+
+
+def test_a_train_run_distils_from_the_served_teacher(tmp_path, tiny_vllm, vllm_server):
+    from conftest import make_tiny_config
+
+    path, data = make_tiny_config(tmp_path, {"teacher": tiny_vllm})
+    data["teacher"]["model"] = str(tiny_vllm)
+    data["train"].update(student={"teacher_layers": [0]}, sft_baseline=False, max_steps=4, max_seq_len=128,
+                         teacher_signal="served", served={"base_url": vllm_server.base_url, "served_model": "tiny",
+                                                          "api_key_env": None})
+    path.write_text(yaml.safe_dump(data))
+    cfg = load_config(path)
+    run_stages(cfg, ["generate", "filter", "train"])
+    metrics = store.read_json(cfg.run_dir / "train" / "metrics.json")["student"]
+    assert metrics["steps"] == 4 and metrics["teacher_signal"] == "served"
+    assert np.isfinite(metrics["last_logged"]["loss_forward_kl"]) and metrics["last_logged"]["loss_forward_kl"] > 0
+    db = sqlite3.connect(cfg.run_dir / "cache" / "api.sqlite")  # every scored sequence, for a resumed run
+    assert db.execute("SELECT COUNT(*) FROM replies").fetchone()[0] >= 4
+    db.close()
