@@ -204,7 +204,7 @@ class OpenAITeacher:
             "finished batches are committed and every paid reply is in the request cache; raise the budget "
             "and rerun to continue")
 
-    def score(self, sequences: list[list[int]], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    def prompt_topk(self, sequences: list[list[int]], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """The teacher's top-k log-probs at every position of each token sequence, from a vLLM server's
         `prompt_logprobs` (/completions, the prompt as token ids, one token generated): per sequence
         ([L, k] ids, [L, k] log-probs), row i the distribution of token i given the tokens before it (row 0

@@ -55,7 +55,7 @@ class ServedScorer:
             from llmdistill.teachers.api import OpenAITeacher
 
             self._teacher = OpenAITeacher(self.tcfg, Sampling.scoring(self.k), self.cache_dir)
-        return self._teacher.score(sequences, self.k)
+        return self._teacher.prompt_topk(sequences, self.k)
 
 
 def _get(url: str, key: str | None, body: dict | None = None, timeout: float = 30.0) -> dict:
