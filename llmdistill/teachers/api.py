@@ -90,7 +90,7 @@ class OpenAITeacher:
         if self.mapper is not None:
             self.mapper.vocab_size = self.vocab_size
         self.cache = ac.RequestCache(Path(cache_dir) / "api.sqlite") if self.opts.cache and cache_dir else None
-        self.spent_before = self.cache.spent_usd() if self.cache else 0.0
+        self.spent_before = self.cache.spent_usd() if self.cache is not None else 0.0
         self.meter = ac.Meter()
         self.rpm = ac.TokenBucket(self.opts.requests_per_minute) if self.opts.requests_per_minute else None
         self.tpm = ac.TokenBucket(self.opts.tokens_per_minute) if self.opts.tokens_per_minute else None
@@ -186,8 +186,8 @@ class OpenAITeacher:
 
     def _processes(self) -> _ClientProcesses:
         if self._workers is None:
-            self._workers = _ClientProcesses(self.tcfg, self.sampling, self.cache.path.parent if self.cache else None,
-                                             self.spent_before)
+            cache_dir = self.cache.path.parent if self.cache is not None else None  # (an empty cache is falsy)
+            self._workers = _ClientProcesses(self.tcfg, self.sampling, cache_dir, self.spent_before)
         return self._workers
 
     def run_jobs(self, jobs: list[tuple[dict, int]]) -> list[Generation]:

@@ -657,3 +657,25 @@ def test_a_killed_run_leaves_no_client_process_behind(tmp_path, tiny, server):
     before = srv.stats()["requests"]
     time.sleep(1.0)
     assert srv.stats()["requests"] == before  # nothing is still sending
+
+
+def test_two_client_processes_stay_within_the_budget_together(tmp_path, tiny, server):
+    srv = server(latency_s=0.02)
+    # at most 8 completion tokens at $1000 per 1M: 0.8 cent per request; each process gets half of $0.1
+    path = api_config(tmp_path, tiny, srv, n_prompts=40, budget_usd=0.1, price={"completion": 1000.0},
+                      client_processes=2, max_concurrency=4, generate={"batch_size": 8, "shard_rows": 8})
+    cfg = load_config(path)
+    res = cli_generate(path)
+    assert res.returncode == 4, res.stderr[-2000:]
+    assert "budget_usd $0.1 reached" in error_line(res), res.stderr[-3000:]
+    db = sqlite3.connect(cfg.run_dir / "cache" / "api.sqlite")
+    spent, paid = db.execute("SELECT SUM(cost_usd), COUNT(*) FROM replies").fetchone()
+    db.close()
+    # never past the budget; each process stops on its own half (its in-flight reservations included), so
+    # together they may stop short of it
+    assert spent <= 0.1 and paid >= 4
+    assert not (cfg.run_dir / "generate" / "_SUCCESS").exists()
+    srv.reset_counts()
+    run_stages(load_config(path, ["teacher.api.budget_usd=10"]), ["generate"])
+    assert srv.stats()["requests"] == 40 - paid  # the paid replies came from the shared cache
+    assert len(store.read_ids(cfg.run_dir / "generate")) == 40
