@@ -115,6 +115,13 @@ def trainer_arguments(cfg: Config, ckpt_dir, **extra) -> dict:
     )
 
 
+def worker_error_line(message: str) -> str:
+    """A UserError raised in a DataLoader worker (e.g. the served teacher's server is gone) reaches this
+    process as "Caught UserError in DataLoader worker process 0. Original Traceback ...": its own line."""
+    last = [line for line in message.splitlines() if line.strip()][-1]
+    return last.split("UserError: ", 1)[1] if "UserError: " in last else last
+
+
 def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: list[LossTerm], tokenizer, dataset,
                   prov: dict) -> dict:
     import torch
@@ -176,6 +183,8 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
             _close_progress_bars(trainer)  # so that the error is printed on a line of its own
             if isinstance(e, StorageError):
                 last_complete_checkpoint(ckpt_dir)  # removes the one cut short: its space, a bad resume point
+            if isinstance(e, UserError) and "DataLoader worker" in str(e):
+                raise UserError(worker_error_line(str(e))) from None
             raise
     seconds = round(time.monotonic() - started, 1)
 
