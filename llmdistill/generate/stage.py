@@ -295,12 +295,17 @@ def _work(cfg: Config, batches: list[list[Item]], todo: list[int], retry: dict[P
     """(prompts, seed, positions) of every teacher.generate call the loop below will make, in its order."""
     work = []
     for rows in retry.values():
-        by_batch: dict[int, list[int]] = {}
-        for j, pos in rows:
-            by_batch.setdefault(j, []).append(pos)
         work += [([batches[j][p].prompt.messages for p in ps], batch_seed(cfg, batches[j]), ps)
-                 for j, ps in by_batch.items()]
+                 for j, ps in _by_batch(rows).items()]
     return work + [([it.prompt.messages for it in batches[j]], batch_seed(cfg, batches[j]), None) for j in todo]
+
+
+def _by_batch(rows: list[tuple[int, int]]) -> dict[int, list[int]]:
+    """(batch, position) pairs as batch -> positions, in first-seen order (one teacher call per batch)."""
+    out: dict[int, list[int]] = {}
+    for j, pos in rows:
+        out.setdefault(j, []).append(pos)
+    return out
 
 
 def _ask(teacher, name: str, items: list[Item], seed: int, positions: list[int] | None = None):
@@ -323,11 +328,8 @@ def retry_shard(cfg: Config, teacher, writer: store.ShardWriter, path: Path, bat
     rename (its other rows untouched). A row that fails transiently again is left as it was (nothing changed for
     what is built from it); one answered, or now failing for good (it will not be retried again), is replaced.
     Returns whether the file changed."""
-    by_batch: dict[int, list[int]] = {}
-    for j, pos in rows:
-        by_batch.setdefault(j, []).append(pos)
     new: dict[str, records.Sample] = {}
-    for j, positions in by_batch.items():
+    for j, positions in _by_batch(rows).items():
         items = [batches[j][pos] for pos in positions]
         results = _ask(teacher, items[0].teacher, items, batch_seed(cfg, batches[j]), positions)
         for it, res in zip(items, results):

@@ -145,16 +145,10 @@ class OpenAITeacher:
     def generate(self, prompts: list[list[dict]], seed: int, positions: list[int] | None = None) -> list[Generation]:
         prepared, jobs = self._jobs(prompts, seed, positions)
         if self.opts.mode == "batch":
-            self.prefetch([(prompts, seed, positions)])  # a no-op for what an earlier prefetch covered
-        elif self.opts.client_processes > 1:
-            done = iter(self._processes().generate(jobs))
-            return [_failed(ids) if isinstance(ids, str) else next(done) for ids in prepared]
-        with _fewer_gc_passes():
-            sent = iter(self._loop.run_until_complete(self._batch(jobs)))
-        outcomes = [_Outcome(error=ids) if isinstance(ids, str) else next(sent) for ids in prepared]
-        if self._budget_hit:
-            raise self._budget_error()
-        return [self._generation(o) for o in outcomes]
+            self._submit_batch(jobs)  # a no-op for what an earlier prefetch covered
+        online = self.opts.mode == "online" and self.opts.client_processes > 1
+        done = iter(self._processes().generate(jobs) if online else self.run_jobs(jobs))
+        return [_failed(ids) if isinstance(ids, str) else next(done) for ids in prepared]
 
     def prefetch(self, work: list[tuple[list[list[dict]], int, list[int] | None]]) -> None:
         """mode: batch: answer every request of `work` ((prompts, seed, positions) per generate call to come)
@@ -162,14 +156,18 @@ class OpenAITeacher:
         land in the request cache, where `generate` then finds them. Online mode: nothing to do."""
         if self.opts.mode != "batch":
             return
+        self._submit_batch([job for prompts, seed, positions in work
+                            for job in self._jobs(prompts, seed, positions)[1]])
+
+    def _submit_batch(self, jobs: list[tuple[dict, int]]) -> None:
+        """mode: batch: the `jobs` without a reply or a batch's reason for none go through the batch API."""
         if self.cache is None:
             raise UserError("teacher.api.mode: batch needs the request cache and a run directory")
         requests = {}
-        for prompts, seed, positions in work:
-            for body, prompt_tokens in self._jobs(prompts, seed, positions)[1]:
-                key = ac.cache_key(self.opts.endpoint, body)
-                if key not in self._batch_errors:
-                    requests[key] = (body, prompt_tokens)
+        for body, prompt_tokens in jobs:
+            key = ac.cache_key(self.opts.endpoint, body)
+            if key not in self._batch_errors:
+                requests[key] = (body, prompt_tokens)
         if not requests:
             return
         if self._batches is None:
@@ -199,10 +197,7 @@ class OpenAITeacher:
         return [self._generation(o) for o in outcomes]
 
     def _budget_error(self) -> BudgetExceeded:
-        return BudgetExceeded(
-            f"teacher.api.budget_usd ${self.opts.budget_usd:g} reached (${self._spent():.4f} spent in this run): "
-            "finished batches are committed and every paid reply is in the request cache; raise the budget "
-            "and rerun to continue")
+        return _budget_exceeded(self.opts.budget_usd, self._spent())
 
     def prompt_topk(self, sequences: list[list[int]], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """The teacher's top-k log-probs at every position of each token sequence, from a vLLM server's
@@ -217,7 +212,7 @@ class OpenAITeacher:
         out = []
         for (_, n), o in zip(jobs, outcomes):
             if o.reply is None:
-                raise UserError(f"served teacher {self._pool.names() if self._pool else ''}: scoring a sequence "
+                raise UserError(f"served teacher {self._pool.names()}: scoring a sequence "
                                 f"of {n} tokens failed: {o.error}")
             try:
                 scored = o.parsed if o.parsed is not None else _Scored.read(o.reply)
@@ -469,7 +464,7 @@ class _Endpoint:
     """One base URL of the pool: its clients (used in turn), requests in flight, and whether it is down."""
 
     def __init__(self, url: str, clients: list):
-        self.url, self.name, self._clients, self._next = url, _safe_url(url), clients, 0
+        self.name, self._clients, self._next = _safe_url(url), clients, 0
         self.in_flight = 0
         self.failures = 0  # connection failures in a row
         self.down_until = 0.0
@@ -596,9 +591,7 @@ class _ClientProcesses:
             except BaseException as e:  # noqa: BLE001 - re-raised below, after the others finished
                 error = error or e
         if isinstance(error, BudgetExceeded):  # a worker's share is spent: said for the whole run
-            raise BudgetExceeded(f"teacher.api.budget_usd ${self.budget:g} reached: finished batches are committed "
-                                 "and every paid reply is in the request cache; raise the budget and rerun to "
-                                 "continue") from None
+            raise _budget_exceeded(self.budget) from None
         if error is not None:
             raise error
         out: list[Generation | None] = [None] * len(jobs)
@@ -674,6 +667,13 @@ def _fewer_gc_passes(gen0: int = 100_000):
         yield
     finally:
         gc.set_threshold(*old)
+
+
+def _budget_exceeded(budget_usd: float, spent: float | None = None) -> BudgetExceeded:
+    spent_text = "" if spent is None else f" (${spent:.4f} spent in this run)"
+    return BudgetExceeded(f"teacher.api.budget_usd ${budget_usd:g} reached{spent_text}: finished batches are "
+                          "committed and every paid reply is in the request cache; raise the budget and rerun to "
+                          "continue")
 
 
 def _failed(reason: str, text: str | None = None, prompt_tokens: int = 0) -> Generation:
