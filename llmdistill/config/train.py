@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from llmdistill.config.base import InputFiles, ModelSource, Section, literal_values
-from llmdistill.config.teacher import APIOptions
+from llmdistill.config.teacher import APIOptions, VLLMOptions
 
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
 DIVERGENCE_NAMES = literal_values(Divergence)
@@ -101,23 +101,42 @@ class StudentConfig(Section):
 
 
 class OnPolicyConfig(Section):
-    """On-policy distillation through trl (train.mode: on_policy): the student writes completions for the
-    prompts and the local teacher scores them with the generalised JSD."""
+    """On-policy distillation (train.mode: on_policy): the student writes completions for the prompts and the
+    teacher scores them. rollouts: trl runs trl's trainers (the student samples with HF generate, the local
+    teacher scores with the generalised JSD); rollouts: vllm samples from a vLLM engine holding the current
+    student and trains with train.loss against train.teacher_signal (live or served)."""
 
+    rollouts: Literal["trl", "vllm"] = Field(
+        "trl", description="trl: trl's trainers, HF generate; vllm: the student's samples come from a vLLM engine "
+        "that reloads its weights every refresh_every steps, scored by the live or served teacher (train.loss)")
     trainer: Literal["distillation", "gkd"] = Field(
-        "distillation", description="distillation: trl.DistillationTrainer (every batch on-policy); "
-        "gkd: trl's GKDTrainer (lmbda mixes student-generated and teacher-written batches)")
-    beta: float = Field(0.5, ge=0.0, le=1.0, description="JSD interpolation (trl): 0 forward KL, 1 reverse KL")
-    lmbda: float = Field(0.5, ge=0.0, le=1.0, description="gkd only: fraction of batches the student generates")
+        "distillation", description="rollouts trl: distillation = trl.DistillationTrainer (every batch "
+        "on-policy); gkd = trl's GKDTrainer (lmbda mixes student-generated and teacher-written batches)")
+    beta: float = Field(0.5, ge=0.0, le=1.0, description="rollouts trl: JSD interpolation, 0 forward KL, 1 reverse "
+                        "KL (rollouts vllm: the loss is train.loss, e.g. a jsd term with its beta)")
+    lmbda: float = Field(0.5, ge=0.0, le=1.0, description="gkd and vllm: fraction of batches the student generates "
+                         "(the rest train on the teacher-written completions)")
     seq_kd: bool = Field(False, description="gkd only: off-policy batches use fresh teacher generations")
     max_new_tokens: int = Field(64, ge=1, description="length of the completions generated during training")
-    temperature: float = Field(1.0, gt=0.0, description="sampling and loss temperature")
+    temperature: float = Field(1.0, gt=0.0, description="sampling temperature (rollouts trl: also the loss's)")
+    refresh_every: int = Field(1, ge=1, description="rollouts vllm: steps between reloads of the student's weights "
+                               "into the engine (samples come from weights at most this many steps old)")
+    vllm: VLLMOptions = Field(default_factory=VLLMOptions, description="rollouts vllm: the engine (as teacher.vllm; "
+                              "the model is the student, in float32 unless engine_args say otherwise)")
 
     @model_validator(mode="after")
-    def _gkd_only(self):
-        # the default lmbda is accepted (a resolved config writes it out), any other value is refused
-        if self.trainer == "distillation" and (self.seq_kd or self.lmbda != type(self).model_fields["lmbda"].default):
+    def _per_rollouts(self):
+        # a default value is accepted (a resolved config writes it out), any other value is refused
+        defaults = type(self).model_fields
+        changed = {k for k in ("trainer", "beta", "lmbda", "seq_kd", "refresh_every")
+                   if getattr(self, k) != defaults[k].default}
+        if self.rollouts == "trl" and self.trainer == "distillation" and changed & {"seq_kd", "lmbda"}:
             raise ValueError("lmbda and seq_kd apply to on_policy.trainer: gkd only")
+        if self.rollouts == "trl" and "refresh_every" in changed:
+            raise ValueError("on_policy.refresh_every applies to rollouts: vllm")
+        if self.rollouts == "vllm" and changed & {"trainer", "beta", "seq_kd"}:
+            raise ValueError(f"on_policy.{', '.join(sorted(changed & {'trainer', 'beta', 'seq_kd'}))} apply to "
+                             "rollouts: trl; with rollouts: vllm the loss is train.loss (e.g. {name: jsd, beta: 0.5})")
         return self
 
 
@@ -155,9 +174,11 @@ class TrainConfig(Section):
     student: StudentConfig
     mode: Literal["offline", "seq_kd", "on_policy"] = Field(
         "offline", description="offline: the loss terms on the generated samples; seq_kd: CE on the teacher's "
-        "text (works across tokenizers); on_policy: trl on-policy distillation (see train.on_policy)")
+        "text (works across tokenizers); on_policy: the student's own samples, scored by the teacher (see "
+        "train.on_policy)")
     teacher_signal: Literal["stored", "live", "served"] = Field(
-        "stored", description="offline mode: the stored top-k log-probs; live: a teacher loaded here (its full "
+        "stored", description="offline mode (and on-policy rollouts: vllm, which needs live or served): the stored "
+        "top-k log-probs; live: a teacher loaded here (its full "
         "distribution); served: the top-k of a teacher behind a vLLM server (prompt_logprobs of each training "
         "sequence, fetched while the previous step trains; see train.served)")
     served: APIOptions | None = Field(
@@ -213,6 +234,9 @@ class TrainConfig(Section):
                 raise ValueError("teacher_signal: served needs train.served (the teacher server's base_url ...)")
             if self.served.mode != "online":
                 raise ValueError("train.served.mode must be online (training waits for each batch's log-probs)")
+        if self.mode == "on_policy" and self.on_policy.rollouts == "vllm" and self.teacher_signal == "stored":
+            raise ValueError("train.on_policy.rollouts: vllm scores the student's own samples, which no stored "
+                             "log-probs cover: set train.teacher_signal: live or served")
         c = self.curriculum
         if c.pacing != "none" and self.max_steps is None:
             raise ValueError("curriculum pacing needs train.max_steps (the pace is set per step)")

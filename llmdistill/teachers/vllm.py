@@ -190,6 +190,8 @@ class InProcess:
             return self.engine.generate(msg["prompts"], msg["params"], msg["k"])
         if op == "score":
             return self.engine.score(msg["prompts"], msg["completions"], msg["k"])
+        if op == "reload":
+            return self.engine.reload(msg["path"])
         raise ValueError(f"unknown op {op!r}")
 
     def close(self) -> None:

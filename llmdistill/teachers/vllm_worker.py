@@ -6,6 +6,7 @@ runs there as a script (`<vllm python> vllm_worker.py`) and talks JSON lines ove
     -> {"op": "init", "args": {...vllm.LLM keyword arguments...}}       <- {"ok": true, "result": info}
     -> {"op": "generate", "prompts": [[ids]], "params": [{...}], "k": k}  <- {"ok": true, "result": [out]}
     -> {"op": "score", "prompts": [[ids]], "completions": [[ids]], "k": k}
+    -> {"op": "reload", "path": dir}          (new weights of the same model, e.g. a student being trained)
     -> {"op": "close"}
     errors: {"ok": false, "error": "one line", "traceback": "..."}
 
@@ -100,6 +101,13 @@ class Engine:
             results.append(_matrices(positions, c, k))
         return results
 
+    def reload(self, path: str) -> None:
+        """Load the weights in `path` (safetensors of the same architecture) in place, then drop the prefix
+        cache, whose keys and values the old weights computed. vLLM's in-place reload leaves a head tied to
+        the embeddings on the old weights: give it an untied checkpoint (lm_head.weight of its own)."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
+        self.llm.reset_prefix_cache()
+
 
 def serve(stdin, proto) -> None:
     engine = None
@@ -126,6 +134,8 @@ def serve(stdin, proto) -> None:
                 result = engine.generate(msg["prompts"], msg["params"], msg["k"])
             elif op == "score":
                 result = engine.score(msg["prompts"], msg["completions"], msg["k"])
+            elif op == "reload":
+                result = engine.reload(msg["path"])
             else:
                 raise ValueError(f"unknown op {op!r}")
             send({"ok": True, "result": result})

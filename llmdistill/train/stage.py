@@ -3,7 +3,8 @@
 Modes (train.mode):
     offline    the configured loss terms (divergences + CE) against the stored top-k or a live teacher
     seq_kd     cross-entropy on the teacher's text (re-tokenised when the student's tokenizer differs)
-    on_policy  trl on-policy distillation: the student generates, the local teacher scores
+    on_policy  the student's own samples, scored by the teacher: through trl (HF generate, the local teacher),
+               or from a vLLM engine holding the student (train.on_policy.rollouts: vllm; rollouts.py)
 
 Outputs under train/:
     student/                   the final student (HF format, with tokenizer)
@@ -150,17 +151,21 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
     if t.lora is not None:
         student = _with_lora(student, t.lora)
     ckpt_dir = ctx.out_dir / "checkpoints" / name
-    if mode == "on_policy":
+    if mode == "on_policy" and t.on_policy.rollouts == "trl":
         from llmdistill.train.on_policy import build_on_policy_trainer
 
         trainer = build_on_policy_trainer(cfg, student, tokenizer, dataset, trainer_arguments(cfg, ckpt_dir))
         description = f"on-policy ({t.on_policy.trainer}, beta {t.on_policy.beta:g})"
     else:
-        trainer = _offline_trainer(cfg, ckpt_dir, student, tokenizer, dataset, terms, check, prov)
+        trainer = _offline_trainer(cfg, ckpt_dir, student, tokenizer, dataset, terms, check, prov,
+                                   on_policy=mode == "on_policy")
         description = " + ".join(f"{x.weight:g}*{x.name}" + (f"(T={x.temperature:g})" if x.name != "ce" else "")
                                  for x in terms)
         if any(x.name != "ce" for x in terms):
             description += f", {t.teacher_signal} teacher signal"
+        if mode == "on_policy":
+            description += (f", on-policy share {t.on_policy.lmbda:g} from vLLM (weights reloaded every "
+                            f"{t.on_policy.refresh_every} steps)")
     trainer.add_callback(LogAtCheckpoints())
     trainer.add_callback(StopOnNonFinite())
     last = last_complete_checkpoint(ckpt_dir)
@@ -180,6 +185,8 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
             with models.writing("a checkpoint under", ckpt_dir):
                 trainer.train(resume_from_checkpoint=last)
         except BaseException as e:
+            if getattr(trainer, "rollouts", None) is not None:
+                trainer.rollouts.close()
             _close_progress_bars(trainer)  # so that the error is printed on a line of its own
             if isinstance(e, StorageError):
                 last_complete_checkpoint(ckpt_dir)  # removes the one cut short: its space, a bad resume point
@@ -200,6 +207,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
         store.mark_success(final_dir, {"variant": name, "global_step": trainer.state.global_step})
         store.atomic_write_json(ctx.out_dir / f"log_history.{name}.json", history)
     term_logs = [h for h in history if "loss" in h]
+    trl_on_policy = mode == "on_policy" and t.on_policy.rollouts == "trl"
     out = {
         "mode": mode,
         "steps": trainer.state.global_step,
@@ -207,9 +215,11 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
         "seconds_this_attempt": seconds,
         "parameters": models.count_parameters(student),
         "lora": t.lora.model_dump() if t.lora is not None else None,
-        "loss_terms": [x.model_dump() for x in terms] if mode != "on_policy" else None,
+        "loss_terms": [x.model_dump() for x in terms] if not trl_on_policy else None,
         "preflight": check.outcome,
-        "teacher_signal": t.teacher_signal if mode == "offline" and any(x.name != "ce" for x in terms) else None,
+        "teacher_signal": t.teacher_signal if not trl_on_policy and mode != "seq_kd" and any(
+            x.name != "ce" for x in terms) else None,
+        "rollouts": trainer.rollouts.summary() if getattr(trainer, "rollouts", None) is not None else None,
         "last_logged": term_logs[-1] if term_logs else None,
     }
     log.info("train: %s done: %d steps, loss %s, %.0f s -> %s", name, out["steps"], out["train_loss"], seconds,
@@ -303,7 +313,8 @@ def _eval_arguments(t, eval_examples) -> dict:
             "prediction_loss_only": True}
 
 
-def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, check, prov):
+def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, check, prov, on_policy=False):
+    """Our DistillTrainer; on_policy: with rollouts from a vLLM engine on the student (rollouts.py)."""
     from transformers import TrainingArguments
 
     from llmdistill.train.data import Collator, build_examples
@@ -329,15 +340,28 @@ def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, 
     if live:
         teacher = models.load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, "cpu", cfg.teacher.revision,
                                         cfg.teacher.trust_remote_code)
-    return DistillTrainer(
+    collator = Collator(tokenizer.pad_token_id, with_teacher=needs_teacher and not live, scorer=scorer)
+    rollouts = None
+    if on_policy:
+        from llmdistill.train.rollouts import OnPolicyCollator, Rollouts
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError("train.on_policy.rollouts: vllm runs in one training process (one engine); launch "
+                            "it without accelerate's multi-process launcher")
+        op = t.on_policy
+        rollouts = Rollouts(ckpt_dir.parent.parent / "rollouts", tokenizer, op.vllm, t.max_seq_len,
+                            op.max_new_tokens, op.temperature, train_seed(cfg))
+        collator = OnPolicyCollator(collator, rollouts, op.lmbda, train_seed(cfg), set(examples["row"]))
+    trainer = DistillTrainer(
         model=student,
-        # served: one DataLoader worker asks the server for the next batch while this step trains
+        # served: one DataLoader worker asks the server for the next batch while this step trains (not with
+        # rollouts: the engine is spoken to from this process)
         args=TrainingArguments(**{**trainer_arguments(cfg, ckpt_dir), **_eval_arguments(t, eval_examples),
                                   **({"dataloader_num_workers": 1, "dataloader_persistent_workers": True}
-                                     if scorer is not None else {})}),
+                                     if scorer is not None and rollouts is None else {})}),
         train_dataset=examples,
         eval_dataset=eval_examples,
-        data_collator=Collator(tokenizer.pad_token_id, with_teacher=needs_teacher and not live, scorer=scorer),
+        data_collator=collator,
         processing_class=tokenizer,
         loss_terms=terms,
         tail=t.tail,
@@ -346,3 +370,9 @@ def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, 
         teacher_model=teacher,
         curriculum=t.curriculum,
     )
+    trainer.rollouts = rollouts
+    if rollouts is not None:
+        from llmdistill.train.rollouts import RefreshRollouts
+
+        trainer.add_callback(RefreshRollouts(rollouts, t.on_policy.refresh_every))
+    return trainer
