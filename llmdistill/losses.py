@@ -264,6 +264,32 @@ def sparse_divergence(
                                   temperature, tail, capture_temperature, **params)
 
 
+def uld_distance(
+    student_logp: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    temperature: float = 1.0,
+    capture_temperature: float = 1.0,
+) -> torch.Tensor:
+    """Universal Logit Distillation's tokenizer-free distance (Boizard et al. 2024), per token [N]: the L1
+    distance between the teacher's and the student's probabilities sorted in decreasing order, which needs
+    no correspondence between their vocabularies. With the teacher's stored top-k: its k largest
+    probabilities and its tail mass against the student's k largest and the rest, at the term's temperature
+    (the teacher's tail re-tempered as one class).
+
+    student_logp: [N, V] at `temperature` (see `tempered_logprobs`); topk_logprobs: [N, k] as stored.
+    """
+    k = topk_logprobs.shape[-1]
+    shift = torch.zeros(topk_logprobs.shape[0], dtype=torch.float32, device=topk_logprobs.device)
+    p = teacher_sparse_logprobs(topk_logprobs, temperature, "bucket", capture_temperature,
+                                shift if temperature != capture_temperature else None).exp()
+    p_top = p[:, :k].sort(-1, descending=True).values
+    q_top = student_logp.topk(min(k, student_logp.shape[-1]), -1).values.exp().to(p.dtype)
+    if q_top.shape[-1] < k:
+        q_top = F.pad(q_top, (0, k - q_top.shape[-1]))
+    q_tail = (1.0 - q_top.sum(-1)).clamp(min=0.0)
+    return (p_top - q_top).abs().sum(-1) + (p[:, k] - q_tail).abs()
+
+
 def dense_divergence_logp(
     name: str, student_logp: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, **params
 ) -> torch.Tensor:

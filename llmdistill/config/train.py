@@ -188,6 +188,10 @@ class TrainConfig(Section):
     served_topk: int = Field(20, ge=1, le=1000, description="teacher_signal: served: log-probs kept per position "
                              "(vLLM caps it at its --max-logprobs, 20 by default)")
     loss: list[LossTerm] = Field(default_factory=_default_loss)
+    uld_weight: float = Field(
+        1.0, ge=0.0, description="a teacher on another tokenizer (preflight cross_tokenizer): weight of the ULD "
+        "distance at student tokens whose bytes no teacher token matches exactly (0: the divergence on matched "
+        "tokens only)")
     tail: Literal["bucket", "renormalize"] = Field(
         "bucket",
         description="mass outside the teacher's top-k: bucket = one extra 'rest of vocabulary' class; "

@@ -66,14 +66,9 @@ def vocab_bytes(tokenizer) -> tuple[dict[bytes, int], int]:
 
     On a clash the lowest id wins (clashes are rare: byte-level BPE entries are distinct byte strings).
     """
-    kinds = _decoder_kinds(tokenizer)
-    byte_level = "ByteLevel" in kinds
-    decoder = _byte_decoder()
-    added = {t for t in getattr(tokenizer, "added_tokens_encoder", {})}
     table: dict[bytes, int] = {}
     clashes = 0
-    for token, i in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
-        raw = _entry_bytes(token, token in added, byte_level, decoder)
+    for i, raw in enumerate(id_bytes(tokenizer)):
         if raw is None:
             continue
         if raw in table:
@@ -81,6 +76,19 @@ def vocab_bytes(tokenizer) -> tuple[dict[bytes, int], int]:
             continue
         table[raw] = i
     return table, clashes
+
+
+def id_bytes(tokenizer) -> list[bytes | None]:
+    """The bytes each id of the vocabulary stands for (an added token: its own string; None for an id the
+    vocabulary does not name), decoded as the tokenizer's decoder does (byte-level or SentencePiece)."""
+    byte_level = "ByteLevel" in _decoder_kinds(tokenizer)
+    decoder = _byte_decoder()
+    added = set(getattr(tokenizer, "added_tokens_encoder", {}))
+    vocab = tokenizer.get_vocab()
+    out: list[bytes | None] = [None] * (max(vocab.values(), default=-1) + 1)
+    for token, i in vocab.items():
+        out[i] = _entry_bytes(token, token in added, byte_level, decoder)
+    return out
 
 
 def _entry_bytes(token: str, is_added: bool, byte_level: bool, decoder: dict[str, int]) -> bytes | None:

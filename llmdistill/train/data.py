@@ -23,28 +23,38 @@ COLUMNS = ["id", "messages", "level", "completion", "finish_reason", "completion
            "topk_logprobs"]
 
 
-def build_examples(dataset, tokenizer, max_seq_len: int, retokenize: bool = False, vocab_limit: int | None = None):
+def build_examples(dataset, tokenizer, max_seq_len: int, retokenize: bool = False, vocab_limit: int | None = None,
+                   aligner=None):
     """Add `input_ids` and `prompt_len`; drop rows whose prompt leaves no room for a completion token.
 
     Completions longer than the room left are cut (their top-k rows with them). Row order is kept.
     retokenize: encode the completion text with `tokenizer` (+ EOS when the teacher stopped) instead of
         using the teacher's token ids (sequence-level KD across tokenizers; no top-k alignment exists).
     vocab_limit: skip samples whose completion uses a token id the student does not have.
+    aligner: a `cross_tokenizer.Aligner`: re-tokenise the completion and align the teacher's top-k rows to the
+        student's tokens by bytes (their ids mapped to the student's vocabulary; `xt_kind` per token).
     """
     eos = tokenizer.eos_token_id
 
     def encode(row):
         prompt = models.encode_prompt(tokenizer, row["messages"])
         room = max_seq_len - len(prompt)
-        if retokenize:
-            ids = tokenizer(row["completion"] or "", add_special_tokens=False)["input_ids"]
+        if retokenize or aligner is not None:
+            text = aligner.teacher_text(row["completion_token_ids"] or []) if aligner else row["completion"] or ""
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             ids = ids + ([eos] if row["finish_reason"] == "stop" and eos is not None else [])
         else:
             ids = list(row["completion_token_ids"] or [])
         unusable = vocab_limit is not None and any(i >= vocab_limit for i in ids)
         completion = ids[: max(room, 0)]
-        return {"input_ids": prompt + completion, "prompt_len": len(prompt),
-                "n_completion": 0 if unusable else len(completion)}
+        out = {"input_ids": prompt + completion, "prompt_len": len(prompt),
+               "n_completion": 0 if unusable else len(completion)}
+        if aligner is not None:
+            t_ids, t_lps, kinds = aligner.student_rows(row["completion_token_ids"] or [], ids, row["topk_ids"],
+                                                       row["topk_logprobs"])
+            m = len(completion)
+            out.update(topk_ids=t_ids[:m].tolist(), topk_logprobs=t_lps[:m].tolist(), xt_kind=kinds[:m].tolist())
+        return out
 
     out = dataset.map(encode, desc="tokenize prompts")
     kept = out.filter(lambda r: r["n_completion"] > 0)
@@ -73,11 +83,14 @@ class Collator:
         if "row" in rows[0]:
             batch["rows"] = torch.tensor([r["row"] for r in rows], dtype=torch.long)
         served = self.scorer([r["input_ids"] for r in rows]) if self.with_teacher and self.scorer else None
+        kinds = None
         if self.with_teacher:
             k = served[0][0].shape[1] if served else len(rows[0]["topk_ids"][0])
             t_ids = torch.zeros((B, L, k), dtype=torch.long)
             t_lps = torch.zeros((B, L, k), dtype=torch.float32)
             batch.update(teacher_ids=t_ids, teacher_logprobs=t_lps)
+            if "xt_kind" in rows[0]:  # cross-tokenizer rows: which loss each position gets (cross_tokenizer.py)
+                kinds = batch["teacher_kind"] = torch.zeros((B, L), dtype=torch.int8)
         for b, r in enumerate(rows):
             ids = torch.as_tensor(r["input_ids"], dtype=torch.long)
             n, p = len(ids), r["prompt_len"]
@@ -91,4 +104,6 @@ class Collator:
                 m = n - p  # completion tokens kept after truncation
                 t_ids[b, p - 1 : n - 1] = torch.as_tensor(np.asarray(r["topk_ids"][:m], dtype=np.int64))
                 t_lps[b, p - 1 : n - 1] = torch.as_tensor(np.asarray(r["topk_logprobs"][:m], dtype=np.float32))
+                if kinds is not None:
+                    kinds[b, p - 1 : n - 1] = torch.as_tensor(np.asarray(r["xt_kind"][:m], dtype=np.int8))
         return batch

@@ -24,7 +24,7 @@ log = logging.getLogger("llmdistill")
 
 @dataclass
 class Preflight:
-    outcome: str  # "exact" | "truncate" | "retokenize"
+    outcome: str  # "exact" | "truncate" | "retokenize" | "cross_tokenizer"
     student_vocab: int  # student logit width: teacher ids >= this are moved into the tail
     message: str
 
@@ -51,6 +51,10 @@ def check(prov: dict, teacher_tokenizer, student_tokenizer, student_vocab: int, 
             raise UserError("train: on-policy distillation needs the teacher's exact tokenizer and vocabulary; "
                             + msg.split(":")[0])
         return Preflight("truncate", student_vocab, msg)
+    if mode == "offline":
+        return Preflight("cross_tokenizer", student_vocab,
+                         "the student's tokenizer differs from the teacher's: cross-tokenizer distillation (tokens "
+                         "aligned by bytes; exact divergence where they match, ULD where they do not)")
     raise UserError(
         "train: the student's tokenizer differs from the teacher's (tokenizer hash "
         f"{models.tokenizer_info(student_tokenizer)['tokenizer_hash'][:12]} vs {prov['tokenizer_hash'][:12]}), "

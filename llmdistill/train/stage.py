@@ -158,7 +158,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
         description = f"on-policy ({t.on_policy.trainer}, beta {t.on_policy.beta:g})"
     else:
         trainer = _offline_trainer(cfg, ckpt_dir, student, tokenizer, dataset, terms, check, prov,
-                                   on_policy=mode == "on_policy")
+                                   on_policy=mode == "on_policy", teacher_tokenizer=teacher_tokenizer)
         description = " + ".join(f"{x.weight:g}*{x.name}" + (f"(T={x.temperature:g})" if x.name != "ce" else "")
                                  for x in terms)
         if any(x.name != "ce" for x in terms):
@@ -220,6 +220,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
         "teacher_signal": t.teacher_signal if not trl_on_policy and mode != "seq_kd" and any(
             x.name != "ce" for x in terms) else None,
         "rollouts": trainer.rollouts.summary() if getattr(trainer, "rollouts", None) is not None else None,
+        "cross_tokenizer": getattr(trainer, "cross_tokenizer", None),
         "last_logged": term_logs[-1] if term_logs else None,
     }
     log.info("train: %s done: %d steps, loss %s, %.0f s -> %s", name, out["steps"], out["train_loss"], seconds,
@@ -313,7 +314,8 @@ def _eval_arguments(t, eval_examples) -> dict:
             "prediction_loss_only": True}
 
 
-def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, check, prov, on_policy=False):
+def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, check, prov, on_policy=False,
+                     teacher_tokenizer=None):
     """Our DistillTrainer; on_policy: with rollouts from a vLLM engine on the student (rollouts.py)."""
     from transformers import TrainingArguments
 
@@ -331,8 +333,24 @@ def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, 
         check_server(served, models.load_tokenizer(cfg.teacher.model, cfg.teacher.revision,
                                                    cfg.teacher.trust_remote_code), t.max_seq_len, t.served_topk)
         scorer = ServedScorer(served, t.served_topk, cfg.run_dir / "cache")
+    aligner = cross = None
+    if needs_teacher and check.outcome == "cross_tokenizer":
+        from llmdistill.train.cross_tokenizer import Aligner, shares
+
+        if t.teacher_signal != "stored" or on_policy:
+            raise UserError(f"train: the teacher's tokenizer differs from the student's; cross-tokenizer distillation "
+                            f"works from the stored top-k (teacher_signal: stored, mode: offline), not "
+                            f"{'on-policy' if on_policy else 'teacher_signal: ' + t.teacher_signal}")
+        aligner = Aligner(teacher_tokenizer, tokenizer)
     examples = build_examples(dataset, tokenizer, t.max_seq_len, retokenize=check.outcome == "retokenize",
-                              vocab_limit=check.student_vocab if check.outcome == "truncate" else None)
+                              vocab_limit=check.student_vocab if check.outcome == "truncate" else None,
+                              aligner=aligner)
+    if aligner is not None:
+        cross = {**shares(examples["xt_kind"]), "shared_vocabulary": aligner.shared}
+        log.info("train: cross-tokenizer: %.1f %% of the %d completion tokens match a teacher token exactly "
+                 "(divergence), %.1f %% share its start only (ULD), %.1f %% have no teacher row (CE only); %d "
+                 "teacher ids have a student id with the same bytes", 100 * cross["exact"], cross["tokens"],
+                 100 * cross["uld"], 100 * cross["none"], aligner.shared)
     eval_examples = None
     if t.eval_every is not None:
         examples, eval_examples = split_held_out(examples, t.eval_fraction)
@@ -369,8 +387,10 @@ def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, 
         chunk_tokens=t.chunk_tokens,
         teacher_model=teacher,
         curriculum=t.curriculum,
+        uld_weight=t.uld_weight,
     )
     trainer.rollouts = rollouts
+    trainer.cross_tokenizer = cross
     if rollouts is not None:
         from llmdistill.train.rollouts import RefreshRollouts
 

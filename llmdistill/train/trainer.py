@@ -26,7 +26,7 @@ class DistillTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args, loss_terms, tail: str, capture_temperature: float, chunk_tokens: int | None,
-                 teacher_model=None, curriculum=None, **kwargs):
+                 teacher_model=None, curriculum=None, uld_weight: float = 1.0, **kwargs):
         """teacher_model: a live teacher (dense signal from its forward pass); None uses the stored top-k.
         curriculum: a `config.CurriculumConfig` (pacing and the closed loop), or None."""
         super().__init__(*args, **kwargs)
@@ -39,6 +39,7 @@ class DistillTrainer(Trainer):
         self.tail = tail
         self.capture_temperature = capture_temperature
         self.chunk_tokens = chunk_tokens
+        self.uld_weight = uld_weight  # cross-tokenizer rows only (see cross_tokenizer.py)
         self.needs_teacher = any(t.name != "ce" for t in self.loss_terms)
         self.teacher_model = teacher_model
         if teacher_model is not None:
@@ -118,6 +119,12 @@ class DistillTrainer(Trainer):
         """The teacher signal for the tokens selected by `mask` (positions that predict a label)."""
         if not self.needs_teacher:
             return None
+        if "teacher_kind" in inputs:
+            from llmdistill.train.cross_tokenizer import CrossTokenizerSignal
+
+            return CrossTokenizerSignal(inputs["teacher_ids"][:, :-1][mask], inputs["teacher_logprobs"][:, :-1][mask],
+                                        inputs["teacher_kind"][:, :-1][mask], self.capture_temperature, self.tail,
+                                        self.uld_weight)
         if self.teacher_model is None:
             return SparseSignal(inputs["teacher_ids"][:, :-1][mask], inputs["teacher_logprobs"][:, :-1][mask],
                                 self.capture_temperature, self.tail)

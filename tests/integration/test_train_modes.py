@@ -73,9 +73,11 @@ def test_preflight_exact_truncate_refuse(base, tiny, tmp_path):
     assert teacher_vocab == len(tok)
     run_stages(cfg)
     assert store.read_json(cfg.run_dir / "train" / "metrics.json")["student"]["preflight"] == "truncate"
-    # refuse: a different vocabulary, before any training step
-    cfg = load_config(base, [*FAST, f"train.student.model={tiny['other']}", "train.student.teacher_layers=null"])
-    with pytest.raises(UserError, match="Options: train.mode: seq_kd"):
+    # refuse: a different vocabulary with a live teacher (cross-tokenizer works from the stored top-k), before
+    # any training step
+    cfg = load_config(base, [*FAST, f"train.student.model={tiny['other']}", "train.student.teacher_layers=null",
+                             "train.teacher_signal=live"])
+    with pytest.raises(UserError, match="cross-tokenizer distillation works from the stored top-k"):
         run_stages(cfg)
     # the refused rerun is staged beside the finished one: no step taken, the earlier student untouched
     assert not (cfg.run_dir / "train.next" / "checkpoints" / "student").exists()
@@ -89,6 +91,23 @@ def test_preflight_exact_truncate_refuse(base, tiny, tmp_path):
     assert store.read_json(cfg.run_dir / "train" / "metrics.json")["student"]["preflight"] == "retokenize"
     evaluated = store.read_json(cfg.run_dir / "eval" / "metrics.json")["models"]["student"]
     assert "another tokenizer" in evaluated["note"] and evaluated["latency_ms_per_token"] > 0
+
+
+def test_cross_tokenizer_distillation_from_the_stored_top_k(base, tiny):
+    """A student on another tokenizer: chosen automatically, tokens aligned by bytes, shares in the metrics."""
+    cfg = load_config(base, [*FAST, f"train.student.model={tiny['other']}", "train.student.teacher_layers=null",
+                             "name=cross-tokenizer"])
+    run_stages(cfg)
+    m = store.read_json(cfg.run_dir / "train" / "metrics.json")["student"]
+    assert m["preflight"] == "cross_tokenizer" and m["steps"] == 2
+    x = m["cross_tokenizer"]
+    assert x["tokens"] > 0 and 0 < x["exact"] < 1 and abs(x["exact"] + x["uld"] + x["none"] - 1) < 1e-3
+    assert m["last_logged"]["loss_forward_kl"] > 0 and m["last_logged"]["loss_ce"] > 0
+    # on-policy needs one tokenizer
+    cfg = load_config(base, [*FAST, f"train.student.model={tiny['other']}", "train.student.teacher_layers=null",
+                             "train.mode=on_policy"])
+    with pytest.raises(UserError, match="on-policy distillation needs|the student's tokenizer differs"):
+        run_stages(cfg)
 
 
 def test_lora_trains_adapters_and_saves_a_merged_student(base):
