@@ -394,6 +394,18 @@ def run_table(data: dict) -> str:
     for name, m in train.items():
         rows.append([f"train: {name}", f"{m.get('steps')} steps, mode {m.get('mode')}, mean training loss "
                                        f"{_num(m.get('train_loss'), '.4f')}"])
+        if m.get("cross_tokenizer"):
+            x = m["cross_tokenizer"]
+            rows.append([f"train: {name}: teacher on another tokenizer",
+                         f"of {x['tokens']} student tokens, {100 * x['exact']:.1f} % aligned exactly to a teacher "
+                         f"token (divergence), {100 * x['uld']:.1f} % by start only (ULD), {100 * x['none']:.1f} % "
+                         "without a teacher row (CE only)"])
+        if m.get("rollouts"):
+            r = m["rollouts"]
+            rows.append([f"train: {name}: on-policy rollouts (vLLM)",
+                         f"{r['batches_sampled']} batches the student's, {r['batches_teacher']} the teacher's; "
+                         f"{r['sampled_tokens']} tokens sampled in {r['sample_seconds']} s, {r['refreshes']} weight "
+                         f"reloads in {r['refresh_seconds']} s"])
     ev = data.get("eval") or {}
     if ev:
         rows.append(["eval", f"{ev.get('eval_prompts')} held-out prompts, {ev.get('eval_tokens')} teacher tokens"])

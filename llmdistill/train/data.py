@@ -20,7 +20,7 @@ log = logging.getLogger("llmdistill")
 
 IGNORE = -100
 COLUMNS = ["id", "messages", "level", "completion", "finish_reason", "completion_token_ids", "topk_ids",
-           "topk_logprobs"]
+           "topk_logprobs", "teacher"]
 
 
 def build_examples(dataset, tokenizer, max_seq_len: int, retokenize: bool = False, vocab_limit: int | None = None,
@@ -32,15 +32,21 @@ def build_examples(dataset, tokenizer, max_seq_len: int, retokenize: bool = Fals
         using the teacher's token ids (sequence-level KD across tokenizers; no top-k alignment exists).
     vocab_limit: skip samples whose completion uses a token id the student does not have.
     aligner: a `cross_tokenizer.Aligner`: re-tokenise the completion and align the teacher's top-k rows to the
-        student's tokens by bytes (their ids mapped to the student's vocabulary; `xt_kind` per token).
+        student's tokens by bytes (their ids mapped to the student's vocabulary; `xt_kind` per token); or
+        {teacher name: Aligner, or None for a teacher on the student's tokenizer} for data from several
+        teachers (each row is aligned to its own teacher's tokens; None rows keep their ids, all exact).
     """
     eos = tokenizer.eos_token_id
+
+    per_teacher = isinstance(aligner, dict)
 
     def encode(row):
         prompt = models.encode_prompt(tokenizer, row["messages"])
         room = max_seq_len - len(prompt)
-        if retokenize or aligner is not None:
-            text = aligner.teacher_text(row["completion_token_ids"] or []) if aligner else row["completion"] or ""
+        row_aligner = aligner.get(row.get("teacher") or "default") if per_teacher else aligner
+        if retokenize or row_aligner is not None:
+            text = (row_aligner.teacher_text(row["completion_token_ids"] or []) if row_aligner
+                    else row["completion"] or "")
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             ids = ids + ([eos] if row["finish_reason"] == "stop" and eos is not None else [])
         else:
@@ -49,8 +55,12 @@ def build_examples(dataset, tokenizer, max_seq_len: int, retokenize: bool = Fals
         completion = ids[: max(room, 0)]
         out = {"input_ids": prompt + completion, "prompt_len": len(prompt),
                "n_completion": 0 if unusable else len(completion)}
-        if aligner is not None:
-            t_ids, t_lps, kinds = aligner.student_rows(row["completion_token_ids"] or [], ids, row["topk_ids"],
+        if per_teacher and row_aligner is None:  # this row's teacher shares the student's tokenizer
+            m = len(completion)
+            out.update(topk_ids=[list(x) for x in row["topk_ids"][:m]],
+                       topk_logprobs=[list(x) for x in row["topk_logprobs"][:m]], xt_kind=[1] * m)
+        elif row_aligner is not None:
+            t_ids, t_lps, kinds = row_aligner.student_rows(row["completion_token_ids"] or [], ids, row["topk_ids"],
                                                        row["topk_logprobs"])
             m = len(completion)
             out.update(topk_ids=t_ids[:m].tolist(), topk_logprobs=t_lps[:m].tolist(), xt_kind=kinds[:m].tolist())

@@ -72,18 +72,21 @@ def _prefix_compatible(teacher_tokenizer, student_tokenizer) -> bool:
     return all(large.get(tok) == i for tok, i in small.items())
 
 
-def check_teacher_mix(manifest: dict, present: set[str], logit_loss: bool) -> bool:
+def check_teacher_mix(manifest: dict, present: set[str], logit_loss: bool, cross_ok: bool = False) -> bool:
     """Several teachers in one dataset (generate.routing): True when their tokenizers differ.
 
-    Their stored token ids and top-k then belong to different vocabularies: a logit loss (offline mode
-    with a divergence term) is refused; text-only training (seq_kd, CE-only) re-tokenises every row."""
+    Their stored token ids and top-k then belong to different vocabularies: text-only training (seq_kd,
+    CE-only) re-tokenises every row; a logit loss from the stored top-k (`cross_ok`) aligns each row to its
+    own teacher's tokens (cross_tokenizer.py); any other logit loss (a live or served teacher, on-policy)
+    is refused."""
     teachers = manifest.get("teachers") or {}
     hashes = {name: teachers[name]["tokenizer_hash"] for name in sorted(present) if name in teachers}
     if len(set(hashes.values())) <= 1:
         return False
-    if logit_loss:
+    if logit_loss and not cross_ok:
         listed = ", ".join(f"{name} ({h[:12]})" for name, h in hashes.items())
-        raise UserError(f"train: the data mixes teachers with different tokenizers ({listed}); their logits cannot "
-                        "be distilled together. Route every prompt to teachers sharing one tokenizer, or use "
-                        "train.mode: seq_kd (text only)")
+        raise UserError(f"train: the data mixes teachers with different tokenizers ({listed}); a live or served "
+                        "teacher, or on-policy training, needs one. Distil from the stored top-k (train.mode: "
+                        "offline, teacher_signal: stored: each row aligned to its own teacher), route every prompt "
+                        "to teachers sharing one tokenizer, or use train.mode: seq_kd (text only)")
     return True

@@ -56,7 +56,10 @@ def run(cfg: Config, ctx: StageContext) -> None:
 
     dataset = store.load_dataset(src, COLUMNS)
     present = set(store.read_table(src, ["teacher"]).column("teacher").to_pylist())
-    mixed = preflight.check_teacher_mix(manifest, present, t.mode == "offline" and any(x.name != "ce" for x in t.loss))
+    logit_loss = t.mode == "offline" and any(x.name != "ce" for x in t.loss)
+    mixed = preflight.check_teacher_mix(manifest, present, logit_loss,
+                                        cross_ok=t.mode == "offline" and t.teacher_signal == "stored")
+    teachers = {name: (manifest.get("teachers") or {}).get(name, prov) for name in sorted(present)}
     metrics_path = ctx.out_dir / "metrics.json"
     metrics = store.read_json(metrics_path) if metrics_path.exists() else {}
     if t.student.prune is not None and store.read_success(ctx.out_dir / PRUNED) is None and ctx.main_process:
@@ -74,9 +77,10 @@ def run(cfg: Config, ctx: StageContext) -> None:
         if store.read_success(final_dir) is not None and name in metrics:
             log.info("train: %s already trained, keeping %s", name, final_dir)
             continue
-        # mixed tokenizers (text-only training): no single teacher tokenizer, so every row is re-tokenised
+        # mixed tokenizers: no single teacher tokenizer, so every row is re-tokenised (text-only training) or
+        # aligned to its own teacher's tokens (cross-tokenizer, from the stored top-k)
         variant_prov = {**prov, "tokenizer_hash": None} if mixed and mode != "on_policy" else prov
-        metrics[name] = train_variant(cfg, ctx, name, mode, terms, tokenizer, dataset, variant_prov)
+        metrics[name] = train_variant(cfg, ctx, name, mode, terms, tokenizer, dataset, variant_prov, teachers)
         if ctx.main_process:
             store.atomic_write_json(metrics_path, metrics)
 
@@ -124,7 +128,8 @@ def worker_error_line(message: str) -> str:
 
 
 def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: list[LossTerm], tokenizer, dataset,
-                  prov: dict) -> dict:
+                  prov: dict, teachers: dict | None = None) -> dict:
+    """teachers: the provenance of each teacher whose rows the data holds (generate.routing), by name."""
     import torch
 
     from llmdistill.train.prune import PRUNING_FILE
@@ -143,8 +148,12 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
     if models.tokenizer_info(tokenizer)["tokenizer_hash"] != prov["tokenizer_hash"]:
         teacher_tokenizer = models.load_tokenizer(prov["teacher"]["source"], prov["teacher"]["revision"],
                                                   cfg.teacher.trust_remote_code)
-    check = preflight.check(prov, teacher_tokenizer, tokenizer, student.config.vocab_size,
-                            "seq_kd" if mode == "seq_kd" or not any(x.name != "ce" for x in terms) else mode)
+    check_mode = "seq_kd" if mode == "seq_kd" or not any(x.name != "ce" for x in terms) else mode
+    if prov["tokenizer_hash"] is None and check_mode == "offline":  # teachers on several tokenizers (run())
+        check = preflight.Preflight("cross_tokenizer", student.config.vocab_size, "the data's teachers use different "
+                                    "tokenizers: each row is aligned to its own teacher's tokens")
+    else:
+        check = preflight.check(prov, teacher_tokenizer, tokenizer, student.config.vocab_size, check_mode)
     log.info("train: preflight %s: %s", check.outcome, check.message)
     if t.freeze_embeddings:
         student.get_input_embeddings().weight.requires_grad_(False)
@@ -158,7 +167,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
         description = f"on-policy ({t.on_policy.trainer}, beta {t.on_policy.beta:g})"
     else:
         trainer = _offline_trainer(cfg, ckpt_dir, student, tokenizer, dataset, terms, check, prov,
-                                   on_policy=mode == "on_policy", teacher_tokenizer=teacher_tokenizer)
+                                   on_policy=mode == "on_policy", teachers=teachers)
         description = " + ".join(f"{x.weight:g}*{x.name}" + (f"(T={x.temperature:g})" if x.name != "ce" else "")
                                  for x in terms)
         if any(x.name != "ce" for x in terms):
@@ -315,7 +324,7 @@ def _eval_arguments(t, eval_examples) -> dict:
 
 
 def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, check, prov, on_policy=False,
-                     teacher_tokenizer=None):
+                     teachers=None):
     """Our DistillTrainer; on_policy: with rollouts from a vLLM engine on the student (rollouts.py)."""
     from transformers import TrainingArguments
 
@@ -341,16 +350,21 @@ def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, 
             raise UserError(f"train: the teacher's tokenizer differs from the student's; cross-tokenizer distillation "
                             f"works from the stored top-k (teacher_signal: stored, mode: offline), not "
                             f"{'on-policy' if on_policy else 'teacher_signal: ' + t.teacher_signal}")
-        aligner = Aligner(teacher_tokenizer, tokenizer)
+        # each teacher's rows aligned to its own tokens; a teacher on the student's tokenizer keeps its ids
+        own = models.tokenizer_info(tokenizer)["tokenizer_hash"]
+        aligner = {name: None if tp["tokenizer_hash"] == own else Aligner(models.load_tokenizer(
+            tp["teacher"]["source"], tp["teacher"]["revision"], cfg.teacher.trust_remote_code), tokenizer)
+            for name, tp in (teachers or {"default": prov}).items()}
     examples = build_examples(dataset, tokenizer, t.max_seq_len, retokenize=check.outcome == "retokenize",
                               vocab_limit=check.student_vocab if check.outcome == "truncate" else None,
                               aligner=aligner)
     if aligner is not None:
-        cross = {**shares(examples["xt_kind"]), "shared_vocabulary": aligner.shared}
+        shared = {name: a.shared for name, a in aligner.items() if a is not None}
+        cross = {**shares(examples["xt_kind"]), "shared_vocabulary": shared}
         log.info("train: cross-tokenizer: %.1f %% of the %d completion tokens match a teacher token exactly "
-                 "(divergence), %.1f %% share its start only (ULD), %.1f %% have no teacher row (CE only); %d "
-                 "teacher ids have a student id with the same bytes", 100 * cross["exact"], cross["tokens"],
-                 100 * cross["uld"], 100 * cross["none"], aligner.shared)
+                 "(divergence), %.1f %% share its start only (ULD), %.1f %% have no teacher row (CE only); teacher "
+                 "ids with a student id of the same bytes: %s", 100 * cross["exact"], cross["tokens"],
+                 100 * cross["uld"], 100 * cross["none"], shared)
     eval_examples = None
     if t.eval_every is not None:
         examples, eval_examples = split_held_out(examples, t.eval_fraction)

@@ -98,8 +98,17 @@ def test_routed_teachers_each_load_once_and_the_trainer_refuses_to_mix_tokenizer
     assert scores["completion_tokens"] == len(row["completion_token_ids"])
     assert set(manifest["difficulty"]) == {"1", "2", "3"} and manifest["difficulty"]["2"]["samples"] == 8
 
+    live = load_config(path, ["train.teacher_signal=live"])
     with pytest.raises(UserError, match="mixes teachers with different tokenizers .*default .*other"):
-        run_stages(cfg, ["filter", "train"])
+        run_stages(live, ["filter", "train"])
+    # the stored top-k of each teacher, each row aligned to its own teacher's tokens: the default teacher's
+    # rows (the student's tokenizer) keep their ids, all exact; the other's are aligned by bytes
+    stored = load_config(path, ["train.sft_baseline=false", "train.max_steps=2"])
+    run_stages(stored, ["filter", "train"])
+    m = store.read_json(cfg.run_dir / "train" / "metrics.json")["student"]
+    x = m["cross_tokenizer"]
+    assert m["preflight"] == "cross_tokenizer" and set(x["shared_vocabulary"]) == {"other"}
+    assert 2 / 3 - 0.1 < x["exact"] < 1 and m["last_logged"]["loss_forward_kl"] > 0
     # text-only training is allowed: every row is re-tokenised with the student's tokenizer
     text_only = load_config(path, ["train.mode=seq_kd", "train.loss=[{name: ce, weight: 1.0}]",
                                    "train.sft_baseline=false", "train.max_steps=2"])

@@ -103,6 +103,10 @@ def test_cross_tokenizer_distillation_from_the_stored_top_k(base, tiny):
     x = m["cross_tokenizer"]
     assert x["tokens"] > 0 and 0 < x["exact"] < 1 and abs(x["exact"] + x["uld"] + x["none"] - 1) < 1e-3
     assert m["last_logged"]["loss_forward_kl"] > 0 and m["last_logged"]["loss_ce"] > 0
+    from llmdistill.report import write_report
+
+    html = write_report(cfg.run_dir).read_text(encoding="utf-8")
+    assert f"{100 * x['exact']:.1f} % aligned exactly to a teacher token" in html
     # on-policy needs one tokenizer
     cfg = load_config(base, [*FAST, f"train.student.model={tiny['other']}", "train.student.teacher_layers=null",
                              "train.mode=on_policy"])
