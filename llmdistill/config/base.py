@@ -14,7 +14,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Val
 from llmdistill.errors import UserError
 
 # Model sources that are not a local directory or a hub id: names llmdistill knows how to materialise.
-MODEL_ALIASES = ("smollm2-135m-instruct", "all-minilm-l6-v2")
+MODEL_ALIASES = ("smollm2-135m-instruct", "gemma-3-270m", "all-minilm-l6-v2")
 
 
 class ConfigError(UserError):

@@ -218,8 +218,8 @@ def test_injected_enospc_converting_smollm2(tmp_path, tiny, monkeypatch):
         fail_safetensors_under(m, str(target.parent))
         with pytest.raises(StorageError) as info:
             models.resolve_source("smollm2-135m-instruct")
-    assert str(info.value) == f"cannot write the converted SmolLM2 {target}: {ENOSPC}"
-    assert sorted(p.name for p in target.parent.iterdir()) == [".smollm2.lock"]  # no partial copy, no target
+    assert str(info.value) == f"cannot write the converted SmolLM2-135M-Instruct {target}: {ENOSPC}"
+    assert sorted(p.name for p in target.parent.iterdir()) == [".smollm2-135m-instruct.lock"]  # no partial copy, no target
     assert models.resolve_source("smollm2-135m-instruct") == str(target)  # space again: converted
     assert (target / "model.safetensors").exists() and (target / "tokenizer.json").exists()
 
