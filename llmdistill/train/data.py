@@ -77,12 +77,14 @@ def build_examples(dataset, tokenizer, max_seq_len: int, retokenize: bool = Fals
 class Collator:
     """Right-padded batches: input_ids, attention_mask, labels [B, L]; teacher_ids/teacher_logprobs [B, L, k]."""
 
-    def __init__(self, pad_token_id: int, with_teacher: bool = True, scorer=None):
+    def __init__(self, pad_token_id: int, with_teacher: bool = True, scorer=None, teacher_index=None):
         """scorer: a served teacher (`served.ServedScorer`) asked for each sequence's top-k instead of the
-        stored rows."""
+        stored rows. teacher_index: {teacher name: index} to add each row's `teacher_index` [B] (routed live
+        teachers)."""
         self.pad = pad_token_id
         self.with_teacher = with_teacher
         self.scorer = scorer
+        self.teacher_index = teacher_index
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         B, L = len(rows), max(len(r["input_ids"]) for r in rows)
@@ -92,6 +94,9 @@ class Collator:
         batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
         if "row" in rows[0]:
             batch["rows"] = torch.tensor([r["row"] for r in rows], dtype=torch.long)
+        if self.teacher_index is not None:
+            batch["teacher_index"] = torch.tensor([self.teacher_index[r.get("teacher") or "default"] for r in rows],
+                                                  dtype=torch.long)
         served = self.scorer([r["input_ids"] for r in rows]) if self.with_teacher and self.scorer else None
         kinds = None
         if self.with_teacher:

@@ -2,9 +2,10 @@
 
 `SparseSignal` is the stored top-k of the dataset (ids + log-probs, with the temperature they were
 captured at); `DenseSignal` holds full teacher logits; `LiveSignal` holds a live teacher's hidden
-states and projects them through its head only inside the loss chunk. The loss only calls
-`take(index)` and `divergence(name, student_logp, temperature, **params)`, so the trainer never needs
-to know which one it has. Divergences receive the student's log-probs at the term's temperature
+states and projects them through its head only inside the loss chunk; `RoutedSignal` puts several
+together, each for the tokens of the samples its teacher wrote (generate.routing, a live teacher each).
+The loss only calls `take(index)` and `divergence(name, student_logp, temperature, **params)`, so the
+trainer never needs to know which one it has. Divergences receive the student's log-probs at the term's temperature
 (computed once per chunk and shared by every term).
 """
 
@@ -72,3 +73,26 @@ class LiveSignal:
                 teacher_logits = self.post(teacher_logits)
             teacher_logits = teacher_logits[..., : self.vocab]
         return losses.dense_divergence_logp(name, student_logp, teacher_logits, temperature, **params)
+
+
+@dataclass
+class RoutedSignal:
+    """Several signals over one set of N tokens: `parts` pairs increasing token indices (into the N) with the
+    signal for those tokens (e.g. each routed teacher's `LiveSignal` for the samples it wrote)."""
+
+    parts: list[tuple[torch.Tensor, object]]
+
+    def take(self, index: slice) -> RoutedSignal:
+        start, stop = index.start or 0, index.stop
+        out = []
+        for idx, signal in self.parts:
+            sel = ((idx >= start) & (idx < stop)).nonzero()[:, 0]
+            if sel.numel():  # idx increases, so sel is one contiguous run
+                out.append((idx[sel] - start, signal.take(slice(int(sel[0]), int(sel[-1]) + 1))))
+        return RoutedSignal(out)
+
+    def divergence(self, name: str, student_logp: torch.Tensor, temperature: float, **params) -> torch.Tensor:
+        out = torch.zeros(student_logp.shape[0], dtype=torch.float32, device=student_logp.device)
+        for idx, signal in self.parts:
+            out = out.index_put((idx,), signal.divergence(name, student_logp[idx], temperature, **params).float())
+        return out

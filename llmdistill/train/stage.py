@@ -368,11 +368,23 @@ def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, 
     eval_examples = None
     if t.eval_every is not None:
         examples, eval_examples = split_held_out(examples, t.eval_fraction)
-    teacher = None
+    teacher = index = None
     if live:
-        teacher = models.load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, "cpu", cfg.teacher.revision,
-                                        cfg.teacher.trust_remote_code)
-    collator = Collator(tokenizer.pad_token_id, with_teacher=needs_teacher and not live, scorer=scorer)
+        # each sample is distilled against the teacher that wrote it (generate.routing): one model per teacher
+        names = sorted(teachers or {"default": prov})
+        missing = [n for n in names if n != "default" and n not in cfg.teachers]
+        if missing:
+            raise UserError(f"train: the data holds samples of teacher(s) {', '.join(missing)}, which the config no "
+                            "longer names under `teachers`; a live teacher per sample needs each of them")
+        tcfgs = [cfg.teacher_config(n) for n in names]
+        loaded = {i: models.load_causal_lm(c.model, c.dtype, "cpu", c.revision, c.trust_remote_code)
+                  for i, c in enumerate(tcfgs)}
+        teacher = loaded[0] if len(loaded) == 1 else loaded
+        index = {n: i for i, n in enumerate(names)} if len(loaded) > 1 else None
+        if index:
+            log.info("train: live teachers %s, each for the samples it wrote", ", ".join(names))
+    collator = Collator(tokenizer.pad_token_id, with_teacher=needs_teacher and not live, scorer=scorer,
+                        teacher_index=index)
     rollouts = None
     if on_policy:
         from llmdistill.train.rollouts import OnPolicyCollator, Rollouts

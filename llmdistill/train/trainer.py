@@ -17,7 +17,7 @@ from llmdistill import faults, models, store
 from llmdistill.errors import UserError
 from llmdistill.train.curriculum import PacedSampler, closed_loop_weights
 from llmdistill.train.objective import chunked_loss
-from llmdistill.train.signals import LiveSignal, SparseSignal
+from llmdistill.train.signals import LiveSignal, RoutedSignal, SparseSignal
 
 
 class DistillTrainer(Trainer):
@@ -27,7 +27,8 @@ class DistillTrainer(Trainer):
 
     def __init__(self, *args, loss_terms, tail: str, capture_temperature: float, chunk_tokens: int | None,
                  teacher_model=None, curriculum=None, uld_weight: float = 1.0, **kwargs):
-        """teacher_model: a live teacher (dense signal from its forward pass); None uses the stored top-k.
+        """teacher_model: a live teacher (dense signal from its forward pass), or {index: teacher} for data from
+        routed teachers (each batch row's `teacher_index` picks its own); None uses the stored top-k.
         curriculum: a `config.CurriculumConfig` (pacing and the closed loop), or None."""
         super().__init__(*args, **kwargs)
         self.curriculum = curriculum
@@ -42,8 +43,9 @@ class DistillTrainer(Trainer):
         self.uld_weight = uld_weight  # cross-tokenizer rows only (see cross_tokenizer.py)
         self.needs_teacher = any(t.name != "ce" for t in self.loss_terms)
         self.teacher_model = teacher_model
-        if teacher_model is not None:
-            teacher_model.to(self.args.device).eval().requires_grad_(False)
+        for teacher in (teacher_model.values() if isinstance(teacher_model, dict) else [teacher_model]):
+            if teacher is not None:
+                teacher.to(self.args.device).eval().requires_grad_(False)
         # running per-term sums for the log, training and held-out apart: {'train' | 'eval': (sums, tokens)}
         self._term_sums: dict[str, tuple[dict[str, torch.Tensor], int]] = {}
         self.add_callback(FaultPoints())
@@ -128,11 +130,20 @@ class DistillTrainer(Trainer):
         if self.teacher_model is None:
             return SparseSignal(inputs["teacher_ids"][:, :-1][mask], inputs["teacher_logprobs"][:, :-1][mask],
                                 self.capture_temperature, self.tail)
-        with torch.no_grad():
-            hidden = self.teacher_model.get_decoder()(input_ids=inputs["input_ids"],
-                                                      attention_mask=inputs["attention_mask"]).last_hidden_state
-        head, post = _head(self.teacher_model)
-        return LiveSignal(hidden[:, :-1][mask], head, _unwrap(model).config.vocab_size, post)
+        vocab = _unwrap(model).config.vocab_size
+        teachers = self.teacher_model if isinstance(self.teacher_model, dict) else {0: self.teacher_model}
+        which = inputs.get("teacher_index")
+        if which is None or len(teachers) == 1:
+            return _live(next(iter(teachers.values())), inputs["input_ids"], inputs["attention_mask"], mask, vocab)
+        token_teacher = which[mask.nonzero()[:, 0]]  # the teacher of each of the N tokens
+        parts = []
+        for index, teacher in teachers.items():
+            rows = (which == index).nonzero()[:, 0]
+            if rows.numel():
+                parts.append(((token_teacher == index).nonzero()[:, 0],
+                              _live(teacher, inputs["input_ids"][rows], inputs["attention_mask"][rows], mask[rows],
+                                    vocab)))
+        return RoutedSignal(parts)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add each term's token mean since the last log: `loss_<term>` beside the training loss,
@@ -229,6 +240,14 @@ def final_hidden_states(model, input_ids, attention_mask):
     finally:
         handle.remove()
     return captured["hidden"]
+
+
+def _live(teacher, input_ids, attention_mask, mask, vocab: int) -> LiveSignal:
+    """A live teacher's signal for the tokens of `mask` (the positions that predict a label)."""
+    with torch.no_grad():
+        hidden = teacher.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    head, post = _head(teacher)
+    return LiveSignal(hidden[:, :-1][mask], head, vocab, post)
 
 
 def _unwrap(model):

@@ -219,7 +219,8 @@ def test_injected_enospc_converting_smollm2(tmp_path, tiny, monkeypatch):
         with pytest.raises(StorageError) as info:
             models.resolve_source("smollm2-135m-instruct")
     assert str(info.value) == f"cannot write the converted SmolLM2-135M-Instruct {target}: {ENOSPC}"
-    assert sorted(p.name for p in target.parent.iterdir()) == [".smollm2-135m-instruct.lock"]  # no partial copy, no target
+    # no partial copy, no target
+    assert sorted(p.name for p in target.parent.iterdir()) == [".smollm2-135m-instruct.lock"]
     assert models.resolve_source("smollm2-135m-instruct") == str(target)  # space again: converted
     assert (target / "model.safetensors").exists() and (target / "tokenizer.json").exists()
 

@@ -116,6 +116,23 @@ def test_routed_teachers_each_load_once_and_the_trainer_refuses_to_mix_tokenizer
     assert store.read_json(cfg.run_dir / "train" / "metrics.json")["student"]["preflight"] == "retokenize"
 
 
+def test_routed_teachers_on_one_tokenizer_each_score_their_own_samples_live(tiny_config, tiny, tmp_path):
+    from transformers import AutoTokenizer
+
+    from conftest import build_llama
+
+    path, data = tiny_config
+    second = build_llama(tmp_path / "second", AutoTokenizer.from_pretrained(tiny["teacher"]), layers=2, seed=3)
+    data["teachers"] = {"second": {"model": str(second)}}
+    data["generate"]["routing"] = [{"teacher": "second", "levels": [2]}]
+    data["train"].update(teacher_signal="live", sft_baseline=False, max_steps=2)
+    cfg = load_config(write(path, data))
+    run_stages(cfg, ["generate", "filter", "train"])
+    m = store.read_json(cfg.run_dir / "train" / "metrics.json")["student"]
+    assert m["teacher_signal"] == "live" and m["preflight"] == "exact" and m["steps"] == 2
+    assert m["last_logged"]["loss_forward_kl"] > 0
+
+
 def test_evolution_with_the_tiny_teacher_and_skipped_bad_lines(tiny_config, tmp_path):
     path, data = tiny_config
     seeds = write_prompts(tmp_path / "seeds.jsonl", n_per_level=2)
