@@ -4,12 +4,16 @@ mixes the student's samples with the teacher's completions, scored by the live a
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
+
 import pytest
 import torch
 import yaml
 from vllm_server import SKIP_REASON, vllm_python
 
-from conftest import write_prompts
+from conftest import PYTHON, write_prompts
 from llmdistill import models, store
 from llmdistill.config import VLLMOptions, load_config
 from llmdistill.pipeline import run_stages
@@ -81,18 +85,6 @@ def on_policy_base(tmp_path_factory, tiny_vllm):
     return path
 
 
-def test_on_policy_training_with_vllm_rollouts_and_a_live_teacher(on_policy_base):
-    cfg = load_config(on_policy_base)
-    assert run_stages(cfg, ("train",))["train"] == "ran"
-    m = store.read_json(cfg.run_dir / "train" / "metrics.json")["student"]
-    r = m["rollouts"]
-    assert m["mode"] == "on_policy" and m["steps"] == 4 and m["teacher_signal"] == "live"
-    assert r["batches_sampled"] + r["batches_teacher"] >= 4 and r["batches_sampled"] >= 1
-    assert r["refreshes"] == 2 and r["samples"] == 4 * r["batches_sampled"] and r["sampled_tokens"] > 0
-    assert m["last_logged"]["loss_forward_kl"] >= 0
-    assert not (cfg.run_dir / "train" / "rollouts").exists()  # the engine's copies of the weights are gone
-
-
 def test_on_policy_rollouts_scored_by_the_served_teacher(on_policy_base, vllm_server):
     served = ["train.teacher_signal=served", f"train.served.base_url={vllm_server.base_url}",
               "train.served.served_model=tiny", "train.served.api_key_env=null", "train.on_policy.lmbda=1.0",
@@ -110,3 +102,36 @@ def test_stored_log_probs_cannot_score_the_students_samples(on_policy_base):
         load_config(on_policy_base, ["train.teacher_signal=stored"])
     with pytest.raises(Exception, match="on_policy.beta apply to rollouts: trl"):
         load_config(on_policy_base, ["train.on_policy.beta=0.2"])
+
+
+KILL = ["name=rollouts-kill", "train.on_policy.lmbda=1.0"]  # every batch the student's (the mix: unit tests)
+
+
+def _workers() -> list[int]:
+    """PIDs of running vLLM worker processes (the vllm backend's, not the test server's)."""
+    out = subprocess.run(["pgrep", "-f", "vllm_worker.py"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_on_policy_with_a_live_teacher_killed_leaves_no_engine_and_resumes(on_policy_base):
+    """A live-teacher on-policy run is killed after step 3 (its last checkpoint: step 2); the engine goes with it;
+    the rerun resumes, starts the engine on step 2's weights and trains on the student's samples to the end."""
+    before = set(_workers())
+    env = {**os.environ, "LLMDISTILL_FAULT": "train:step:3"}
+    killed = subprocess.run([PYTHON, "-m", "llmdistill.cli", "run", str(on_policy_base), *KILL],
+                            capture_output=True, text=True, env=env)
+    assert killed.returncode != 0
+    deadline = time.monotonic() + 60
+    while set(_workers()) - before and time.monotonic() < deadline:  # its engine exits with it (stdin closed)
+        time.sleep(1)
+    assert not set(_workers()) - before
+    cfg = load_config(on_policy_base, KILL)
+    assert (cfg.run_dir / "train" / "checkpoints" / "student" / "checkpoint-2").is_dir()
+    assert run_stages(cfg)["train"] == "ran"  # resumed from step 2: the engine starts on those weights
+    m = store.read_json(cfg.run_dir / "train" / "metrics.json")["student"]
+    r = m["rollouts"]
+    assert m["mode"] == "on_policy" and m["steps"] == 4 and m["teacher_signal"] == "live"
+    assert r["refreshes"] == 1  # after step 4 only: the engine started on step 2's weights
+    assert r["batches_sampled"] >= 1 and r["samples"] == 4 * r["batches_sampled"] and r["sampled_tokens"] > 0
+    assert m["last_logged"]["loss_forward_kl"] >= 0
+    assert not (cfg.run_dir / "train" / "rollouts").exists()  # the engine's copies of the weights are gone
