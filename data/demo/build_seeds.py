@@ -433,7 +433,8 @@ def check_answer(name: str, entry: dict) -> bool:
         return eval(expr, {"__builtins__": {}}) == int(answer)
     if name == "simple_equations":
         lhs, rhs = meta["equation"].split("=")
-        sub = lambda side: eval(side.replace(meta["variable"], f"({answer})"), {"__builtins__": {}})
+        def sub(side):
+            return eval(side.replace(meta["variable"], f"({answer})"), {"__builtins__": {}})
         return sub(lhs) == sub(rhs)
     if name == "lcm":
         return math.lcm(*meta["numbers"]) == int(answer)

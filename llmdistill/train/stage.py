@@ -349,8 +349,8 @@ def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, 
         if t.teacher_signal != "stored" or on_policy:
             raise UserError(f"train: the teacher's tokenizer differs from the student's; cross-tokenizer distillation "
                             f"works from the stored top-k (teacher_signal: stored, mode: offline), not "
-                            f"{'on-policy' if on_policy else 'teacher_signal: ' + t.teacher_signal}; or train.mode: seq_kd "
-                            f"(the teacher's text re-tokenised)")
+                            f"{'on-policy' if on_policy else 'teacher_signal: ' + t.teacher_signal}; "
+                            f"or train.mode: seq_kd (the teacher's text re-tokenised)")
         # each teacher's rows aligned to its own tokens; a teacher on the student's tokenizer keeps its ids
         own = models.tokenizer_info(tokenizer)["tokenizer_hash"]
         aligner = {name: None if tp["tokenizer_hash"] == own else Aligner(models.load_tokenizer(
