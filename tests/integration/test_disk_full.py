@@ -174,8 +174,9 @@ def test_injected_enospc_in_train_forced_train_and_forced_generate(tiny_config, 
     assert store.read_success(run_dir / "train") == success
     assert student_weights(run_dir / "train/student").keys() == before.keys()
     assert not (run_dir / "train.next/.student.tmp").exists()
+    (run_dir / "train" / "old-run").write_text("")  # the forced run replaces the whole stage directory
     assert cli_run(cli.app, ["train", str(path), "--force"]).exit_code == 0
-    assert store.read_success(run_dir / "train")["finished_at"] != success["finished_at"]
+    assert store.read_success(run_dir / "train") is not None and not (run_dir / "train" / "old-run").exists()
 
     # --force generate: generate and filter rerun staged, then the student's save fails: every earlier
     # output is still the complete previous one
@@ -260,5 +261,6 @@ def test_real_full_disk_mid_train_and_forced_train(tiny_config, tiny_tmpfs):
     assert got.keys() == before.keys() and all((got[k] == before[k]).all() for k in got)
 
     filler.unlink()
+    (run_dir / "train" / "old-run").write_text("")  # the forced run replaces the whole stage directory
     assert cli_run(cli.app, ["train", str(path), "--force"]).exit_code == 0
-    assert store.read_success(run_dir / "train")["finished_at"] != success["finished_at"]
+    assert store.read_success(run_dir / "train") is not None and not (run_dir / "train" / "old-run").exists()
