@@ -208,14 +208,14 @@ class OpenAITeacher:
                   "prompt_logprobs": k}, len(seq)) for seq in sequences]
 
         with _fewer_gc_passes():
-            outcomes = self._loop.run_until_complete(self._batch(jobs, read=_Scored.read))
+            outcomes = self._loop.run_until_complete(self._batch(jobs, read=_Scored))
         out = []
         for (_, n), o in zip(jobs, outcomes):
             if o.reply is None:
                 raise UserError(f"served teacher {self._pool.names()}: scoring a sequence "
                                 f"of {n} tokens failed: {o.error}")
             try:
-                scored = o.parsed if o.parsed is not None else _Scored.read(o.reply)
+                scored = o.parsed if o.parsed is not None else _Scored(o.reply)
                 out.append(scored.arrays(k, n))
             except ac.MalformedReply as e:
                 raise UserError(f"served teacher: a reply for a sequence of {n} tokens is unusable: {e}") from None
@@ -353,7 +353,7 @@ class OpenAITeacher:
         path = "/chat/completions" if "messages" in body else "/completions"
         endpoint.in_flight += 1
         try:
-            # the body as bytes: parsed once by orjson, never into the openai package's pydantic objects
+            # the body as bytes: decoded once by msgspec, never into the openai package's pydantic objects
             text = await endpoint.client().post(path, cast_to=bytes, body=body)
         except openai.APITimeoutError:
             return None, f"timeout: no reply within {self.opts.timeout_s:g} s", None
@@ -393,8 +393,7 @@ class OpenAITeacher:
 
     def _read(self, body: bytes | str) -> ac.Reply:
         k = self.sampling.topk if self.want_logprobs else None
-        return ac.read_reply(ac.decode_json(body), self.opts.endpoint, k, *((self.mapper.lookup, self.mapper.memo)
-                                                                             if k else ()))
+        return ac.read_reply(body, self.opts.endpoint, k, *((self.mapper.lookup, self.mapper.memo) if k else ()))
 
     def _check_token_ids(self, parsed: ac.Reply) -> None:
         """Fail fast when a server ignores return_tokens_as_token_ids (every token would be unmapped)."""
@@ -534,20 +533,8 @@ class _Pool:
 class _Scored:
     """A prompt_logprobs reply, decoded once; its arrays are read for the length that was sent."""
 
-    def __init__(self, obj: dict):
-        usage = obj.get("usage") or {}
-        self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        self.completion_tokens = int(usage.get("completion_tokens") or 0)
-        choices = obj.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict) \
-                or not isinstance(choices[0].get("prompt_logprobs"), list):
-            raise ac.MalformedReply("prompt_logprobs were requested but the reply has none (a vLLM server, "
-                                    "started with --max-logprobs >= the k asked for, is needed)")
-        self.rows = choices[0]["prompt_logprobs"]
-
-    @classmethod
-    def read(cls, body: bytes | str) -> _Scored:
-        return cls(ac.decode_json(body))
+    def __init__(self, body: bytes | str):
+        self.rows, self.prompt_tokens, self.completion_tokens = ac.read_scored(body)
 
     def arrays(self, k: int, length: int) -> tuple[np.ndarray, np.ndarray]:
         return ac.read_prompt_logprobs(self.rows, k, length)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import orjson
+import msgspec
 
 from llmdistill import store
 from llmdistill.errors import BudgetExceeded, UserError
@@ -57,8 +57,8 @@ class BatchRunner:
         if not self.state_path.exists():
             return []
         try:
-            return list(orjson.loads(self.state_path.read_bytes())["batches"])
-        except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+            return list(msgspec.json.decode(self.state_path.read_bytes())["batches"])
+        except (msgspec.DecodeError, KeyError, TypeError) as e:
             raise UserError(f"{self.state_path}: unreadable batch record ({e}); it names the provider batches this "
                             "run paid for: look them up (`/v1/batches`) before removing it") from None
 
@@ -90,7 +90,7 @@ class BatchRunner:
                 "budget, or lower the number of prompts)")
         n = len(batches) + 1
         local = self.dir / "batches" / f"{n:04d}.jsonl"
-        lines = b"".join(orjson.dumps({"custom_id": k, "method": "POST", "url": self.path, "body": body}) + b"\n"
+        lines = b"".join(msgspec.json.encode({"custom_id": k, "method": "POST", "url": self.path, "body": body}) + b"\n"
                          for k, (body, _) in requests.items())
         store.atomic_write_bytes(local, lines)
         uploaded = self._call("upload the batch input", lambda: self.client.files.create(
@@ -141,7 +141,7 @@ class BatchRunner:
             self._save(batches)
             raise UserError(f"teacher api: batch {b['id']} failed ({errors or 'no reason given'}); nothing in it was "
                             "answered; a rerun submits a new batch")
-        keys = [orjson.loads(line)["custom_id"] for line in (self.dir / b["input"]).read_bytes().splitlines()
+        keys = [msgspec.json.decode(line)["custom_id"] for line in (self.dir / b["input"]).read_bytes().splitlines()
                 if line.strip()]
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
@@ -160,14 +160,14 @@ class BatchRunner:
             if not line.strip():
                 continue
             try:
-                row = orjson.loads(line)
+                row = msgspec.json.decode(line)
                 key, response = row["custom_id"], row.get("response") or {}
-            except (orjson.JSONDecodeError, KeyError, TypeError):
+            except (msgspec.DecodeError, KeyError, TypeError):
                 log.warning("teacher api: batch %s: an unreadable result line skipped", batch_id)
                 continue
             status, body = response.get("status_code"), response.get("body")
             if status == 200 and isinstance(body, dict):
-                raw = orjson.dumps(body)
+                raw = msgspec.json.encode(body)
                 try:
                     reply = self.read(raw)
                 except ac.MalformedReply as e:

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import numpy as np
-import orjson
 
 from llmdistill.records import stable_hash
 from llmdistill.teachers.token_map import UNMAPPED_ID
@@ -159,7 +159,7 @@ class MalformedReply(Exception):
 
 @dataclass
 class Reply:
-    """One reply, read and mapped to token ids in one pass over the raw JSON (no object per log-prob)."""
+    """One reply, read and mapped to token ids in one pass (no object per log-prob)."""
 
     text: str
     finish_reason: str | None
@@ -173,68 +173,153 @@ class Reply:
 
 
 def decode_json(data: bytes | str) -> dict:
-    """A reply body as a dict (orjson: several times faster than the standard library on log-prob replies)."""
+    """A JSON object of any shape as a dict (a state file, a batch result line)."""
     try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as e:
+        obj = msgspec.json.decode(data)
+    except msgspec.DecodeError as e:
         raise MalformedReply(f"not JSON ({e})") from None
     if not isinstance(obj, dict):
         raise MalformedReply("not a JSON object")
     return obj
 
 
+# The replies' shapes, decoded by msgspec straight into these (fields not named here are skipped without
+# building anything). A 32-token top-20 chat reply is about 65 kB, most of it the `bytes` list of every
+# alternative, needed only for a token string holding U+FFFD (a piece of a UTF-8 character, whose string
+# does not name its bytes): kept undecoded (msgspec.Raw, a view of the body) and decoded for those alone.
+_NULL = msgspec.Raw(b"null")
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class _Alt(msgspec.Struct):
+    token: str
+    logprob: float | None
+    bytes: msgspec.Raw = _NULL
+
+
+class _Entry(msgspec.Struct):
+    token: str
+    bytes: msgspec.Raw = _NULL
+    top_logprobs: list[_Alt] | None = None
+
+
+class _ChatLogprobs(msgspec.Struct):
+    content: list[_Entry] | None = None
+
+
+class _Message(msgspec.Struct):
+    content: str | None = None
+
+
+class _ChatChoice(msgspec.Struct):
+    message: _Message | None = None
+    finish_reason: str | None = None
+    logprobs: _ChatLogprobs | None = None
+
+
+class _ChatReply(msgspec.Struct):
+    choices: list[_ChatChoice]
+    usage: _Usage | None = None
+
+
+class _CompletionLogprobs(msgspec.Struct):
+    tokens: list[str] | None = None
+    token_logprobs: list[float | None] | None = None
+    top_logprobs: list[dict[str, float | None] | None] | None = None
+
+
+class _CompletionChoice(msgspec.Struct):
+    text: str | None = None
+    finish_reason: str | None = None
+    logprobs: _CompletionLogprobs | None = None
+
+
+class _CompletionReply(msgspec.Struct):
+    choices: list[_CompletionChoice]
+    usage: _Usage | None = None
+
+
+class _PromptLogprob(msgspec.Struct):
+    logprob: float | None
+
+
+class _ScoredChoice(msgspec.Struct):
+    prompt_logprobs: list[dict[str, _PromptLogprob] | None] | None = None
+
+
+class _ScoredReply(msgspec.Struct):
+    choices: list[_ScoredChoice]
+    usage: _Usage | None = None
+
+
+_DECODERS = {"chat": msgspec.json.Decoder(_ChatReply), "completions": msgspec.json.Decoder(_CompletionReply),
+             "scored": msgspec.json.Decoder(_ScoredReply)}
+
+
+def _decode(body: bytes | str, kind: str):
+    try:
+        return _DECODERS[kind].decode(body)
+    except msgspec.ValidationError as e:
+        raise MalformedReply(f"unexpected reply shape ({e})") from None
+    except msgspec.DecodeError as e:
+        raise MalformedReply(f"not JSON ({e})") from None
+
+
+def _bytes_of(token: str, raw: msgspec.Raw) -> list[int] | None:
+    """A token's `bytes` list where its string does not name them (it holds U+FFFD), else None."""
+    return msgspec.json.decode(raw) if "\ufffd" in token else None
+
+
 Lookup = Callable[[str, "list[int] | None"], "int | None"]
 
 
-def read_reply(obj: dict, endpoint: str, k: int | None = None, lookup: Lookup | None = None,
+def read_reply(body: bytes | str, endpoint: str, k: int | None = None, lookup: Lookup | None = None,
                memo: dict | None = None) -> Reply:
-    """Check and read one reply of /chat/completions ("chat") or /completions; raise MalformedReply.
+    """Check and read one reply body of /chat/completions ("chat") or /completions; raise MalformedReply.
 
     With `k` (logprobs were requested) every token and its top-k alternatives are mapped to ids by
-    `lookup(token, bytes)` (or found in `memo`) straight from the decoded JSON, alternatives ordered by log-prob."""
-    choices = obj.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+    `lookup(token, bytes)` (or found in `memo`), alternatives ordered by log-prob."""
+    obj = _decode(body, endpoint)
+    if not obj.choices:
         raise MalformedReply("no choices")
-    choice = choices[0]
-    usage = obj.get("usage") or {}
+    choice = obj.choices[0]
+    usage = obj.usage or _Usage()
     if endpoint == "chat":
-        message = choice.get("message")
-        if not isinstance(message, dict):
+        if choice.message is None:
             raise MalformedReply("choice without a message")
-        text = message.get("content") or ""
+        text = choice.message.content or ""
     else:
-        text = choice.get("text")
-        if not isinstance(text, str):
+        if choice.text is None:
             raise MalformedReply("choice without text")
-    reply = Reply(text=text if isinstance(text, str) else str(text), finish_reason=choice.get("finish_reason"),
-                  prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=0)
+        text = choice.text
+    reply = Reply(text=text, finish_reason=choice.finish_reason, prompt_tokens=usage.prompt_tokens or 0,
+                  completion_tokens=0)
     if k is not None:
-        lp = choice.get("logprobs")
-        if not isinstance(lp, dict):
+        lp = choice.logprobs
+        if lp is None:
             raise MalformedReply("logprobs were requested but the reply has none")
         entries = _chat_entries(lp) if endpoint == "chat" else _completion_entries(lp)
         _map_entries(reply, entries, k, lookup, memo)
-    reply.completion_tokens = int(usage.get("completion_tokens") or (len(reply.tokens) if reply.tokens else 0))
+    reply.completion_tokens = usage.completion_tokens or (len(reply.tokens) if reply.tokens else 0)
     return reply
 
 
-def _chat_entries(lp: dict):
-    content = lp.get("content")
-    if content is None:
-        return []
-    if not isinstance(content, list):
-        raise MalformedReply("logprobs.content is not a list")
-    # per position: (token, bytes, alternatives' tokens, log-probs, bytes); a KeyError or TypeError from a bad
-    # entry surfaces in _map_entries
-    return ((e["token"], e.get("bytes"), [t["token"] for t in alts], [t["logprob"] for t in alts],
-             [t.get("bytes") for t in alts]) for e in content for alts in (e.get("top_logprobs") or (),))
+def _chat_entries(lp: _ChatLogprobs):
+    """Per position: (token, its bytes or None, alternatives' tokens, log-probs, bytes getter or None)."""
+    return ((e.token, _bytes_of(e.token, e.bytes), [a.token for a in alts], [a.logprob for a in alts],
+             lambda j, alts=alts: _bytes_of(alts[j].token, alts[j].bytes))
+            for e in (lp.content or ()) for alts in (e.top_logprobs or (),))
 
 
-def _completion_entries(lp: dict):
-    tokens, values, tops = lp.get("tokens"), lp.get("token_logprobs"), lp.get("top_logprobs")
-    if not isinstance(tokens, list) or not isinstance(values, list) or len(tokens) != len(values):
+def _completion_entries(lp: _CompletionLogprobs):
+    tokens, values, tops = lp.tokens, lp.token_logprobs, lp.top_logprobs
+    if tokens is None or values is None or len(tokens) != len(values):
         raise MalformedReply("logprobs.tokens / token_logprobs missing or of different lengths")
-    tops = tops if isinstance(tops, list) else [None] * len(tokens)
+    tops = tops if tops is not None else [None] * len(tokens)
     if len(tops) != len(tokens):
         raise MalformedReply("logprobs.top_logprobs has a different length")
     return ((t, None, list(top or ()), list((top or {}).values()), None) for t, top in zip(tokens, tops))
@@ -248,21 +333,21 @@ def _map_entries(reply: Reply, entries, k: int, lookup: Lookup, memo: dict | Non
     pad_ids, pad_lps = [UNMAPPED_ID] * k, [-math.inf] * k
     get = (memo or {}).get
     try:
-        for token, raw, alt_tokens, alt_lps, alt_raw in entries:
+        for token, raw, alt_tokens, alt_lps, alt_bytes in entries:
             if not isinstance(token, str):
                 raise TypeError(f"token {token!r} is not a string")
             tokens.append(token)
             ids.append(lookup(token, raw))
+            order = None  # where each alternative was in the reply, when it had to be sorted
             if alt_lps != sorted(alt_lps, reverse=True):
                 order = sorted(range(len(alt_lps)), key=alt_lps.__getitem__, reverse=True)
                 alt_tokens, alt_lps = [alt_tokens[j] for j in order], [alt_lps[j] for j in order]
-                alt_raw = [alt_raw[j] for j in order] if alt_raw else None
             alt_tokens, alt_lps = alt_tokens[:k], alt_lps[:k]
             row = [get(t) for t in alt_tokens]
             if None in row or len(set(row)) < len(row):  # a miss, an unmapped or a repeated token: one by one
                 row, seen = [], set()
                 for j, t in enumerate(alt_tokens):
-                    m = lookup(t, alt_raw[j] if alt_raw else None)
+                    m = lookup(t, alt_bytes(j if order is None else order[j]) if alt_bytes else None)
                     if m is None or m in seen:
                         unmapped.append(t)
                         m = UNMAPPED_ID  # kept with its log-prob: training moves this mass into the tail
@@ -281,8 +366,18 @@ def _map_entries(reply: Reply, entries, k: int, lookup: Lookup, memo: dict | Non
     reply.topk_logprobs = lps
 
 
+def read_scored(body: bytes | str) -> tuple[list, int, int]:
+    """A /completions reply with `prompt_logprobs`: (its rows, prompt tokens, completion tokens)."""
+    obj = _decode(body, "scored")
+    if not obj.choices or obj.choices[0].prompt_logprobs is None:
+        raise MalformedReply("prompt_logprobs were requested but the reply has none (a vLLM server, "
+                             "started with --max-logprobs >= the k asked for, is needed)")
+    usage = obj.usage or _Usage()
+    return obj.choices[0].prompt_logprobs, usage.prompt_tokens or 0, usage.completion_tokens or 0
+
+
 def read_prompt_logprobs(rows: list, k: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """vLLM's `prompt_logprobs` (of a /completions reply) as [length, k] arrays: row i is the distribution
+    """vLLM's `prompt_logprobs` (the rows `read_scored` returns) as [length, k] arrays: row i is the distribution
     that produced prompt token i (row 0, which nothing predicts, stays empty: UNMAPPED_ID / -inf), its k
     most likely token ids by log-prob. vLLM adds the prompt token itself when it is outside the top k
     (rank > k); that entry is dropped, so the rest of the mass is the tail, as in a stored top-k."""
@@ -294,7 +389,8 @@ def read_prompt_logprobs(rows: list, k: int, length: int) -> tuple[np.ndarray, n
         for i, row in enumerate(rows):
             if not row:
                 continue
-            best = sorted(((float(v["logprob"]), int(t)) for t, v in row.items()), reverse=True)[:k]
+            best = sorted(((-math.inf if v.logprob is None else v.logprob, int(t)) for t, v in row.items()),
+                          reverse=True)[:k]
             ids[i, : len(best)] = [t for _, t in best]
             lps[i, : len(best)] = [lp for lp, _ in best]
     except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -3,6 +3,7 @@ reading and token mapping."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -126,12 +127,12 @@ def lookup(token, raw=None):
 
 
 def test_read_chat_reply_maps_tokens_and_alternatives():
-    r = ac.read_reply(CHAT, "chat", 3, lookup)
+    r = ac.read_reply(json.dumps(CHAT), "chat", 3, lookup)
     assert r.text == "Hi" and r.finish_reason == "stop" and r.prompt_tokens == 7 and r.completion_tokens == 2
     assert r.tokens == ["H", "i"] and r.token_ids == [1, 3]
     assert r.topk_ids.dtype == np.int32 and r.topk_ids.tolist() == [[1, 2, UNMAPPED_ID], [UNMAPPED_ID] * 3]
     assert r.topk_logprobs[0, :2].tolist() == pytest.approx([-0.1, -2.5]) and np.isneginf(r.topk_logprobs[1]).all()
-    text_only = ac.read_reply(CHAT, "chat")
+    text_only = ac.read_reply(json.dumps(CHAT), "chat")
     assert text_only.tokens is None and text_only.text == "Hi"
 
 
@@ -140,10 +141,10 @@ def test_read_completions_reply_orders_alternatives_and_keeps_unmapped_mass():
                         "logprobs": {"tokens": ["a", "b"], "token_logprobs": [-0.5, -1.0],
                                      "top_logprobs": [{"c": -1.5, "a": -0.5, "zz": -3.0}, {"b": -1.0}]}}],
            "usage": {"prompt_tokens": 3}}
-    r = ac.read_reply(obj, "completions", 2, lookup)
+    r = ac.read_reply(json.dumps(obj), "completions", 2, lookup)
     assert r.text == "ab" and r.token_ids == [4, 5] and r.completion_tokens == 2  # no usage: counted
     assert r.topk_ids.tolist() == [[4, 6], [5, UNMAPPED_ID]]  # best two of three, by log-prob
-    three = ac.read_reply(obj, "completions", 3, lookup)
+    three = ac.read_reply(json.dumps(obj).encode(), "completions", 3, lookup)
     assert three.topk_ids[0].tolist() == [4, 6, UNMAPPED_ID] and three.unmapped_alternatives == ["zz"]
     assert three.topk_logprobs[0].tolist() == pytest.approx([-0.5, -1.5, -3.0])  # its mass stays (the tail)
 
@@ -152,7 +153,7 @@ def test_a_repeated_alternative_is_not_counted_twice():
     obj = {"choices": [{"message": {"content": "H"}, "finish_reason": "stop", "logprobs": {"content": [
         {"token": "H", "logprob": -0.1, "top_logprobs": [{"token": "H", "logprob": -0.1},
                                                          {"token": "H", "logprob": -0.2}]}]}}]}
-    r = ac.read_reply(obj, "chat", 2, lookup)
+    r = ac.read_reply(json.dumps(obj), "chat", 2, lookup)
     assert r.topk_ids.tolist() == [[1, UNMAPPED_ID]]
 
 
@@ -166,7 +167,37 @@ def test_a_repeated_alternative_is_not_counted_twice():
 ])
 def test_malformed_replies_are_named(obj, endpoint, want):
     with pytest.raises(ac.MalformedReply):
-        ac.read_reply(obj, endpoint, 2 if want else None, lookup)
+        ac.read_reply(json.dumps(obj), endpoint, 2 if want else None, lookup)
+
+
+def test_bytes_are_read_where_a_token_is_a_piece_of_a_character():
+    """Two alternatives that are different halves of UTF-8 characters both show as U+FFFD: only their
+    `bytes` tell them apart (a body without U+FFFD is read without the bytes lists)."""
+    seen = []
+
+    def by_bytes(token, raw=None):
+        seen.append(raw)
+        return {(0xE2,): 4, (0xE3,): 5}.get(tuple(raw or ()), VOCAB.get(token))
+
+    obj = {"choices": [{"message": {"content": "H"}, "finish_reason": "stop", "logprobs": {"content": [
+        {"token": "H", "logprob": -0.1, "bytes": [72], "top_logprobs": [
+            {"token": "\ufffd", "logprob": -0.5, "bytes": [0xE2]},
+            {"token": "\ufffd", "logprob": -0.7, "bytes": [0xE3]},
+            {"token": "H", "logprob": -0.9, "bytes": [72]}]}]}}]}
+    for body in (json.dumps(obj), json.dumps(obj, ensure_ascii=False).encode()):  # escaped and raw UTF-8
+        r = ac.read_reply(body, "chat", 3, by_bytes)
+        assert r.topk_ids.tolist() == [[4, 5, 1]]
+    seen.clear()
+    ac.read_reply(json.dumps(CHAT), "chat", 3, by_bytes)
+    assert seen and all(raw is None for raw in seen)
+
+
+def test_a_reply_of_the_wrong_shape_names_the_field():
+    obj = {"choices": [{"message": {"content": "x"}, "logprobs": {"content": [{"token": 5, "logprob": -1}]}}]}
+    with pytest.raises(ac.MalformedReply, match=r"content\[0\]\.token"):
+        ac.read_reply(json.dumps(obj), "chat", 2, lookup)
+    with pytest.raises(ac.MalformedReply, match="not JSON"):
+        ac.read_reply(b'{"choices": [', "chat")
 
 
 def test_decode_json_rejects_garbage():
