@@ -150,7 +150,10 @@ def main() -> None:
     try:
         for c, p in [(1, 1), (8, 1), (64, 1), (256, 1)] + [(c, p) for c in (64, 256) for p in args.processes]:
             urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/reset", method="POST")).read()
+            server0 = _cpu_s([proc.pid])
             row = measure(tok, port, c, c * args.rounds, args.max_new_tokens, args.topk, p)
+            # the server's CPU in the same window (the warm-up requests included), for the 2-core arithmetic
+            row["server_cpu_ms_per_request"] = round((_cpu_s([proc.pid]) - server0) * 1000 / row["requests"], 2)
             stats = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/stats"))
             row["server_max_in_flight"] = stats["max_in_flight"]
             row["ideal_requests_per_s"] = round(c / args.latency, 2)
@@ -165,12 +168,13 @@ def main() -> None:
           f"tokens, top-{args.topk} logprobs, tokenizer {tok.name}, load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} cores")
     print(f"{'concurrency':>11} {'processes':>9} {'requests':>8} {'seconds':>8} {'req/s':>8} {'ideal':>8} "
-          f"{'of ideal':>8} {'in flight':>9} {'client CPU ms/req':>17} {'failed':>6}")
+          f"{'of ideal':>8} {'in flight':>9} {'client CPU ms/req':>17} {'server CPU ms/req':>17} {'failed':>6}")
     for r in rows:
         print(f"{r['concurrency']:>11} {r['client_processes']:>9} {r['requests']:>8} {r['seconds']:>8.2f} "
               f"{r['requests_per_s']:>8.1f} "
               f"{r['ideal_requests_per_s']:>8.1f} {r['fraction_of_ideal']:>8.1%} "
-              f"{r['server_max_in_flight']:>9} {r['client_cpu_ms_per_request']:>17.2f} {r['failed']:>6}")
+              f"{r['server_max_in_flight']:>9} {r['client_cpu_ms_per_request']:>17.2f} "
+              f"{r['server_cpu_ms_per_request']:>17.2f} {r['failed']:>6}")
     print(f"baseline, openai package objects (chat.completions.create), 64 in flight: "
           f"{base['requests_per_s']:.1f} req/s, {base['client_cpu_ms_per_request']:.2f} client CPU ms/req")
     by_c = {}  # the best setting at each concurrency

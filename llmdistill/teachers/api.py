@@ -326,10 +326,15 @@ class OpenAITeacher:
                     await asyncio.sleep(self.tpm.reserve(estimate))
                 self.meter.attempts += 1
                 endpoint = self._pool.pick()
-                reply, reason, retry_after = await self._send(endpoint, body, read)
-            if reply is not None:
-                self._account(key, reply[0], reply[1], estimate)
-                return _Outcome(reply=reply[0], parsed=reply[1])
+                text, reason, retry_after = await self._send(endpoint, body)
+            if text is not None:
+                # the slot is free: the requests waiting for it go out before this reply is read (replies that
+                # arrive together would otherwise hold every next request back until all of them are read)
+                await asyncio.sleep(0)
+                parsed, reason = self._parse(text, read)
+                if parsed is not None:
+                    self._account(key, text, parsed, estimate)
+                    return _Outcome(reply=text, parsed=parsed)
             if retry_after is False:  # not retryable
                 break
             if attempt < o.max_retries:
@@ -345,9 +350,8 @@ class OpenAITeacher:
         log.warning("api: request failed: %s", reason)
         return _Outcome(error=reason)
 
-    async def _send(self, endpoint: _Endpoint, body: dict, read=None) -> tuple[tuple[bytes, ac.Reply] | None, str,
-                                                                               float | None | bool]:
-        """((good reply, read) or None, reason, Retry-After seconds or None; False when a retry cannot help)."""
+    async def _send(self, endpoint: _Endpoint, body: dict) -> tuple[bytes | None, str, float | None | bool]:
+        """(a 200 reply's body or None, reason, Retry-After seconds or None; False when a retry cannot help)."""
         import openai
 
         path = "/chat/completions" if "messages" in body else "/completions"
@@ -383,13 +387,17 @@ class OpenAITeacher:
             endpoint.in_flight -= 1
         self._refused = 0
         self._pool.answered(endpoint)
+        return text, "", None
+
+    def _parse(self, text: bytes, read=None) -> tuple[ac.Reply | None, str]:
+        """(the reply read, "") or (None, why it is malformed)."""
         try:
             parsed = (read or self._read)(text)
         except ac.MalformedReply as e:
-            return None, f"malformed reply: {e}", None
+            return None, f"malformed reply: {e}"
         if read is None and self.opts.token_mapping == "token_ids" and not self._checked_ids:
             self._check_token_ids(parsed)
-        return (text, parsed), "", None
+        return parsed, ""
 
     def _read(self, body: bytes | str) -> ac.Reply:
         k = self.sampling.topk if self.want_logprobs else None

@@ -326,9 +326,15 @@ def _completion_entries(lp: _CompletionLogprobs):
 
 
 def _map_entries(reply: Reply, entries, k: int, lookup: Lookup, memo: dict | None) -> None:
-    """Fill `reply`'s token ids and [T, k] top-k arrays. The common case runs on whole lists: alternatives
-    already in log-prob order (servers send them so), every id found in `memo` (token string -> id, valid
-    for strings that name their bytes), none repeated; anything else takes the careful path for its row."""
+    """Fill `reply`'s token ids and [T, k] top-k arrays: on whole arrays in the common case (`_map_whole`),
+    else row by row, with each alternative that needs it looked up on its own."""
+    entries = list(entries)
+    if not _map_whole(reply, entries, k, lookup, memo):
+        _map_rows(reply, entries, k, lookup, memo)
+
+
+def _map_rows(reply: Reply, entries: list, k: int, lookup: Lookup, memo: dict | None) -> None:
+    """Row by row: alternatives sorted by log-prob and cut to k, a repeated one stored as UNMAPPED_ID."""
     tokens, ids, top_ids, top_lps, unmapped = [], [], [], [], []
     pad_ids, pad_lps = [UNMAPPED_ID] * k, [-math.inf] * k
     get = (memo or {}).get
@@ -364,6 +370,42 @@ def _map_entries(reply: Reply, entries, k: int, lookup: Lookup, memo: dict | Non
     reply.tokens, reply.token_ids, reply.unmapped_alternatives = tokens, ids, unmapped
     reply.topk_ids = np.array(top_ids, dtype=np.int32).reshape(len(tokens), k)
     reply.topk_logprobs = lps
+
+
+def _map_whole(reply: Reply, entries: list, k: int, lookup: Lookup, memo: dict | None) -> bool:
+    """The common case on whole arrays: k alternatives at every position, already in log-prob order (servers
+    send them so), none repeated in a row; ids from `memo` (token string -> id, valid for strings that name
+    their bytes), the others looked up one by one. False (nothing filled) when any of that does not hold."""
+    if not entries or any(len(e[3]) != k for e in entries):
+        return False
+    try:
+        lps = np.array([e[3] for e in entries], dtype=np.float64)  # the order as the row path sees it
+    except (TypeError, ValueError):  # a null log-prob: the row-by-row path names it
+        return False
+    if not (lps[:, :-1] >= lps[:, 1:]).all():
+        return False
+    lps = lps.astype(np.float32)
+    flat = [t for e in entries for t in e[2]]
+    row_ids = list(map((memo or {}).get, flat))
+    unmapped = []
+    if None in row_ids:  # not seen yet, a piece of a character, or unmapped
+        for i, m in enumerate(row_ids):
+            if m is None:
+                alt_bytes = entries[i // k][4]
+                m = lookup(flat[i], alt_bytes(i % k) if alt_bytes else None)
+                if m is None:
+                    unmapped.append(flat[i])
+                    m = UNMAPPED_ID  # kept with its log-prob: training moves this mass into the tail
+                row_ids[i] = m
+    ids = np.array(row_ids, dtype=np.int32).reshape(len(entries), k)
+    by_id = np.sort(ids, axis=1)
+    if ((by_id[:, 1:] == by_id[:, :-1]) & (by_id[:, 1:] != UNMAPPED_ID)).any():  # a repeated alternative
+        return False
+    lps[~np.isfinite(lps)] = -np.inf
+    reply.tokens = [e[0] for e in entries]
+    reply.token_ids = [lookup(e[0], e[1]) for e in entries]
+    reply.topk_ids, reply.topk_logprobs, reply.unmapped_alternatives = ids, lps, unmapped
+    return True
 
 
 def read_scored(body: bytes | str) -> tuple[list, int, int]:

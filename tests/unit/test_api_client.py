@@ -8,6 +8,8 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmdistill.config import APIPrice
 from llmdistill.teachers import api_client as ac
@@ -190,6 +192,51 @@ def test_bytes_are_read_where_a_token_is_a_piece_of_a_character():
     seen.clear()
     ac.read_reply(json.dumps(CHAT), "chat", 3, by_bytes)
     assert seen and all(raw is None for raw in seen)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_whole_array_mapping_equals_row_by_row(data):
+    """The whole-reply path (every row k sorted alternatives) gives exactly what the row-by-row path gives,
+    unmapped and U+FFFD alternatives included, and leaves the rest (unsorted, short, repeated) to it."""
+    k = data.draw(st.integers(1, 4))
+    pool = ["H", "Y", "i", "a", "b", "c", "zz", "\ufffd"]
+    raw_of = {"\ufffd": [0xE2]}
+    memo = dict(data.draw(st.dictionaries(st.sampled_from(pool[:7]), st.sampled_from([None, 1, 2, 3, 4, 5, 6]))))
+
+    def look(token, raw=None):
+        if token == "\ufffd":
+            return 9 if raw == [0xE2] else None
+        memo[token] = VOCAB.get(token) if memo.get(token) is None else memo[token]
+        return memo[token]
+
+    rows = data.draw(st.lists(st.tuples(st.sampled_from(pool[:6]), st.lists(st.tuples(
+        st.sampled_from(pool), st.floats(-20, 0)), min_size=k - 1, max_size=k + 1)), min_size=1, max_size=5))
+    sort = data.draw(st.booleans())
+    entries = []
+    for token, alts in rows:
+        alts = sorted(alts, key=lambda a: -a[1]) if sort else alts
+        entries.append((token, None, [a for a, _ in alts], [lp for _, lp in alts],
+                        lambda j, alts=alts: raw_of.get(alts[j][0])))
+    whole, rows_ = ac.Reply("", None, 0, 0), ac.Reply("", None, 0, 0)
+    took = ac._map_whole(whole, entries, k, look, dict(memo))
+    ac._map_rows(rows_, entries, k, look, dict(memo))
+    if took:
+        assert whole.tokens == rows_.tokens and whole.token_ids == rows_.token_ids
+        assert whole.topk_ids.tolist() == rows_.topk_ids.tolist()
+        assert np.array_equal(whole.topk_logprobs, rows_.topk_logprobs)
+        assert whole.unmapped_alternatives == rows_.unmapped_alternatives
+
+
+def test_the_common_reply_is_mapped_on_whole_arrays():
+    """k distinct alternatives in log-prob order, a piece of a character and an unmapped token among them."""
+    def look(token, raw=None):
+        return 9 if token == "\ufffd" and raw == [0xE2] else VOCAB.get(token)
+
+    reply = ac.Reply("", None, 0, 0)
+    common = [("H", None, ["H", "\ufffd", "zz"], [-0.1, -1.0, -2.0], lambda j: [0xE2] if j == 1 else None)]
+    assert ac._map_whole(reply, common, 3, look, {"H": 1})
+    assert reply.topk_ids.tolist() == [[1, 9, UNMAPPED_ID]] and reply.unmapped_alternatives == ["zz"]
 
 
 def test_a_reply_of_the_wrong_shape_names_the_field():
