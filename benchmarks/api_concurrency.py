@@ -11,7 +11,10 @@ a tiny tokenizer when that model is not cached), so the measured time includes r
 mapping tokens, not only waiting.
 
 The server (tests/fakeopenai.py) runs in its own process; the client is the real backend
-(`OpenAITeacher.generate` on one batch of requests, request cache off so every request is sent).
+(`OpenAITeacher.generate` on one batch of requests, request cache off so every request is sent), after a
+first wave of as many requests as will be in flight (imports, client processes, every connection opened:
+what a run pays once), so the measured window is the steady state. The server's CPU per request is
+reported beside the client's (both share the machine's cores).
 
     .venv/bin/python benchmarks/api_concurrency.py [--latency 0.2] [--rounds 6]
 """
@@ -72,8 +75,8 @@ def _cpu_s(pids) -> float:
     return total
 
 
-def measure(tok: Path, port: int, concurrency: int, requests: int, max_new_tokens: int, topk: int,
-            processes: int = 1) -> dict:
+def measure(tok: Path, port: int, server_pid: int, concurrency: int, requests: int, max_new_tokens: int,
+            topk: int, processes: int = 1) -> dict:
     from llmdistill.config import TeacherConfig
     from llmdistill.teachers import Sampling
     from llmdistill.teachers.api import OpenAITeacher
@@ -85,14 +88,17 @@ def measure(tok: Path, port: int, concurrency: int, requests: int, max_new_token
     sampling = Sampling(max_new_tokens=max_new_tokens, topk=topk, temperature=0.7, top_p=1.0, logprob_mode="raw",
                         too_long="skip")
     teacher = OpenAITeacher(tcfg, sampling)
-    # client, connections, imports (and the client processes, each warmed by a request of its own)
-    teacher.generate([[{"role": "user", "content": f"warm up {i}"}] for i in range(processes)], seed=0)
+    # client, imports, the client processes and every connection: one full wave of `concurrency` requests first,
+    # so the measured window is the steady state (opening hundreds of connections happens once per run)
+    teacher.generate([[{"role": "user", "content": f"warm up {i}"}] for i in range(max(concurrency, processes))],
+                     seed=0)
     workers = list(teacher._workers.pool._processes) if teacher._workers is not None else []
     prompts = [[{"role": "user", "content": f"benchmark prompt {i}: tell me about rivers"}] for i in range(requests)]
-    cpu0, started, wcpu0 = time.process_time(), time.perf_counter(), _cpu_s(workers)
+    cpu0, started, wcpu0, scpu0 = time.process_time(), time.perf_counter(), _cpu_s(workers), _cpu_s([server_pid])
     results = teacher.generate(prompts, seed=concurrency)
     seconds = time.perf_counter() - started
     cpu_ms = (time.process_time() - cpu0 + _cpu_s(workers) - wcpu0) * 1000 / requests  # every client process
+    server_ms = (_cpu_s([server_pid]) - scpu0) * 1000 / requests
     usage = teacher._usage()
     teacher.close()
     failed = sum(r.error is not None for r in results)
@@ -100,8 +106,8 @@ def measure(tok: Path, port: int, concurrency: int, requests: int, max_new_token
     return {"concurrency": concurrency, "client_processes": processes, "requests": requests,
             "seconds": round(seconds, 3), "failed": failed,
             "completion_tokens": tokens, "requests_per_s": round(requests / seconds, 2),
-            "client_cpu_ms_per_request": round(cpu_ms, 2),
-            "attempts": usage["attempts"] - processes, "retries": usage["retries"]}
+            "client_cpu_ms_per_request": round(cpu_ms, 2), "server_cpu_ms_per_request": round(server_ms, 2),
+            "attempts": usage["attempts"] - max(concurrency, processes), "retries": usage["retries"]}
 
 
 def measure_pydantic(port: int, concurrency: int, requests: int, max_new_tokens: int, topk: int) -> dict:
@@ -123,7 +129,7 @@ def measure_pydantic(port: int, concurrency: int, requests: int, max_new_tokens:
                     max_tokens=max_new_tokens, logprobs=True, top_logprobs=topk, temperature=0.7, seed=i)
                 return len(r.choices[0].logprobs.content)
 
-        await one(-1)
+        await asyncio.gather(*[one(-1 - i) for i in range(concurrency)])  # a full wave first, as for the backend
         cpu0, started = time.process_time(), time.perf_counter()
         await asyncio.gather(*[one(i) for i in range(requests)])
         out = time.perf_counter() - started, (time.process_time() - cpu0) * 1000 / requests
@@ -150,10 +156,7 @@ def main() -> None:
     try:
         for c, p in [(1, 1), (8, 1), (64, 1), (256, 1)] + [(c, p) for c in (64, 256) for p in args.processes]:
             urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/reset", method="POST")).read()
-            server0 = _cpu_s([proc.pid])
-            row = measure(tok, port, c, c * args.rounds, args.max_new_tokens, args.topk, p)
-            # the server's CPU in the same window (the warm-up requests included), for the 2-core arithmetic
-            row["server_cpu_ms_per_request"] = round((_cpu_s([proc.pid]) - server0) * 1000 / row["requests"], 2)
+            row = measure(tok, port, proc.pid, c, c * args.rounds, args.max_new_tokens, args.topk, p)
             stats = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/stats"))
             row["server_max_in_flight"] = stats["max_in_flight"]
             row["ideal_requests_per_s"] = round(c / args.latency, 2)
@@ -183,13 +186,17 @@ def main() -> None:
             by_c[r["concurrency"]] = r
     goals = {"64 in flight >= 85 % of ideal": by_c[64]["fraction_of_ideal"] >= 0.85,
              "256 in flight >= 70 % of ideal": by_c[256]["fraction_of_ideal"] >= 0.70,
-             "client CPU <= 1.5 ms per request (every row)": all(r["client_cpu_ms_per_request"] <= 1.5 for r in rows)}
+             "client CPU <= 1.5 ms per request (every row)": all(r["client_cpu_ms_per_request"] <= 1.5 for r in rows),
+             # beside it, where the client's CPU is what limits throughput: at 1 and 8 in flight the process sleeps
+             # ~200 ms between replies and the same read costs several times more CPU on a cold core
+             "client CPU <= 1.5 ms per request (64 and 256 in flight)":
+                 all(r["client_cpu_ms_per_request"] <= 1.5 for r in rows if r["concurrency"] >= 64)}
     for goal, met in goals.items():
         print(f"goal {goal}: {'met' if met else 'NOT met'}")
     one = next(r for r in rows if r["concurrency"] == 64 and r["client_processes"] == 1)
     cpu_ratio = round(one["client_cpu_ms_per_request"] / base["client_cpu_ms_per_request"], 3)
     print(f"client CPU per request at 64 in flight (one process) vs the baseline: {cpu_ratio:.2f}x")
-    ok = all(goals.values())
+    ok = all(v for k, v in goals.items() if "in flight)" not in k)  # the strict CPU goal, every row, counts
     out = OUT if args.latency == 0.2 else OUT.with_name(f"api_concurrency_latency{args.latency:g}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"latency_s": args.latency, "load_average": round(os.getloadavg()[0], 1),

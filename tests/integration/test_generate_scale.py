@@ -108,7 +108,11 @@ def test_routed_teachers_each_load_once_and_the_trainer_refuses_to_mix_tokenizer
     m = store.read_json(cfg.run_dir / "train" / "metrics.json")["student"]
     x = m["cross_tokenizer"]
     assert m["preflight"] == "cross_tokenizer" and set(x["shared_vocabulary"]) == {"other"}
-    assert 2 / 3 - 0.1 < x["exact"] < 1 and m["last_logged"]["loss_forward_kl"] > 0
+    # every token of the default teacher's rows is exact, and some of the other's are not (a share of
+    # tokens, not rows: it moves with the completions' lengths)
+    own = sum(len(r["completion_token_ids"]) for r in store.load_dataset(cfg.run_dir / "filter")
+              if r["teacher"] == "default")
+    assert own <= round(x["exact"] * x["tokens"]) < x["tokens"] and m["last_logged"]["loss_forward_kl"] > 0
     # text-only training is allowed: every row is re-tokenised with the student's tokenizer
     text_only = load_config(path, ["train.mode=seq_kd", "train.loss=[{name: ce, weight: 1.0}]",
                                    "train.sft_baseline=false", "train.max_steps=2"])
