@@ -342,6 +342,10 @@ def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, 
         check_server(served, models.load_tokenizer(cfg.teacher.model, cfg.teacher.revision,
                                                    cfg.teacher.trust_remote_code), t.max_seq_len, t.served_topk)
         scorer = ServedScorer(served, t.served_topk, cfg.run_dir / "cache")
+        if teachers and len(teachers) > 1:  # generate.routing wrote the rows; one server pool scores them all
+            log.warning("train: the data holds rows of teachers %s; the served teacher (%s) scores every row "
+                        "(routing rows to a server per teacher is not built: teacher_signal stored or live "
+                        "distils each row against its own teacher)", ", ".join(sorted(teachers)), cfg.teacher.model)
     aligner = cross = None
     if needs_teacher and check.outcome == "cross_tokenizer":
         from llmdistill.train.cross_tokenizer import Aligner, shares

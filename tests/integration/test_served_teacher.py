@@ -78,17 +78,25 @@ def test_the_server_is_checked_before_step_one(tiny_vllm, tiny, vllm_server):
             base_url=vllm_server.base_url, served_model="tiny", api_key_env=None)), other, 128, K)
 
 
-def test_a_train_run_distils_from_the_served_teacher(tmp_path, tiny_vllm, vllm_server):
+def test_a_train_run_distils_from_the_served_teacher(tmp_path, tiny_vllm, vllm_server, caplog):
+    import logging
+
     from conftest import make_tiny_config
 
     path, data = make_tiny_config(tmp_path, {"teacher": tiny_vllm})
     data["teacher"]["model"] = str(tiny_vllm)
+    # level-2 prompts written by a second teacher (the same model under another name): the one server
+    # scores every row, and the run says so
+    data["teachers"] = {"second": {"model": str(tiny_vllm)}}
+    data["generate"]["routing"] = [{"teacher": "second", "levels": [2]}]
     data["train"].update(student={"teacher_layers": [0]}, sft_baseline=False, max_steps=4, max_seq_len=128,
                          teacher_signal="served", served={"base_url": vllm_server.base_url, "served_model": "tiny",
                                                           "api_key_env": None})
     path.write_text(yaml.safe_dump(data))
     cfg = load_config(path)
-    run_stages(cfg, ["generate", "filter", "train"])
+    with caplog.at_level(logging.INFO, logger="llmdistill"):
+        run_stages(cfg, ["generate", "filter", "train"])
+    assert "holds rows of teachers default, second; the served teacher" in caplog.text
     metrics = store.read_json(cfg.run_dir / "train" / "metrics.json")["student"]
     assert metrics["steps"] == 4 and metrics["teacher_signal"] == "served"
     assert np.isfinite(metrics["last_logged"]["loss_forward_kl"]) and metrics["last_logged"]["loss_forward_kl"] > 0
