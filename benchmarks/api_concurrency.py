@@ -184,19 +184,20 @@ def main() -> None:
     for r in rows:
         if r["concurrency"] not in by_c or r["fraction_of_ideal"] > by_c[r["concurrency"]]["fraction_of_ideal"]:
             by_c[r["concurrency"]] = r
-    goals = {"64 in flight >= 85 % of ideal": by_c[64]["fraction_of_ideal"] >= 0.85,
-             "256 in flight >= 70 % of ideal": by_c[256]["fraction_of_ideal"] >= 0.70,
-             "client CPU <= 1.5 ms per request (every row)": all(r["client_cpu_ms_per_request"] <= 1.5 for r in rows),
-             # beside it, where the client's CPU is what limits throughput: at 1 and 8 in flight the process sleeps
-             # ~200 ms between replies and the same read costs several times more CPU on a cold core
-             "client CPU <= 1.5 ms per request (64 and 256 in flight)":
-                 all(r["client_cpu_ms_per_request"] <= 1.5 for r in rows if r["concurrency"] >= 64)}
+    claimed = {"64 in flight >= 85 % of ideal": by_c[64]["fraction_of_ideal"] >= 0.85,
+               "256 in flight >= 70 % of ideal": by_c[256]["fraction_of_ideal"] >= 0.70,
+               "client CPU <= 1.5 ms per request (every row)":
+                   all(r["client_cpu_ms_per_request"] <= 1.5 for r in rows)}
+    # beside them, not counted in claim_met, where the client's CPU is what limits throughput: at 1 and 8 in
+    # flight the process sleeps ~200 ms between replies and the same read costs several times more on a cold core
+    goals = {**claimed, "client CPU <= 1.5 ms per request (64 and 256 in flight)":
+             all(r["client_cpu_ms_per_request"] <= 1.5 for r in rows if r["concurrency"] >= 64)}
     for goal, met in goals.items():
         print(f"goal {goal}: {'met' if met else 'NOT met'}")
     one = next(r for r in rows if r["concurrency"] == 64 and r["client_processes"] == 1)
     cpu_ratio = round(one["client_cpu_ms_per_request"] / base["client_cpu_ms_per_request"], 3)
     print(f"client CPU per request at 64 in flight (one process) vs the baseline: {cpu_ratio:.2f}x")
-    ok = all(v for k, v in goals.items() if "in flight)" not in k)  # the strict CPU goal, every row, counts
+    ok = all(claimed.values())
     out = OUT if args.latency == 0.2 else OUT.with_name(f"api_concurrency_latency{args.latency:g}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"latency_s": args.latency, "load_average": round(os.getloadavg()[0], 1),
