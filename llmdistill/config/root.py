@@ -52,6 +52,10 @@ class Config(Section):
         unknown = sorted({n for n in wanted if n not in known})
         if unknown:
             raise ValueError(f"generate: unknown teacher {', '.join(unknown)} (known: {', '.join(known)})")
+        unknown = sorted(n for n in self.train.served_teachers if n not in self.teachers)
+        if unknown:
+            raise ValueError(f"train.served_teachers: unknown teacher {', '.join(unknown)} (named under `teachers`: "
+                             f"{', '.join(self.teachers) or 'none'}; the default teacher's server is train.served)")
         return self
 
     def teacher_config(self, name: str) -> TeacherConfig:

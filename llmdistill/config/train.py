@@ -185,6 +185,10 @@ class TrainConfig(Section):
         None, description="teacher_signal: served: the vLLM OpenAI-compatible server(s) of the teacher, as "
         "`teacher.api` (base_url or a pool, served_model, api_key_env, max_concurrency, retries; teacher.model names "
         "its local tokenizer); endpoint and token ids are implied")
+    served_teachers: dict[str, APIOptions] = Field(
+        default_factory=dict, description="teacher_signal: served, on data from several teachers (generate.routing): "
+        "the server(s) of each named teacher (`teachers`), as train.served, so that each row is scored by the "
+        "teacher that wrote it; train.served serves the default teacher's rows. Empty: train.served scores every row")
     served_topk: int = Field(20, ge=1, le=1000, description="teacher_signal: served: log-probs kept per position "
                              "(vLLM caps it at its --max-logprobs, 20 by default)")
     loss: list[LossTerm] = Field(default_factory=_default_loss)
@@ -236,8 +240,12 @@ class TrainConfig(Section):
         if self.teacher_signal == "served":
             if self.served is None:
                 raise ValueError("teacher_signal: served needs train.served (the teacher server's base_url ...)")
-            if self.served.mode != "online":
-                raise ValueError("train.served.mode must be online (training waits for each batch's log-probs)")
+            bad = [n for n, o in {"served": self.served, **self.served_teachers}.items() if o.mode != "online"]
+            if bad:
+                raise ValueError(f"train.{bad[0] if bad[0] == 'served' else 'served_teachers.' + bad[0]}.mode must "
+                                 "be online (training waits for each batch's log-probs)")
+        elif self.served_teachers:
+            raise ValueError("train.served_teachers needs teacher_signal: served")
         if self.mode == "on_policy" and self.on_policy.rollouts == "vllm" and self.teacher_signal == "stored":
             raise ValueError("train.on_policy.rollouts: vllm scores the student's own samples, which no stored "
                              "log-probs cover: set train.teacher_signal: live or served")

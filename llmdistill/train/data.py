@@ -78,8 +78,9 @@ class Collator:
     """Right-padded batches: input_ids, attention_mask, labels [B, L]; teacher_ids/teacher_logprobs [B, L, k]."""
 
     def __init__(self, pad_token_id: int, with_teacher: bool = True, scorer=None, teacher_index=None):
-        """scorer: a served teacher (`served.ServedScorer`) asked for each sequence's top-k instead of the
-        stored rows. teacher_index: {teacher name: index} to add each row's `teacher_index` [B] (routed live
+        """scorer: served teachers (`served.RoutedScorer`) asked for each sequence's top-k instead of the
+        stored rows, each row's of the teacher that wrote it.
+        teacher_index: {teacher name: index} to add each row's `teacher_index` [B] (routed live
         teachers)."""
         self.pad = pad_token_id
         self.with_teacher = with_teacher
@@ -97,7 +98,8 @@ class Collator:
         if self.teacher_index is not None:
             batch["teacher_index"] = torch.tensor([self.teacher_index[r.get("teacher") or "default"] for r in rows],
                                                   dtype=torch.long)
-        served = self.scorer([r["input_ids"] for r in rows]) if self.with_teacher and self.scorer else None
+        served = (self.scorer([r["input_ids"] for r in rows], [r.get("teacher") or "default" for r in rows])
+                  if self.with_teacher and self.scorer else None)
         kinds = None
         if self.with_teacher:
             k = served[0][0].shape[1] if served else len(rows[0]["topk_ids"][0])

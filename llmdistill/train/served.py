@@ -8,6 +8,9 @@ chunked losses, tail policies and checks apply. The collator asks, so with a Dat
 batch's log-probs are fetched while the current step trains. Requests go through the openai backend
 (a pool of servers, retries, the request cache: a resumed run does not ask again).
 
+Data from several teachers (generate.routing): `RoutedScorer` sends each row to the server of the teacher
+that wrote it (train.served_teachers; the default teacher's is train.served).
+
 Before step 1, `check_server` makes sure the server serves the named model, with the teacher's tokenizer
 (a probe text tokenised there and here must give the same ids) and a context long enough for the
 training sequences.
@@ -56,6 +59,26 @@ class ServedScorer:
 
             self._teacher = OpenAITeacher(self.tcfg, Sampling.scoring(self.k), self.cache_dir)
         return self._teacher.prompt_topk(sequences, self.k)
+
+
+class RoutedScorer:
+    """Callable: (token sequences, the name of the teacher that wrote each) -> what `ServedScorer` returns, each
+    sequence scored by its own teacher's server ({teacher name: ServedScorer}); a teacher without a server
+    of its own is scored by the default teacher's. The sequences of one teacher go out together (one request
+    per sequence, up to the pool's concurrency), one teacher after the other."""
+
+    def __init__(self, scorers: dict[str, ServedScorer]):
+        self.scorers = scorers
+
+    def __call__(self, sequences: list[list[int]], teachers: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        out: list = [None] * len(sequences)
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(teachers):
+            groups.setdefault(name if name in self.scorers else "default", []).append(i)
+        for name, rows in groups.items():
+            for i, scored in zip(rows, self.scorers[name]([sequences[i] for i in rows])):
+                out[i] = scored
+        return out
 
 
 def _get(url: str, key: str | None, body: dict | None = None, timeout: float = 30.0) -> dict:

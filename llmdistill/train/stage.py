@@ -230,6 +230,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
             x.name != "ce" for x in terms) else None,
         "rollouts": trainer.rollouts.summary() if getattr(trainer, "rollouts", None) is not None else None,
         "cross_tokenizer": getattr(trainer, "cross_tokenizer", None),
+        "served": getattr(trainer, "served", None),
         "last_logged": term_logs[-1] if term_logs else None,
     }
     log.info("train: %s done: %d steps, loss %s, %.0f s -> %s", name, out["steps"], out["train_loss"], seconds,
@@ -323,6 +324,46 @@ def _eval_arguments(t, eval_examples) -> dict:
             "prediction_loss_only": True}
 
 
+def _served_teachers(cfg: Config, teachers: dict | None):
+    """(a `RoutedScorer` over the teachers' servers, {teacher name: what check_server checked}): every server
+    checked before step 1. The rows of a teacher without a server of its own (train.served_teachers) are
+    scored by the default teacher's (train.served)."""
+    from llmdistill.train.served import RoutedScorer, ServedScorer, check_server, served_teacher_config
+
+    t = cfg.train
+    names = sorted(teachers or {"default": None})
+    if t.served_teachers:
+        missing = [n for n in names if n != "default" and n not in t.served_teachers]
+        if missing:
+            raise UserError(f"train.served_teachers: the data holds samples of teacher(s) {', '.join(missing)}, which "
+                            "have no server there (each row is scored by its own teacher's server)")
+    elif len(names) > 1:  # generate.routing wrote the rows; one server pool scores them all
+        log.warning("train: the data holds rows of teachers %s; the served teacher (%s) scores every row "
+                    "(train.served_teachers gives each teacher a server of its own)", ", ".join(names),
+                    cfg.teacher.model)
+    configs = {name: served_teacher_config(cfg.teacher_config(name).model, cfg.teacher_config(name).revision,
+                                           t.served if name == "default" else t.served_teachers[name])
+               for name in ["default", *sorted(t.served_teachers)]}
+    by_name: dict[str, list[str]] = {}
+    for name, served in configs.items():
+        by_name.setdefault(served.api.served_model or served.model, []).append(name)
+    shared = [(model, owners) for model, owners in by_name.items() if len(owners) > 1]
+    if shared:  # the request cache knows a reply by what was sent, which names the model, not the address
+        model, owners = shared[0]
+        raise UserError(f"train.served_teachers: teachers {' and '.join(owners)} are both served as {model!r}; the "
+                        "request cache tells teachers apart by that name: start each server with its own "
+                        "--served-model-name and set served_model")
+    scorers, checks = {}, {}
+    for name, served in configs.items():
+        tcfg = cfg.teacher_config(name)
+        checks[name] = check_server(served, models.load_tokenizer(tcfg.model, tcfg.revision, tcfg.trust_remote_code),
+                                    t.max_seq_len, t.served_topk)
+        scorers[name] = ServedScorer(served, t.served_topk, cfg.run_dir / "cache")
+    if len(scorers) > 1:
+        log.info("train: served teachers %s, each scoring the rows it wrote", ", ".join(scorers))
+    return RoutedScorer(scorers), checks
+
+
 def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, check, prov, on_policy=False,
                      teachers=None):
     """Our DistillTrainer; on_policy: with rollouts from a vLLM engine on the student (rollouts.py)."""
@@ -334,18 +375,9 @@ def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, 
     t = cfg.train
     needs_teacher = any(x.name != "ce" for x in terms)
     live = needs_teacher and t.teacher_signal == "live"
-    scorer = None
+    scorer = served_checks = None
     if needs_teacher and t.teacher_signal == "served":
-        from llmdistill.train.served import ServedScorer, check_server, served_teacher_config
-
-        served = served_teacher_config(cfg.teacher.model, cfg.teacher.revision, t.served)
-        check_server(served, models.load_tokenizer(cfg.teacher.model, cfg.teacher.revision,
-                                                   cfg.teacher.trust_remote_code), t.max_seq_len, t.served_topk)
-        scorer = ServedScorer(served, t.served_topk, cfg.run_dir / "cache")
-        if teachers and len(teachers) > 1:  # generate.routing wrote the rows; one server pool scores them all
-            log.warning("train: the data holds rows of teachers %s; the served teacher (%s) scores every row "
-                        "(routing rows to a server per teacher is not built: teacher_signal stored or live "
-                        "distils each row against its own teacher)", ", ".join(sorted(teachers)), cfg.teacher.model)
+        scorer, served_checks = _served_teachers(cfg, teachers)
     aligner = cross = None
     if needs_teacher and check.outcome == "cross_tokenizer":
         from llmdistill.train.cross_tokenizer import Aligner, shares
@@ -422,6 +454,7 @@ def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, 
     )
     trainer.rollouts = rollouts
     trainer.cross_tokenizer = cross
+    trainer.served = served_checks
     if rollouts is not None:
         from llmdistill.train.rollouts import RefreshRollouts
 

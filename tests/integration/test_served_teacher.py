@@ -103,3 +103,48 @@ def test_a_train_run_distils_from_the_served_teacher(tmp_path, tiny_vllm, vllm_s
     db = sqlite3.connect(cfg.run_dir / "cache" / "api.sqlite")  # every scored sequence, for a resumed run
     assert db.execute("SELECT COUNT(*) FROM replies").fetchone()[0] >= 4
     db.close()
+
+
+def test_each_row_is_scored_by_the_server_of_the_teacher_that_wrote_it(tmp_path, tiny_vllm, vllm_server):
+    """generate.routing sends level-2 prompts to a second teacher (another model on the same tokenizer); with
+    train.served_teachers each row's top-k comes from its own teacher's server, both checked before step 1."""
+    from vllm_server import VLLMServer
+
+    from conftest import build_llama, make_tiny_config
+    from llmdistill.train.data import Collator
+    from llmdistill.train.stage import _served_teachers
+
+    tok = models.load_tokenizer(str(tiny_vllm))
+    second = build_llama(tmp_path / "second", tok, layers=2, hidden=128, seed=1, init_range=0.3)
+    path, data = make_tiny_config(tmp_path, {"teacher": tiny_vllm})
+    data["teachers"] = {"second": {"model": str(second)}}
+    data["generate"]["routing"] = [{"teacher": "second", "levels": [2]}]
+    with VLLMServer(second, name="tiny2", log_path=tmp_path / "second.log") as server2:
+        data["train"].update(student={"teacher_layers": [0]}, sft_baseline=False, max_steps=3, max_seq_len=128,
+                             teacher_signal="served",
+                             served={"base_url": vllm_server.base_url, "served_model": "tiny", "api_key_env": None},
+                             served_teachers={"second": {"base_url": server2.base_url, "served_model": "tiny2",
+                                                         "api_key_env": None}})
+        path.write_text(yaml.safe_dump(data))
+        cfg = load_config(path)
+        run_stages(cfg, ["generate", "filter", "train"])
+        metrics = store.read_json(cfg.run_dir / "train" / "metrics.json")["student"]
+        assert metrics["steps"] == 3 and sorted(metrics["served"]) == ["default", "second"]
+        assert metrics["served"]["second"]["served_model"] == "tiny2"
+
+        # a batch mixing both teachers' rows: each row's top-k is its own teacher's (in-process reference)
+        rows = store.read_table(cfg.run_dir / "filter").to_pylist()
+        picked = [next(r for r in rows if r["teacher"] == name) for name in ("default", "second", "default")]
+        examples = [{"input_ids": [*models.encode_prompt(tok, r["messages"]), *r["completion_token_ids"]],
+                     "prompt_len": len(models.encode_prompt(tok, r["messages"])), "teacher": r["teacher"]}
+                    for r in picked]
+        scorer, _ = _served_teachers(cfg, {"default": None, "second": None})
+        batch = Collator(tok.pad_token_id, scorer=scorer)(examples)
+    for b, ex in enumerate(examples):
+        p, n = ex["prompt_len"], len(ex["input_ids"])
+        own, other = (tiny_vllm, second) if ex["teacher"] == "default" else (second, tiny_vllm)
+        _, _, own_lps = in_process_topk(own, ex["input_ids"])
+        _, _, other_lps = in_process_topk(other, ex["input_ids"])
+        served = batch["teacher_logprobs"][b, p - 1 : n - 1]
+        np.testing.assert_allclose(served.numpy(), own_lps[p - 1 : n - 1].numpy(), atol=2e-5, rtol=1e-5)
+        assert not np.allclose(served.numpy(), other_lps[p - 1 : n - 1].numpy(), atol=1e-2)

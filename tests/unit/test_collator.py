@@ -33,3 +33,28 @@ def test_ce_only_batches_carry_no_teacher_tensors():
     rows = [{"input_ids": [1, 2, 3], "prompt_len": 1}]
     batch = Collator(pad_token_id=0, with_teacher=False)(rows)
     assert set(batch) == {"input_ids", "attention_mask", "labels"}
+
+
+def test_routed_scorer_sends_each_row_to_its_teacher_and_keeps_the_order():
+    import numpy as np
+
+    from llmdistill.train.served import RoutedScorer
+
+    calls = {}
+
+    def scorer(tag):  # a deterministic stand-in for one server: row i of a sequence is [tag, token i]
+        def score(seqs):
+            calls.setdefault(tag, []).append([list(s) for s in seqs])
+            return [(np.array([[tag, t] for t in s]), np.full((len(s), 2), -float(tag), np.float32)) for s in seqs]
+        return score
+
+    routed = RoutedScorer({"default": scorer(1), "second": scorer(2)})
+    seqs = [[5, 6], [7, 8, 9], [10, 11], [12, 13]]
+    out = routed(seqs, ["second", "default", "unrouted", "second"])
+    assert calls == {2: [[[5, 6], [12, 13]]], 1: [[[7, 8, 9], [10, 11]]]}  # one call per teacher, unrouted: default
+    assert [int(ids[0, 0]) for ids, _ in out] == [2, 1, 1, 2]
+    assert [ids[:, 1].tolist() for ids, _ in out] == seqs
+    teachers = ["second", None, "default", "second"]
+    rows = [{"input_ids": s, "prompt_len": 1, "teacher": t} for s, t in zip(seqs, teachers)]
+    batch = Collator(pad_token_id=0, scorer=routed)(rows)
+    assert batch["teacher_logprobs"][:, 0, 0].tolist() == [-2.0, -1.0, -1.0, -2.0]  # a row without a teacher: default

@@ -339,3 +339,16 @@ def test_a_runs_resolved_config_loads_back_with_the_same_fingerprints(tmp_path):
     assert fingerprints(again) == fingerprints(cfg)
     with pytest.raises(Exception, match="lmbda and seq_kd apply to on_policy.trainer: gkd only"):
         load_config(tmp_path / "run" / "config.resolved.yaml", ["train.on_policy.lmbda=0.3"])
+
+
+def test_served_teachers_are_checked_against_the_named_teachers(tmp_path):
+    data = minimal(tmp_path)
+    server = {"base_url": "http://127.0.0.1:1/v1"}
+    data["train"].update(teacher_signal="served", served=server, served_teachers={"big": server})
+    with pytest.raises(ConfigError, match="train.served_teachers: unknown teacher big"):
+        load_config(write(tmp_path, data))
+    data["teachers"] = {"big": {}}  # the default teacher model under another name
+    assert list(load_config(write(tmp_path, data)).train.served_teachers) == ["big"]
+    data["train"]["teacher_signal"] = "stored"
+    with pytest.raises(ConfigError, match="served_teachers needs teacher_signal: served"):
+        load_config(write(tmp_path, data))
