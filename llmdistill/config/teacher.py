@@ -207,3 +207,8 @@ class TeacherConfig(Section):
     trust_remote_code: bool = Field(False, description="run code shipped with a hub model (off unless you trust it)")
     vllm: VLLMOptions = Field(default_factory=VLLMOptions, description="see `teacher.vllm` (backend vllm)")
     api: APIOptions = Field(default_factory=APIOptions, description="see `teacher.api` (backend openai)")
+
+    @property
+    def request_model(self) -> str:
+        """The name requests give the model: `api.served_model`, else `model`."""
+        return self.api.served_model or self.model

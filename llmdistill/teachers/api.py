@@ -74,7 +74,7 @@ class OpenAITeacher:
     def __init__(self, tcfg: TeacherConfig, sampling: Sampling, cache_dir: Path | None = None):
         self.tcfg, self.sampling, self.opts = tcfg, sampling, tcfg.api
         self.name = tcfg.model
-        self.served_model = self.opts.served_model or tcfg.model
+        self.served_model = tcfg.request_model
         self.api_key = _read_key(self.opts.api_key_env)
         self.want_logprobs = self.opts.token_mapping != "none"
         self.tokenizer = None

@@ -95,11 +95,10 @@ class Collator:
         batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
         if "row" in rows[0]:
             batch["rows"] = torch.tensor([r["row"] for r in rows], dtype=torch.long)
+        teachers = [r.get("teacher") or "default" for r in rows]
         if self.teacher_index is not None:
-            batch["teacher_index"] = torch.tensor([self.teacher_index[r.get("teacher") or "default"] for r in rows],
-                                                  dtype=torch.long)
-        served = (self.scorer([r["input_ids"] for r in rows], [r.get("teacher") or "default" for r in rows])
-                  if self.with_teacher and self.scorer else None)
+            batch["teacher_index"] = torch.tensor([self.teacher_index[n] for n in teachers], dtype=torch.long)
+        served = self.scorer([r["input_ids"] for r in rows], teachers) if self.with_teacher and self.scorer else None
         kinds = None
         if self.with_teacher:
             k = served[0][0].shape[1] if served else len(rows[0]["topk_ids"][0])

@@ -98,7 +98,7 @@ def check_server(tcfg: TeacherConfig, tokenizer, max_seq_len: int, k: int) -> di
     from llmdistill.teachers.api import _safe_url
 
     o = tcfg.api
-    name = o.served_model or tcfg.model
+    name = tcfg.request_model
     key = os.environ.get(o.api_key_env) if o.api_key_env else None
     local = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
     for url in o.urls():

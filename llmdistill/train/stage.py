@@ -341,12 +341,13 @@ def _served_teachers(cfg: Config, teachers: dict | None):
         log.warning("train: the data holds rows of teachers %s; the served teacher (%s) scores every row "
                     "(train.served_teachers gives each teacher a server of its own)", ", ".join(names),
                     cfg.teacher.model)
-    configs = {name: served_teacher_config(cfg.teacher_config(name).model, cfg.teacher_config(name).revision,
+    tcfgs = {name: cfg.teacher_config(name) for name in ["default", *sorted(t.served_teachers)]}
+    configs = {name: served_teacher_config(c.model, c.revision,
                                            t.served if name == "default" else t.served_teachers[name])
-               for name in ["default", *sorted(t.served_teachers)]}
+               for name, c in tcfgs.items()}
     by_name: dict[str, list[str]] = {}
     for name, served in configs.items():
-        by_name.setdefault(served.api.served_model or served.model, []).append(name)
+        by_name.setdefault(served.request_model, []).append(name)
     shared = [(model, owners) for model, owners in by_name.items() if len(owners) > 1]
     if shared:  # the request cache knows a reply by what was sent, which names the model, not the address
         model, owners = shared[0]
@@ -355,7 +356,7 @@ def _served_teachers(cfg: Config, teachers: dict | None):
                         "--served-model-name and set served_model")
     scorers, checks = {}, {}
     for name, served in configs.items():
-        tcfg = cfg.teacher_config(name)
+        tcfg = tcfgs[name]
         checks[name] = check_server(served, models.load_tokenizer(tcfg.model, tcfg.revision, tcfg.trust_remote_code),
                                     t.max_seq_len, t.served_topk)
         scorers[name] = ServedScorer(served, t.served_topk, cfg.run_dir / "cache")
