@@ -352,3 +352,21 @@ def test_served_teachers_are_checked_against_the_named_teachers(tmp_path):
     data["train"]["teacher_signal"] = "stored"
     with pytest.raises(ConfigError, match="served_teachers needs teacher_signal: served"):
         load_config(write(tmp_path, data))
+
+
+def test_served_teachers_without_a_server_or_under_one_name_stop_before_any_request(tmp_path):
+    from llmdistill.errors import UserError
+    from llmdistill.train.stage import _served_teachers
+
+    data = minimal(tmp_path)
+    data["teachers"] = {"big": {}, "small": {}}
+    server = {"base_url": "http://127.0.0.1:1/v1", "served_model": "x"}  # nothing listens: no request is sent
+    data["train"].update(teacher_signal="served", served=server,
+                         served_teachers={"big": {**server, "served_model": "y"}})
+    cfg = load_config(write(tmp_path, data))
+    with pytest.raises(UserError, match="holds samples of teacher\\(s\\) small, which have no server"):
+        _served_teachers(cfg, {"default": None, "big": None, "small": None})
+    data["train"]["served_teachers"] = {"big": server}
+    cfg = load_config(write(tmp_path, data))
+    with pytest.raises(UserError, match="teachers default and big are both served as 'x'"):
+        _served_teachers(cfg, {"default": None, "big": None})
