@@ -220,6 +220,13 @@ class TrainConfig(Section):
         "vocabulary, i.e. 64 MB of fp32 logits, within 16..1024)")
     freeze_embeddings: bool = Field(False, description="keep the input embeddings (and a head tied to them) fixed")
     bf16: bool = Field(False, description="bf16 mixed precision (GPUs)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute each decoder layer's activations in the backward pass instead of keeping them: "
+        "activation memory falls to about one layer's, each step costs about one more forward pass")
+    packing: bool = Field(
+        False, description="lay each batch's samples out first-fit in rows of up to max_seq_len tokens instead of "
+        "padding each to the longest: position ids restart per sample and attention stays within it, so every "
+        "sample's loss is the unpacked one; a batch holds the same samples (batch_size), with less padding")
     save_steps: int = Field(50, ge=1, description="checkpoint every N steps (a killed run resumes from the last)")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
     logging_steps: int = Field(10, ge=1, description="log loss terms every N steps")
@@ -249,6 +256,9 @@ class TrainConfig(Section):
         if self.mode == "on_policy" and self.on_policy.rollouts == "vllm" and self.teacher_signal == "stored":
             raise ValueError("train.on_policy.rollouts: vllm scores the student's own samples, which no stored "
                              "log-probs cover: set train.teacher_signal: live or served")
+        if self.packing and self.mode == "on_policy" and self.on_policy.rollouts == "trl":
+            raise ValueError("train.packing applies to our trainer (mode offline or seq_kd, or on_policy with "
+                             "rollouts: vllm); trl's on-policy trainers lay out their own batches")
         c = self.curriculum
         if c.pacing != "none" and self.max_steps is None:
             raise ValueError("curriculum pacing needs train.max_steps (the pace is set per step)")

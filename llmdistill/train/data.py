@@ -75,9 +75,18 @@ def build_examples(dataset, tokenizer, max_seq_len: int, retokenize: bool = Fals
 
 
 class Collator:
-    """Right-padded batches: input_ids, attention_mask, labels [B, L]; teacher_ids/teacher_logprobs [B, L, k]."""
+    """Right-padded batches: input_ids, attention_mask, labels [B, L]; teacher_ids/teacher_logprobs [B, L, k].
 
-    def __init__(self, pad_token_id: int, with_teacher: bool = True, scorer=None, teacher_index=None):
+    pack_to: sequence packing. The batch's samples are laid out first-fit in rows of at most this many tokens
+    (a row holds samples of one teacher), with `position_ids` restarting at 0 for each sample and no
+    `attention_mask`: transformers then masks attention block-diagonally (each sample sees only itself, the
+    way its DataCollatorWithFlattening works), so every sample's logits, and so its loss, are what they are
+    unpacked. A batch holds the same samples packed or not: only the padding goes. No label or teacher row
+    crosses a boundary: a sample's first token is a prompt token, never a label. `rows` is then [B, L]
+    (each position's sample, -1 on padding)."""
+
+    def __init__(self, pad_token_id: int, with_teacher: bool = True, scorer=None, teacher_index=None,
+                 pack_to: int | None = None):
         """scorer: served teachers (`served.RoutedScorer`) asked for each sequence's top-k instead of the
         stored rows, each row's of the teacher that wrote it.
         teacher_index: {teacher name: index} to add each row's `teacher_index` [B] (routed live
@@ -86,18 +95,37 @@ class Collator:
         self.with_teacher = with_teacher
         self.scorer = scorer
         self.teacher_index = teacher_index
+        self.pack_to = pack_to
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        B, L = len(rows), max(len(r["input_ids"]) for r in rows)
+        teachers = [r.get("teacher") or "default" for r in rows]
+        lengths = [len(r["input_ids"]) for r in rows]
+        if self.pack_to is None:
+            place, row_teacher = [(b, 0) for b in range(len(rows))], teachers
+        else:
+            place, row_teacher = pack(lengths, self.pack_to, teachers if self.teacher_index is not None else None)
+        B = max(b for b, _ in place) + 1
+        L = max(off + n for (_, off), n in zip(place, lengths))
         input_ids = torch.full((B, L), self.pad, dtype=torch.long)
         attention = torch.zeros((B, L), dtype=torch.long)
         labels = torch.full((B, L), IGNORE, dtype=torch.long)
         batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        positions = None
+        if self.pack_to is not None:
+            # padding is one more sample of its own (positions from 0), which attends only to itself
+            positions = batch["position_ids"] = torch.zeros((B, L), dtype=torch.long)
+            ends = [0] * B
+            for (b, off), n in zip(place, lengths):
+                ends[b] = max(ends[b], off + n)
+            for b, end in enumerate(ends):
+                positions[b, end:] = torch.arange(L - end)
         if "row" in rows[0]:
-            batch["rows"] = torch.tensor([r["row"] for r in rows], dtype=torch.long)
-        teachers = [r.get("teacher") or "default" for r in rows]
+            if self.pack_to is None:
+                batch["rows"] = torch.tensor([r["row"] for r in rows], dtype=torch.long)
+            else:
+                batch["rows"] = torch.full((B, L), -1, dtype=torch.long)
         if self.teacher_index is not None:
-            batch["teacher_index"] = torch.tensor([self.teacher_index[n] for n in teachers], dtype=torch.long)
+            batch["teacher_index"] = torch.tensor([self.teacher_index[n] for n in row_teacher], dtype=torch.long)
         served = self.scorer([r["input_ids"] for r in rows], teachers) if self.with_teacher and self.scorer else None
         kinds = None
         if self.with_teacher:
@@ -107,19 +135,45 @@ class Collator:
             batch.update(teacher_ids=t_ids, teacher_logprobs=t_lps)
             if "xt_kind" in rows[0]:  # cross-tokenizer rows: which loss each position gets (cross_tokenizer.py)
                 kinds = batch["teacher_kind"] = torch.zeros((B, L), dtype=torch.int8)
-        for b, r in enumerate(rows):
+        for i, (r, (b, o)) in enumerate(zip(rows, place)):
             ids = torch.as_tensor(r["input_ids"], dtype=torch.long)
             n, p = len(ids), r["prompt_len"]
-            input_ids[b, :n] = ids
-            attention[b, :n] = 1
-            labels[b, p:n] = ids[p:]
+            input_ids[b, o : o + n] = ids
+            attention[b, o : o + n] = 1
+            labels[b, o + p : o + n] = ids[p:]
+            if positions is not None:
+                positions[b, o : o + n] = torch.arange(n)
+                if "rows" in batch:
+                    batch["rows"][b, o : o + n] = r["row"]
             if served:  # row i of the served arrays is the distribution of token i
-                t_ids[b, p - 1 : n - 1] = torch.as_tensor(served[b][0][p:n].astype(np.int64))
-                t_lps[b, p - 1 : n - 1] = torch.as_tensor(served[b][1][p:n])
+                t_ids[b, o + p - 1 : o + n - 1] = torch.as_tensor(served[i][0][p:n].astype(np.int64))
+                t_lps[b, o + p - 1 : o + n - 1] = torch.as_tensor(served[i][1][p:n])
             elif self.with_teacher:
                 m = n - p  # completion tokens kept after truncation
-                t_ids[b, p - 1 : n - 1] = torch.as_tensor(np.asarray(r["topk_ids"][:m], dtype=np.int64))
-                t_lps[b, p - 1 : n - 1] = torch.as_tensor(np.asarray(r["topk_logprobs"][:m], dtype=np.float32))
+                t_ids[b, o + p - 1 : o + n - 1] = torch.as_tensor(np.asarray(r["topk_ids"][:m], dtype=np.int64))
+                t_lps[b, o + p - 1 : o + n - 1] = torch.as_tensor(np.asarray(r["topk_logprobs"][:m],
+                                                                             dtype=np.float32))
                 if kinds is not None:
-                    kinds[b, p - 1 : n - 1] = torch.as_tensor(np.asarray(r["xt_kind"][:m], dtype=np.int8))
+                    kinds[b, o + p - 1 : o + n - 1] = torch.as_tensor(np.asarray(r["xt_kind"][:m], dtype=np.int8))
         return batch
+
+
+def pack(lengths: list[int], capacity: int, groups: list[str] | None = None) -> tuple[list[tuple[int, int]], list]:
+    """First-fit packing in batch order: ([(row, offset)] per sample, the group of each row). A sample goes
+    into the first row with room (and, given `groups`, of its own group); rows never exceed `capacity`
+    unless one sample alone does (it then gets a row to itself)."""
+    used: list[int] = []
+    row_group: list = []
+    place = []
+    for i, n in enumerate(lengths):
+        g = groups[i] if groups is not None else None
+        row = next((b for b, u in enumerate(used) if u + n <= capacity and row_group[b] == g), None)
+        if row is None:
+            used.append(0)
+            row_group.append(g)
+            row = len(used) - 1
+        place.append((row, used[row]))
+        used[row] += n
+    if groups is None:
+        row_group = ["default"] * len(used)
+    return place, row_group

@@ -24,7 +24,7 @@ def build_on_policy_trainer(cfg: Config, student, tokenizer, dataset, common_arg
     op, t = cfg.train.on_policy, cfg.train
     teacher = models.load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, "cpu", cfg.teacher.revision,
                                     cfg.teacher.trust_remote_code)
-    args = dict(common_args, beta=op.beta, temperature=op.temperature, gradient_checkpointing=False)
+    args = dict(common_args, beta=op.beta, temperature=op.temperature)  # train.gradient_checkpointing: common_args
     if op.trainer == "distillation":
         from trl import DistillationConfig, DistillationTrainer
 

@@ -110,6 +110,7 @@ def trainer_arguments(cfg: Config, ckpt_dir, **extra) -> dict:
         report_to=t.report_to or "none",
         seed=train_seed(cfg),
         bf16=t.bf16,
+        **_checkpointing(t.gradient_checkpointing),
         train_sampling_strategy="random" if t.shuffle else "sequential",
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -118,6 +119,16 @@ def trainer_arguments(cfg: Config, ckpt_dir, **extra) -> dict:
         disable_tqdm=False,
         **extra,
     )
+
+
+def _checkpointing(on: bool) -> dict:
+    """TrainingArguments for activation (gradient) checkpointing, under the name this transformers gives it.
+    Non-reentrant: it works with frozen embeddings and LoRA (no input needs a gradient) and under FSDP."""
+    from transformers import TrainingArguments
+
+    name = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ \
+        else "gradient_checkpointing"  # the name before transformers 5.x renamed it
+    return {name: on, f"{name}_kwargs": {"use_reentrant": False} if on else None}
 
 
 def worker_error_line(message: str) -> str:
@@ -155,6 +166,10 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
     else:
         check = preflight.check(prov, teacher_tokenizer, tokenizer, student.config.vocab_size, check_mode)
     log.info("train: preflight %s: %s", check.outcome, check.message)
+    if t.packing:
+        from llmdistill.train.trainer import check_packing
+
+        check_packing(student)
     if t.freeze_embeddings:
         student.get_input_embeddings().weight.requires_grad_(False)
     if t.lora is not None:
@@ -175,6 +190,9 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
         if mode == "on_policy":
             description += (f", on-policy share {t.on_policy.lmbda:g} from vLLM (weights reloaded every "
                             f"{t.on_policy.refresh_every} steps)")
+    if t.lora is not None and _sharded(trainer):
+        raise UserError("train.lora under FSDP or DeepSpeed ZeRO-3 is not supported (the adapters are merged into "
+                        "whole weights at the end); launch LoRA runs with DDP (configs/accelerate/ddp.yaml)")
     trainer.add_callback(LogAtCheckpoints())
     trainer.add_callback(StopOnNonFinite())
     last = last_complete_checkpoint(ckpt_dir)
@@ -210,9 +228,12 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
     for entry in history:
         if "train_loss" in entry:  # Trainer's own figure covers only this attempt's steps
             entry["train_loss"] = training_loss
+    # FSDP and ZeRO-3 hold each weight in pieces across the processes: every process takes part in gathering them
+    weights = trainer.accelerator.get_state_dict(trainer.model) if _sharded(trainer) else None
     if ctx.main_process:
         _save_final(trainer, tokenizer, final_dir, lora=t.lora is not None,
-                    pruned=ctx.out_dir / PRUNED / PRUNING_FILE if t.student.prune is not None else None)
+                    pruned=ctx.out_dir / PRUNED / PRUNING_FILE if t.student.prune is not None else None,
+                    state_dict=weights)
         store.mark_success(final_dir, {"variant": name, "global_step": trainer.state.global_step})
         store.atomic_write_json(ctx.out_dir / f"log_history.{name}.json", history)
     term_logs = [h for h in history if "loss" in h]
@@ -270,16 +291,25 @@ def _readable_state(path: str) -> bool:
         return False
 
 
-def _save_final(trainer, tokenizer, final_dir, lora: bool, pruned=None) -> None:
-    """Write the final student next to its destination, then swap it in with one rename."""
+def _sharded(trainer) -> bool:
+    """Whether the student's weights are split across processes (FSDP, DeepSpeed ZeRO-3)."""
+    return bool(trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled)
+
+
+def _save_final(trainer, tokenizer, final_dir, lora: bool, pruned=None, state_dict=None) -> None:
+    """Write the final student next to its destination, then swap it in with one rename. state_dict: the
+    whole weights, gathered from the processes of a sharded run (`_sharded`)."""
     model = trainer.accelerator.unwrap_model(trainer.model)
+    if state_dict is not None:  # gathered copies of tied weights are separate tensors: keep the source only
+        tied = getattr(model, "all_tied_weights_keys", None) or {}
+        state_dict = {k: v for k, v in state_dict.items() if not (k in tied and tied[k] in state_dict)}
 
     def write(tmp):
         if lora:
             model.save_pretrained(str(tmp / "adapter"))  # the adapter alone, for peft users
             model.merge_and_unload().save_pretrained(str(tmp))  # and a plain model with it merged in
         else:
-            model.save_pretrained(str(tmp))
+            model.save_pretrained(str(tmp), state_dict=state_dict)
         tokenizer.save_pretrained(str(tmp))
         if pruned is not None:  # how the student was made, beside it (eval and the report show it)
             shutil.copy2(pruned, tmp / pruned.name)
@@ -422,7 +452,7 @@ def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, 
         if index:
             log.info("train: live teachers %s, each for the samples it wrote", ", ".join(names))
     collator = Collator(tokenizer.pad_token_id, with_teacher=needs_teacher and not live, scorer=scorer,
-                        teacher_index=index)
+                        teacher_index=index, pack_to=t.max_seq_len if t.packing else None)
     rollouts = None
     if on_policy:
         from llmdistill.train.rollouts import OnPolicyCollator, Rollouts

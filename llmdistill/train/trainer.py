@@ -52,7 +52,7 @@ class DistillTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
-        hidden = final_hidden_states(model, inputs["input_ids"], inputs["attention_mask"])
+        hidden = final_hidden_states(model, inputs["input_ids"], *_attention(inputs))
         # position i predicts token i + 1
         mask = labels[:, 1:] != -100
         h = hidden[:, :-1][mask]
@@ -102,7 +102,8 @@ class DistillTrainer(Trainer):
         if self._div_sum is None:
             self._div_sum = torch.zeros(n, dtype=torch.float64)
             self._div_count = torch.zeros(n, dtype=torch.float64)
-        token_rows = rows.to(per_token.device)[mask.nonzero()[:, 0]].cpu()
+        rows = rows.to(per_token.device)
+        token_rows = (rows[:, 1:][mask] if rows.dim() == 2 else rows[mask.nonzero()[:, 0]]).cpu()  # 2-D: packed
         self._div_sum.index_add_(0, token_rows, per_token.double().cpu())
         self._div_count.index_add_(0, token_rows, torch.ones_like(token_rows, dtype=torch.float64))
         step, every = self.state.global_step, self.curriculum.closed_loop_every
@@ -134,15 +135,14 @@ class DistillTrainer(Trainer):
         teachers = self.teacher_model if isinstance(self.teacher_model, dict) else {0: self.teacher_model}
         which = inputs.get("teacher_index")
         if which is None or len(teachers) == 1:
-            return _live(next(iter(teachers.values())), inputs["input_ids"], inputs["attention_mask"], mask, vocab)
+            return _live(next(iter(teachers.values())), inputs["input_ids"], _attention(inputs), mask, vocab)
         token_teacher = which[mask.nonzero()[:, 0]]  # the teacher of each of the N tokens
         parts = []
         for index, teacher in teachers.items():
             rows = (which == index).nonzero()[:, 0]
             if rows.numel():
                 parts.append(((token_teacher == index).nonzero()[:, 0],
-                              _live(teacher, inputs["input_ids"][rows], inputs["attention_mask"][rows], mask[rows],
-                                    vocab)))
+                              _live(teacher, inputs["input_ids"][rows], _attention(inputs, rows), mask[rows], vocab)))
         return RoutedSignal(parts)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -222,8 +222,9 @@ class FaultPoints(TrainerCallback):
         faults.point("checkpoint")
 
 
-def final_hidden_states(model, input_ids, attention_mask):
+def final_hidden_states(model, input_ids, attention_mask, position_ids=None):
     """The decoder's final (normed) hidden states [B, L, H], computed through `model`'s own forward.
+    Packed rows (`data.Collator`'s pack_to) come with position_ids and no attention_mask.
 
     Going through the (possibly DDP- or peft-wrapped) model's forward, not straight to its decoder,
     keeps the wrappers' hooks in play: DDP only all-reduces gradients of a forward it has seen. The
@@ -236,16 +237,46 @@ def final_hidden_states(model, input_ids, attention_mask):
 
     handle = _unwrap(model).get_decoder().register_forward_hook(grab)
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, use_cache=False)
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1,
+              use_cache=False)
     finally:
         handle.remove()
     return captured["hidden"]
 
 
-def _live(teacher, input_ids, attention_mask, mask, vocab: int) -> LiveSignal:
-    """A live teacher's signal for the tokens of `mask` (the positions that predict a label)."""
+def check_packing(model) -> None:
+    """Refuse sequence packing for a model whose attention does not keep packed samples apart. transformers
+    reads sample boundaries from position_ids in its shared mask code (Llama, Qwen, Mistral, Gemma, ...); a
+    model with attention code of its own may ignore them, and packed samples would then see each other."""
+    a, b = [3, 4, 5, 6, 7, 8], [4, 5, 6, 7, 8]
+    was_training = model.training
+    model.eval()
     with torch.no_grad():
-        hidden = teacher.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        plain = final_hidden_states(model, torch.tensor([a, b + [0]]), torch.tensor([[1] * 6, [1] * 5 + [0]]))
+        positions = torch.tensor([list(range(6)) + list(range(5))])
+        packed = final_hidden_states(model, torch.tensor([a + b]), None, positions)
+    model.train(was_training)
+    apart = torch.allclose(packed[0, 6:], plain[1, :5], rtol=1e-3, atol=1e-4)
+    if not apart or not torch.allclose(packed[0, :6], plain[0], rtol=1e-3, atol=1e-4):
+        raise UserError(f"train.packing: {type(_unwrap(model)).__name__} does not keep packed samples apart (its "
+                        "attention ignores the position ids that mark them); set train.packing: false")
+
+
+def _attention(inputs, rows=None) -> tuple:
+    """(attention_mask, position_ids) of a batch (of its `rows`): packed rows have position ids, no mask."""
+    if "position_ids" in inputs:
+        return None, inputs["position_ids"] if rows is None else inputs["position_ids"][rows]
+    return inputs["attention_mask"] if rows is None else inputs["attention_mask"][rows], None
+
+
+def _live(teacher, input_ids, attention, mask, vocab: int) -> LiveSignal:
+    """A live teacher's signal for the tokens of `mask` (the positions that predict a label); attention:
+    (attention_mask, position_ids) as `_attention` gives them."""
+    attention_mask, position_ids = attention
+    with torch.no_grad():
+        # no cache: transformers reads packed rows from position_ids only when there is none
+        hidden = teacher.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                       use_cache=False).last_hidden_state
     head, post = _head(teacher)
     return LiveSignal(hidden[:, :-1][mask], head, vocab, post)
 

@@ -58,3 +58,30 @@ def test_routed_scorer_sends_each_row_to_its_teacher_and_keeps_the_order():
     rows = [{"input_ids": s, "prompt_len": 1, "teacher": t} for s, t in zip(seqs, teachers)]
     batch = Collator(pad_token_id=0, scorer=routed)(rows)
     assert batch["teacher_logprobs"][:, 0, 0].tolist() == [-2.0, -1.0, -1.0, -2.0]  # a row without a teacher: default
+
+
+def test_packing_lays_samples_out_first_fit_with_positions_restarting_per_sample():
+    from llmdistill.train.data import pack
+
+    assert pack([5, 3, 4, 2], 8) == ([(0, 0), (0, 5), (1, 0), (1, 4)], ["default", "default"])
+    # with groups a row holds one group's samples only; a sample longer than the capacity gets its own row
+    assert pack([3, 3, 3, 9], 8, ["a", "b", "a", "b"]) == ([(0, 0), (1, 0), (0, 3), (2, 0)], ["a", "b", "b"])
+    rows = [
+        {"input_ids": [5, 6, 7, 8, 9], "prompt_len": 3, "row": 0,
+         "topk_ids": [[8, 1], [9, 2]], "topk_logprobs": [[-0.1, -2.0], [-0.2, -3.0]]},
+        {"input_ids": [4, 6, 7], "prompt_len": 2, "row": 1, "topk_ids": [[7, 4]], "topk_logprobs": [[-0.5, -1.0]]},
+        {"input_ids": [3, 5, 8, 9], "prompt_len": 1, "row": 2,
+         "topk_ids": [[5, 1], [8, 1], [9, 1]], "topk_logprobs": [[-0.3, -1.0]] * 3},
+    ]
+    batch = Collator(pad_token_id=0, pack_to=8)(rows)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 4, 6, 7], [3, 5, 8, 9, 0, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 2, 3, 0, 1, 2, 3]]
+    assert batch["rows"].tolist() == [[0, 0, 0, 0, 0, 1, 1, 1], [2, 2, 2, 2, -1, -1, -1, -1]]
+    assert batch["labels"].tolist() == [[IGNORE, IGNORE, IGNORE, 8, 9, IGNORE, IGNORE, 7],
+                                        [IGNORE, 5, 8, 9, IGNORE, IGNORE, IGNORE, IGNORE]]
+    # each label's teacher row sits at the position before it, inside the same sample
+    mask = batch["labels"][:, 1:] != IGNORE
+    assert torch.equal(batch["teacher_ids"][:, :-1][mask][:, 0], batch["labels"][:, 1:][mask])
+    assert mask.sum() == 2 + 1 + 3
+    # the last token of sample 0 (position 4) predicts the next sample's first token: never a label
+    assert batch["labels"][0, 5] == IGNORE and batch["teacher_ids"][0, 4].tolist() == [0, 0]

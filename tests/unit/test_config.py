@@ -8,7 +8,17 @@ import yaml
 from conftest import PYTHON, REPO
 from llmdistill.config import Config, ConfigError, load_config, parse_override
 
-CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+ACCELERATE = REPO / "configs" / "accelerate"  # launcher configs (accelerate launch --config_file), not ours
+CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if ACCELERATE not in p.parents)
+
+
+def test_the_accelerate_configs_are_what_accelerate_reads():
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    kinds = {p.stem: ClusterConfig.from_yaml_file(p).distributed_type for p in ACCELERATE.glob("*.yaml")}
+    assert {k: v.value for k, v in kinds.items()} == {"ddp": "MULTI_GPU", "fsdp2": "FSDP", "zero3": "DEEPSPEED"}
+    assert ClusterConfig.from_yaml_file(ACCELERATE / "fsdp2.yaml").fsdp_config["fsdp_version"] == 2
+    assert ClusterConfig.from_yaml_file(ACCELERATE / "zero3.yaml").deepspeed_config["zero_stage"] == 3
 
 
 def test_every_shipped_config_validates():

@@ -33,7 +33,7 @@ def test_each_row_is_scored_by_its_own_teacher(tmp_path):
     for row, teacher in enumerate((a, b, a)):
         m = mask[row : row + 1]
         count = int(m.sum())
-        own = _live(teacher, input_ids[row : row + 1], attention[row : row + 1], m, len(tok))
+        own = _live(teacher, input_ids[row : row + 1], (attention[row : row + 1], None), m, len(tok))
         expected.append(own.divergence("forward_kl", student_logp[start : start + count], 1.0))
         start += count
     torch.testing.assert_close(routed, torch.cat(expected), rtol=1e-5, atol=1e-6)
