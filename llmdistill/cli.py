@@ -163,10 +163,22 @@ def generate(
     force: bool = typer.Option(False, "--force", help="rerun even if done"),
     shard: str | None = typer.Option(None, "--shard", help="i/n: generate only shard i (0-based) of n into the "
                                      "shared run directory; finish with `llmdistill merge`"),
+    executor: str | None = typer.Option(None, "--executor", help="local or ray: every shard as a task on a Ray "
+                                        "cluster, then the merge (overrides generate.executor)"),
+    address: str | None = typer.Option(None, "--address", help="the Ray cluster: auto, host:port, ray://host:port "
+                                       "or local (overrides generate.ray_address; implies --executor ray)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Teacher completions with top-k log-probs for the prompts, in curriculum order."""
-    _run(config, overrides, ("generate",), ["generate"] if force else [], True, verbose, shard=_parse_shard(shard))
+    import json
+
+    if shard is not None and (executor == "ray" or address is not None):
+        _fail("--shard runs one shard in this process, --executor ray runs them all on Ray: give one of them",
+              EXIT_BAD_INPUT)
+    flags = [f"generate.executor={executor or 'ray'}"] if executor or address else []
+    flags += [f"generate.ray_address={json.dumps(address)}"] if address is not None else []  # a YAML string
+    _run(config, [*(overrides or []), *flags], ("generate",), ["generate"] if force else [], True, verbose,
+         shard=_parse_shard(shard))
 
 
 @app.command()

@@ -166,6 +166,10 @@ def run_stages(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, force:
     """
     if shard is not None:
         return _run_shard(cfg, shard, force=bool(force))
+    if cfg.generate.executor == "ray" and "generate" in stages and not merge_only and _generate_on_ray(cfg, force):
+        outcome = run_stages(cfg, ("generate",), standalone=True, merge_only=True)  # what `llmdistill merge` runs
+        later = [s for s in stages if s != "generate"]
+        return outcome | (run_stages(cfg, later, force, standalone) if later else {})
     fps = fingerprints(cfg)
     run_dir = cfg.run_dir
     forced = set(force)
@@ -286,11 +290,31 @@ def _attempt_key(fingerprint: str, upstream_output: str | None) -> str:
     return fingerprint if upstream_output is None else f"{fingerprint}\n{upstream_output}"
 
 
-def _run_shard(cfg: Config, shard: tuple[int, int], force: bool) -> dict[str, str]:
-    """One shard of the generate stage (generate/shards.py), prepared as any stage that starts in place."""
+def _generate_on_ray(cfg: Config, force: set[str] | frozenset) -> bool:
+    """generate.executor: ray: every shard as a Ray task (generate/ray_executor.py), outside the run lock (the
+    shards take it shared); False when generate is done already (skipped, or its failed samples requested
+    again in place by this process: the plain path)."""
+    if "generate" in force:
+        raise UserError("--force generate cannot be combined with generate.executor: ray (the shards work in place, "
+                        "not staged): remove the generate directory to regenerate, or use --executor local")
+    if stage_status(cfg)["generate"].startswith("done"):
+        return False
+    from llmdistill.generate import ray_executor
+
+    ray_executor.run(cfg, fingerprints(cfg)["generate"], _run_shard)
+    return True
+
+
+def _run_shard(cfg: Config, shard: tuple[int, int], force: bool, expect: str | None = None) -> dict[str, str]:
+    """One shard of the generate stage (generate/shards.py), prepared as any stage that starts in place.
+    `expect`: the fingerprint the Ray driver computed; a node whose input files differ must not clear its work."""
     from llmdistill.generate import shards
 
     fp = fingerprints(cfg)["generate"]
+    if expect is not None and fp != expect:
+        raise UserError(f"generate: on this node the config's input files differ from the driver's (fingerprint {fp}, "
+                        f"not {expect}): every node must see the same prompt and template files")
+    faults.set_stage("generate")
 
     def prepare(fresh: bool) -> None:
         write_resolved_config(cfg, cfg.run_dir)

@@ -166,11 +166,40 @@ class GenerateConfig(Section):
     too_long: Literal["skip", "error"] = Field(
         "skip", json_schema_extra=NOT_HASHED, description="a prompt whose tokens + max_new_tokens exceed the teacher's "
         "context: skip records a failed sample (never retried); error stops the stage naming the prompt's file:line")
+    # where the stage runs, not what it writes: none of these is hashed (a Ray run resumes a local one and back)
+    executor: Literal["local", "ray"] = Field(
+        "local", json_schema_extra=NOT_HASHED, description="local: this process generates (or one shard, with "
+        "--shard i/n); ray: the shards run as tasks on a Ray cluster, then the merge runs here (the run directory "
+        "must be on a file system every node shares; pip install 'llmdistill[ray]'; docs/generation.md)")
+    ray_address: str | None = Field(
+        None, json_schema_extra=NOT_HASHED, description="executor ray: the cluster: auto (the one started on this "
+        "machine, or $RAY_ADDRESS), host:port (its GCS), ray://host:port (Ray Client, needs ray[client]), local (a new "
+        "one in this process); null: ray.init()'s choice (a cluster found as for auto, else a new local one)")
+    ray_shards: int | None = Field(
+        None, gt=0, json_schema_extra=NOT_HASHED, description="executor ray: tasks the plan is cut into (shard i/n "
+        "each; default: as many as the cluster runs at once, its GPUs / GPUs per task, or its CPUs for CPU tasks)")
 
     @model_validator(mode="after")
     def _some_prompts(self):
         if self.prompts is None and not self.sources:
             raise ValueError("set generate.prompts (seed files) or generate.sources")
+        return self
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, v: str | None) -> str | None:
+        if v is None or v in ("auto", "local"):
+            return v
+        host, _, port = v.removeprefix("ray://").rpartition(":")
+        if not (host and port.isdigit() and 0 < int(port) < 65536) or any(c.isspace() or c in "/@" for c in host):
+            raise ValueError(f"{v!r} is not auto, local, host:port or ray://host:port")
+        return v
+
+    @model_validator(mode="after")
+    def _ray_options_need_ray(self):
+        given = [name for name in ("ray_address", "ray_shards") if getattr(self, name) is not None]
+        if given and self.executor != "ray":
+            raise ValueError(f"{' and '.join(given)} set, but executor is {self.executor}: set executor: ray")
         return self
 
 
