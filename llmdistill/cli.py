@@ -5,6 +5,7 @@ Exit codes: 0 done; 2 bad input (config, file, model, dataset) or a refused read
 permission denied): one line, no traceback; 3 the run directory is locked by another process;
 4 a spending budget was reached (finished work kept); 1 anything unexpected (with a traceback). See docs/robustness.md.
 `retrain` adds 10 (not promoted: a gate failed) and 11 (nothing to do: no new prompts); see docs/retrain.md.
+`plan` adds 5 (the estimated training memory does not fit in --device-memory); see docs/training.md.
 """
 
 from __future__ import annotations
@@ -210,6 +211,41 @@ def validate(
     typer.echo(f"config OK: run directory {cfg.run_dir}")
     for stage, fp in fingerprints(cfg).items():
         typer.echo(f"  {stage:<9} fingerprint {fp}  {status[stage]}")
+
+
+EXIT_NO_FIT = 5  # `plan`: the estimate does not fit in --device-memory (schedulers gate on it)
+
+
+@app.command()
+def plan(
+    config: str | None = typer.Argument(None, help=CONFIG_HELP),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    sharding: str = typer.Option("none", "--sharding", help="none, ddp, fsdp or zero3 (fsdp/zero3 divide weights, "
+                                 "gradients and optimizer states by --processes)"),
+    processes: int = typer.Option(1, "--processes", help="training processes (devices)"),
+    device_memory: str | None = typer.Option(None, "--device-memory", help="memory of one device, e.g. 80GiB or "
+                                             "40GB: say whether it fits (exit 5 if not)"),
+    as_json: bool = typer.Option(False, "--json", help="print the estimate as JSON"),
+) -> None:
+    """Estimate per-device training memory from the config (no weights load): weights, gradients, AdamW states,
+    activations, loss chunks, a live teacher; with --device-memory, whether it fits and what to change."""
+    cfg = _load(config, overrides)
+    import json
+
+    from llmdistill.errors import UserError
+    from llmdistill.plan import parse_size, print_plan
+    from llmdistill.plan import plan as estimate_plan
+
+    try:
+        out = estimate_plan(cfg, sharding, processes, None if device_memory is None else parse_size(device_memory))
+    except UserError as e:
+        _fail(str(e), EXIT_BAD_INPUT)
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+    else:
+        print_plan(out)
+    if out["fits"] is False:
+        raise typer.Exit(EXIT_NO_FIT)
 
 
 @app.command()
