@@ -37,7 +37,7 @@ def weights(run_dir):
     return load_file(run_dir / "train" / "student" / "model.safetensors")
 
 
-def launch(path, overrides, accelerate_config):
+def launch(path, overrides, accelerate_config, env=None, ok=True):
     """`accelerate launch --config_file configs/accelerate/<name>.yaml` on 2 CPU processes, as the docs say.
     FSDP goes through tests/fsdp_on_cpu.py, which lifts accelerate's accelerators-only gate on FSDP."""
     run_stages(load_config(path, overrides), ("generate", "filter"))
@@ -45,7 +45,10 @@ def launch(path, overrides, accelerate_config):
     cmd = [PYTHON, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs" / "accelerate" /
            accelerate_config), "--num_processes", "2", "--mixed_precision", "no", *program, "train", str(path),
            *overrides]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    if not ok:
+        assert res.returncode != 0
+        return None
     assert res.returncode == 0, res.stderr[-3000:]
     cfg = load_config(path, overrides)
     assert store.read_success(cfg.run_dir / "train")["processes"] == 2
@@ -74,4 +77,20 @@ def test_packing_and_checkpointing_follow_the_plain_run(one_process):
     cfg = load_config(path, [*STEPS, "train.batch_size=4", "name=packed", "train.packing=true",
                              "train.gradient_checkpointing=true"])
     run_stages(cfg, ("generate", "filter", "train"))
+    assert losses_of(cfg.run_dir) == pytest.approx(one, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_fsdp2_resumes_from_its_sharded_checkpoint_after_a_kill(one_process):
+    import os
+
+    path, one, _ = one_process
+    overrides = [*STEPS, "train.batch_size=2", "name=fsdp-kill", "train.save_steps=2"]
+    # both processes SIGKILL themselves after step 3: checkpoint-2 (sharded) is the last one saved
+    launch(path, overrides, "fsdp2.yaml", env={**os.environ, "LLMDISTILL_FAULT": "train:step:3"}, ok=False)
+    cfg = load_config(path, overrides)
+    checkpoints = cfg.run_dir / "train" / "checkpoints" / "student"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2"]
+    assert (checkpoints / "checkpoint-2" / "pytorch_model_fsdp_0").is_dir()
+    launch(path, overrides, "fsdp2.yaml")
     assert losses_of(cfg.run_dir) == pytest.approx(one, abs=1e-5)
