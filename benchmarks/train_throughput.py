@@ -65,14 +65,15 @@ def dataset():
     return cfg, store.read_manifest(cfg.run_dir / "filter")["provenance"]
 
 
-def build(cfg, prov, variant: str, steps: int, server=None):
+def build(cfg, prov, variant: str, steps: int, server=None, packing=False, checkpointing=False):
+    """packing, checkpointing: train.packing and train.gradient_checkpointing (benchmarks/train_layouts.py)."""
     import torch
     from transformers import Trainer, TrainingArguments
 
     from llmdistill import models, store
     from llmdistill.config import LossTerm
     from llmdistill.train.data import COLUMNS, Collator, build_examples
-    from llmdistill.train.stage import trainer_arguments
+    from llmdistill.train.stage import _checkpointing, trainer_arguments
     from llmdistill.train.student import build_student
     from llmdistill.train.trainer import DistillTrainer
 
@@ -81,7 +82,7 @@ def build(cfg, prov, variant: str, steps: int, server=None):
     examples = build_examples(store.load_dataset(cfg.run_dir / "filter", COLUMNS), tokenizer, cfg.train.max_seq_len)
     student = build_student(cfg)
     base = {**trainer_arguments(cfg, WORK / "ckpt"), "max_steps": steps, "save_strategy": "no",
-            "logging_steps": 1000, "disable_tqdm": True, "report_to": "none"}
+            "logging_steps": 1000, "disable_tqdm": True, "report_to": "none", **_checkpointing(checkpointing)}
     args = TrainingArguments(**base)
     if variant in ON_POLICY:
         return on_policy_trainer(variant, steps, tokenizer, student, base)
@@ -102,7 +103,7 @@ def build(cfg, prov, variant: str, steps: int, server=None):
                                     "dataloader_persistent_workers": True})  # as the train stage sets it
     return DistillTrainer(model=student, args=args, train_dataset=examples,
                           data_collator=Collator(tokenizer.pad_token_id, with_teacher=variant.startswith("kd_s"),
-                                                 scorer=scorer),
+                                                 scorer=scorer, pack_to=cfg.train.max_seq_len if packing else None),
                           loss_terms=terms, tail=cfg.train.tail,
                           capture_temperature=1.0 if scorer else prov["capture_temperature"],
                           chunk_tokens=cfg.train.chunk_tokens, teacher_model=teacher)
@@ -146,7 +147,8 @@ def measure(trainer, steps: int) -> dict:
     out = {"seconds_per_step": statistics.median(per_step), "mean_seconds_per_step": statistics.mean(per_step)}
     if "n_completion" in trainer.train_dataset.column_names and getattr(trainer, "rollouts", None) is None:
         bs = trainer.args.per_device_train_batch_size
-        out["tokens_per_second"] = sum(trainer.train_dataset[i]["n_completion"] for i in range(bs, bs * steps)) \
+        n = len(trainer.train_dataset)  # steps past the end of the data start it again
+        out["tokens_per_second"] = sum(trainer.train_dataset[i % n]["n_completion"] for i in range(bs, bs * steps)) \
             / sum(per_step)
     if getattr(trainer, "rollouts", None) is not None:
         out["rollouts"] = trainer.rollouts.summary()

@@ -380,3 +380,16 @@ def test_served_teachers_without_a_server_or_under_one_name_stop_before_any_requ
     cfg = load_config(write(tmp_path, data))
     with pytest.raises(UserError, match="teachers default and big are both served as 'x'"):
         _served_teachers(cfg, {"default": None, "big": None})
+
+
+def test_packing_is_for_our_trainer_not_trls(tmp_path):
+    data = minimal(tmp_path)
+    data["train"].update(packing=True, gradient_checkpointing=True)
+    cfg = load_config(write(tmp_path, data))
+    assert cfg.train.packing and cfg.train.gradient_checkpointing
+    data["train"].update(mode="on_policy")  # rollouts: trl by default
+    with pytest.raises(ConfigError, match="trl's on-policy trainers lay out their own batches"):
+        load_config(write(tmp_path, data))
+    data["train"]["on_policy"] = {"rollouts": "vllm"}
+    data["train"]["teacher_signal"] = "live"
+    assert load_config(write(tmp_path, data)).train.packing
