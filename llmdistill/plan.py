@@ -17,6 +17,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from llmdistill.config.train import auto_chunk_tokens
 from llmdistill.errors import UserError
 
 SHARDINGS = ("none", "ddp", "fsdp", "zero3")
@@ -127,11 +128,6 @@ class Setup:
                    chunk_tokens=t.chunk_tokens, terms=terms, live_teacher=divergent and t.teacher_signal == "live",
                    topk=cfg.annotate.topk if cfg.annotate.enabled else cfg.generate.topk,
                    packing=bool(getattr(t, "packing", False)))
-
-
-def auto_chunk_tokens(vocab: int) -> int:
-    """objective.auto_chunk_tokens, repeated here so that planning imports no torch (a test keeps them equal)."""
-    return max(16, min(1024, 2**24 // max(vocab, 1)))
 
 
 def layer_activation_bytes(a: Arch, s: Setup) -> int:

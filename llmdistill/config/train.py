@@ -164,6 +164,11 @@ class LoraConfig(Section):
         "all-linear", description="module names to adapt, or all-linear (every linear layer but the head)")
 
 
+def auto_chunk_tokens(vocab: int) -> int:
+    """train.chunk_tokens when unset: one chunk's fp32 logits take about 64 MB (2^24 values), within 16..1024."""
+    return max(16, min(1024, 2**24 // max(vocab, 1)))
+
+
 def _default_loss() -> list[LossTerm]:
     return [LossTerm(name="forward_kl", weight=0.9, temperature=1.0), LossTerm(name="ce", weight=0.1)]
 

@@ -20,10 +20,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-
-def auto_chunk_tokens(vocab: int) -> int:
-    """Tokens per chunk so that one chunk's fp32 logits take about 64 MB (2^24 values), within 16..1024."""
-    return max(16, min(1024, 2**24 // max(vocab, 1)))
+from llmdistill.config.train import auto_chunk_tokens
 
 
 def chunked_loss(

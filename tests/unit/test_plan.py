@@ -108,9 +108,6 @@ def test_bf16_keeps_fp32_master_weights_and_lowers_activations():
 
 
 def test_chunking_follows_the_objective():
-    from llmdistill.train.objective import auto_chunk_tokens
-
-    assert all(plan.auto_chunk_tokens(v) == auto_chunk_tokens(v) for v in (10, 5000, 49152, 262144))
     assert plan.chunk_multiplier(SETUP) == 5  # forward_kl + ce at T = 1, measured 5.0 (docs/training.md)
 
 
