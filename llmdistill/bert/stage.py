@@ -59,25 +59,83 @@ def run(cfg: BertDistillConfig, force: bool = False) -> dict:
     with RunLock(out) as lock:
         if not force and finished(out, fp):  # finished by another process since the check above
             return store.read_json(out / "metrics.json")
+        if not force and same_training(cfg, out):
+            return _reexport(cfg, out, fp)
         for child in out.iterdir():  # a fresh start; the lock file stays (it is what we hold)
             if child != lock.path:
                 store.remove_path(child)
         return _run(cfg, out, fp)
 
 
-def _run(cfg: BertDistillConfig, out: Path, fp: str) -> dict:
+def same_training(cfg: BertDistillConfig, out: Path) -> bool:
+    """Whether `out` holds a finished run that trained what `cfg` trains (only `export` differs): its stored
+    config, with today's data files, gives its fingerprint (so the data are unchanged) and equals `cfg`
+    outside `export`. Then only the export is redone."""
+    info = store.read_success(out)
+    if not isinstance(info, dict) or not bmodels.is_saved_model(out / "student"):
+        return False
+    try:
+        stored = BertDistillConfig.model_validate(yaml.safe_load((out / "config.resolved.yaml").read_text())["config"])
+    except Exception:  # an older schema or a damaged file: train again
+        return False
+    if fingerprint(stored) != info.get("fingerprint"):
+        return False
+    a, b = stored.model_dump(mode="json"), cfg.model_dump(mode="json")
+    a.pop("export")
+    b.pop("export")
+    return a == b
+
+
+def _reexport(cfg: BertDistillConfig, out: Path, fp: str) -> dict:
+    """Export and evaluate a finished run's saved student again under `cfg.export`; the training metrics stay."""
     torch.set_num_threads(cfg.threads)
     start = time.time()
+    log.info("distill-bert %s: same training, export changed: re-exporting the saved student", out)
+    teacher, tokenizer, teacher_dir = bteacher.get_teacher(cfg)
+    metrics = store.read_json(out / "metrics.json")
+    store.remove_path(out / "onnx")
+    _write_config(cfg, out, fp)  # before the new fingerprint is marked: a run cut short here trains again
+    student = bmodels.load_model(out / "student")
+    labelled, _ = _rows(cfg)
+    test = bdata.encode(_read(cfg, cfg.data.test, True), tokenizer, cfg.data.max_seq_len)
+    metrics["test"] = evaluate(cfg, teacher, teacher_dir, student, test, out, *_val_and_calibration(cfg, labelled,
+                                                                                                    tokenizer))
+    metrics["reexported"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                             "seconds": round(time.time() - start, 1)}
+    return _finish(cfg, out, fp, metrics)
+
+
+def _val_and_calibration(cfg: BertDistillConfig, labelled: bdata.Rows, tokenizer):
+    """The validation rows (the int8 choice) and the first data.train rows that calibrate static int8."""
+    val = bdata.encode(_read(cfg, cfg.data.val, True), tokenizer, cfg.data.max_seq_len) if cfg.data.val else None
+    n = cfg.export.int8_calibration_rows
+    return val, bdata.encode(bdata.Rows(labelled.texts[:n], labelled.labels[:n]), tokenizer, cfg.data.max_seq_len)
+
+
+def _write_config(cfg: BertDistillConfig, out: Path, fp: str) -> None:
     store.atomic_write_bytes(out / "config.resolved.yaml", yaml.safe_dump(
         {"config": cfg.model_dump(mode="json"), "llmdistill": __version__, "torch": str(torch.__version__),
          "fingerprint": fp}, sort_keys=False).encode())
+
+
+def _finish(cfg: BertDistillConfig, out: Path, fp: str, metrics: dict) -> dict:
+    store.atomic_write_json(out / "metrics.json", metrics)
+    store.mark_success(out, {"fingerprint": fp, "llmdistill": __version__, "seconds": metrics["seconds"]})
+    log.info("distill-bert %s: test %s", out, {k: v["accuracy"] for k, v in metrics["test"].items()})
+    return metrics
+
+
+def _run(cfg: BertDistillConfig, out: Path, fp: str) -> dict:
+    torch.set_num_threads(cfg.threads)
+    start = time.time()
+    _write_config(cfg, out, fp)
 
     teacher, tokenizer, teacher_dir = bteacher.get_teacher(cfg)
     for p in teacher.parameters():
         p.requires_grad_(False)
     labelled, unlabelled = _rows(cfg)
     test = bdata.encode(_read(cfg, cfg.data.test, True), tokenizer, cfg.data.max_seq_len)
-    val = bdata.encode(_read(cfg, cfg.data.val, True), tokenizer, cfg.data.max_seq_len) if cfg.data.val else None
+    val, calibration = _val_and_calibration(cfg, labelled, tokenizer)
 
     student = students.build_student(cfg.student, teacher, len(cfg.data.labels), cfg.seed)
     pairs = _pairs(cfg, student, teacher)
@@ -114,13 +172,9 @@ def _run(cfg: BertDistillConfig, out: Path, fp: str) -> dict:
 
         save_file({k: v.contiguous() for k, v in proj.state_dict().items()},
                   str(out / "student" / "projections.safetensors"))
-    metrics["test"] = evaluate(cfg, teacher, teacher_dir, student, test, out)
+    metrics["test"] = evaluate(cfg, teacher, teacher_dir, student, test, out, val, calibration)
     metrics["seconds"] = round(time.time() - start, 1)
-    store.atomic_write_json(out / "metrics.json", metrics)
-    store.mark_success(out, {"fingerprint": fp, "llmdistill": __version__, "seconds": metrics["seconds"]})
-    log.info("distill-bert %s: test %s", out, {k: v.get("accuracy") for k, v in metrics["test"].items()
-                                               if isinstance(v, dict)})
-    return metrics
+    return _finish(cfg, out, fp, metrics)
 
 
 def finished(out: Path, fp: str) -> bool:
@@ -142,14 +196,14 @@ def _cached(path: Path, compute) -> dict:
     return value
 
 
-def evaluate(cfg: BertDistillConfig, teacher, teacher_dir: Path, student, test: bdata.Encoded, out: Path) -> dict:
+def evaluate(cfg: BertDistillConfig, teacher, teacher_dir: Path, student, test: bdata.Encoded, out: Path,
+             val: bdata.Encoded | None = None, calibration: bdata.Encoded | None = None) -> dict:
     """Accuracy, macro-F1 and CPU latency (batch 1 and 32) of the teacher, the student and its exports;
     agreement = share of test rows where an export predicts what the PyTorch student predicts;
     max_abs_logit_diff = the largest change of any logit against the PyTorch student."""
     n_labels, runs = len(cfg.data.labels), cfg.export.latency_runs
-    result: dict = {}
 
-    def measure(name: str, forward, reference=None):
+    def measure(forward, reference=None) -> tuple[dict, np.ndarray]:
         out = bexport.logits(forward, test)
         pred = out.argmax(-1).tolist()
         entry = trainer.classification_metrics(pred, test.labels, n_labels)
@@ -158,26 +212,49 @@ def evaluate(cfg: BertDistillConfig, teacher, teacher_dir: Path, student, test: 
         if reference is not None:
             entry["agreement_with_student"] = bexport.agreement(pred, reference.argmax(-1).tolist())
             entry["max_abs_logit_diff"] = round(float(np.abs(out - reference).max()), 6) if len(out) else 0.0
-        result[name] = entry
-        return out
+        return entry, out
 
     teacher_fwd = bexport.torch_forward(teacher)
     teacher_entry = _cached(Path(teacher_dir) / "eval" / f"{_rows_key(test)}.json",
                             lambda: trainer.classification_metrics(bexport.predict(teacher_fwd, test), test.labels,
                                                                    n_labels))
-    result["teacher"] = {**teacher_entry,
-                         "latency_ms_b1": bexport.latency_ms(teacher_fwd, test, 1, runs),
-                         "latency_ms_b32": bexport.latency_ms(teacher_fwd, test, 32, max(3, runs // 4))}
-    ref = measure("student", bexport.torch_forward(student))
+    result: dict = {"teacher": {**teacher_entry,
+                                "latency_ms_b1": bexport.latency_ms(teacher_fwd, test, 1, runs),
+                                "latency_ms_b32": bexport.latency_ms(teacher_fwd, test, 32, max(3, runs // 4))}}
+    result["student"], ref = measure(bexport.torch_forward(student))
     if cfg.export.torch_int8:
-        measure("student_torch_int8", bexport.torch_forward(bexport.quantize_torch(student)), ref)
+        result["student_torch_int8"], _ = measure(bexport.torch_forward(bexport.quantize_torch(student)), ref)
     if cfg.export.onnx:
         path = bexport.export_onnx(student, out / "onnx" / "model.onnx", cfg.export.opset)
-        measure("student_onnx", bexport.onnx_forward(bexport.onnx_session(path, cfg.threads)), ref)
+        result["student_onnx"], _ = measure(bexport.onnx_forward(bexport.onnx_session(path, cfg.threads)), ref)
         if cfg.export.int8:
-            q = bexport.quantize_onnx(path, out / "onnx" / "model.int8.onnx")
-            measure("student_onnx_int8", bexport.onnx_forward(bexport.onnx_session(q, cfg.threads)), ref)
+            val_pred = bexport.predict(bexport.torch_forward(student), val) if val is not None else None
+            options = {}
+            for opt in cfg.export.int8_options:
+                q = bexport.quantize_onnx(path, out / "onnx" / "int8" / f"{opt.name}.onnx", opt.mode, opt.keep_fp32,
+                                          calibration)
+                forward = bexport.onnx_forward(bexport.onnx_session(q, cfg.threads))
+                options[opt.name], _ = measure(forward, ref)
+                options[opt.name]["bytes"] = q.stat().st_size
+                if val_pred is not None:
+                    options[opt.name]["val_agreement"] = bexport.agreement(bexport.predict(forward, val), val_pred)
+            chosen = choose_int8(options, cfg.export.int8_min_agreement)
+            store.atomic_write_bytes(out / "onnx" / "model.int8.onnx",
+                                     (out / "onnx" / "int8" / f"{chosen}.onnx").read_bytes())
+            result["student_onnx_int8"] = {**options[chosen], "option": chosen, "options": options}
+            log.info("int8: %s chosen of %s", chosen, {k: (v.get("val_agreement"), v["agreement_with_student"],
+                                                            v["bytes"]) for k, v in options.items()})
     return result
+
+
+def choose_int8(options: dict[str, dict], min_agreement: float) -> str:
+    """The first option (config order) whose val agreement reaches `min_agreement`; none does: the one that
+    agrees most (the first of equals); no val measured: the first. The test split plays no part."""
+    names = list(options)
+    if any("val_agreement" not in options[n] for n in names):
+        return names[0]
+    good = [n for n in names if options[n]["val_agreement"] >= min_agreement]
+    return good[0] if good else max(names, key=lambda n: (options[n]["val_agreement"], -names.index(n)))
 
 
 def _signal(cfg: BertDistillConfig, phase, teacher, teacher_dir: Path, enc: bdata.Encoded):
@@ -198,6 +275,13 @@ def _read(cfg: BertDistillConfig, path, labelled: bool, limit: int | None = None
 def _rows(cfg: BertDistillConfig) -> tuple[bdata.Rows, bdata.Rows | None]:
     labelled = _read(cfg, cfg.data.train, True, cfg.data.max_train)
     unlabelled = _read(cfg, cfg.data.unlabelled, False, cfg.data.max_unlabelled) if cfg.data.unlabelled else None
+    if cfg.data.train_rest_unlabelled:
+        rest = _read(cfg, cfg.data.train, False).texts[cfg.data.max_train:]
+        if not rest:
+            raise UserError(f"data.train_rest_unlabelled: {cfg.data.train} has no rows after the first "
+                            f"{cfg.data.max_train}")
+        rest = bdata.Rows(rest, [bdata.UNLABELLED] * len(rest))
+        unlabelled = bdata.concat(unlabelled, rest) if unlabelled else rest
     return labelled, unlabelled
 
 

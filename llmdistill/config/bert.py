@@ -34,6 +34,15 @@ class BertDataConfig(Section):
     max_seq_len: int = Field(64, ge=8, le=512, description="tokens per text (truncated)")
     max_train: int | None = Field(None, ge=1, description="use only the first N training rows")
     max_unlabelled: int | None = Field(None, ge=1, description="use only the first N unlabelled rows")
+    train_rest_unlabelled: bool = Field(
+        False, description="add the data.train rows after the first max_train to the unlabelled rows, their labels "
+        "dropped (more transfer text from the same file; needs max_train)")
+
+    @model_validator(mode="after")
+    def _rest(self):
+        if self.train_rest_unlabelled and self.max_train is None:
+            raise ValueError("train_rest_unlabelled needs max_train (the rows after it are the rest)")
+        return self
 
 
 class BertFinetuneConfig(Section):
@@ -191,14 +200,52 @@ class BertPhaseConfig(Section):
         return self
 
 
+class BertInt8Option(Section):
+    """One way to quantise the ONNX student to int8 (onnxruntime; weights 7-bit, per output channel)."""
+
+    mode: Literal["dynamic", "static", "weights"] = Field(
+        "dynamic", description="dynamic: int8 weights, activations quantised at run time; static: activations too, "
+        "with ranges calibrated on data.train rows; weights: int8 weights, fp32 compute (size only)")
+    keep_fp32: list[Literal["embeddings", "head"]] = Field(
+        default_factory=list, description="parts left in fp32: embeddings (token/position lookups and the "
+        "factorised projection), head (the classifier)")
+
+    @property
+    def name(self) -> str:
+        """`dynamic`, `static-fp32-embeddings+head`, ...: the option's file name and metrics key."""
+        return self.mode + (f"-fp32-{'+'.join(self.keep_fp32)}" if self.keep_fp32 else "")
+
+
+def _int8_options() -> list[BertInt8Option]:
+    """Integer compute first (the speed-up), then weight-only int8 (the size, with fp32 compute)."""
+    return [BertInt8Option(), BertInt8Option(mode="static"), BertInt8Option(keep_fp32=["embeddings", "head"]),
+            BertInt8Option(mode="weights"), BertInt8Option(mode="weights", keep_fp32=["embeddings"])]
+
+
 class BertExportConfig(Section):
     """Export of the trained student and what is re-measured after each step."""
 
     onnx: bool = Field(True, description="export to ONNX and re-measure accuracy and latency with onnxruntime")
-    int8: bool = Field(True, description="dynamic int8 quantisation of the ONNX model (onnxruntime), re-measured")
+    int8: bool = Field(True, description="int8 forms of the ONNX model (int8_options), each re-measured")
+    int8_options: list[BertInt8Option] = Field(
+        default_factory=_int8_options, min_length=1, description="int8 forms to build and measure, each {mode: "
+        "dynamic|static|weights, keep_fp32: [embeddings, head]} (docs/bert.md); the first whose predictions agree "
+        "with the PyTorch student on at least int8_min_agreement of data.val becomes model.int8.onnx (none does: "
+        "the one that agrees most; no data.val: the first)")
+    int8_min_agreement: float = Field(0.995, gt=0, le=1, description="share of data.val rows an int8 option must "
+                                      "predict as the PyTorch student does to be chosen")
+    int8_calibration_rows: int = Field(256, ge=1, description="data.train rows that calibrate static int8's "
+                                       "activation ranges")
     torch_int8: bool = Field(False, description="also torch dynamic int8 quantisation of the Linear layers")
     opset: int = Field(17, ge=13, description="ONNX opset")
     latency_runs: int = Field(20, ge=1, description="timed forward passes per latency figure")
+
+    @model_validator(mode="after")
+    def _names(self):
+        names = [o.name for o in self.int8_options]
+        if len(set(names)) < len(names):
+            raise ValueError(f"int8_options: each option once, got {names}")
+        return self
 
 
 class BertDistillConfig(Section):
@@ -226,8 +273,8 @@ class BertDistillConfig(Section):
                 bad = [n for n in active if n in BERT_INTERMEDIATE_LOSSES or n == "mlm"]
                 if bad:
                     raise ValueError(f"phases.{i}: a bilstm student has no layers for {', '.join(bad)}")
-            if phase.data != "labelled" and self.data.unlabelled is None:
-                raise ValueError(f"phases.{i}: data {phase.data} needs data.unlabelled")
+            if phase.data != "labelled" and self.data.unlabelled is None and not self.data.train_rest_unlabelled:
+                raise ValueError(f"phases.{i}: data {phase.data} needs data.unlabelled or data.train_rest_unlabelled")
             if "mlm" in active and not self.student.mlm_head:
                 raise ValueError(f"phases.{i}: mlm needs student.mlm_head: true")
         return self

@@ -67,6 +67,8 @@ def _overrides(name: str, fx: dict, out: Path) -> list[str]:
           f"teacher.cache_dir={fx['root'] / 'teachers'}", f"output_dir={out}", "threads=1",
           "student.hidden_size=32", "student.num_heads=2", "student.intermediate_size=64",
           "student.embedding_size=16", "student.lstm_hidden=16", "export.latency_runs=1", "data.max_seq_len=32"]
+    if raw["data"].get("train_rest_unlabelled"):
+        o.append("data.max_train=40")  # the fixture's 64 training rows: 24 left over as transfer text
     if raw["student"]["kind"] == "pretrained":
         o.append(f"student.model={fx['teacher']}")
     if raw.get("layer_map", {}).get("strategy") == "pairs":
@@ -309,3 +311,86 @@ def test_int8_onnx_agrees_with_torch_and_serves(tiny_bert, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_int8_options_are_measured_and_chosen_on_validation(tiny_bert, tmp_path):
+    """Every export.int8_options form is built and measured (test agreement, size, latency, val agreement);
+    model.int8.onnx is the first whose val agreement reaches int8_min_agreement; fp32 parts stay float;
+    weight-only int8 is int8-sized and moves the logits less than dynamic int8."""
+    import numpy as np
+    import onnx
+
+    from llmdistill.bert.stage import choose_int8, run
+
+    name = "bert-kd.yaml"
+    cfg = load_bert_config(REPO / "configs" / name, _overrides(name, tiny_bert, tmp_path) + ["phases.0.max_steps=30"])
+    metrics = run(cfg)
+    options = metrics["test"]["student_onnx_int8"]["options"]
+    assert list(options) == [o.name for o in cfg.export.int8_options] == [
+        "dynamic", "static", "dynamic-fp32-embeddings+head", "weights", "weights-fp32-embeddings"]
+    for entry in options.values():
+        assert entry["bytes"] > 0 and 0 <= entry["val_agreement"] <= 1 and entry["latency_ms_b1"] > 0
+    chosen = metrics["test"]["student_onnx_int8"]["option"]
+    assert chosen == choose_int8(options, cfg.export.int8_min_agreement)
+    onnx_dir = cfg.run_dir / "onnx"
+    assert (onnx_dir / "model.int8.onnx").read_bytes() == (onnx_dir / "int8" / f"{chosen}.onnx").read_bytes()
+    assert options["weights"]["max_abs_logit_diff"] <= options["dynamic"]["max_abs_logit_diff"]
+    fp32_bytes = (onnx_dir / "model.onnx").stat().st_size
+    assert options["weights"]["bytes"] < 0.7 * fp32_bytes  # 0.57 on this tiny model: small tensors, graph overhead
+
+    def float_inits(option: str) -> set[str]:
+        graph = onnx.load(str(onnx_dir / "int8" / f"{option}.onnx")).graph
+        return {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2}
+
+    word = "model.backbone.embeddings.word_embeddings.0.weight"
+    assert word in float_inits("dynamic-fp32-embeddings+head") and word in float_inits("weights-fp32-embeddings")
+    assert word not in float_inits("dynamic") and word not in float_inits("weights")
+    assert {"model.head.weight", "model.head.weight_Transposed"} & float_inits("dynamic-fp32-embeddings+head")
+    assert not {"model.head.weight", "model.head.weight_Transposed"} & float_inits("dynamic")
+    assert np.isfinite(options["static"]["max_abs_logit_diff"])
+
+
+def test_choose_int8_is_first_option_above_the_bar_else_the_best():
+    from llmdistill.bert.stage import choose_int8
+
+    opts = {"a": {"val_agreement": 0.98}, "b": {"val_agreement": 0.996}, "c": {"val_agreement": 1.0}}
+    assert choose_int8(opts, 0.995) == "b"
+    assert choose_int8(opts, 0.999) == "c"
+    assert choose_int8({"a": {"val_agreement": 0.9}, "b": {"val_agreement": 0.97}, "c": {"val_agreement": 0.97}},
+                       0.99) == "b"
+    assert choose_int8({"a": {}, "b": {}}, 0.99) == "a"  # no data.val: the first
+
+
+def test_an_export_change_reexports_without_training(tiny_bert, tmp_path):
+    """Same training, other export settings: the saved student is exported again, the phases are not rerun;
+    any other change trains again."""
+    from llmdistill import store
+    from llmdistill.bert.stage import fingerprint, run
+
+    name = "bert-kd.yaml"
+    o = _overrides(name, tiny_bert, tmp_path)
+    first = run(load_bert_config(REPO / "configs" / name, o))
+    weights = (tmp_path / "bert-kd" / "student" / "model.safetensors").read_bytes()
+    cfg = load_bert_config(REPO / "configs" / name, [*o, "export.int8_options=[{mode: weights}]"])
+    again = run(cfg)
+    assert again["phases"] == first["phases"] and "reexported" in again
+    assert list(again["test"]["student_onnx_int8"]["options"]) == ["weights"]
+    assert again["test"]["student_onnx_int8"]["option"] == "weights"
+    assert not (cfg.run_dir / "onnx" / "int8" / "dynamic.onnx").exists()
+    assert (cfg.run_dir / "student" / "model.safetensors").read_bytes() == weights
+    assert store.read_success(cfg.run_dir)["fingerprint"] == fingerprint(cfg)
+    assert run(cfg) == again  # now finished as it is
+    retrained = run(load_bert_config(REPO / "configs" / name, [*o, "phases.0.lr=2e-3"]))
+    assert "reexported" not in retrained
+
+
+def test_train_rest_unlabelled_adds_the_remaining_training_rows(tiny_bert, tmp_path):
+    from llmdistill.bert.stage import run
+
+    name = "bert-kd.yaml"
+    o = _overrides(name, tiny_bert, tmp_path)
+    metrics = run(load_bert_config(REPO / "configs" / name, [*o, "data.max_train=40", "data.train_rest_unlabelled=true",
+                                                             "name=rest"]))
+    assert metrics["phases"][0]["rows"] == 40 + 48 + 24  # labelled, unlabelled file, the rest of data.train
+    with pytest.raises(ConfigError, match="train_rest_unlabelled needs max_train"):
+        load_bert_config(REPO / "configs" / name, [*o, "data.max_train=null", "data.train_rest_unlabelled=true"])
