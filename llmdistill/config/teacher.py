@@ -99,6 +99,10 @@ class APIOptions(Section):
     timeout_s: float = Field(
         60.0, gt=0, json_schema_extra=NOT_HASHED,
         description="per-request timeout (an attempt that takes longer is retried)")
+    connect_timeout_s: float = Field(
+        10.0, gt=0, json_schema_extra=NOT_HASHED,
+        description="seconds to wait for a connection (at most timeout_s); one not made in time is a connection "
+        "failure, counted toward max_connection_failures (a server that never accepts, as behind a firewall)")
     max_retries: int = Field(
         6, ge=0, json_schema_extra=NOT_HASHED,
         description="retries of one request on 429, 5xx, timeouts, malformed replies")
@@ -181,6 +185,10 @@ class APIOptions(Section):
     def urls(self) -> list[str]:
         """`base_url` as a list (the pool; one server is a pool of one)."""
         return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
+
+    def connect_timeout(self) -> float:
+        """`connect_timeout_s`, at most `timeout_s`."""
+        return min(self.connect_timeout_s, self.timeout_s)
 
     def connection_failure_limit(self) -> int:
         """`max_connection_failures`, or its default: every request of a full window failing every attempt."""

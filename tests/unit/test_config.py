@@ -332,7 +332,7 @@ def test_client_pacing_and_budget_do_not_change_the_fingerprint(tmp_path):
     paced = load_config(path, ["teacher.api.max_concurrency=64", "teacher.api.budget_usd=5", "teacher.api.timeout_s=5",
                                "teacher.api.max_retries=1", "teacher.api.requests_per_minute=100",
                                "teacher.api.tokens_per_minute=1000", "teacher.api.backoff_base_s=1",
-                               "teacher.api.backoff_max_s=2"])
+                               "teacher.api.backoff_max_s=2", "teacher.api.connect_timeout_s=2"])
     assert fingerprints(paced) == base
     assert fingerprints(load_config(path, ["teacher.api.served_model=other"]))["generate"] != base["generate"]
 
