@@ -29,7 +29,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from llmdistill import store
+from llmdistill import architecture, store
 from llmdistill.config import MODEL_ALIASES
 from llmdistill.errors import StorageError, UserError, describe_os_error, describe_template_error, os_error_reason
 from llmdistill.records import stable_hash
@@ -201,6 +201,21 @@ def writing(what: str, path: Path):
         raise StorageError(f"cannot write {what} {path}: {reason}") from e
 
 
+def model_config(path: str, revision: str | None = None) -> dict | None:
+    """The config.json of a resolved model source (`resolve_source`), checked by `architecture.read_config`
+    (one line naming the file and the field it finds broken): a local directory's, or a hub id's when the
+    local cache holds it; None when there is none to read yet (the loader fetches it and says what is wrong)."""
+    if Path(path).is_dir():
+        return architecture.read_config(path)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(path, architecture.CONFIG_FILE, revision=revision)
+    except Exception:  # noqa: BLE001 (not a valid hub id: the loader says so)
+        return None
+    return architecture.read_config(Path(cached).parent) if isinstance(cached, str) else None
+
+
 def _quiet_transformers() -> None:
     """No per-file progress bars when loading or saving weights: our logs say what is loaded."""
     from transformers.utils import logging as hf_logging
@@ -213,6 +228,7 @@ def load_tokenizer(source: str, revision: str | None = None, trust_remote_code: 
 
     _quiet_transformers()
     path = resolve_source(source)
+    model_config(path, revision)  # transformers reads it too, and a broken one is a traceback there
     try:
         tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -253,6 +269,7 @@ def load_causal_lm(source: str, dtype: str = "float32", device: str = "cpu", rev
 
     _quiet_transformers()
     path = resolve_source(source)
+    model_config(path, revision)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=getattr(torch, dtype), revision=revision, trust_remote_code=trust_remote_code,

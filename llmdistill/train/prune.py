@@ -21,21 +21,16 @@ from pathlib import Path
 
 import torch
 
-from llmdistill import models
+from llmdistill import architecture, models
 from llmdistill.errors import UserError
 
 log = logging.getLogger("llmdistill")
 
-LLAMA_FAMILY = ("llama", "mistral", "qwen2")  # the same module layout: q/k/v/o_proj, gate/up/down_proj, RMSNorm
 PRUNING_FILE = "pruning.json"
 
 
 def check_supported(model) -> None:
-    kind = getattr(model.config, "model_type", None)
-    if kind not in LLAMA_FAMILY:
-        raise UserError(f"train.student.prune: pruning supports Llama-family models ({', '.join(LLAMA_FAMILY)}); "
-                        f"{type(model).__name__} is {kind!r}. Use train.student.teacher_layers (a layer subset) "
-                        "or train.student.model instead")
+    architecture.check_prunable(getattr(model.config, "model_type", None), type(model).__name__)
 
 
 @torch.no_grad()
@@ -134,21 +129,6 @@ def select_layers(block_influence: list[float], keep: int, select: str) -> list[
     return sorted(order[:keep])
 
 
-def check_sizes(cfg, attention_heads: int | None, hidden_size: int | None) -> None:
-    """Query heads: a multiple of the key/value heads; the hidden size: a multiple of the query heads
-    (transformers requires it, even with head_dim set)."""
-    heads = attention_heads or cfg.num_attention_heads
-    hidden = hidden_size or cfg.hidden_size
-    kv = cfg.num_key_value_heads
-    if heads % kv:
-        raise UserError(f"train.student.prune.attention_heads: {heads} is not a multiple of the teacher's "
-                        f"{kv} key/value heads (grouped-query attention keeps whole groups' shares)")
-    if hidden % heads:
-        below, above = hidden - hidden % heads, hidden - hidden % heads + heads
-        raise UserError(f"train.student.prune: a hidden size of {hidden} is not a multiple of the {heads} query "
-                        f"heads kept (transformers requires it); use {below} or {above}, or another head count")
-
-
 def _top(scores: list[float], keep: int) -> list[int]:
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
     return sorted(order[:keep])
@@ -156,7 +136,7 @@ def _top(scores: list[float], keep: int) -> list[int]:
 
 def _heads_kept(scores: list[float], keep: int, kv_heads: int) -> list[int]:
     """The query heads kept: the same number in every key/value group, the most important of each group."""
-    per_group = len(scores) // kv_heads  # keep is a multiple of kv_heads (check_sizes)
+    per_group = len(scores) // kv_heads  # keep is a multiple of kv_heads (check_prune)
     kept = []
     for g in range(kv_heads):
         group = list(range(g * per_group, (g + 1) * per_group))
@@ -174,12 +154,7 @@ def prune(model, importance: dict, layers: int | None = None, select: str = "imp
     n = cfg.num_hidden_layers
     heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    sizes = (("intermediate_size", intermediate_size, cfg.intermediate_size),
-             ("attention_heads", attention_heads, heads), ("hidden_size", hidden_size, cfg.hidden_size))
-    for what, value, full in sizes:
-        if value is not None and not 1 <= value <= full:
-            raise UserError(f"train.student.prune.{what}: the teacher has {full}, cannot keep {value}")
-    check_sizes(cfg, attention_heads, hidden_size)
+    architecture.check_prune(cfg.to_dict(), layers, intermediate_size, attention_heads, hidden_size)
     kept_layers = select_layers(importance["block_influence"], layers or n, select)
     mlp_keep = {i: _top(importance["mlp"][i], intermediate_size or cfg.intermediate_size) for i in kept_layers}
     head_keep = {i: _heads_kept(importance["heads"][i], attention_heads or heads, kv) for i in kept_layers}
@@ -289,7 +264,8 @@ def write_pruned(cfg, target, sequences, cache_dir=None) -> dict:
     teacher = models.load_causal_lm(cfg.teacher.model, "float32", "cpu", cfg.teacher.revision,
                                     cfg.teacher.trust_remote_code)
     check_supported(teacher)
-    check_sizes(teacher.config, p.attention_heads, p.hidden_size)  # before the measuring, not after
+    architecture.check_prune(teacher.config.to_dict(), p.layers, p.intermediate_size, p.attention_heads,
+                             p.hidden_size)  # before the measuring, not after
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     key = records.stable_hash({"teacher": models.model_hash(cfg.teacher.model), "revision": cfg.teacher.revision,
                                "sequences": sequences})
