@@ -252,7 +252,11 @@ def plan(
 def prune(
     config: str | None = typer.Argument(None, help=CONFIG_HELP),
     overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
-    out: Path | None = typer.Option(None, "--out", help="student directory to write (default: <run>/pruned)"),
+    out: Path | None = typer.Option(None, "--out", help="student directory to write (default: <run>/pruned): a new "
+                                    "or empty directory, or an earlier pruned student (its pruning.json), replaced"),
+    force: bool = typer.Option(False, "--force", help="replace a non-empty --out that is not an earlier pruned "
+                               "student (never the teacher, a run's outputs, or a directory holding the run or "
+                               "config)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Prune the teacher into a student as train.student.prune says (depth by block influence, width by
@@ -262,8 +266,9 @@ def prune(
     from llmdistill.errors import UserError, describe_os_error
     from llmdistill.train.prune import prune_command
 
+    path = config if config is not None and Path(config).exists() else None
     try:
-        target, record = prune_command(cfg, out)
+        target, record = prune_command(cfg, out, force, path)
     except UserError as e:
         _fail(str(e), EXIT_BAD_INPUT)
     except OSError as e:

@@ -5,6 +5,7 @@ types, `ConfigError`, the NOT_HASHED marker and the checks that keep secrets out
 from __future__ import annotations
 
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -61,16 +62,32 @@ def file_problem(path: Path) -> str | None:
     return f"file not found: {path}"
 
 
+# A hub id: `name` or `owner/name`, each part letters, digits, '_', '-', '.' (starting and ending with a letter,
+# digit or '_'; no '--' or '..'; at most 96 characters), as the Hugging Face hub names repositories.
+_HUB_PART = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
+
+
+def is_hub_id(value: str) -> bool:
+    """Whether `value` is spelled as a hub id (it cannot be looked up offline)."""
+    parts = value.split("/")
+    return len(parts) <= 2 and not value.endswith(".git") and all(
+        _HUB_PART.fullmatch(p) and "--" not in p and ".." not in p for p in parts)
+
+
 def _model_source(value: str, info: ValidationInfo) -> str:
-    """An alias stays as is; an existing directory becomes absolute; ./x, ../x, /x or ~/x must exist;
-    anything else is taken as a hub id (it cannot be checked offline, and validate loads nothing)."""
+    """The one check of every model field: an alias stays as is; an existing directory becomes absolute;
+    ./x, ../x, /x or ~/x must exist; anything else must be spelled as a hub id (`name` or `owner/name`, whose
+    `owner` is not a local directory: then it is a path that is missing). A hub id cannot be checked offline,
+    and validate loads nothing."""
     if value in MODEL_ALIASES:
         return value
     path = _resolve_path(value, info)
     if path.is_dir():
         return str(path)
-    if value.startswith((".", "/", "~")):
+    if value.startswith((".", "/", "~")) or ("/" in value and path.parent.is_dir()):
         raise ValueError(f"model directory not found: {path}")
+    if not is_hub_id(value):
+        raise ValueError(f"{value} is neither an existing directory nor a hub id (owner/name)")
     return value
 
 

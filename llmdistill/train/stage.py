@@ -314,7 +314,7 @@ def _save_final(trainer, tokenizer, final_dir, lora: bool, pruned=None, state_di
         if pruned is not None:  # how the student was made, beside it (eval and the report show it)
             shutil.copy2(pruned, tmp / pruned.name)
 
-    models.save_dir(final_dir, "the trained student", write)
+    models.save_dir(final_dir, "the trained student", write, "trained-student")
 
 
 def _with_lora(student, lora):

@@ -356,3 +356,16 @@ def test_train_rest_unlabelled_adds_the_remaining_training_rows(tiny_bert, tmp_p
     assert metrics["phases"][0]["rows"] == 40 + 48 + 24  # labelled, unlabelled file, the rest of data.train
     with pytest.raises(ConfigError, match="train_rest_unlabelled needs max_train"):
         load_bert_config(REPO / "configs" / name, [*o, "data.max_train=null", "data.train_rest_unlabelled=true"])
+
+
+def test_a_run_directory_of_someone_elses_files_is_not_cleared(tiny_bert, tmp_path):
+    """output_dir/name chosen where files live already: one line, every file kept (issue 28, item 1)."""
+    from llmdistill.bert.stage import run
+    from llmdistill.errors import UserError
+
+    cfg = load_bert_config(REPO / "configs" / "bert-kd.yaml", _overrides("bert-kd.yaml", tiny_bert, tmp_path))
+    (cfg.run_dir / "notes").mkdir(parents=True)
+    (cfg.run_dir / "notes" / "a.txt").write_text("mine")
+    with pytest.raises(UserError, match="holds files llmdistill did not write"):
+        run(cfg)
+    assert (cfg.run_dir / "notes" / "a.txt").read_text() == "mine"
