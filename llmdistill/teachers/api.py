@@ -42,11 +42,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from llmdistill import models
+from llmdistill import credentials, models
 from llmdistill.config import TeacherConfig
 from llmdistill.errors import BudgetExceeded, UserError
 from llmdistill.records import stable_hash
@@ -430,7 +429,7 @@ class OpenAITeacher:
         return self.spent_before + self._usage()["cost_usd"]
 
     def _redact(self, text: str) -> str:
-        return text.replace(self.api_key, "[redacted]") if self.api_key else text
+        return credentials.redact(text.replace(self.api_key, credentials.REDACTED) if self.api_key else text)
 
     # ------------------------------------------------------------------------------------- mapping
     def _generation(self, outcome: _Outcome) -> Generation:
@@ -683,12 +682,8 @@ def _read_key(env_name: str | None) -> str | None:
 
 
 def _safe_url(url: str) -> str:
-    """The URL without any user:password part (never written anywhere with credentials)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    """The URL as logs and manifests show it (`credentials.safe_url`: no password, query or key)."""
+    return credentials.safe_url(url)
 
 
 def _chain(e: BaseException | None) -> list[BaseException]:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from llmdistill.config import APIOptions, TeacherConfig
+from llmdistill.credentials import safe_url
 from llmdistill.errors import UserError
 
 log = logging.getLogger("llmdistill")
@@ -95,14 +96,12 @@ def check_server(tcfg: TeacherConfig, tokenizer, max_seq_len: int, k: int) -> di
     for `max_seq_len` tokens. Returns what was checked (for the training manifest)."""
     import os
 
-    from llmdistill.teachers.api import _safe_url
-
     o = tcfg.api
     name = tcfg.request_model
     key = os.environ.get(o.api_key_env) if o.api_key_env else None
     local = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
     for url in o.urls():
-        where = _safe_url(url)
+        where = safe_url(url)
         try:
             models = _get(url.rstrip("/") + "/models", key, timeout=o.timeout_s)
             ids = {m.get("id"): m for m in models.get("data", [])}
@@ -126,6 +125,6 @@ def check_server(tcfg: TeacherConfig, tokenizer, max_seq_len: int, k: int) -> di
                             f"{tcfg.model!r} ({len(remote or [])} vs {len(local)} tokens): the server runs another "
                             "tokenizer, so its log-probs would not line up with the training tokens")
     log.info("train: served teacher %r at %s checked (tokenizer agrees, context fits); top-%d prompt log-probs",
-             name, ", ".join(_safe_url(u) for u in o.urls()), k)
-    return {"served_model": name, "base_url": [_safe_url(u) for u in o.urls()], "topk": k,
+             name, ", ".join(safe_url(u) for u in o.urls()), k)
+    return {"served_model": name, "base_url": [safe_url(u) for u in o.urls()], "topk": k,
             "logprobs_source": "served: vLLM prompt_logprobs"}

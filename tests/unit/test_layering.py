@@ -9,7 +9,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "llmdistill"
 STAGES = {"generate", "annotate", "filter", "train", "evaluate", "retrain", "bert"}
-SHARED = {"runner", "teachers", "prompts", "records", "store", "models", "config", "losses", "graders"}  # below
+SHARED = {"runner", "teachers", "prompts", "records", "store", "models", "config", "losses", "graders",
+          "credentials"}  # below
 RUNNER = "pipeline"
 MAY_IMPORT = {"retrain": {"pipeline", "report"}}  # retrain runs the pipeline and writes a report
 
