@@ -145,7 +145,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
 
     from llmdistill.train.prune import PRUNING_FILE
     from llmdistill.train.student import build_student
-    from llmdistill.train.trainer import LogAtCheckpoints, StopOnNonFinite, mean_train_loss
+    from llmdistill.train.trainer import LogAtCheckpoints, StopOnNonFinite, mean_train_loss, served_tokens
 
     t = cfg.train
     if mode == "seq_kd" and any(x.name != "ce" for x in terms):
@@ -252,6 +252,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
         "rollouts": trainer.rollouts.summary() if getattr(trainer, "rollouts", None) is not None else None,
         "cross_tokenizer": getattr(trainer, "cross_tokenizer", None),
         "served": getattr(trainer, "served", None),
+        "served_signal_checked_tokens": served_tokens(history) if getattr(trainer, "served", None) else None,
         "last_logged": term_logs[-1] if term_logs else None,
     }
     log.info("train: %s done: %d steps, loss %s, %.0f s -> %s", name, out["steps"], out["train_loss"], seconds,
@@ -354,10 +355,10 @@ def _eval_arguments(t, eval_examples) -> dict:
             "prediction_loss_only": True}
 
 
-def _served_teachers(cfg: Config, teachers: dict | None):
+def _served_teachers(cfg: Config, teachers: dict | None, vocab: int):
     """(a `RoutedScorer` over the teachers' servers, {teacher name: what check_server checked}): every server
     checked before step 1. The rows of a teacher without a server of its own (train.served_teachers) are
-    scored by the default teacher's (train.served)."""
+    scored by the default teacher's (train.served). vocab: the student's, the ids a served signal may hold."""
     from llmdistill.train.served import RoutedScorer, ServedScorer, check_server, served_teacher_config
 
     t = cfg.train
@@ -389,7 +390,7 @@ def _served_teachers(cfg: Config, teachers: dict | None):
         tcfg = tcfgs[name]
         checks[name] = check_server(served, models.load_tokenizer(tcfg.model, tcfg.revision, tcfg.trust_remote_code),
                                     t.max_seq_len, t.served_topk)
-        scorers[name] = ServedScorer(served, t.served_topk, cfg.run_dir / "cache")
+        scorers[name] = ServedScorer(served, t.served_topk, cfg.run_dir / "cache", vocab)
     if len(scorers) > 1:
         log.info("train: served teachers %s, each scoring the rows it wrote", ", ".join(scorers))
     return RoutedScorer(scorers), checks
@@ -408,7 +409,7 @@ def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, 
     live = needs_teacher and t.teacher_signal == "live"
     scorer = served_checks = None
     if needs_teacher and t.teacher_signal == "served":
-        scorer, served_checks = _served_teachers(cfg, teachers)
+        scorer, served_checks = _served_teachers(cfg, teachers, student.config.vocab_size)
     aligner = cross = None
     if needs_teacher and check.outcome == "cross_tokenizer":
         from llmdistill.train.cross_tokenizer import Aligner, shares
