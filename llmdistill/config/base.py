@@ -1,5 +1,5 @@
 """What every config section shares: the `Section` base (unknown keys are errors), path and model-source
-types, `ConfigError`, the NOT_HASHED marker and the checks that keep secrets out of a config.
+types, `ConfigError` and the NOT_HASHED marker (keys are kept out of a config by `llmdistill.credentials`).
 """
 
 from __future__ import annotations
@@ -155,48 +155,3 @@ def union_tags(union: Any) -> tuple[str, ...]:
 # are left out of the stage fingerprints, so changing one resumes the stage instead of redoing it (and adding one
 # keeps the fingerprints of existing runs).
 NOT_HASHED = {"fingerprint": False}
-# Prefixes of API keys and tokens as issued (OpenAI, Anthropic, Hugging Face, GitHub, GitLab, Slack, AWS, Google,
-# Stripe, Groq, xAI, Perplexity ...): a value starting with one is a pasted secret, not a variable name.
-KEY_PREFIXES = ("sk-", "sk_", "hf_", "ghp_", "gho_", "ghs_", "ghu_", "github_pat_", "glpat-", "xoxb-", "xoxp-",
-                "xapp-", "AKIA", "ASIA", "AIza", "rk_", "pk_live_", "pk_test_", "gsk_", "xai-", "pplx-", "nvapi-",
-                "r8_", "tgp_", "fw_")
-
-
-def _looks_like_key(value: str) -> bool:
-    """A pasted secret rather than an environment variable's name: a known key prefix, or a long run of
-    letters and digits mixed the way random tokens are (no vowel-rich words, high entropy)."""
-    import math
-    from collections import Counter
-
-    if value.startswith(KEY_PREFIXES):
-        return True
-    for part in value.split("_"):
-        if len(part) < 16 or not any(c.isdigit() for c in part) or not any(c.isalpha() for c in part):
-            continue
-        counts = Counter(part)
-        entropy = -sum(n / len(part) * math.log2(n / len(part)) for n in counts.values())
-        if entropy >= 3.0:  # 16+ characters drawn from a wide alphabet: a token, not a name like DEPLOY2_API_KEY
-            return True
-    return False
-
-
-def _no_credentials(url: str) -> str:
-    """Refuse a URL holding a password or a key (user:password@host, ?api_key=...), without echoing it:
-    the config is written to config.resolved.yaml, and the key belongs in the environment."""
-    from urllib.parse import parse_qsl, urlsplit
-
-    try:
-        parts = urlsplit(url)
-        userinfo = parts.username is not None or parts.password is not None
-    except ValueError:
-        raise ValueError("is not a valid URL") from None
-    if userinfo:
-        raise ValueError("must not hold credentials (user:password@host): the config is written to the run "
-                         "directory; give the key through the environment variable named by teacher.api.api_key_env")
-    secret = ("key", "token", "secret", "password", "passwd", "sig", "signature", "auth")
-    if any(any(word in name.lower() for word in secret) for name, _ in parse_qsl(parts.query, keep_blank_values=True)):
-        raise ValueError("must not hold a key or token in its query string: the config is written to the run "
-                         "directory; give the key through the environment variable named by teacher.api.api_key_env")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an http(s) URL with a host, e.g. http://127.0.0.1:8000/v1")
-    return url

@@ -47,11 +47,10 @@ import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from llmdistill import models
+from llmdistill import credentials, models
 from llmdistill.config import TeacherConfig
 from llmdistill.errors import BudgetExceeded, UserError
 from llmdistill.records import stable_hash
@@ -259,26 +258,29 @@ class OpenAITeacher(Teacher):
     def _budget_error(self) -> BudgetExceeded:
         return budget_exceeded(self.opts.budget_usd, self._spent())
 
-    def prompt_topk(self, sequences: list[list[int]], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    def prompt_topk(self, sequences: list[list[int]], k: int, check=None) -> list[tuple[np.ndarray, np.ndarray]]:
         """The teacher's top-k log-probs at every position of each token sequence, from a vLLM server's
         `prompt_logprobs` (/completions, the prompt as token ids, one token generated): per sequence
         ([L, k] ids, [L, k] log-probs), row i the distribution of token i given the tokens before it (row 0
-        empty). Sent like any request (pool, retries, cache); a sequence that fails every attempt raises."""
+        empty). Sent like any request (pool, retries, cache); a sequence that fails every attempt raises.
+        check: (ids, log-probs) -> what makes them unusable, or None; such a reply is malformed (retried,
+        never cached)."""
         jobs = [({"model": self.served_model, "prompt": list(map(int, seq)), "max_tokens": 1, "temperature": 0.0,
                   "prompt_logprobs": k}, len(seq)) for seq in sequences]
 
         with _fewer_gc_passes():
-            outcomes = self._loop.run_until_complete(self._batch(jobs, read=_Scored))
+            outcomes = self._loop.run_until_complete(self._batch(jobs, read=lambda text: _Scored(text, k, check)))
         out = []
         for (_, n), o in zip(jobs, outcomes):
             if o.reply is None:
                 raise UserError(f"served teacher {self._held.pool.names()}: scoring a sequence "
                                 f"of {n} tokens failed: {o.error}")
             try:
-                scored = o.parsed if o.parsed is not None else _Scored(o.reply)
+                scored = o.parsed if o.parsed is not None else _Scored(o.reply, k, check)
                 out.append(scored.arrays(k, n))
             except ac.MalformedReply as e:
-                raise UserError(f"served teacher: a reply for a sequence of {n} tokens is unusable: {e}") from None
+                raise UserError(f"served teacher {self._pool.names()}: a reply for a sequence of {n} tokens is "
+                                f"unusable: {e}") from None
         return out
 
     def _jobs(self, prompts: list[list[dict]], seed: int, positions: list[int] | None):
@@ -469,7 +471,7 @@ class OpenAITeacher(Teacher):
         return self.spent_before + self._usage()["cost_usd"]
 
     def _redact(self, text: str) -> str:
-        return text.replace(self.api_key, "[redacted]") if self.api_key else text
+        return credentials.redact(text.replace(self.api_key, credentials.REDACTED) if self.api_key else text)
 
     # ------------------------------------------------------------------------------------- mapping
     def _generation(self, outcome: _Outcome) -> Generation:
@@ -498,13 +500,20 @@ class OpenAITeacher(Teacher):
 
 
 class _Scored:
-    """A prompt_logprobs reply, decoded once; its arrays are read for the length that was sent."""
+    """A prompt_logprobs reply, decoded and read into top-k arrays once (MalformedReply, before it is cached,
+    when it cannot be, or when `check` finds them unusable); `arrays` checks the length that was sent."""
 
-    def __init__(self, body: bytes | str):
+    def __init__(self, body: bytes | str, k: int, check=None):
         self.rows, self.prompt_tokens, self.completion_tokens = ac.read_scored(body)
+        self._arrays = ac.read_prompt_logprobs(self.rows, k, len(self.rows))
+        problem = check(*self._arrays) if check is not None else None
+        if problem:
+            raise ac.MalformedReply(problem)
 
     def arrays(self, k: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-        return ac.read_prompt_logprobs(self.rows, k, length)
+        if len(self.rows) != length:
+            raise ac.MalformedReply(f"prompt_logprobs for {len(self.rows)} tokens, {length} were sent")
+        return self._arrays
 
 
 @contextlib.contextmanager
@@ -543,12 +552,8 @@ def _read_key(env_name: str | None) -> str | None:
 
 
 def _safe_url(url: str) -> str:
-    """The URL without any user:password part (never written anywhere with credentials)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    """The URL as logs and manifests show it (`credentials.safe_url`: no password, query or key)."""
+    return credentials.safe_url(url)
 
 
 def _vocab_size(tcfg: TeacherConfig, tokenizer) -> int:

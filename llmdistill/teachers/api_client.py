@@ -415,9 +415,13 @@ def read_prompt_logprobs(rows: list, k: int, length: int) -> tuple[np.ndarray, n
                 continue
             best = sorted(((-math.inf if v.logprob is None else v.logprob, int(t)) for t, v in row.items()),
                           reverse=True)[:k]
+            bad = next((t for _, t in best if not 0 <= t < UNMAPPED_ID), None)
+            if bad is not None:  # would not fit the int32 id arrays (and no vocabulary is that large)
+                raise MalformedReply(f"prompt_logprobs at position {i}: token id {bad} is not a valid id "
+                                     f"(0 <= id < 2**31 - 1)")
             ids[i, : len(best)] = [t for _, t in best]
             lps[i, : len(best)] = [lp for lp, _ in best]
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
         raise MalformedReply(f"bad prompt_logprobs entry ({type(e).__name__}: {e})") from None
-    lps[~np.isfinite(lps)] = -np.inf
+    lps[np.isnan(lps)] = -np.inf  # no mass; +inf stays, for the served signal's check to refuse
     return ids, lps

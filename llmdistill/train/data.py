@@ -155,6 +155,8 @@ class Collator:
                                                                              dtype=np.float32))
                 if kinds is not None:
                     kinds[b, o + p - 1 : o + n - 1] = torch.as_tensor(np.asarray(r["xt_kind"][:m], dtype=np.int8))
+        if served:  # every served row passed the scorer's signal check (served.signal_problem)
+            batch["served_checked_tokens"] = torch.tensor(sum(len(r["input_ids"]) - r["prompt_len"] for r in rows))
         return batch
 
 

@@ -145,7 +145,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
 
     from llmdistill.train.prune import PRUNING_FILE
     from llmdistill.train.student import build_student
-    from llmdistill.train.trainer import LogAtCheckpoints, StopOnNonFinite, mean_train_loss
+    from llmdistill.train.trainer import LogAtCheckpoints, StopOnNonFinite, mean_train_loss, served_tokens
 
     t = cfg.train
     if mode == "seq_kd" and any(x.name != "ce" for x in terms):
@@ -195,7 +195,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
                         "whole weights at the end); launch LoRA runs with DDP (configs/accelerate/ddp.yaml)")
     trainer.add_callback(LogAtCheckpoints())
     trainer.add_callback(StopOnNonFinite())
-    last = last_complete_checkpoint(ckpt_dir)
+    last = resume_point(ckpt_dir, name)
     log.info("train: %s with %s on %d samples", name, description, len(trainer.train_dataset))
     started = time.monotonic()
     state = store.read_json(os.path.join(last, "trainer_state.json")) if last else None
@@ -252,6 +252,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
         "rollouts": trainer.rollouts.summary() if getattr(trainer, "rollouts", None) is not None else None,
         "cross_tokenizer": getattr(trainer, "cross_tokenizer", None),
         "served": getattr(trainer, "served", None),
+        "served_signal_checked_tokens": served_tokens(history) if getattr(trainer, "served", None) else None,
         "last_logged": term_logs[-1] if term_logs else None,
     }
     log.info("train: %s done: %d steps, loss %s, %.0f s -> %s", name, out["steps"], out["train_loss"], seconds,
@@ -271,6 +272,47 @@ def last_complete_checkpoint(ckpt_dir) -> str | None:
         log.warning("train: removing the incomplete checkpoint %s (its save was interrupted)", last)
         shutil.rmtree(last)
     return None
+
+
+def resume_point(ckpt_dir, name: str) -> str | None:
+    """The newest checkpoint that is complete and intact (`checkpoints.damage`: every file resuming loads reads,
+    and nothing in them would run), or None. Damaged ones newer than an intact one are set aside as
+    damaged-checkpoint-N (kept for a look; Trainer's rotation and resume see only checkpoint-N) with a warning
+    naming each, and training resumes from the intact one; with none intact, one line says to delete them."""
+    from llmdistill.train.checkpoints import damage
+
+    last = last_complete_checkpoint(ckpt_dir)
+    problem = damage(last) if last is not None else None
+    if problem is None:
+        return last
+    damaged = [(last, problem)]
+    for earlier in _complete_before(ckpt_dir, last):
+        problem = damage(earlier)
+        if problem is None:
+            for path, why in damaged:
+                aside = os.path.join(os.path.dirname(path), "damaged-" + os.path.basename(path))
+                try:
+                    os.replace(path, aside)
+                except FileNotFoundError:  # another process of a multi-process run moved it first
+                    pass
+                log.warning("train: %s: the checkpoint %s is damaged (%s): set aside as %s (delete it when done)",
+                            name, path, why, aside)
+            log.warning("train: %s: resuming from the earlier checkpoint %s", name, earlier)
+            return earlier
+        damaged.append((earlier, problem))
+    paths = " ".join(path for path, _ in damaged)
+    raise UserError(f"train: {name}: the checkpoint {last} is damaged ({damaged[0][1]}) and no earlier checkpoint is "
+                    f"intact: delete {'it' if len(damaged) == 1 else 'them'} (rm -r {paths}) and rerun; {name} then "
+                    "trains from step 0")
+
+
+def _complete_before(ckpt_dir, last: str) -> list[str]:
+    """The complete checkpoints (a whole trainer_state.json) older than `last`, newest first."""
+    step = int(os.path.basename(last).rsplit("-", 1)[1])
+    found = [(int(p.name.rsplit("-", 1)[1]), str(p)) for p in ckpt_dir.glob("checkpoint-*")
+             if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()]
+    return [path for s, path in sorted(found, reverse=True)
+            if s < step and _readable_state(os.path.join(path, "trainer_state.json"))]
 
 
 def _close_progress_bars(trainer) -> None:
@@ -354,10 +396,10 @@ def _eval_arguments(t, eval_examples) -> dict:
             "prediction_loss_only": True}
 
 
-def _served_teachers(cfg: Config, teachers: dict | None):
+def _served_teachers(cfg: Config, teachers: dict | None, vocab: int):
     """(a `RoutedScorer` over the teachers' servers, {teacher name: what check_server checked}): every server
     checked before step 1. The rows of a teacher without a server of its own (train.served_teachers) are
-    scored by the default teacher's (train.served)."""
+    scored by the default teacher's (train.served). vocab: the student's, the ids a served signal may hold."""
     from llmdistill.train.served import RoutedScorer, ServedScorer, check_server, served_teacher_config
 
     t = cfg.train
@@ -389,7 +431,7 @@ def _served_teachers(cfg: Config, teachers: dict | None):
         tcfg = tcfgs[name]
         checks[name] = check_server(served, models.load_tokenizer(tcfg.model, tcfg.revision, tcfg.trust_remote_code),
                                     t.max_seq_len, t.served_topk)
-        scorers[name] = ServedScorer(served, t.served_topk, cfg.run_dir / "cache")
+        scorers[name] = ServedScorer(served, t.served_topk, cfg.run_dir / "cache", vocab)
     if len(scorers) > 1:
         log.info("train: served teachers %s, each scoring the rows it wrote", ", ".join(scorers))
     return RoutedScorer(scorers), checks
@@ -408,7 +450,7 @@ def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, 
     live = needs_teacher and t.teacher_signal == "live"
     scorer = served_checks = None
     if needs_teacher and t.teacher_signal == "served":
-        scorer, served_checks = _served_teachers(cfg, teachers)
+        scorer, served_checks = _served_teachers(cfg, teachers, student.config.vocab_size)
     aligner = cross = None
     if needs_teacher and check.outcome == "cross_tokenizer":
         from llmdistill.train.cross_tokenizer import Aligner, shares

@@ -430,11 +430,11 @@ def test_served_teachers_without_a_server_or_under_one_name_stop_before_any_requ
                          served_teachers={"big": {**server, "served_model": "y"}})
     cfg = load_config(write(tmp_path, data))
     with pytest.raises(UserError, match="holds samples of teacher\\(s\\) small, which have no server"):
-        _served_teachers(cfg, {"default": None, "big": None, "small": None})
+        _served_teachers(cfg, {"default": None, "big": None, "small": None}, 320)
     data["train"]["served_teachers"] = {"big": server}
     cfg = load_config(write(tmp_path, data))
     with pytest.raises(UserError, match="teachers default and big are both served as 'x'"):
-        _served_teachers(cfg, {"default": None, "big": None})
+        _served_teachers(cfg, {"default": None, "big": None}, 320)
 
 
 def test_packing_is_for_our_trainer_not_trls(tmp_path):
