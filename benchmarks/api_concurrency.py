@@ -92,7 +92,8 @@ def measure(tok: Path, port: int, server_pid: int, concurrency: int, requests: i
     # so the measured window is the steady state (opening hundreds of connections happens once per run)
     teacher.generate([[{"role": "user", "content": f"warm up {i}"}] for i in range(max(concurrency, processes))],
                      seed=0)
-    workers = list(teacher._workers.pool._processes) if teacher._workers is not None else []
+    held = teacher._held.workers  # the client processes, if any
+    workers = list(held.pool._processes) if held is not None else []
     prompts = [[{"role": "user", "content": f"benchmark prompt {i}: tell me about rivers"}] for i in range(requests)]
     cpu0, started, wcpu0, scpu0 = time.process_time(), time.perf_counter(), _cpu_s(workers), _cpu_s([server_pid])
     results = teacher.generate(prompts, seed=concurrency)

@@ -98,7 +98,8 @@ def build(cfg, prov, variant: str, steps: int, server=None, packing=False, check
         from llmdistill.train.served import ServedScorer, served_teacher_config
 
         scorer = ServedScorer(served_teacher_config(cfg.teacher.model, None, APIOptions(
-            base_url=server.base_url, served_model="teacher", api_key_env=None, cache=False)), 20, None)
+            base_url=server.base_url, served_model="teacher", api_key_env=None, cache=False)), 20, None,
+            student.config.vocab_size)
         args = TrainingArguments(**{**base, "dataloader_num_workers": 1,
                                     "dataloader_persistent_workers": True})  # as the train stage sets it
     return DistillTrainer(model=student, args=args, train_dataset=examples,

@@ -252,7 +252,11 @@ def plan(
 def prune(
     config: str | None = typer.Argument(None, help=CONFIG_HELP),
     overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
-    out: Path | None = typer.Option(None, "--out", help="student directory to write (default: <run>/pruned)"),
+    out: Path | None = typer.Option(None, "--out", help="student directory to write (default: <run>/pruned): a new "
+                                    "or empty directory, or an earlier pruned student (its pruning.json), replaced"),
+    force: bool = typer.Option(False, "--force", help="replace a non-empty --out that is not an earlier pruned "
+                               "student (never the teacher, a run's outputs, or a directory holding the run or "
+                               "config)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Prune the teacher into a student as train.student.prune says (depth by block influence, width by
@@ -262,8 +266,9 @@ def prune(
     from llmdistill.errors import UserError, describe_os_error
     from llmdistill.train.prune import prune_command
 
+    path = config if config is not None and Path(config).exists() else None
     try:
-        target, record = prune_command(cfg, out)
+        target, record = prune_command(cfg, out, force, path)
     except UserError as e:
         _fail(str(e), EXIT_BAD_INPUT)
     except OSError as e:
@@ -377,26 +382,48 @@ def distill_bert(
 @app.command(name="serve-bert")
 def serve_bert(
     run_dir: Path = typer.Argument(..., help="a finished distill-bert run directory"),
-    model: str = typer.Option("int8", "--model", help="int8 (ONNX int8), fp32 (ONNX) or torch"),
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8000, "--port"),
+    model: str | None = typer.Option(None, "--model", help="int8 (ONNX int8), fp32 (ONNX) or torch "
+                                     "(default int8)"),
+    host: str | None = typer.Option(None, "--host", help="address to listen on (default 127.0.0.1: this machine "
+                                    "only; 0.0.0.0: every interface)"),
+    port: int | None = typer.Option(None, "--port", help="TCP port (default 8000; 0: any free port)"),
+    timeout: float | None = typer.Option(None, "--timeout", help="seconds a request's headers, and then its body, "
+                                         "may take to arrive (default 10): then 408 and the connection closes"),
+    batching: bool | None = typer.Option(None, "--batching/--no-batching", help="one model call for requests that "
+                                         "arrive together (default on)"),
+    batch_wait_ms: float | None = typer.Option(None, "--batch-wait-ms", help="with --batching, how long a model "
+                                               "call waits for more requests (default 0: it takes those that "
+                                               "queued while the model was busy)"),
+    threads: int | None = typer.Option(None, "--threads", help="onnxruntime / torch threads per model call "
+                                       "(default 1)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log every request"),
 ) -> None:
-    """Serve a distilled classifier: POST /predict {"texts": [...]}, GET /health."""
-    _setup_logging(False)
-    from llmdistill.bert.serve import make_server, predictor_for_run
+    """Serve a distilled classifier: POST /predict {"texts": [...]}, GET /health (503 while the model loads).
+    Limits and guarantees: docs/bert.md and docs/robustness.md."""
+    _setup_logging(verbose)
+    logging.getLogger("uvicorn").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    from pydantic import ValidationError
+
+    from llmdistill.bert.serve import PredictionServer, ServeSettings, check_run
     from llmdistill.errors import UserError
 
-    if model not in ("int8", "fp32", "torch"):
-        _fail(f"--model takes int8, fp32 or torch, got {model}", EXIT_BAD_INPUT)
+    options = {"model": ("--model", model), "host": ("--host", host), "port": ("--port", port),
+               "timeout_s": ("--timeout", timeout), "batching": ("--batching", batching),
+               "batch_wait_ms": ("--batch-wait-ms", batch_wait_ms),
+               "threads": ("--threads", threads)}
     try:
-        server = make_server(predictor_for_run(run_dir, model), host, port)
+        settings = ServeSettings(**{k: v for k, (_, v) in options.items() if v is not None})
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        _fail(f"{options[err['loc'][0]][0]}: {err['msg']} (got {err['input']!r})", EXIT_BAD_INPUT)
+    try:
+        run = check_run(run_dir, settings.model)  # everything that can be checked before the port is bound
+        server = PredictionServer(lambda: run.load(settings.threads), settings, verbose)
+        server.bind()
+        typer.echo(f"serving {run_dir} on {server.url}/predict (GET /health: 503 until the model is loaded)")
+        server.run()
     except UserError as e:
         _fail(str(e), EXIT_BAD_INPUT)
-    typer.echo(f"serving {run_dir} on http://{host}:{server.server_address[1]}/predict")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        server.server_close()
 
 
 def main() -> None:

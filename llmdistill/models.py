@@ -29,7 +29,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from llmdistill import store
+from llmdistill import architecture, store
 from llmdistill.config import MODEL_ALIASES
 from llmdistill.errors import StorageError, UserError, describe_os_error, describe_template_error, os_error_reason
 from llmdistill.records import stable_hash
@@ -118,25 +118,91 @@ def _convert_gguf(gguf, target: Path, what: str) -> Path:
         plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg)).float()
         plain.load_state_dict(gguf_model.state_dict())
         save_dir(target, f"the converted {what}", lambda tmp: (plain.save_pretrained(str(tmp)),
-                                                               tok.save_pretrained(str(tmp))))
+                                                               tok.save_pretrained(str(tmp))), "converted-model")
     return target
 
 
-def save_dir(target: Path, what: str, write) -> None:
-    """Call `write(tmp)` to fill a directory beside `target` (a model, its tokenizer), give its files the
-    umask's mode, then swap it in with one rename. A failed write (disk full, ...) is a StorageError naming
-    `target`, the partial copy is removed and `target` is left as it was."""
+# In every directory `save_dir` swaps in: {"kind": ..., "what": ...}. It is what makes a directory the tool's own
+# output, which a later save of the same kind may replace; nothing without it is ever removed (unless forced).
+OWNER_FILE = ".llmdistill.json"
+
+
+def check_replaceable(target: Path, kind: str, records: tuple[str, ...] = (), force: bool = False,
+                      keep: dict | None = None, hint: str = "move it away or choose another directory") -> None:
+    """Refuse, with one UserError line, to let `save_dir` replace `target` unless llmdistill wrote it.
+
+    Replaced are: a missing or empty directory, and one that holds OWNER_FILE of the same `kind` (or, written
+    before that file existed, one of `records` and no `_SUCCESS`); with `force` any other directory too.
+    Never, even forced: a file or a symbolic link; anything inside or holding a completed stage output (a
+    `_SUCCESS` above it, below it, or in it without our mark); a path of `keep` ({path: what it is}: the
+    teacher, the run directory, the config file) or a directory that contains one."""
+    target = Path(os.path.abspath(target))
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise UserError(f"refusing to replace {target}: it is {'a symbolic link' if target.is_symlink() else 'a file'}"
+                        f", not a directory llmdistill wrote")
+    real = target.resolve()
+    for path, what in (keep or {}).items():
+        path = Path(path).resolve()
+        if real == path or real in path.parents:
+            raise UserError(f"refusing to replace {target}: it {'is' if real == path else 'contains'} {what} "
+                            f"({path})")
+    for above in real.parents:
+        if (above / store.SUCCESS).is_file():
+            raise UserError(f"refusing to write into {target}: it is inside {above}, a completed stage output")
+    if not target.exists() or not any(target.iterdir()):
+        return
+    mark = _owner(target)
+    if (mark or {}).get("kind") == kind or (mark is None and not (target / store.SUCCESS).exists()
+                                            and any((target / r).is_file() for r in records)):
+        return
+    if (target / store.SUCCESS).exists():
+        raise UserError(f"refusing to replace {target}: it is a completed stage output")
+    if force:
+        inside = next(target.rglob(store.SUCCESS), None)
+        if inside is not None:
+            raise UserError(f"refusing to replace {target}: it contains a completed stage output ({inside.parent})")
+        return
+    why = (f"it holds {mark.get('what') or mark.get('kind')}, not {kind}" if mark else
+           f"it is not empty and llmdistill did not write it (no {' or '.join([OWNER_FILE, *records])} in it)")
+    raise UserError(f"refusing to replace {target}: {why}; {hint}")
+
+
+def _partial_copy(tmp: Path) -> bool:
+    """Whether `tmp` is what a killed `save_dir` left: marked, or empty but for the mark's own temporary file."""
+    return _owner(tmp) is not None or all(p.name.startswith(f".{OWNER_FILE}.") for p in tmp.iterdir())
+
+
+def _owner(directory: Path) -> dict | None:
+    try:
+        mark = json.loads((directory / OWNER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return mark if isinstance(mark, dict) else None
+
+
+def save_dir(target: Path, what: str, write, kind: str, records: tuple[str, ...] = (), force: bool = False,
+             keep: dict | None = None) -> None:
+    """Call `write(tmp)` to fill a directory beside `target` (a model, its tokenizer), mark it as ours
+    (OWNER_FILE, with `kind`), give its files the umask's mode, then swap it in with one rename. `target` is
+    only replaced where `check_replaceable` allows (same arguments; callers check before their work too). A
+    failed write (disk full, ...) is a StorageError naming `target`, the partial copy is removed and `target`
+    is left as it was."""
     target = Path(target)
+    check_replaceable(target, kind, records, force, keep)
     tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp.is_symlink() or tmp.exists() and not (tmp.is_dir() and _partial_copy(tmp)):
+        raise UserError(f"refusing to remove {tmp}: llmdistill did not write it; move it away")
+    shutil.rmtree(tmp, ignore_errors=True)  # a partial copy of an earlier attempt (marked first, below)
     try:
         with writing(what, target):
+            tmp.mkdir(parents=True)
+            store.atomic_write_json(tmp / OWNER_FILE, {"kind": kind, "what": what})
             write(tmp)
             store.apply_file_mode(tmp)  # safetensors writes 0600 whatever the umask
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a partial copy only takes the space a rerun needs
         raise
-    shutil.rmtree(target, ignore_errors=True)
+    shutil.rmtree(target, ignore_errors=True)  # ours, or empty, or forced (checked above)
     os.replace(tmp, target)
 
 
@@ -201,6 +267,21 @@ def writing(what: str, path: Path):
         raise StorageError(f"cannot write {what} {path}: {reason}") from e
 
 
+def model_config(path: str, revision: str | None = None) -> dict | None:
+    """The config.json of a resolved model source (`resolve_source`), checked by `architecture.read_config`
+    (one line naming the file and the field it finds broken): a local directory's, or a hub id's when the
+    local cache holds it; None when there is none to read yet (the loader fetches it and says what is wrong)."""
+    if Path(path).is_dir():
+        return architecture.read_config(path)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(path, architecture.CONFIG_FILE, revision=revision)
+    except Exception:  # noqa: BLE001 (not a valid hub id: the loader says so)
+        return None
+    return architecture.read_config(Path(cached).parent) if isinstance(cached, str) else None
+
+
 def _quiet_transformers() -> None:
     """No per-file progress bars when loading or saving weights: our logs say what is loaded."""
     from transformers.utils import logging as hf_logging
@@ -213,6 +294,7 @@ def load_tokenizer(source: str, revision: str | None = None, trust_remote_code: 
 
     _quiet_transformers()
     path = resolve_source(source)
+    model_config(path, revision)  # transformers reads it too, and a broken one is a traceback there
     try:
         tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -253,6 +335,7 @@ def load_causal_lm(source: str, dtype: str = "float32", device: str = "cpu", rev
 
     _quiet_transformers()
     path = resolve_source(source)
+    model_config(path, revision)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=getattr(torch, dtype), revision=revision, trust_remote_code=trust_remote_code,

@@ -330,6 +330,10 @@ def _prepare(work_dir: Path, fingerprint: str, fresh: bool, upstream_output: str
     previous = started.read_text().split() if started.exists() else []
     resumable = previous[:1] == [fingerprint] and (len(previous) == 1 or previous[1:] == [upstream_output])
     if work_dir.exists() and (fresh or not resumable):
+        if not (started.exists() or (work_dir / store.SUCCESS).exists() or not any(work_dir.iterdir())):
+            raise UserError(f"{work_dir} is not empty and llmdistill did not write it (no {STARTED} or "
+                            f"{store.SUCCESS} in it): refusing to clear it; move it away or choose another "
+                            "output_dir or name")
         log.info("clearing %s (outputs of another configuration or input, or a forced rerun)", work_dir)
         shutil.rmtree(work_dir)
     elif store.clean_temporaries(work_dir):

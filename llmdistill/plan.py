@@ -17,6 +17,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from llmdistill import architecture
 from llmdistill.config.train import DIVERGENCE_NAMES, auto_chunk_tokens, effective_loss
 from llmdistill.errors import UserError
 
@@ -25,6 +26,9 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 FP32 = 4
+MAX_DEVICE_MEMORY = 2**50  # 1 PiB: larger is a typo (1e999GiB), not a device
+# the model types whose parameters and activations `Arch` counts (Llama's layout; Qwen2/3 and Gemma-3 by its flags)
+ARCH_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 
 
 def parse_size(text: str) -> int:
@@ -33,7 +37,10 @@ def parse_size(text: str) -> int:
     if m is None or m.group(2) not in _UNITS:
         raise UserError(f"--device-memory takes a size such as 80GiB, 40GB or 512MiB (units B, KiB, MiB, GiB, TiB, "
                         f"KB, MB, GB, TB), got {text!r}")
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
+    size = float(m.group(1)) * _UNITS[m.group(2)]
+    if not 1 <= size <= MAX_DEVICE_MEMORY:
+        raise UserError(f"--device-memory {text}: a device holds between 1 byte and 1 PiB, got {size:g} bytes")
+    return int(size)
 
 
 @dataclass(frozen=True)
@@ -57,9 +64,13 @@ class Arch:
     qk_norm: bool = False  # Qwen3, Gemma-3: RMSNorm over each head's queries and keys
 
     @classmethod
-    def of(cls, c) -> Arch:
-        """From a transformers config (its text part for a multimodal one)."""
+    def of(cls, c, what: str = "the model") -> Arch:
+        """From a transformers config (its text part for a multimodal one); `what` names it in the refusal of
+        an architecture this estimate does not know."""
         c = c.get_text_config() if hasattr(c, "get_text_config") else c
+        if getattr(c, "model_type", None) not in ARCH_TYPES:
+            raise UserError(f"plan: {what} is a {getattr(c, 'model_type', None)!r} model; the estimate knows decoders "
+                            f"laid out as Llama ({', '.join(ARCH_TYPES)})")
         heads = c.num_attention_heads
         kind = c.model_type
         bias = bool(getattr(c, "attention_bias", False))
@@ -251,6 +262,7 @@ def _hf_config(source: str, revision: str | None = None, trust_remote_code: bool
     from llmdistill import models
 
     path = models.resolve_source(source)
+    models.model_config(path, revision)  # sizes checked as every loader checks them: one line, not a traceback
     from transformers import AutoConfig
 
     try:
@@ -265,16 +277,18 @@ def student_arch(cfg) -> tuple[Arch, str]:
     """The student's architecture as the train stage will build it (train/student.py), without weights."""
     s, t = cfg.train.student, cfg.teacher
     if s.model is not None:
-        return Arch.of(_hf_config(s.model, None, t.trust_remote_code)), f"student.model {s.model}"
+        arch = Arch.of(_hf_config(s.model, None, t.trust_remote_code), "train.student.model")
+        return arch, f"student.model {s.model}"
     if s.prune is not None and (Path(cfg.run_dir) / "train" / "pruned" / "config.json").exists():
-        return Arch.of(_hf_config(str(Path(cfg.run_dir) / "train" / "pruned"))), "the run's pruned student"
-    teacher = Arch.of(_hf_config(t.model, t.revision, t.trust_remote_code))
+        pruned = Path(cfg.run_dir) / "train" / "pruned"
+        return Arch.of(_hf_config(str(pruned)), str(pruned)), "the run's pruned student"
+    config = _hf_config(t.model, t.revision, t.trust_remote_code)
+    teacher = Arch.of(config, "teacher.model")
     if s.teacher_layers is not None:
-        bad = [i for i in s.teacher_layers if i >= teacher.layers]
-        if bad:
-            raise UserError(f"train.student.teacher_layers: the teacher has layers 0..{teacher.layers - 1}, got {bad}")
+        architecture.check_teacher_layers(s.teacher_layers, teacher.layers)
         return replace(teacher, layers=len(s.teacher_layers)), f"{len(s.teacher_layers)} layers of {t.model}"
     p = s.prune
+    architecture.check_prune(config.to_dict(), p.layers, p.intermediate_size, p.attention_heads, p.hidden_size)
     arch = replace(teacher, layers=p.layers or teacher.layers, intermediate=p.intermediate_size or teacher.intermediate,
                    heads=p.attention_heads or teacher.heads, hidden=p.hidden_size or teacher.hidden)
     sizes = {k: v for k, v in (("layers", p.layers), ("intermediate_size", p.intermediate_size),
@@ -293,8 +307,10 @@ def plan(cfg, sharding: str = "none", processes: int = 1, device_memory: int | N
         raise UserError(f"--processes {processes}: needs at least 1, and --sharding ddp, fsdp or zero3 for more")
     arch, origin = student_arch(cfg)
     setup = Setup.of(cfg, sharding, processes)
-    teacher = (Arch.of(_hf_config(cfg.teacher.model, cfg.teacher.revision, cfg.teacher.trust_remote_code))
-               if setup.live_teacher else None)  # routed live teachers: the default one is counted
+    teacher = None  # routed live teachers: the default one is counted
+    if setup.live_teacher:
+        teacher = Arch.of(_hf_config(cfg.teacher.model, cfg.teacher.revision, cfg.teacher.trust_remote_code),
+                          "teacher.model")
     tbytes = _DTYPE_BYTES[cfg.teacher.dtype]
     est = estimate(arch, setup, teacher, tbytes)
     out = {"student": {"from": origin, **asdict(arch)}, "setup": asdict(setup), **est,

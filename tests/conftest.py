@@ -109,6 +109,35 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     return {"teacher": teacher, "other": other}
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` are skipped where no CUDA device is (torch is imported only when there are some)."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            for item in gpu:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
+@pytest.fixture()
+def server(tiny):
+    """A factory of fake OpenAI-compatible servers (tests/fakeopenai.py) over the tiny teacher's tokenizer, on
+    127.0.0.1; every one is stopped at teardown."""
+    from fakeopenai import FakeOpenAI
+
+    started = []
+
+    def make(**kwargs) -> FakeOpenAI:
+        srv = FakeOpenAI(tiny["teacher"], **kwargs).start()
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
+
+
 @pytest.fixture(scope="session")
 def tiny_vllm(tmp_path_factory) -> Path:
     """A tiny Llama that vLLM can run (head_dim 64: hidden 128, 2 heads), with weights drawn wide enough

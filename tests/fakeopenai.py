@@ -8,7 +8,9 @@ and a client can check that the token ids it maps back from token strings are th
 
 Faults for robustness tests, decided per (request content, how many times it was seen) from a seed, so
 they do not depend on arrival order: `429` (with Retry-After), `500`, `timeout` (the reply never comes
-until the client gives up), `garbage` (a 200 whose body is not JSON, or JSON without choices). Plus an
+until the client gives up), `garbage` (a 200 whose body is not JSON, or JSON without choices), and, only
+when named in `faults`, `unusable` (a complete reply, usage included, whose logprobs are malformed: billed
+but of no use). `srv.billed` lists the usage of every 200 reply (None where it has none). Plus an
 added latency per reply and an optional share of top-logprob tokens that exist in no vocabulary.
 `die_after=n`: after answering n requests the server goes away (closes its port and every connection, so
 requests in flight see the connection drop and new ones are refused), as a crashed server would.
@@ -36,7 +38,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-FAULT_KINDS = ("429", "500", "timeout", "garbage")
+FAULT_KINDS = ("429", "500", "timeout", "garbage")  # the default mix
+OTHER_FAULTS = ("unusable",)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -134,7 +137,8 @@ class FakeOpenAI:
         self.statuses: Counter = Counter()
         self.delivered: Counter = Counter()  # request key -> 200 replies written out in full (a dying server's
         # last replies may be counted in `statuses` and never reach the client)
-        self.contents: list[dict] = []  # one entry per request: {key, prompt, status}
+        self.contents: list[dict] = []  # one entry per request: {key, prompt, status, fault}
+        self.billed: list[dict | None] = []  # the usage of every 200 completion reply (never reset)
         self.in_flight = 0
         self.max_in_flight = 0
         self.auth_headers: Counter = Counter()
@@ -285,7 +289,9 @@ class FakeOpenAI:
         with self._lock:
             self.statuses[str(status)] += 1
             prompt = body.get("messages", body.get("prompt"))
-            self.contents.append({"key": key, "prompt": prompt, "status": status})
+            self.contents.append({"key": key, "prompt": prompt, "status": status, "fault": self._fault(key, attempt)})
+            if status == 200:
+                self.billed.append(_usage_of(payload))
         return status, payload, extra
 
     # ------------------------------------------------------------------------------------ batch API
@@ -353,8 +359,11 @@ class FakeOpenAI:
                      "response": {"status_code": status, "request_id": f"req_{n}", "body": parsed}, "error": None}
             with self._lock:
                 self.statuses[str(status)] += 1
+                self.contents.append({"key": key, "prompt": body.get("messages", body.get("prompt")),
+                                      "status": status, "fault": self._fault(key, attempt)})
                 if status == 200:
                     self.delivered[key] += 1
+                    self.billed.append(_usage_of(payload))
             (out if status == 200 else errors).append(entry)
             batch["request_counts"]["completed" if status == 200 else "failed"] += 1
         with self._lock:
@@ -383,6 +392,10 @@ class FakeOpenAI:
             return None, b"", {}
         if fault == "garbage":
             return 200, (b'{"choices": [' if attempt % 2 else b'{"object": "chat.completion"}'), {}
+        if fault == "unusable":  # the whole reply, usage and all, with a logprobs entry that is not one
+            reply = json.loads(self._made(path, body, key, 1, True, False, path.endswith("chat/completions")))
+            reply["choices"][0]["logprobs"] = {"content": [{"token": 5}], "tokens": 5}
+            return 200, json.dumps(reply).encode(), {}
         chat = path.endswith("chat/completions")
         if chat:
             want = bool(body.get("logprobs"))
@@ -440,6 +453,14 @@ class FakeOpenAI:
                      "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}],
                      "usage": usage}
         return json.dumps(reply).encode()
+
+
+def _usage_of(payload: bytes) -> dict | None:
+    try:
+        usage = json.loads(payload).get("usage")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return usage if isinstance(usage, dict) else None
 
 
 def _multipart(raw: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]:

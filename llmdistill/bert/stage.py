@@ -61,9 +61,12 @@ def run(cfg: BertDistillConfig, force: bool = False) -> dict:
             return store.read_json(out / "metrics.json")
         if not force and same_training(cfg, out):
             return _reexport(cfg, out, fp)
-        for child in out.iterdir():  # a fresh start; the lock file stays (it is what we hold)
-            if child != lock.path:
-                store.remove_path(child)
+        children = [child for child in out.iterdir() if child != lock.path]
+        if children and not (out / "config.resolved.yaml").exists() and store.read_success(out) is None:
+            raise UserError(f"{out} holds files llmdistill did not write (no config.resolved.yaml, which a run "
+                            "writes first): refusing to clear it; choose another output_dir or name")
+        for child in children:  # a fresh start; the lock file stays (it is what we hold)
+            store.remove_path(child)
         return _run(cfg, out, fp)
 
 

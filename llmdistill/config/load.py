@@ -13,6 +13,7 @@ from typing import Annotated, Any, Union
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from llmdistill import credentials
 from llmdistill.config.base import ConfigError, discriminator, file_problem, union_members, unwrap
 from llmdistill.config.bert import BertDistillConfig
 from llmdistill.config.root import Config
@@ -193,10 +194,36 @@ def validate_dict(
     data: dict, base_dir: Path | str = ".", source: str = "config", override_values: set[str] = frozenset()
 ) -> Config:
     """Validate a config mapping; relative input paths resolve against `base_dir`."""
+    return _validate(Config, data, {"base_dir": str(base_dir), "override_values": override_values}, source)
+
+
+def _validate(model: type[BaseModel], data: dict, context: dict, source: str):
+    """`model` validated from `data`, with no key left in any string of it (`credentials.find_keys` on the
+    validated config, or on `data` as written when it does not validate: every problem at once). Raises
+    ConfigError; no line shows a key."""
     try:
-        return Config.model_validate(data, context={"base_dir": str(base_dir), "override_values": override_values})
+        cfg = model.model_validate(data, context=context)
     except ValidationError as e:
-        raise ConfigError([format_error(err) for err in e.errors()], source) from None
+        errors = [format_error(err, model) for err in e.errors()]
+        located = [line.split(": ", 1)[0] for line in errors]
+        errors += [line for line in key_errors(data) if not _covered(line.split(": ", 1)[0], located)]
+        raise ConfigError(errors, source) from None
+    errors = key_errors(cfg.model_dump())
+    if errors:
+        raise ConfigError(errors, source)
+    return cfg
+
+
+def key_errors(data: Any) -> list[str]:
+    """One line per string of a config that holds a key: `teacher.api.base_url: looks like an API key in the URL
+    path (value not shown); put keys in the environment (api_key_env): ...`."""
+    return [f"{where}: {problem} (value not shown); {credentials.ADVICE}"
+            for where, problem in credentials.find_keys(data)]
+
+
+def _covered(where: str, located: list[str]) -> bool:
+    """Whether an error line names `where` already, or a key above or below it (one problem, one line)."""
+    return any(w == where or where.startswith(w + ".") or w.startswith(where + ".") for w in located)
 
 
 def default_config_path() -> Path:
@@ -205,8 +232,9 @@ def default_config_path() -> Path:
 
 
 def format_error(err: dict, root: Any = None) -> str:
-    """One line per problem: keys with unprintable characters are shown quoted, newlines escaped."""
-    return _format_error(err, root).replace("\r", "\\r").replace("\n", "\\n")
+    """One line per problem: keys with unprintable characters are shown quoted, newlines escaped, and any
+    key-like part of a value it quotes redacted."""
+    return credentials.redact(_format_error(err, root).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 def _format_error(err: dict, root: Any = None) -> str:
@@ -287,8 +315,5 @@ def load_bert_config(path: str | Path, overrides: list[str] | tuple[str, ...] = 
     """Read and validate a BERT distillation config; raises ConfigError listing every problem."""
     path = Path(path)
     data, override_values = read_yaml(path, overrides)
-    try:
-        return BertDistillConfig.model_validate(
-            data, context={"base_dir": str(path.resolve().parent), "override_values": override_values})
-    except ValidationError as e:
-        raise ConfigError([format_error(err, BertDistillConfig) for err in e.errors()], str(path)) from None
+    return _validate(BertDistillConfig, data, {"base_dir": str(path.resolve().parent),
+                                                "override_values": override_values}, str(path))

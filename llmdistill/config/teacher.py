@@ -6,15 +6,8 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from llmdistill.config.base import (
-    KEY_PREFIXES,
-    NOT_HASHED,
-    ModelSource,
-    Section,
-    _looks_like_key,
-    _no_credentials,
-    literal_values,
-)
+from llmdistill import credentials
+from llmdistill.config.base import NOT_HASHED, ModelSource, Section, literal_values
 
 
 class VLLMOptions(Section):
@@ -99,6 +92,10 @@ class APIOptions(Section):
     timeout_s: float = Field(
         60.0, gt=0, json_schema_extra=NOT_HASHED,
         description="per-request timeout (an attempt that takes longer is retried)")
+    connect_timeout_s: float = Field(
+        10.0, gt=0, json_schema_extra=NOT_HASHED,
+        description="seconds to wait for a connection (at most timeout_s); one not made in time is a connection "
+        "failure, counted toward max_connection_failures (a server that never accepts, as behind a firewall)")
     max_retries: int = Field(
         6, ge=0, json_schema_extra=NOT_HASHED,
         description="retries of one request on 429, 5xx, timeouts, malformed replies")
@@ -135,11 +132,11 @@ class APIOptions(Section):
             if not v:
                 raise ValueError("an empty list: give at least one endpoint root")
             for url in v:
-                _no_credentials(url)
+                _endpoint_root(url)
             if len(set(v)) != len(v):
                 raise ValueError("lists a server twice")
         else:
-            _no_credentials(v)
+            _endpoint_root(v)
         return v
 
     @field_validator("api_key_env")
@@ -148,28 +145,10 @@ class APIOptions(Section):
         # the value is never echoed: someone may have pasted the key itself here
         if v is not None and not (v.replace("_", "a").isalnum() and v.isascii() and not v[0].isdigit()):
             raise ValueError("must be the NAME of an environment variable (letters, digits, _), not a key")
-        if v is not None and _looks_like_key(v):
+        if v is not None and credentials.looks_like_key(v, strict=True):
             raise ValueError("looks like an API key, not the NAME of an environment variable (value not shown): "
                              "export the key, e.g. OPENAI_API_KEY=..., and set api_key_env: OPENAI_API_KEY; "
                              "revoke the key if this config was shared")
-        return v
-
-    @field_validator("extra_body")
-    @classmethod
-    def _no_key_in_body(cls, v: dict[str, Any]) -> dict[str, Any]:
-        def strings(x):
-            if isinstance(x, dict):
-                for value in x.values():
-                    yield from strings(value)
-            elif isinstance(x, list):
-                for value in x:
-                    yield from strings(value)
-            elif isinstance(x, str):
-                yield x
-
-        if any(len(t) >= 20 and " " not in t and t.startswith(KEY_PREFIXES) for t in strings(v)):
-            raise ValueError("holds what looks like an API key (value not shown): the config is written to the run "
-                             "directory; give the key through the environment variable named by api_key_env")
         return v
 
     @model_validator(mode="after")
@@ -182,9 +161,29 @@ class APIOptions(Section):
         """`base_url` as a list (the pool; one server is a pool of one)."""
         return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
 
+    def connect_timeout(self) -> float:
+        """`connect_timeout_s`, at most `timeout_s`."""
+        return min(self.connect_timeout_s, self.timeout_s)
+
     def connection_failure_limit(self) -> int:
         """`max_connection_failures`, or its default: every request of a full window failing every attempt."""
         return self.max_connection_failures or self.max_concurrency * (self.max_retries + 1)
+
+
+def _endpoint_root(url: str) -> None:
+    """An http(s) URL with a host and no key in it (`credentials.url_problem`), or ValueError, not echoing it."""
+    from urllib.parse import urlsplit
+
+    problem = credentials.url_problem(url)
+    if problem:
+        raise ValueError(f"{problem} (value not shown); {credentials.ADVICE}")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise ValueError("is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError("must be an http(s) URL with a host, e.g. http://127.0.0.1:8000/v1")
 
 
 # local backends run the model here (or in a worker process) and can score given text (annotate needs one)

@@ -31,6 +31,7 @@ from llmdistill import faults, store
 from llmdistill.config import Config, TeacherConfig
 from llmdistill.errors import BudgetExceeded, LockedError, StorageError, UserError
 from llmdistill.runner import RunLock
+from llmdistill.teachers import teacher_class
 
 log = logging.getLogger("llmdistill")
 
@@ -49,7 +50,7 @@ def run(cfg: Config, fingerprint: str, run_shard: Callable[..., dict]) -> None:
     ray = _import_ray()
     teachers = [cfg.teacher, *cfg.teachers.values()]
     for t in teachers:
-        if t.backend != "openai" and t.device not in ("auto", "cuda", "cpu"):
+        if teacher_class(t.backend).gpus(t, gpus_available=True) and t.device not in ("auto", "cuda"):
             raise UserError(f"teacher.device {t.device}: on Ray a task's GPUs are Ray's to choose; set "
                             "teacher.device: cuda (or auto)")
     joined = _connect(ray, cfg.generate.ray_address)
@@ -71,16 +72,9 @@ def run(cfg: Config, fingerprint: str, run_shard: Callable[..., dict]) -> None:
 
 def task_resources(teachers: list[TeacherConfig], cluster_gpus: float) -> dict[str, float]:
     """What one task reserves: one CPU, and the GPUs of the hungriest teacher it may load (they load one at a
-    time): none for openai or device cpu; for hf and vllm on cuda (auto: when the cluster has GPUs) 1, or
-    vLLM's tensor x pipeline parallel size, which reach the engine unchanged."""
-    def gpus(t: TeacherConfig) -> float:
-        if t.backend == "openai" or t.device == "cpu" or (t.device == "auto" and not cluster_gpus):
-            return 0
-        if t.backend == "vllm":
-            return t.vllm.tensor_parallel_size * int(t.vllm.engine_args.get("pipeline_parallel_size", 1))
-        return 1
-
-    return {"num_cpus": 1, "num_gpus": max(map(gpus, teachers))}
+    time), as each teacher's backend says (`Teacher.gpus`: none for an API or device cpu, one model's worth on
+    cuda, and device auto when the cluster has GPUs)."""
+    return {"num_cpus": 1, "num_gpus": max(teacher_class(t.backend).gpus(t, bool(cluster_gpus)) for t in teachers)}
 
 
 def default_shards(resources: dict[str, float], cluster: dict[str, float]) -> int:

@@ -251,41 +251,41 @@ def generate_batches(cfg: Config, ctx: StageContext, batches: list[list[Item]], 
     initial = total - sum(len(batches[j]) for j in todo)
     with tqdm(total=total, initial=initial, desc="generate", unit="sample") as bar:
         for name in teachers:
-            teacher = build_teacher(cfg.teacher_config(name), Sampling.from_generate(g),  # one at a time
-                                    cache_dir=cfg.run_dir / "cache")
-            store.atomic_write_json(out_dir / TEACHERS_DIR / f"{name}.json", teacher.provenance())
-            if hasattr(teacher, "prefetch"):  # e.g. a provider batch API: all this teacher will be asked, at once
+            with build_teacher(cfg.teacher_config(name), Sampling.from_generate(g),  # one at a time, closed on
+                               cache_dir=cfg.run_dir / "cache") as teacher:  # every path
+                store.atomic_write_json(out_dir / TEACHERS_DIR / f"{name}.json", teacher.provenance())
+                # e.g. a provider batch API: all this teacher will be asked, at once (a no-op for most backends)
                 teacher.prefetch(_work(cfg, batches, [j for j in todo if batches[j][0].teacher == name],
                                        {p: r for p, r in retry.items() if batches[r[0][0]][0].teacher == name}))
-            for path, rows in retry.items():
-                if batches[rows[0][0]][0].teacher == name:
-                    if retry_shard(cfg, teacher, writer, path, batches, rows):
-                        ctx.changed = True
-            pending: list[records.Sample] = []
-            first = last = -1
-            for j in (j for j in todo if batches[j][0].teacher == name):
-                if pending and (j != last + 1 or len(pending) >= g.shard_rows):
-                    writer.write(pending, index=first)  # a file holds consecutive batches only
-                    pending = []
-                if not pending:
-                    first = j
-                batch = batches[j]
-                try:
-                    results = _ask(teacher, name, batch, batch_seed(cfg, batch))
-                except (UserError, KeyboardInterrupt):
-                    if pending:  # whole batches only: commit them, so a rerun resumes after them
-                        writer.write(pending, index=first)
-                    raise
-                for it, res in zip(batch, results):
-                    pending.append(_to_sample(cfg, it, res))
-                    new_tokens += len(res.token_ids or ())
-                last = j
-                bar.update(len(batch))
-                bar.set_postfix(tok_s=f"{new_tokens / max(time.monotonic() - started, 1e-9):.0f}")
-            if pending:
-                writer.write(pending, index=first)
-            # again once done: some backends count what they saw (e.g. API tokens that did not map to ids)
-            store.atomic_write_json(out_dir / TEACHERS_DIR / f"{name}.json", teacher.provenance())
+                for path, rows in retry.items():
+                    if batches[rows[0][0]][0].teacher == name:
+                        if retry_shard(cfg, teacher, writer, path, batches, rows):
+                            ctx.changed = True
+                pending: list[records.Sample] = []
+                first = last = -1
+                for j in (j for j in todo if batches[j][0].teacher == name):
+                    if pending and (j != last + 1 or len(pending) >= g.shard_rows):
+                        writer.write(pending, index=first)  # a file holds consecutive batches only
+                        pending = []
+                    if not pending:
+                        first = j
+                    batch = batches[j]
+                    try:
+                        results = _ask(teacher, name, batch, batch_seed(cfg, batch))
+                    except (UserError, KeyboardInterrupt):
+                        if pending:  # whole batches only: commit them, so a rerun resumes after them
+                            writer.write(pending, index=first)
+                        raise
+                    for it, res in zip(batch, results):
+                        pending.append(_to_sample(cfg, it, res))
+                        new_tokens += len(res.token_ids or ())
+                    last = j
+                    bar.update(len(batch))
+                    bar.set_postfix(tok_s=f"{new_tokens / max(time.monotonic() - started, 1e-9):.0f}")
+                if pending:
+                    writer.write(pending, index=first)
+                # again once done: some backends count what they saw (e.g. API tokens that did not map to ids)
+                store.atomic_write_json(out_dir / TEACHERS_DIR / f"{name}.json", teacher.provenance())
             del teacher
             gc.collect()
     return new_tokens

@@ -31,6 +31,7 @@ import msgspec
 from llmdistill import store
 from llmdistill.errors import BudgetExceeded, UserError
 from llmdistill.teachers import api_client as ac
+from llmdistill.teachers.api_cost import Meter, billed_tokens, cost_usd, worst_case_tokens
 
 log = logging.getLogger("llmdistill")
 
@@ -41,7 +42,7 @@ ENDED = ("completed", "failed", "expired", "cancelled")
 class BatchRunner:
     """Submits, polls and collects provider batches for one teacher, recording each step in the run dir."""
 
-    def __init__(self, client, cache_dir: Path, cache: ac.RequestCache, endpoint: str, price, meter: ac.Meter,
+    def __init__(self, client, cache_dir: Path, cache: ac.RequestCache, endpoint: str, price, meter: Meter,
                  poll_s: float, read: Callable[[bytes], ac.Reply], spent: Callable[[], float],
                  budget_usd: float | None, name: str, sleep: Callable[[float], None] = time.sleep):
         self.client, self.dir, self.cache = client, Path(cache_dir), cache
@@ -82,7 +83,7 @@ class BatchRunner:
                 for k in requests if self.cache.get(k) is None}
 
     def _submit(self, requests: dict[str, tuple[dict, int]], max_new_tokens: int, batches: list[dict]) -> None:
-        worst = sum(ac.cost_usd(p, max_new_tokens, self.price) for _, p in requests.values()) * self.price.batch
+        worst = sum(cost_usd(p, max_new_tokens, self.price) for _, p in requests.values()) * self.price.batch
         if self.budget_usd is not None and self.spent() + worst > self.budget_usd:
             raise BudgetExceeded(
                 f"teacher.api.budget_usd ${self.budget_usd:g}: a batch of {len(requests)} requests may cost up to "
@@ -141,12 +142,13 @@ class BatchRunner:
             self._save(batches)
             raise UserError(f"teacher api: batch {b['id']} failed ({errors or 'no reason given'}); nothing in it was "
                             "answered; a rerun submits a new batch")
-        keys = [msgspec.json.decode(line)["custom_id"] for line in (self.dir / b["input"]).read_bytes().splitlines()
-                if line.strip()]
+        sent = (self.dir / b["input"]).read_bytes().splitlines()
+        bodies = {x["custom_id"]: x["body"] for x in map(msgspec.json.decode, filter(bytes.strip, sent))}
+        keys = list(bodies)
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
                 content = self._call("download the batch results", lambda f=file_id: self.client.files.content(f))
-                self._collect(content.content, b["id"])
+                self._collect(content.content, b["id"], bodies)
         for k in keys:
             if self.cache.get(k) is None and k not in self.errors:
                 self.errors[k] = f"timeout: batch {b['id']} {batch.status} before answering this request"
@@ -154,8 +156,9 @@ class BatchRunner:
         b["status"], b["ended"] = f"collected ({batch.status})", time.time()
         self._save(batches)
 
-    def _collect(self, content: bytes, batch_id: str) -> None:
-        """Each result line into the request cache (a reply) or the errors (why not), at batch prices."""
+    def _collect(self, content: bytes, batch_id: str, bodies: dict[str, dict]) -> None:
+        """Each result line into the request cache (a reply) or the errors (why not), at batch prices. A reply
+        that is unusable is billed all the same: at its usage, else at the worst case of its request's body."""
         for line in content.splitlines():
             if not line.strip():
                 continue
@@ -168,17 +171,20 @@ class BatchRunner:
             status, body = response.get("status_code"), response.get("body")
             if status == 200 and isinstance(body, dict):
                 raw = msgspec.json.encode(body)
+                self.meter.requests += 1
                 try:
                     reply = self.read(raw)
                 except ac.MalformedReply as e:
                     self.errors[key] = f"malformed reply: {e} (batch {batch_id})"
+                    tokens = billed_tokens(raw)
+                    worst = tokens or worst_case_tokens(bodies.get(key) or {})
+                    cost = cost_usd(*worst, self.price) * self.price.batch
+                    self.meter.bill(tokens, cost, usable=False)
+                    self.cache.put_unusable(key, self.errors[key], tokens, cost)
                     continue
-                cost = ac.cost_usd(reply.prompt_tokens, reply.completion_tokens, self.price) * self.price.batch
+                cost = cost_usd(reply.prompt_tokens, reply.completion_tokens, self.price) * self.price.batch
                 self.cache.put(key, raw, reply.prompt_tokens, reply.completion_tokens, cost)
-                self.meter.requests += 1
-                self.meter.prompt_tokens += reply.prompt_tokens
-                self.meter.completion_tokens += reply.completion_tokens
-                self.meter.cost_usd += cost
+                self.meter.bill((reply.prompt_tokens, reply.completion_tokens), cost)
             else:
                 message = ((body or {}).get("error") or {}).get("message") if isinstance(body, dict) else None
                 message = message or (row.get("error") or {}).get("message") or "no reply"

@@ -1,5 +1,5 @@
-"""The pieces of the openai backend that do not talk HTTP: retry waits, rate limits, the request cache,
-cost accounting and reading replies. Small and pure where possible, so each is tested on its own.
+"""The pieces of the openai backend that do not talk HTTP: retry waits, rate limits, the request cache and
+reading replies (what is spent: api_cost.py). Small and pure where possible, so each is tested on its own.
 """
 
 from __future__ import annotations
@@ -83,11 +83,6 @@ class TokenBucket:
         self.tokens = min(self.capacity, self.tokens + amount)
 
 
-def cost_usd(prompt_tokens: int, completion_tokens: int, price) -> float:
-    """Dollars for one reply at `price` (USD per 1M prompt / completion tokens)."""
-    return (prompt_tokens * price.prompt + completion_tokens * price.completion) / 1e6
-
-
 def cache_key(endpoint: str, body: dict) -> str:
     """The request cache key: everything the server sees (path + body), nothing about where it runs.
 
@@ -98,7 +93,8 @@ def cache_key(endpoint: str, body: dict) -> str:
 
 class RequestCache:
     """Good replies by request content, in SQLite (one committed row per reply: a kill loses at most the
-    requests in flight). Failed requests are not stored, so any rerun sends them again."""
+    requests in flight). Failed requests are not stored, so any rerun sends them again; a reply that was billed
+    but unusable leaves a row in `unusable` (what it cost, and why), so the money spent is all here."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -108,6 +104,8 @@ class RequestCache:
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a committed row survives a killed process
         self.db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, reply TEXT NOT NULL, "
                         "prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL, created REAL)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS unusable (key TEXT NOT NULL, reason TEXT, prompt_tokens INTEGER, "
+                        "completion_tokens INTEGER, cost_usd REAL, created REAL)")
 
     def get(self, key: str) -> bytes | str | None:
         """The reply body stored for `key` as it came from the server (decode it with `decode_json`)."""
@@ -119,37 +117,21 @@ class RequestCache:
         self.db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?)",
                         (key, reply, prompt_tokens, completion_tokens, cost, time.time()))
 
+    def put_unusable(self, key: str, reason: str, tokens: tuple[int, int] | None, cost: float) -> None:
+        """Record a reply that was billed but cannot be used (`tokens`: its usage, None where unreadable)."""
+        p, c = tokens if tokens is not None else (None, None)
+        self.db.execute("INSERT INTO unusable VALUES (?, ?, ?, ?, ?, ?)", (key, reason[:300], p, c, cost, time.time()))
+
     def spent_usd(self) -> float:
-        return float(self.db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM replies").fetchone()[0])
+        """Every paid reply's cost: the good ones and the unusable ones."""
+        return float(self.db.execute("SELECT (SELECT COALESCE(SUM(cost_usd), 0) FROM replies) + "
+                                     "(SELECT COALESCE(SUM(cost_usd), 0) FROM unusable)").fetchone()[0])
 
     def __len__(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM replies").fetchone()[0])
 
     def close(self) -> None:
         self.db.close()
-
-
-@dataclass
-class Meter:
-    """What this process sent and spent (the manifest and the logs report it)."""
-
-    requests: int = 0  # distinct requests that needed the network
-    attempts: int = 0  # HTTP attempts, retries included
-    cache_hits: int = 0
-    retries: dict = field(default_factory=dict)  # reason -> count
-    failed: dict = field(default_factory=dict)  # final reason -> count
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-
-    def count(self, table: dict, reason: str) -> None:
-        table[reason] = table.get(reason, 0) + 1
-
-    def as_dict(self) -> dict:
-        return {"requests": self.requests, "attempts": self.attempts, "cache_hits": self.cache_hits,
-                "retries": dict(sorted(self.retries.items())), "failed": dict(sorted(self.failed.items())),
-                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "cost_usd": round(self.cost_usd, 6)}
 
 
 # ----------------------------------------------------------------------------------------- replies
@@ -433,9 +415,13 @@ def read_prompt_logprobs(rows: list, k: int, length: int) -> tuple[np.ndarray, n
                 continue
             best = sorted(((-math.inf if v.logprob is None else v.logprob, int(t)) for t, v in row.items()),
                           reverse=True)[:k]
+            bad = next((t for _, t in best if not 0 <= t < UNMAPPED_ID), None)
+            if bad is not None:  # would not fit the int32 id arrays (and no vocabulary is that large)
+                raise MalformedReply(f"prompt_logprobs at position {i}: token id {bad} is not a valid id "
+                                     f"(0 <= id < 2**31 - 1)")
             ids[i, : len(best)] = [t for _, t in best]
             lps[i, : len(best)] = [lp for lp, _ in best]
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
         raise MalformedReply(f"bad prompt_logprobs entry ({type(e).__name__}: {e})") from None
-    lps[~np.isfinite(lps)] = -np.inf
+    lps[np.isnan(lps)] = -np.inf  # no mass; +inf stays, for the served signal's check to refuse
     return ids, lps

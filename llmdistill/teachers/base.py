@@ -10,12 +10,12 @@ from their own settings).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 
 from llmdistill import models
-from llmdistill.config import GenerateConfig
+from llmdistill.config import GenerateConfig, TeacherConfig
 from llmdistill.errors import UserError
 
 
@@ -158,35 +158,62 @@ class Scored:
     prompt_tokens: int
 
 
-class Teacher(Protocol):
-    """What generate, evolve and the judge call. Built by `build_teacher(TeacherConfig, Sampling)`."""
+class Teacher:
+    """What generate, evolve and the judge call; every backend derives from it. Built by
+    `build_teacher(TeacherConfig, Sampling)` and used as a context manager (`with build_teacher(...) as t:`), which
+    closes it on every path.
+
+    A backend implements `generate` and `provenance`, and `close` when it holds anything. The optional hooks
+    below have defaults here, so a caller never asks whether a backend has them:
+      accepts_cache_dir  True: built as `Class(tcfg, sampling, cache_dir=run_dir/cache)` (the openai backend's
+                         request cache); False: `Class(tcfg, sampling)`
+      prefetch(work)     every request the stage will make, before the first `generate` (a provider batch API)
+      gpus(tcfg, ...)    GPUs one process running this teacher takes (the Ray executor reserves them per task)
+    """
 
     name: str
+    accepts_cache_dir: ClassVar[bool] = False
 
     def generate(self, prompts: list[list[dict]], seed: int, positions: list[int] | None = None) -> list[Generation]:
         """Complete each prompt (chat turns) once; `seed` makes the batch reproducible. `positions`: the prompts'
         places in the batch they were planned in (default 0, 1, ...), so a retry of part of a batch sends the very
         requests the whole batch would have. A prompt that cannot fit the context fails (Sampling.too_long)."""
-        ...
+        raise NotImplementedError
 
     def provenance(self) -> dict:
         """What the manifest must say about this teacher and its log-probs."""
-        ...
+        raise NotImplementedError
+
+    def prefetch(self, work: list[tuple[list[list[dict]], int, list[int] | None]]) -> None:
+        """Told up front every `generate` call to come ((prompts, seed, positions) each, in order), for a backend
+        that gains from seeing them all at once. Default: nothing."""
 
     def close(self) -> None:
-        """Release what the teacher holds (an engine process, a client, a cache); a no-op where nothing is."""
-        ...
+        """Release what the teacher holds (an engine process, HTTP sessions, a cache); a no-op where nothing is.
+        Called once the stage is done with it, whether it finished or failed."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @classmethod
+    def gpus(cls, tcfg: TeacherConfig, gpus_available: bool) -> int:
+        """GPUs a process running this teacher takes: one for a model on cuda (device auto: when there are
+        GPUs), none on cpu."""
+        return 0 if tcfg.device == "cpu" or (tcfg.device == "auto" and not gpus_available) else 1
 
 
-class LocalTeacher(Teacher, Protocol):
+class LocalTeacher(Teacher):
     """A teacher with its model at hand (backends hf and vllm): it also re-scores finished text (annotate)."""
 
     tokenizer: Any
 
     def score(self, prompts: list[list[dict]], completions: list[list[int]]) -> list[Scored]:
         """Teacher forcing: for every completion token, the distribution it is drawn from (raw log-probs)."""
-        ...
+        raise NotImplementedError
 
     def max_length(self) -> int:
         """Prompt + completion tokens `score` accepts."""
-        ...
+        raise NotImplementedError

@@ -7,10 +7,18 @@ import numpy as np
 from llmdistill import models
 from llmdistill.config import TeacherConfig
 from llmdistill.errors import UserError
-from llmdistill.teachers.base import ContextCheck, Generation, Sampling, Scored, model_context, too_long
+from llmdistill.teachers.base import (
+    ContextCheck,
+    Generation,
+    LocalTeacher,
+    Sampling,
+    Scored,
+    model_context,
+    too_long,
+)
 
 
-class HFTeacher:
+class HFTeacher(LocalTeacher):
     """transformers `generate` with left padding and the chat template; top-k log-probs per step.
 
     raw mode: a logits processor placed before the sampling warpers keeps log_softmax(logits).topk(k) of

@@ -36,7 +36,7 @@ import numpy as np
 from llmdistill import models
 from llmdistill.config import TeacherConfig, VLLMOptions
 from llmdistill.errors import UserError
-from llmdistill.teachers.base import ContextCheck, Generation, Sampling, Scored, too_long
+from llmdistill.teachers.base import ContextCheck, Generation, LocalTeacher, Sampling, Scored, too_long
 
 log = logging.getLogger("llmdistill")
 
@@ -227,8 +227,15 @@ def _unpack(result: dict, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return ids, lps, own
 
 
-class VLLMTeacher:
+class VLLMTeacher(LocalTeacher):
     """Teacher protocol over the vLLM engine (see the module docstring)."""
+
+    @classmethod
+    def gpus(cls, tcfg: TeacherConfig, gpus_available: bool) -> int:
+        """The engine's tensor x pipeline parallel size (they reach it unchanged) on a GPU, none on cpu."""
+        if not super().gpus(tcfg, gpus_available):
+            return 0
+        return tcfg.vllm.tensor_parallel_size * int(tcfg.vllm.engine_args.get("pipeline_parallel_size", 1))
 
     def __init__(self, tcfg: TeacherConfig, sampling: Sampling):
         self.name = tcfg.model

@@ -16,32 +16,40 @@ every weight is a slice of the teacher's. The importances are saved with the stu
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from pathlib import Path
 
-import torch
-
-from llmdistill import models
+from llmdistill import architecture, models
 from llmdistill.errors import UserError
 
 log = logging.getLogger("llmdistill")
 
-LLAMA_FAMILY = ("llama", "mistral", "qwen2")  # the same module layout: q/k/v/o_proj, gate/up/down_proj, RMSNorm
 PRUNING_FILE = "pruning.json"
+PRUNED_KIND = "pruned-student"  # save_dir's mark of a pruned student: what a later prune may replace
 
 
 def check_supported(model) -> None:
-    kind = getattr(model.config, "model_type", None)
-    if kind not in LLAMA_FAMILY:
-        raise UserError(f"train.student.prune: pruning supports Llama-family models ({', '.join(LLAMA_FAMILY)}); "
-                        f"{type(model).__name__} is {kind!r}. Use train.student.teacher_layers (a layer subset) "
-                        "or train.student.model instead")
+    architecture.check_prunable(getattr(model.config, "model_type", None), type(model).__name__)
 
 
-@torch.no_grad()
+def _no_grad(fn):
+    """torch.no_grad() around `fn`, with torch imported at the call (`prune` refuses a bad --out at once)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@_no_grad
 def measure_importance(model, sequences: list[list[int]], batch_size: int = 8, pad_id: int = 0) -> dict:
     """Block influence per layer and activation importance per MLP channel, query head and hidden channel,
     measured on `sequences` (token ids). Returns lists (JSON-ready) plus the token count."""
+    import torch
+
     check_supported(model)
     if not sequences:
         raise UserError("train.student.prune: no calibration text (the generate stage wrote no samples?)")
@@ -134,21 +142,6 @@ def select_layers(block_influence: list[float], keep: int, select: str) -> list[
     return sorted(order[:keep])
 
 
-def check_sizes(cfg, attention_heads: int | None, hidden_size: int | None) -> None:
-    """Query heads: a multiple of the key/value heads; the hidden size: a multiple of the query heads
-    (transformers requires it, even with head_dim set)."""
-    heads = attention_heads or cfg.num_attention_heads
-    hidden = hidden_size or cfg.hidden_size
-    kv = cfg.num_key_value_heads
-    if heads % kv:
-        raise UserError(f"train.student.prune.attention_heads: {heads} is not a multiple of the teacher's "
-                        f"{kv} key/value heads (grouped-query attention keeps whole groups' shares)")
-    if hidden % heads:
-        below, above = hidden - hidden % heads, hidden - hidden % heads + heads
-        raise UserError(f"train.student.prune: a hidden size of {hidden} is not a multiple of the {heads} query "
-                        f"heads kept (transformers requires it); use {below} or {above}, or another head count")
-
-
 def _top(scores: list[float], keep: int) -> list[int]:
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
     return sorted(order[:keep])
@@ -156,7 +149,7 @@ def _top(scores: list[float], keep: int) -> list[int]:
 
 def _heads_kept(scores: list[float], keep: int, kv_heads: int) -> list[int]:
     """The query heads kept: the same number in every key/value group, the most important of each group."""
-    per_group = len(scores) // kv_heads  # keep is a multiple of kv_heads (check_sizes)
+    per_group = len(scores) // kv_heads  # keep is a multiple of kv_heads (check_prune)
     kept = []
     for g in range(kv_heads):
         group = list(range(g * per_group, (g + 1) * per_group))
@@ -169,17 +162,14 @@ def prune(model, importance: dict, layers: int | None = None, select: str = "imp
           hidden_size: int | None = None):
     """(student, record): a smaller copy of `model` built from slices of its weights; `record` says what was
     kept and why (for pruning.json and the report). None keeps a dimension whole."""
+    import torch
+
     check_supported(model)
     cfg = model.config
     n = cfg.num_hidden_layers
     heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    sizes = (("intermediate_size", intermediate_size, cfg.intermediate_size),
-             ("attention_heads", attention_heads, heads), ("hidden_size", hidden_size, cfg.hidden_size))
-    for what, value, full in sizes:
-        if value is not None and not 1 <= value <= full:
-            raise UserError(f"train.student.prune.{what}: the teacher has {full}, cannot keep {value}")
-    check_sizes(cfg, attention_heads, hidden_size)
+    architecture.check_prune(cfg.to_dict(), layers, intermediate_size, attention_heads, hidden_size)
     kept_layers = select_layers(importance["block_influence"], layers or n, select)
     mlp_keep = {i: _top(importance["mlp"][i], intermediate_size or cfg.intermediate_size) for i in kept_layers}
     head_keep = {i: _heads_kept(importance["heads"][i], attention_heads or heads, kv) for i in kept_layers}
@@ -277,19 +267,22 @@ def calibration_sequences(p, tokenizer, dataset=None) -> list[list[int]]:
     return [s[: p.calibration_tokens] for s in seqs if s]
 
 
-def write_pruned(cfg, target, sequences, cache_dir=None) -> dict:
+def write_pruned(cfg, target, sequences, cache_dir=None, force: bool = False, keep: dict | None = None) -> dict:
     """Prune the configured teacher as `cfg.train.student.prune` says, measured on `sequences`, and write
     the student (model, tokenizer, pruning.json) to `target` in one swap. Returns the pruning record.
     `cache_dir`: the importances are kept there, keyed by the teacher and the calibration text, so another
-    student size (or a rerun) on the same text does not measure again."""
+    student size (or a rerun) on the same text does not measure again. `target` is replaced only if it is
+    an earlier pruned student, empty, or `force` (never a path of `keep`: `models.check_replaceable`)."""
     from llmdistill import records, store
 
     p = cfg.train.student.prune
+    models.check_replaceable(target, PRUNED_KIND, (PRUNING_FILE,), force, keep)  # before any work
     tokenizer = models.load_tokenizer(cfg.teacher.model, cfg.teacher.revision, cfg.teacher.trust_remote_code)
     teacher = models.load_causal_lm(cfg.teacher.model, "float32", "cpu", cfg.teacher.revision,
                                     cfg.teacher.trust_remote_code)
     check_supported(teacher)
-    check_sizes(teacher.config, p.attention_heads, p.hidden_size)  # before the measuring, not after
+    architecture.check_prune(teacher.config.to_dict(), p.layers, p.intermediate_size, p.attention_heads,
+                             p.hidden_size)  # before the measuring, not after
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     key = records.stable_hash({"teacher": models.model_hash(cfg.teacher.model), "revision": cfg.teacher.revision,
                                "sequences": sequences})
@@ -310,28 +303,60 @@ def write_pruned(cfg, target, sequences, cache_dir=None) -> dict:
         tokenizer.save_pretrained(str(tmp))
         store.atomic_write_json(tmp / PRUNING_FILE, record)
 
-    models.save_dir(target, "the pruned student", write)
+    models.save_dir(target, "the pruned student", write, PRUNED_KIND, (PRUNING_FILE,), force, keep)
     return record
 
 
-def prune_command(cfg, target=None) -> tuple[Path, dict]:
+def protected_paths(cfg, config_path=None) -> dict:
+    """{path: what it is} for what `prune --out` must never replace or contain, even with --force: every file
+    and directory the config names (the teacher and every other model directory, prompt files, the history
+    index, ...), the run directory, the config file, the working directory and llmdistill's model cache."""
+    from llmdistill.config import default_config_path
+
+    keep = {}
+
+    def named_in(data, where):
+        items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else None
+        if items is not None:
+            for key, value in items:
+                named_in(value, f"{where}.{key}" if where else str(key))
+        elif isinstance(data, str) and Path(data).is_absolute() and Path(data).exists():
+            keep[Path(data)] = where
+
+    named_in(cfg.model_dump(mode="json"), "")
+    keep[Path(cfg.run_dir)] = "the run directory"
+    keep[Path(config_path) if config_path is not None else default_config_path()] = "the config file"
+    keep[Path.cwd()] = "the working directory"
+    if models.cache_dir().is_dir():
+        keep[models.cache_dir()] = "llmdistill's model cache"
+    return keep
+
+
+def prune_command(cfg, target=None, force: bool = False, config_path=None) -> tuple[Path, dict]:
     """`llmdistill prune CONFIG`: write the pruned student to `target` (default <run>/pruned), measured on
-    train.student.prune.calibration or else on the run's filtered samples. Returns (directory, record)."""
+    train.student.prune.calibration or else on the run's filtered samples. Returns (directory, record).
+    `target` must be new, empty or an earlier pruned student (`force`: any directory but the protected ones,
+    `protected_paths`); that is checked first, before any work."""
     from llmdistill import store
-    from llmdistill.train.data import COLUMNS
 
     p = cfg.train.student.prune
     if p is None:
         raise UserError("prune: the config has no train.student.prune (set layers, intermediate_size, "
                         "attention_heads or hidden_size)")
+    target = Path(target) if target is not None else cfg.run_dir / "pruned"
+    keep = protected_paths(cfg, config_path)
+    models.check_replaceable(target, PRUNED_KIND, (PRUNING_FILE,), force, keep,
+                             hint="give a new or empty directory, or --force to replace it")
     dataset = None
     if not p.calibration:
+        from llmdistill.train.data import COLUMNS
+
         samples = cfg.run_dir / "filter"
         if store.read_success(samples) is None:
             raise UserError(f"prune: no calibration text: {samples} is not complete; run `llmdistill filter` "
                             "first, or set train.student.prune.calibration to a prompt file")
         dataset = store.load_dataset(samples, COLUMNS)
     tokenizer = models.load_tokenizer(cfg.teacher.model, cfg.teacher.revision, cfg.teacher.trust_remote_code)
-    target = Path(target) if target is not None else cfg.run_dir / "pruned"
-    record = write_pruned(cfg, target, calibration_sequences(p, tokenizer, dataset), cfg.run_dir / "cache")
+    record = write_pruned(cfg, target, calibration_sequences(p, tokenizer, dataset), cfg.run_dir / "cache", force,
+                          keep)
     return target, record

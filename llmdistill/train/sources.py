@@ -66,9 +66,10 @@ class Source:
     def describe(self) -> str:
         return f", {self.name} teacher signal" if self.name else ""
 
-    def metrics(self) -> dict:
-        """What the training metrics say about the teacher signal."""
-        return {"teacher_signal": self.name, "cross_tokenizer": None, "served": None}
+    def metrics(self, history: list[dict] | None = None) -> dict:
+        """What the training metrics say about the teacher signal (`history`: the trainer's log history)."""
+        return {"teacher_signal": self.name, "cross_tokenizer": None, "served": None,
+                "served_signal_checked_tokens": None}
 
 
 class StoredTopK(Source):
@@ -83,7 +84,7 @@ class StoredTopK(Source):
         self.capture_temperature, self.tail, self.uld_weight = capture_temperature, tail, uld_weight
 
     @classmethod
-    def build(cls, cfg, prov: dict, teachers: dict, tokenizer, on_policy: bool) -> StoredTopK:
+    def build(cls, cfg, prov: dict, teachers: dict, tokenizer, on_policy: bool, vocab: int) -> StoredTopK:
         return cls(float(prov["capture_temperature"]), cfg.train.tail, cfg.train.uld_weight)
 
     def _arrays(self, rows: list[dict], spans) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -137,7 +138,7 @@ class CrossTokenizer(StoredTopK):
         self.shares: dict | None = None
 
     @classmethod
-    def build(cls, cfg, prov, teachers, tokenizer, on_policy) -> CrossTokenizer:
+    def build(cls, cfg, prov, teachers, tokenizer, on_policy, vocab) -> CrossTokenizer:
         from llmdistill.train.cross_tokenizer import Aligner
 
         t = cfg.train
@@ -169,8 +170,8 @@ class CrossTokenizer(StoredTopK):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "aligner": None}  # the collate half reads the aligned rows, not the tokenizers
 
-    def metrics(self) -> dict:
-        return {**super().metrics(), "cross_tokenizer": self.shares}
+    def metrics(self, history: list[dict] | None = None) -> dict:
+        return {**super().metrics(history), "cross_tokenizer": self.shares}
 
 
 class Served(StoredTopK):
@@ -186,8 +187,8 @@ class Served(StoredTopK):
         self.scorer, self.checks = scorer, checks
 
     @classmethod
-    def build(cls, cfg, prov, teachers, tokenizer, on_policy) -> Served:
-        scorer, checks = served_teachers(cfg, teachers)
+    def build(cls, cfg, prov, teachers, tokenizer, on_policy, vocab) -> Served:
+        scorer, checks = served_teachers(cfg, teachers, vocab)
         return cls(scorer, cfg.train.tail, checks)
 
     def _arrays(self, rows, spans):
@@ -195,8 +196,14 @@ class Served(StoredTopK):
         served = self.scorer([r["input_ids"] for r in rows], [r.get("teacher") or "default" for r in rows])
         return [(ids[p:n].astype(np.int64), lps[p:n]) for (ids, lps), (_, _, p, n) in zip(served, spans)]
 
-    def metrics(self) -> dict:
-        return {**super().metrics(), "served": self.checks}
+    def collate(self, batch, rows, spans, row_teachers) -> None:
+        super().collate(batch, rows, spans, row_teachers)
+        # every served row passed the scorer's signal check (served.signal_problem): the trainer counts them
+        batch["served_checked_tokens"] = torch.tensor(sum(len(r["input_ids"]) - r["prompt_len"] for r in rows))
+
+    def metrics(self, history: list[dict] | None = None) -> dict:
+        checked = sum(entry.get("served_signal_checked_tokens", 0) for entry in history or [])
+        return {**super().metrics(history), "served": self.checks, "served_signal_checked_tokens": checked}
 
 
 class Live(Source):
@@ -210,7 +217,7 @@ class Live(Source):
         self.group_rows = index is not None
 
     @classmethod
-    def build(cls, cfg, prov, teachers, tokenizer, on_policy) -> Live:
+    def build(cls, cfg, prov, teachers, tokenizer, on_policy, vocab) -> Live:
         names = sorted(teachers or {"default": prov})
         missing = [n for n in names if n != "default" and n not in cfg.teachers]
         if missing:
@@ -262,8 +269,8 @@ def build(cfg, terms, check, prov: dict, teachers: dict | None, tokenizer, on_po
     if not needs_teacher(terms):
         return Source()
     if check.outcome == "cross_tokenizer":
-        return CrossTokenizer.build(cfg, prov, teachers, tokenizer, on_policy)
-    return SOURCES[cfg.train.teacher_signal].build(cfg, prov, teachers, tokenizer, on_policy)
+        return CrossTokenizer.build(cfg, prov, teachers, tokenizer, on_policy, check.student_vocab)
+    return SOURCES[cfg.train.teacher_signal].build(cfg, prov, teachers, tokenizer, on_policy, check.student_vocab)
 
 
 def from_parts(with_teacher: bool = True, scorer=None, teacher_model=None, teacher_index: dict | None = None,
@@ -281,10 +288,10 @@ def from_parts(with_teacher: bool = True, scorer=None, teacher_model=None, teach
     return StoredTopK(capture_temperature, tail, uld_weight)
 
 
-def served_teachers(cfg, teachers: dict | None):
+def served_teachers(cfg, teachers: dict | None, vocab: int):
     """(a `RoutedScorer` over the teachers' servers, {teacher name: what check_server checked}): every server
     checked before step 1. The rows of a teacher without a server of its own (train.served_teachers) are
-    scored by the default teacher's (train.served)."""
+    scored by the default teacher's (train.served). vocab: the student's, the ids a served signal may hold."""
     from llmdistill.train.served import RoutedScorer, ServedScorer, check_server, served_teacher_config
 
     t = cfg.train
@@ -316,7 +323,7 @@ def served_teachers(cfg, teachers: dict | None):
         tcfg = tcfgs[name]
         checks[name] = check_server(served, models.load_tokenizer(tcfg.model, tcfg.revision, tcfg.trust_remote_code),
                                     t.max_seq_len, t.served_topk)
-        scorers[name] = ServedScorer(served, t.served_topk, cfg.run_dir / "cache")
+        scorers[name] = ServedScorer(served, t.served_topk, cfg.run_dir / "cache", vocab)
     if len(scorers) > 1:
         log.info("train: served teachers %s, each scoring the rows it wrote", ", ".join(scorers))
     return RoutedScorer(scorers), checks

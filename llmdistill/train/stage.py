@@ -144,6 +144,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
     <train>/<name> and <train>/checkpoints/<name>): offline on-policy rounds train in phases (opd.py)."""
     import torch
 
+    from llmdistill.train import sources
     from llmdistill.train.prune import PRUNING_FILE
     from llmdistill.train.student import build_student
     from llmdistill.train.trainer import LogAtCheckpoints, StopOnNonFinite, mean_train_loss
@@ -187,8 +188,6 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
         trainer = build_on_policy_trainer(cfg, student, tokenizer, dataset, args)
         description = f"on-policy ({t.on_policy.trainer}, beta {t.on_policy.beta:g})"
     else:
-        from llmdistill.train import sources
-
         if mode == "on_policy":  # vLLM rollouts: the student samples until it ends its turn (its tokenizer's EOS)
             from llmdistill.teachers.vllm import _eos_ids
 
@@ -208,7 +207,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
                         "whole weights at the end); launch LoRA runs with DDP (configs/accelerate/ddp.yaml)")
     trainer.add_callback(LogAtCheckpoints())
     trainer.add_callback(StopOnNonFinite())
-    last = last_complete_checkpoint(ckpt_dir)
+    last = resume_point(ckpt_dir, name)
     log.info("train: %s with %s on %d samples", name, description, len(trainer.train_dataset))
     started = time.monotonic()
     state = store.read_json(os.path.join(last, "trainer_state.json")) if last else None
@@ -259,8 +258,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
         "lora": t.lora.model_dump() if t.lora is not None else None,
         "loss_terms": [x.model_dump() for x in terms] if source is not None else None,
         "preflight": check.outcome,
-        **(source.metrics() if source is not None else {"teacher_signal": None, "cross_tokenizer": None,
-                                                         "served": None}),
+        **(source or sources.Source()).metrics(history),
         "rollouts": rollouts.summary() if rollouts is not None else None,
         "last_logged": term_logs[-1] if term_logs else None,
     }
@@ -281,6 +279,47 @@ def last_complete_checkpoint(ckpt_dir) -> str | None:
         log.warning("train: removing the incomplete checkpoint %s (its save was interrupted)", last)
         shutil.rmtree(last)
     return None
+
+
+def resume_point(ckpt_dir, name: str) -> str | None:
+    """The newest checkpoint that is complete and intact (`checkpoints.damage`: every file resuming loads reads,
+    and nothing in them would run), or None. Damaged ones newer than an intact one are set aside as
+    damaged-checkpoint-N (kept for a look; Trainer's rotation and resume see only checkpoint-N) with a warning
+    naming each, and training resumes from the intact one; with none intact, one line says to delete them."""
+    from llmdistill.train.checkpoints import damage
+
+    last = last_complete_checkpoint(ckpt_dir)
+    problem = damage(last) if last is not None else None
+    if problem is None:
+        return last
+    damaged = [(last, problem)]
+    for earlier in _complete_before(ckpt_dir, last):
+        problem = damage(earlier)
+        if problem is None:
+            for path, why in damaged:
+                aside = os.path.join(os.path.dirname(path), "damaged-" + os.path.basename(path))
+                try:
+                    os.replace(path, aside)
+                except FileNotFoundError:  # another process of a multi-process run moved it first
+                    pass
+                log.warning("train: %s: the checkpoint %s is damaged (%s): set aside as %s (delete it when done)",
+                            name, path, why, aside)
+            log.warning("train: %s: resuming from the earlier checkpoint %s", name, earlier)
+            return earlier
+        damaged.append((earlier, problem))
+    paths = " ".join(path for path, _ in damaged)
+    raise UserError(f"train: {name}: the checkpoint {last} is damaged ({damaged[0][1]}) and no earlier checkpoint is "
+                    f"intact: delete {'it' if len(damaged) == 1 else 'them'} (rm -r {paths}) and rerun; {name} then "
+                    "trains from step 0")
+
+
+def _complete_before(ckpt_dir, last: str) -> list[str]:
+    """The complete checkpoints (a whole trainer_state.json) older than `last`, newest first."""
+    step = int(os.path.basename(last).rsplit("-", 1)[1])
+    found = [(int(p.name.rsplit("-", 1)[1]), str(p)) for p in ckpt_dir.glob("checkpoint-*")
+             if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()]
+    return [path for s, path in sorted(found, reverse=True)
+            if s < step and _readable_state(os.path.join(path, "trainer_state.json"))]
 
 
 def _close_progress_bars(trainer) -> None:
@@ -324,7 +363,7 @@ def _save_final(trainer, tokenizer, final_dir, lora: bool, pruned=None, state_di
         if pruned is not None:  # how the student was made, beside it (eval and the report show it)
             shutil.copy2(pruned, tmp / pruned.name)
 
-    models.save_dir(final_dir, "the trained student", write)
+    models.save_dir(final_dir, "the trained student", write, "trained-student")
 
 
 def _with_lora(student, lora):

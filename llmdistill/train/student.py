@@ -7,7 +7,7 @@ import copy
 import logging
 import re
 
-from llmdistill import models
+from llmdistill import architecture, models
 from llmdistill.config import Config
 from llmdistill.errors import UserError
 
@@ -33,9 +33,7 @@ def layer_subset(model, layers: list[int]):
     caches and `layer_types` are consistent) and the kept layers' weights are copied in order.
     """
     n = model.config.num_hidden_layers
-    bad = [i for i in layers if i >= n]
-    if bad:
-        raise UserError(f"train.student.teacher_layers: the teacher has layers 0..{n - 1}, got {bad}")
+    architecture.check_teacher_layers(layers, n)
     config = copy.deepcopy(model.config)
     config.num_hidden_layers = len(layers)
     if getattr(config, "layer_types", None):

@@ -48,6 +48,7 @@ class DistillTrainer(Trainer):
         self.source.to(self.args.device)
         # running per-term sums for the log, training and held-out apart: {'train' | 'eval': (sums, tokens)}
         self._term_sums: dict[str, tuple[dict[str, torch.Tensor], int]] = {}
+        self._served_checked = None  # training tokens whose served teacher rows were checked, since the last log
         self.add_callback(FaultPoints())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -80,6 +81,9 @@ class DistillTrainer(Trainer):
         for name, value in sums.items():
             running[name] = running.get(name, 0.0) + value.detach()
         self._term_sums[split] = (running, tokens + n_tokens)
+        checked = inputs.get("served_checked_tokens")
+        if checked is not None and model.training:
+            self._served_checked = checked if self._served_checked is None else self._served_checked + checked
         return (loss, {"hidden": hidden}) if return_outputs else loss
 
     def _save_optimizer_and_scheduler(self, output_dir):
@@ -122,7 +126,8 @@ class DistillTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add each term's token mean since the last log: `loss_<term>` beside the training loss,
         `eval_loss_<term>` beside the held-out one. `loss_ce` is always there (see `objective`): the one
-        quantity that compares students trained with different objectives."""
+        quantity that compares students trained with different objectives. A served teacher adds
+        `served_signal_checked_tokens`: the tokens since the last log whose served rows were checked."""
         for split, key, prefix in (("train", "loss", "loss_"), ("eval", "eval_loss", "eval_loss_")):
             running, tokens = self._term_sums.get(split, ({}, 0))
             if tokens and key in logs:
@@ -131,6 +136,9 @@ class DistillTrainer(Trainer):
                         logs[f"{prefix}{name}"] = round(float(value) / tokens, 5)
                 logs["tokens" if split == "train" else "eval_tokens"] = tokens
                 del self._term_sums[split]
+        if self._served_checked is not None and "loss" in logs:
+            logs["served_signal_checked_tokens"] = int(self._served_checked)
+            self._served_checked = None
         super().log(logs, start_time)
 
 

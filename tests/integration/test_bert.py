@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny_bert import build_teacher
 
 from llmdistill.bert import models as bmodels
 from llmdistill.config import ConfigError, load_bert_config
@@ -21,43 +21,11 @@ from llmdistill.errors import LockedError
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("bert-*.yaml"))
-SENTIMENT = REPO / "data" / "sentiment"
-
-
-def _head(src: Path, dst: Path, n: int) -> Path:
-    dst.write_text("".join(src.read_text(encoding="utf-8").splitlines(keepends=True)[:n]), encoding="utf-8")
-    return dst
 
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> dict:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import BertConfig, BertForMaskedLM, BertModel, BertTokenizerFast
-
-    root = tmp_path_factory.mktemp("bert")
-    texts = [json.loads(line)["text"] for line in (SENTIMENT / "train.jsonl").read_text().splitlines()[:600]]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(
-        vocab_size=400, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
-    teacher_dir = root / "teacher"
-    teacher_dir.mkdir()
-    tok.save(str(root / "tokenizer.json"))
-    fast = BertTokenizerFast(tokenizer_file=str(root / "tokenizer.json"))
-    fast.save_pretrained(str(teacher_dir))
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(fast), hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                        intermediate_size=128, max_position_embeddings=128, pad_token_id=fast.pad_token_id)
-    BertForMaskedLM(config).save_pretrained(str(teacher_dir))
-    encoder_dir = root / "encoder"  # no MLM head, like the sentence-embedding encoders
-    fast.save_pretrained(str(encoder_dir))
-    BertModel(config, add_pooling_layer=False).save_pretrained(str(encoder_dir))
-    data = root / "data"
-    data.mkdir()
-    files = {"train": 64, "val": 32, "test": 64, "unlabelled": 48}
-    paths = {k: _head(SENTIMENT / f"{k}.jsonl", data / f"{k}.jsonl", n) for k, n in files.items()}
-    return {"root": root, "teacher": teacher_dir, "encoder": encoder_dir, **paths}
+    return build_teacher(tmp_path_factory.mktemp("bert"))
 
 
 def _overrides(name: str, fx: dict, out: Path) -> list[str]:
@@ -267,7 +235,7 @@ def test_int8_onnx_agrees_with_torch_and_serves(tiny_bert, tmp_path):
 
     from llmdistill.bert import data as bdata
     from llmdistill.bert import export as bexport
-    from llmdistill.bert.serve import make_server, predictor_for_run
+    from llmdistill.bert.serve import ServeSettings, predictor_for_run, serving
     from llmdistill.bert.stage import run
 
     name = "bert-kd.yaml"
@@ -290,11 +258,8 @@ def test_int8_onnx_agrees_with_torch_and_serves(tiny_bert, tmp_path):
     clear = (top2[:, 1] - top2[:, 0]) > 2 * change  # no change of at most `change` per logit can flip these
     assert (quant.argmax(-1) == ref.argmax(-1))[clear].all()
     assert int8["agreement_with_student"] >= clear.mean() - 1e-9
-    server = make_server(predictor_for_run(run_dir, "int8"), "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+    with serving(lambda: predictor_for_run(run_dir, "int8"), ServeSettings(port=0)) as server:
+        url = server.url
         texts = [json.loads(line)["text"] for line in Path(tiny_bert["test"]).read_text().splitlines()[:5]]
         req = urllib.request.Request(url + "/predict", json.dumps({"texts": texts}).encode(),
                                      {"Content-Type": "application/json"})
@@ -308,9 +273,6 @@ def test_int8_onnx_agrees_with_torch_and_serves(tiny_bert, tmp_path):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(urllib.request.Request(url + "/predict", b'{"texts": 3}'), timeout=30)
         assert e.value.code == 400
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_int8_options_are_measured_and_chosen_on_validation(tiny_bert, tmp_path):
@@ -394,3 +356,16 @@ def test_train_rest_unlabelled_adds_the_remaining_training_rows(tiny_bert, tmp_p
     assert metrics["phases"][0]["rows"] == 40 + 48 + 24  # labelled, unlabelled file, the rest of data.train
     with pytest.raises(ConfigError, match="train_rest_unlabelled needs max_train"):
         load_bert_config(REPO / "configs" / name, [*o, "data.max_train=null", "data.train_rest_unlabelled=true"])
+
+
+def test_a_run_directory_of_someone_elses_files_is_not_cleared(tiny_bert, tmp_path):
+    """output_dir/name chosen where files live already: one line, every file kept (issue 28, item 1)."""
+    from llmdistill.bert.stage import run
+    from llmdistill.errors import UserError
+
+    cfg = load_bert_config(REPO / "configs" / "bert-kd.yaml", _overrides("bert-kd.yaml", tiny_bert, tmp_path))
+    (cfg.run_dir / "notes").mkdir(parents=True)
+    (cfg.run_dir / "notes" / "a.txt").write_text("mine")
+    with pytest.raises(UserError, match="holds files llmdistill did not write"):
+        run(cfg)
+    assert (cfg.run_dir / "notes" / "a.txt").read_text() == "mine"

@@ -19,6 +19,8 @@ from conftest import PYTHON
 from llmdistill import store
 from llmdistill.config import load_config
 
+pytestmark = pytest.mark.ray
+
 
 @pytest.fixture()
 def ray_env():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 
+import pytest
 import yaml
 
 from conftest import PYTHON
@@ -43,3 +44,29 @@ def test_planted_keys_appear_in_no_file_and_no_log(tiny_config, tmp_path):
         assert not leaked, f"{key} found in {leaked}"
     resolved = (run_dir / "config.resolved.yaml").read_text()
     assert "${OPENAI_API_KEY} answer briefly" in resolved  # kept as written
+
+
+# ---- a key written into the config itself is refused before anything is written (issue 28, items 2-4)
+KEY = "sk-proj-" + "Qm7xT2vK9pL4wZ8rN3cF6hJ1sD5gB0yE"  # made up, shaped like an OpenAI project key
+IN_CONFIG = {
+    "teacher.api.base_url": {"base_url": f"http://127.0.0.1:9/{KEY}/v1"},  # a key as a path segment
+    "teacher.api.extra_body.authorization": {"extra_body": {"authorization": f"Bearer {KEY}"}},
+    "teacher.api.base_url ": {"base_url": f"http://127.0.0.1:9/v1?code={KEY}"},  # a key in the query string
+}
+
+
+@pytest.mark.parametrize("where", IN_CONFIG)
+def test_a_key_in_the_config_is_refused_and_written_nowhere(tiny_config, tmp_path, where):
+    path, data = tiny_config
+    data["teacher"].update(backend="openai", api={"base_url": "http://127.0.0.1:9/v1", "api_key_env": None,
+                                                  "max_retries": 0, "max_connection_failures": 1,
+                                                  **IN_CONFIG[where]})
+    path.write_text(yaml.safe_dump(data))
+    for command in (["validate", str(path)], ["generate", str(path), "-v"]):
+        res = subprocess.run([PYTHON, "-m", "llmdistill.cli", *command], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 2, (command, res.returncode, res.stderr[-2000:])
+        assert f"{where.strip()}: " in res.stderr and "put keys in the environment (api_key_env)" in res.stderr
+        assert "Traceback" not in res.stderr and KEY not in res.stdout + res.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p != path]
+    assert not [p for p in written if KEY.encode() in p.read_bytes()]
+    assert not list(tmp_path.rglob("config.resolved.yaml"))  # refused before the run directory is made

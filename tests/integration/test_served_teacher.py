@@ -44,7 +44,7 @@ def in_process_topk(tiny_vllm, seq):
 def test_served_topk_and_loss_match_the_in_process_teacher(tmp_path, tiny_vllm, vllm_server):
     tok = models.load_tokenizer(str(tiny_vllm))
     seqs = sequences(tok)
-    scored = ServedScorer(served_config(tiny_vllm, vllm_server), K, tmp_path / "cache")(seqs)
+    scored = ServedScorer(served_config(tiny_vllm, vllm_server), K, tmp_path / "cache", len(tok))(seqs)
     torch.manual_seed(0)
     for seq, (ids, lps) in zip(seqs, scored):
         assert ids.shape == (len(seq), K) and (ids[0] == UNMAPPED_ID).all()  # nothing predicts token 0
@@ -138,7 +138,7 @@ def test_each_row_is_scored_by_the_server_of_the_teacher_that_wrote_it(tmp_path,
         examples = [{"input_ids": [*models.encode_prompt(tok, r["messages"]), *r["completion_token_ids"]],
                      "prompt_len": len(models.encode_prompt(tok, r["messages"])), "teacher": r["teacher"]}
                     for r in picked]
-        scorer, _ = _served_teachers(cfg, {"default": None, "second": None})
+        scorer, _ = _served_teachers(cfg, {"default": None, "second": None}, len(tok))
         batch = Collator(tok.pad_token_id, scorer=scorer)(examples)
     for b, ex in enumerate(examples):
         p, n = ex["prompt_len"], len(ex["input_ids"])

@@ -24,21 +24,6 @@ from llmdistill.pipeline import run_stages
 from llmdistill.teachers.token_map import UNMAPPED_ID
 
 
-@pytest.fixture()
-def server(tiny):
-    """A factory of fake servers over the tiny teacher's tokenizer; every one is stopped at teardown."""
-    started = []
-
-    def make(**kwargs) -> FakeOpenAI:
-        srv = FakeOpenAI(tiny["teacher"], **kwargs).start()
-        started.append(srv)
-        return srv
-
-    yield make
-    for srv in started:
-        srv.stop()
-
-
 def write_prompts(path: Path, n: int) -> Path:
     with open(path, "w", encoding="utf-8") as f:
         for i in range(n):

@@ -55,3 +55,18 @@ def test_same_seed_same_batch_same_output(tiny, prompts):
     a = teacher.generate(prompts, seed=7)
     b = teacher.generate(prompts, seed=7)
     assert [x.token_ids for x in a] == [x.token_ids for x in b]
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_teacher_writes_what_it_writes_on_the_cpu(tiny_vllm, prompts):
+    """The hf teacher on cuda: the same greedy completions, token for token, and their top-k log-probs within GPU
+    rounding, as on the CPU (`tiny_vllm` is peaked, so greedy decoding does not hinge on rounding)."""
+    sampling = Sampling(max_new_tokens=12, temperature=0.0, top_p=1.0, topk=5, logprob_mode="raw", too_long="skip")
+    out = []
+    for device in ("cpu", "cuda"):
+        with build_teacher(TeacherConfig(model=str(tiny_vllm), device=device), sampling) as teacher:
+            out.append(teacher.generate(prompts, seed=0))
+    for a, b in zip(*out):
+        assert a.error is None and a.token_ids == b.token_ids and len(a.token_ids) > 0
+        assert (a.topk_ids[:, 0] == b.topk_ids[:, 0]).all()  # lower ranks may swap between near-equal log-probs
+        np.testing.assert_allclose(a.topk_logprobs.astype(np.float32), b.topk_logprobs.astype(np.float32), atol=2e-2)

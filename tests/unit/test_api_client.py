@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from llmdistill.config import APIPrice
 from llmdistill.teachers import api_client as ac
+from llmdistill.teachers import api_cost
 from llmdistill.teachers.token_map import UNMAPPED_ID, TokenMapper, _byte_decoder, _entry_bytes, token_bytes
 
 
@@ -73,9 +74,9 @@ def test_token_bucket_lets_a_request_larger_than_the_burst_through_later():
 # ---------------------------------------------------------------------------------------------- cost
 def test_cost_from_the_price_table():
     price = APIPrice(prompt=0.15, completion=0.60)
-    assert ac.cost_usd(1_000_000, 0, price) == pytest.approx(0.15)
-    assert ac.cost_usd(2000, 500, price) == pytest.approx(2000 * 0.15e-6 + 500 * 0.60e-6)
-    assert ac.cost_usd(123, 456, APIPrice()) == 0.0
+    assert api_cost.cost_usd(1_000_000, 0, price) == pytest.approx(0.15)
+    assert api_cost.cost_usd(2000, 500, price) == pytest.approx(2000 * 0.15e-6 + 500 * 0.60e-6)
+    assert api_cost.cost_usd(123, 456, APIPrice()) == 0.0
 
 
 # --------------------------------------------------------------------------------------------- cache
@@ -99,14 +100,36 @@ def test_request_cache_round_trip_and_spend(tmp_path):
     assert again.get("k1") == b'{"choices": [{"text": "x"}]}' and ac.decode_json(again.get("k1"))["choices"]
     assert ac.decode_json(again.get("k2")) == {"choices": []}
     assert len(again) == 2 and again.spent_usd() == pytest.approx(0.75)
+    again.put_unusable("k3", "malformed reply: no choices", (7, 3), 0.125)  # billed, not usable: spent all the same
+    again.put_unusable("k3", "malformed reply: not JSON", None, 0.0625)  # its retry, billed again
+    assert again.get("k3") is None and len(again) == 2 and again.spent_usd() == pytest.approx(0.9375)
+
+
+def test_billed_tokens_read_the_usage_of_any_reply_that_has_one():
+    assert api_cost.billed_tokens(b'{"choices": "nonsense", "usage": {"prompt_tokens": 12, "completion_tokens": 7}}') \
+        == (12, 7)
+    assert api_cost.billed_tokens(b'{"usage": {"prompt_tokens": 12}}') == (12, 0)
+    for unreadable in (b'{"choices": [', b'{"choices": []}', b'[1, 2]', b'{"usage": null}',
+                       b'{"usage": {"prompt_tokens": "12"}}', b'{"usage": {"prompt_tokens": -1}}',
+                       b'{"usage": {"prompt_tokens": true}}', "caf\u00e9"):
+        assert api_cost.billed_tokens(unreadable) is None, unreadable
+
+
+def test_worst_case_tokens_bound_what_a_request_can_be_billed():
+    chat = {"messages": [{"role": "user", "content": "naïve café"}], "max_tokens": 16}
+    assert api_cost.worst_case_tokens(chat) == (len("naïve café".encode()) + 8 + 8, 16)
+    assert api_cost.worst_case_tokens({"prompt": [1, 2, 3], "max_completion_tokens": 4}) == (3, 4)
 
 
 def test_meter_counts():
-    m = ac.Meter()
+    m = api_cost.Meter()
     m.count(m.retries, "HTTP 429")
     m.count(m.retries, "HTTP 429")
     m.count(m.failed, "timeout")
     assert m.as_dict()["retries"] == {"HTTP 429": 2} and m.as_dict()["failed"] == {"timeout": 1}
+    m.bill((10, 5), 0.5)
+    m.bill(None, 0.25, usable=False)  # an unusable reply whose usage could not be read: its worst case
+    assert (m.prompt_tokens, m.completion_tokens, m.cost_usd, m.paid_unusable) == (10, 5, 0.75, 1)
 
 
 # ------------------------------------------------------------------------------------------- replies

@@ -132,6 +132,61 @@ def test_missing_local_model_directory(tmp_path):
     assert load_config(write(tmp_path, data)).teacher.model == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
+MODEL_FIELDS = {  # every model field of a run config, and an override that sets it to X
+    "teacher.model": "teacher.model=X",
+    "teachers.big.model": "teachers={big: {model: X}}",
+    "annotate.teacher.model": "annotate.teacher.model=X",
+    "train.student.model": "train.student={model: X}",
+    "eval.compare_to": "eval.compare_to=X",
+    "filter.steps.0.model": "filter.steps=[{name: semantic_dedup, model: X}]",
+    "filter.steps.1.model": "filter.steps=[{name: failed}, {name: perplexity, model: X}]",
+}
+
+
+@pytest.mark.parametrize("field", list(MODEL_FIELDS))
+def test_every_model_field_is_a_directory_an_alias_or_spelled_as_a_hub_id(tmp_path, monkeypatch, field):
+    """Issue 28, item 14: `a/b/c` (a path with two slashes) is not a hub id; one validator for every field."""
+    monkeypatch.chdir(tmp_path)  # relative override values resolve against the working directory
+    path = write(tmp_path, minimal(tmp_path))
+    (tmp_path / "models").mkdir()
+    bad = {"a/b/c": f"{field}: a/b/c is neither an existing directory nor a hub id (owner/name)",
+           "a b": "a b is neither", "a//b": "a//b is neither", "-x": "-x is neither", "x/y.git": "x/y.git is neither",
+           "models/missing": f"{field}: model directory not found: {tmp_path / 'models' / 'missing'}"}
+    for value, message in bad.items():
+        with pytest.raises(ConfigError) as info:
+            load_config(path, [MODEL_FIELDS[field].replace("X", value)])
+        assert message in info.value.errors[0] and len(info.value.errors) == 1, info.value.errors
+    for value in ("Qwen/Qwen2.5-7B-Instruct", "gpt2", "smollm2-135m-instruct", "my_org/model.v2-1"):
+        load_config(path, [MODEL_FIELDS[field].replace("X", value)])
+
+
+def test_every_field_named_model_uses_the_one_model_source_validator():
+    import typing
+
+    from pydantic import BaseModel
+
+    from llmdistill.config import BertDistillConfig
+
+    def models_in(tp):
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            yield tp
+        for arg in typing.get_args(tp):
+            yield from models_in(arg)
+
+    seen, fields = set(), []
+    todo = [Config, BertDistillConfig]
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            todo += list(models_in(field.annotation))
+            if name in ("model", "compare_to"):
+                fields.append((model.__name__, name, "_model_source" in repr(field.annotation) + repr(field.metadata)))
+    assert len(fields) >= 8 and all(uses for _, _, uses in fields), fields
+
+
 def test_overrides_typed_nested_and_indexed(tmp_path):
     path = write(tmp_path, minimal(tmp_path))
     cfg = load_config(path, ["train.max_steps=7", "train.loss.0.weight=0.5", "train.student.teacher_layers=[0, 2]",
@@ -332,7 +387,7 @@ def test_client_pacing_and_budget_do_not_change_the_fingerprint(tmp_path):
     paced = load_config(path, ["teacher.api.max_concurrency=64", "teacher.api.budget_usd=5", "teacher.api.timeout_s=5",
                                "teacher.api.max_retries=1", "teacher.api.requests_per_minute=100",
                                "teacher.api.tokens_per_minute=1000", "teacher.api.backoff_base_s=1",
-                               "teacher.api.backoff_max_s=2"])
+                               "teacher.api.backoff_max_s=2", "teacher.api.connect_timeout_s=2"])
     assert fingerprints(paced) == base
     assert fingerprints(load_config(path, ["teacher.api.served_model=other"]))["generate"] != base["generate"]
 
@@ -375,11 +430,11 @@ def test_served_teachers_without_a_server_or_under_one_name_stop_before_any_requ
                          served_teachers={"big": {**server, "served_model": "y"}})
     cfg = load_config(write(tmp_path, data))
     with pytest.raises(UserError, match="holds samples of teacher\\(s\\) small, which have no server"):
-        _served_teachers(cfg, {"default": None, "big": None, "small": None})
+        _served_teachers(cfg, {"default": None, "big": None, "small": None}, 320)
     data["train"]["served_teachers"] = {"big": server}
     cfg = load_config(write(tmp_path, data))
     with pytest.raises(UserError, match="teachers default and big are both served as 'x'"):
-        _served_teachers(cfg, {"default": None, "big": None})
+        _served_teachers(cfg, {"default": None, "big": None}, 320)
 
 
 def test_packing_is_for_our_trainer_not_trls(tmp_path):

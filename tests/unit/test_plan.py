@@ -117,7 +117,7 @@ def test_sizes(text, expected):
     assert plan.parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["80XB", "lots", "GiB", "-1GiB"])
+@pytest.mark.parametrize("text", ["80XB", "lots", "GiB", "-1GiB", "1e999GiB", "0", "0GiB", "0.1", "2PiB"])
 def test_bad_sizes(text):
     with pytest.raises(UserError, match="--device-memory"):
         plan.parse_size(text)
@@ -138,3 +138,52 @@ def test_cli_exit_codes(tmp_path, tiny):
     for bad in (["--device-memory", "80XB"], ["--sharding", "zero9"], ["--processes", "2"]):
         res = run(cli.app, ["plan", str(path), *bad])
         assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+
+
+# ----------------------------------------------------- plan refuses what a run refuses (issue 28, item 13)
+PRUNE_REFUSED = [{"layers": 99}, {"intermediate_size": 500}, {"attention_heads": 3}, {"attention_heads": 9},
+                 {"hidden_size": 63}, {"hidden_size": 65}]
+
+
+@pytest.mark.parametrize("sizes", PRUNE_REFUSED)
+def test_plan_refuses_the_pruned_sizes_prune_refuses_with_the_same_line(tmp_path, tiny, sizes):
+    """The tiny teacher: 4 layers, hidden 64, 2 heads of 2 key/value heads, MLP 128."""
+    from llmdistill import models
+    from llmdistill.train.prune import measure_importance, prune
+
+    teacher = models.load_causal_lm(str(tiny["teacher"]))
+    with pytest.raises(UserError) as by_prune:
+        prune(teacher, measure_importance(teacher, [[5, 6, 7, 8]]), **sizes)
+    with pytest.raises(UserError) as by_plan:
+        plan.student_arch(_cfg(tmp_path, tiny, student={"prune": sizes}))
+    assert str(by_plan.value) == str(by_prune.value)
+
+
+def test_plan_refuses_teacher_layers_the_teacher_lacks_as_the_student_builder_does(tmp_path, tiny):
+    from llmdistill import models
+    from llmdistill.train.student import layer_subset
+
+    with pytest.raises(UserError) as by_train:
+        layer_subset(models.load_causal_lm(str(tiny["teacher"])), [0, 7])
+    with pytest.raises(UserError) as by_plan:
+        plan.student_arch(_cfg(tmp_path, tiny, student={"teacher_layers": [0, 7]}))
+    assert str(by_plan.value) == str(by_train.value)
+    assert str(by_plan.value) == "train.student.teacher_layers: the teacher has layers 0..3, got [7]"
+
+
+def test_plan_on_a_student_it_cannot_estimate_or_an_impossible_memory_is_one_line(tmp_path, tiny):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from llmdistill import cli
+
+    gpt2 = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=320)).save_pretrained(gpt2)
+    path, _ = make_tiny_config(tmp_path, tiny)
+    cases = {(f"train.student={{model: {gpt2}}}",): "train.student.model is a 'gpt2' model",
+             ("train.student={prune: {layers: 99}}",): "the teacher has 4 layers, cannot keep 99",
+             ("--device-memory", "1e999GiB"): "--device-memory 1e999GiB",
+             ("--device-memory", "0"): "--device-memory 0"}
+    for extra, message in cases.items():
+        res = CliRunner().invoke(cli.app, ["plan", str(path), *extra])
+        assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+        assert message in res.output and "Traceback" not in res.output, res.output

@@ -77,17 +77,16 @@ def test_writing_raises_one_storage_error_naming_the_path(tmp_path):
 
 def test_save_dir_keeps_the_old_copy_and_removes_the_partial_one(tmp_path):
     target = tmp_path / "student"
-    target.mkdir()
-    (target / "model.safetensors").write_bytes(b"the previous student")
+    models.save_dir(target, "the student", lambda tmp: (tmp / "model.safetensors").write_bytes(b"the previous student"),
+                    "student")
 
     def write(tmp):
-        tmp.mkdir()
         (tmp / "config.json").write_text("{}")
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     with pytest.raises(StorageError, match=f"cannot write the student {target}: .ENOSPC"):
-        models.save_dir(target, "the student", write)
+        models.save_dir(target, "the student", write, "student")
     assert (target / "model.safetensors").read_bytes() == b"the previous student"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
-    models.save_dir(target, "the student", lambda tmp: tmp.mkdir() or (tmp / "new").write_text("x"))
-    assert sorted(p.name for p in target.iterdir()) == ["new"]
+    models.save_dir(target, "the student", lambda tmp: (tmp / "new").write_text("x"), "student")
+    assert sorted(p.name for p in target.iterdir()) == [models.OWNER_FILE, "new"]
