@@ -26,16 +26,16 @@ budget per comparison:
               gkd         trl's GKDTrainer (lmbda 0.5, JSD beta 0.5; HF generate)
     seeds     train.seed (data order); the generated data is the same for every seed
 
-Per run: held-out task accuracy (contains grader, greedy) and its ratio to the teacher's (retention), each
-item's grade (for the paired comparisons), the share of the student's replies that end in a loop (a repetitive
-suffix, repetition.py on words), the training wall-clock (phases and rollouts), agreement of the student's
-greedy replies with the teacher's (normalised, exact), held-out KL to the teacher and top-1 agreement on the teacher's own greedy held-out answers. Per student: parameters
-and latency per answer at batch 1 on this CPU with 1 thread (chat prompt + a fixed number of new tokens,
-the teacher's mean reply length; median of rounds, teacher timed in the same rounds) and the speedup.
-Per KD row: the fraction of the SFT-only student's KL gap it closes, (KL_sft - KL_kd) / KL_sft, same seed;
-the paired difference to the SFT-only student at each seed (same data order), its mean and 95 % confidence
-interval (t distribution over the seeds), per family. `summary.best`: the method of the best lowest-family
-retention among the rows that beat SFT-only in every seed on every family, with its per-family figures.
+Per run: held-out task accuracy (contains grader, greedy) and its ratio to the teacher's (retention), each item's
+grade (for the paired comparisons), the share of the student's replies that end in a loop (a repetitive suffix,
+repetition.py on words), the training wall-clock (phases and rollouts), agreement of the student's greedy replies
+with the teacher's (normalised, exact), held-out KL to the teacher and top-1 agreement on the teacher's own greedy
+held-out answers. Per student: parameters and latency per answer at batch 1 on this CPU with 1 thread (chat prompt +
+a fixed number of new tokens, the teacher's mean reply length; median of rounds, teacher timed in the same rounds)
+and the speedup. Per KD row: the fraction of the SFT-only student's KL gap it closes, (KL_sft - KL_kd) / KL_sft,
+same seed; the paired difference to the SFT-only student at each seed (same data order), its mean and 95 %
+confidence interval (t distribution over the seeds), per family. `summary.best`: the method of the best lowest-
+family retention among the rows that beat SFT-only in every seed on every family, with its per-family figures.
 
 Results accumulate in benchmarks/results/llm_task_retention.json (a run already there is not repeated);
 `--table` prints the table and the `best` row without running anything.
