@@ -6,6 +6,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -194,7 +195,8 @@ def _noun(row):
 
 
 def test_plurals_splits_share_no_noun():
-    """No held-out noun, nor its plural, is a word of any train prompt or answer; no prompt repeats."""
+    """No held-out noun, nor its plural, is a word of any train prompt or answer; no prompt repeats; a held-out
+    noun is asked once, a train noun once under each template."""
     train_words = set()
     for row in P_TRAIN:
         train_words |= set(graders.normal(row["prompt"] + " " + row["answer"]).split())
@@ -202,7 +204,8 @@ def test_plurals_splits_share_no_noun():
         assert _noun(row) not in train_words and row["answer"] not in train_words, row["prompt"]
     prompts = [graders.normal(r["prompt"]) for r in P_TRAIN + P_HELDOUT]
     assert len(set(prompts)) == len(prompts)
-    assert len({_noun(r) for r in P_TRAIN + P_HELDOUT}) == len(prompts)
+    assert len({_noun(r) for r in P_HELDOUT}) == len(P_HELDOUT)
+    assert set(Counter(_noun(r) for r in P_TRAIN).values()) == {len(bp.TEMPLATES)}
 
 
 def test_plurals_gold_answers_grade_and_follow_the_noun_list():
