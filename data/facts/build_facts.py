@@ -1,19 +1,23 @@
-"""Regenerate ``train.jsonl`` and ``heldout.jsonl``: the one-word fact task family
+"""Regenerate ``train.jsonl``, ``heldout.jsonl`` and ``heldout_large.jsonl``: the one-word fact task family
 (capitals, languages, currencies, opposites) for task-focused distillation.
 
 ``heldout.jsonl`` is the 88 items of ``data/demo/task_facts.jsonl``, unchanged
 (built by ``data/demo/build_task.py``; this script checks the two are
 identical), so figures measured on the demo task stay comparable.
-``train.jsonl`` asks the same kinds of question about other subjects, each
-subject under several phrasings. The split is by SUBJECT: a country whose
-capital (language, currency) the held-out file asks about never occurs in a
-train item of that category, and no word of a held-out opposite pair occurs in
-a train opposite item, in either direction.
+``heldout_large.jsonl`` is those 88 items plus 343 more (train subjects moved out
+of train, and subjects train never had): 431 items, for benchmarks that need to
+tell methods apart. ``train.jsonl`` asks the same kinds of question about other
+subjects, each subject under several phrasings. The split is by SUBJECT: a
+country whose capital (language, currency) a held-out file asks about never
+occurs in a train item of that category, and no word of a held-out opposite
+pair occurs in a train opposite item, in either direction. ``train.jsonl`` is
+laid out so that configs/demo.yaml (``max_prompts: 224``) reads the same 224
+prompts as before the move.
 
 Only the Python standard library is needed::
 
-    python3 data/facts/build_facts.py            # rewrite both files
-    python3 data/facts/build_facts.py --check    # exit 1 if either file is stale
+    python3 data/facts/build_facts.py            # rewrite the three files
+    python3 data/facts/build_facts.py --check    # exit 1 if any file is stale
 
 The build fails if:
 
@@ -23,7 +27,10 @@ The build fails if:
 * a train prompt repeats, or a gold answer is empty or occurs in its own prompt,
 * a train prompt matches a ``data/demo/eval.jsonl`` prompt exactly after
   normalisation or is a near-duplicate of one (difflib ratio >= 0.8),
-* ``heldout.jsonl`` would differ from ``data/demo/task_facts.jsonl``.
+* ``heldout.jsonl`` would differ from ``data/demo/task_facts.jsonl``,
+* ``heldout_large.jsonl`` lacks one of the 88, repeats a prompt, asks a fact
+  ``data/demo`` asks, or has an item that names no listed subject or several,
+* the 224 train prompts configs/demo.yaml reads would change.
 
 Selection rules (stated before measuring the teacher; see SOURCES.md): no item
 was kept or dropped because of the teacher's answers.
