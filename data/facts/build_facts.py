@@ -473,10 +473,11 @@ def validate_large(train: list[dict], heldout: list[dict], large: list[dict]) ->
     train_norm = {norm(r["prompt"]) for r in train}
     others = {norm(bt.json.loads(line)["prompt"]) for name in ("seeds.jsonl", "eval.jsonl")
               for line in (DEMO / name).read_text().splitlines() if line.strip()}
+    asked_norm = {cat: [(s, f" {norm(s)} ") for s in subjects] for cat, subjects in asked.items()}
     seen = set()
     for r in large:
         cat, n = category(r), norm(r["prompt"])
-        named = [s for s in asked[cat] if grade_contains(r["prompt"], s)]
+        named = [s for s, ns in asked_norm[cat] if ns in f" {n} "]  # grade_contains, one norm per prompt
         if len(named) != 1:
             errors.append(f"held-out prompt should name one listed subject, names {named}: {r['prompt']!r}")
         if n in seen or n in train_norm or n in others:

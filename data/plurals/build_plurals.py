@@ -142,8 +142,12 @@ def read_nouns(text: str) -> list[dict]:
     if not lines or tuple(lines[0].split("\t")) != COLUMNS:
         sys.exit(f"build_plurals.py: {NOUNS.name} must start with the header {' '.join(COLUMNS)}")
     rows = []
-    for line in lines[1:]:
-        noun, plural, k, semcor, gl = line.split("\t")
+    for lineno, line in enumerate(lines[1:], 2):
+        fields = line.split("\t")
+        if len(fields) != len(COLUMNS) or not all(f.isdigit() for f in fields[3:]):
+            sys.exit(f"build_plurals.py: {NOUNS.name}:{lineno}: want {len(COLUMNS)} tab-separated fields, the last "
+                     f"two counts: {line!r}")
+        noun, plural, k, semcor, gl = fields
         rows.append({"noun": noun, "plural": plural, "kind": k, "semcor": int(semcor), "gloss": int(gl)})
     return rows
 
