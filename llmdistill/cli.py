@@ -152,7 +152,9 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
     index, _, count = text.partition("/")
-    if not (index.isdigit() and count.isdigit()) or int(count) < 1 or int(index) >= int(count):
+    # ASCII digits only: str.isdigit() also passes "²" and "٣", which int() refuses or reads as another number
+    digits = index.isascii() and count.isascii() and index.isdigit() and count.isdigit()
+    if not digits or int(count) < 1 or int(index) >= int(count):
         _fail(f"--shard takes i/n with 0 <= i < n (e.g. 2/8), got {text!r}", EXIT_BAD_INPUT)
     return int(index), int(count)
 

@@ -191,7 +191,8 @@ class GenerateConfig(Section):
         if v is None or v in ("auto", "local"):
             return v
         host, _, port = v.removeprefix("ray://").rpartition(":")
-        if not (host and port.isdigit() and 0 < int(port) < 65536) or any(c.isspace() or c in "/@" for c in host):
+        port_ok = port.isascii() and port.isdigit() and 0 < int(port) < 65536  # ASCII: "²".isdigit() is True
+        if not (host and port_ok) or any(c.isspace() or c in "/@" for c in host):
             raise ValueError(f"{v!r} is not auto, local, host:port or ray://host:port")
         return v
 

@@ -103,7 +103,7 @@ def _set_path(data: dict, parts: list[str], value: Any, text: str) -> None:
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
+            if not (part.isascii() and part.isdigit()) or int(part) >= len(node):
                 raise ConfigError([f"override {text!r}: {'.'.join(parts[:i]) or 'config'} has no item {part}"])
             if last:
                 node[int(part)] = value

@@ -355,7 +355,7 @@ def plain_layout(headers: list[str], rows: list[list[str]], width: int) -> list[
 def output_width(stream) -> int:
     """$COLUMNS when set, else the terminal's width, else 80 (a pipe, a CI log, a cron mail)."""
     columns = os.environ.get("COLUMNS", "")
-    if columns.isdigit() and int(columns) > 0:
+    if columns.isascii() and columns.isdigit() and int(columns) > 0:
         return int(columns)
     try:
         return os.get_terminal_size(stream.fileno()).columns
