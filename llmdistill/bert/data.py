@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from llmdistill.errors import UserError
+from llmdistill.errors import UserError, text_problem
 from llmdistill.records import check_utf8, open_text
 
 UNLABELLED = -100  # label of a row that has none
@@ -44,6 +44,8 @@ def read_rows(path: Path, text_field: str, label_field: str | None, num_labels: 
             text = row.get(text_field) if isinstance(row, dict) else None
             if not isinstance(text, str):
                 raise UserError(f"{path}:{n}: no string field {text_field!r}")
+            if problem := text_problem(text):
+                raise UserError(f"{path}:{n}: {text_field!r} {problem}")
             label = UNLABELLED
             if label_field is not None:
                 label = row.get(label_field)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from llmdistill.config.base import ConfigError, discriminator, file_problem, union_members, unwrap
 from llmdistill.config.bert import BertDistillConfig
 from llmdistill.config.root import Config
-from llmdistill.errors import describe_os_error
+from llmdistill.errors import describe_os_error, text_problem
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -184,9 +184,27 @@ def read_yaml(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[
             override_values.update(str(v) for v in (value if isinstance(value, list) else [value]))
         except ConfigError as e:
             errors.extend(e.errors)
+    errors += _not_text(data, [])
     if errors:
         raise ConfigError(errors, source)
     return data, override_values
+
+
+def _not_text(node: Any, path: list[str]) -> list[str]:
+    """`a.b: holds a lone surrogate ...` for every key or string value under `node` that is not text (a
+    "\ud800" escape): it would fail only when the resolved config, a prompt or a shard is written."""
+    out = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            where = [*path, _printable(str(key))]
+            problem = text_problem(key) if isinstance(key, str) else None
+            out += [f"{'.'.join(where)}: key {problem}"] if problem else _not_text(value, where)
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            out += _not_text(item, [*path, str(i)])
+    elif isinstance(node, str) and (problem := text_problem(node)):
+        out.append(f"{'.'.join(path) or 'config'}: {problem}")
+    return out
 
 
 def validate_dict(
