@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmdistill import records
+from llmdistill import records, textfile
 from llmdistill.config import MAX_LEVEL, FileSource, GenerateConfig, HFDatasetSource, TemplateSource
 from llmdistill.errors import UserError, describe_template_error, text_problem
 
@@ -49,12 +49,12 @@ def read_prompt_file(path, system_prompt: str | None = None, *, format: str = "a
     path = Path(path)
     text_format = format == "text" or (format == "auto" and path.suffix == ".txt")
     out = []
-    with records.open_text(path) as f:
+    with textfile.open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                records.check_utf8(line)
+                textfile.check_utf8(line)
                 obj = {"prompt": line.strip()} if text_format else _json_line(line)
                 out.append(prompt_from_dict(obj, path, system_prompt, level, source, tags, f"{path}:{lineno}"))
             except ValueError as e:
@@ -223,12 +223,10 @@ def template_prompts(src: TemplateSource, system_prompt: str | None) -> list[Pro
 
     A variable named `answer` becomes the prompt's gold answer."""
     path = Path(src.template)
-    data = path.read_bytes()
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}: {e.reason})") from None
+        text = textfile.read_text(path)
+    except textfile.NotUTF8 as e:
+        raise UserError(f"{path}:{e.line}: {e}") from None
     keys = list(src.grid)
     sets = [dict(zip(keys, values)) for values in itertools.product(*src.grid.values())] if keys else []
     sets += src.rows

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from llmdistill.errors import UserError, text_problem
-from llmdistill.records import check_utf8, open_text
+from llmdistill.textfile import check_utf8, open_text
 
 UNLABELLED = -100  # label of a row that has none
 
@@ -57,6 +57,12 @@ def read_rows(path: Path, text_field: str, label_field: str | None, num_labels: 
     if not texts:
         raise UserError(f"{path}: no rows")
     return Rows(texts, labels)
+
+
+def only_class(rows: Rows) -> int | None:
+    """The one class of every labelled row, when they all have the same one (else None)."""
+    classes = set(rows.labels) - {UNLABELLED}
+    return classes.pop() if len(classes) == 1 else None
 
 
 def concat(a: Rows, b: Rows) -> Rows:

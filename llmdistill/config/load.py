@@ -17,6 +17,7 @@ from llmdistill.config.base import ConfigError, discriminator, file_problem, uni
 from llmdistill.config.bert import BertDistillConfig
 from llmdistill.config.root import Config
 from llmdistill.errors import describe_os_error, text_problem
+from llmdistill.textfile import NotUTF8, read_text
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -156,13 +157,11 @@ def read_yaml(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[
     if problem:
         raise ConfigError([f"config {problem}"], source)
     try:
-        raw = path.read_bytes()
-        data = parse_yaml(raw.decode("utf-8"))
+        data = parse_yaml(read_text(path))
     except OSError as e:
         raise ConfigError([f"cannot read the config: {describe_os_error(e)}"], source) from None
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise ConfigError([f"line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}: {e.reason})"], source) from None
+    except NotUTF8 as e:
+        raise ConfigError([f"line {e.line}: {e}"], source) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
