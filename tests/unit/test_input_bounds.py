@@ -6,6 +6,7 @@ work is done."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -167,3 +168,126 @@ def test_max_new_tokens_fits_the_stored_column():
     from llmdistill.records import GEN_TYPE
 
     assert GEN_TYPE.field("max_new_tokens").type == pa.int32() and MAX_NEW_TOKENS < 2**31
+
+
+# ------------------------------------------------------- 19: a byte-order mark is read as the text it marks
+BOM = b"\xef\xbb\xbf"  # what Windows Notepad writes first in a UTF-8 file
+
+
+def test_bom_before_a_prompt_file_is_not_part_of_line_1(tmp_path):
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_bytes(BOM + b'{"prompt": "caf\xc3\xa9?", "level": 2}\n{"prompt": "two"}\n')
+    text = tmp_path / "p.txt"
+    text.write_bytes(BOM + b"first line\nsecond\n")
+    assert [(p.messages[0]["content"], p.level) for p in prompts.read_prompt_file(jsonl)] == [("caf\u00e9?", 2),
+                                                                                             ("two", 1)]
+    assert [p.messages[0]["content"] for p in prompts.read_prompt_file(text)] == ["first line", "second"]
+
+
+def _config_with_bom(tmp_path):
+    held = tmp_path / "held.jsonl"
+    held.write_bytes(BOM + json.dumps({"prompt": "held out"}).encode() + b"\n")
+    config = tmp_path / "c.yaml"
+    config.write_bytes(BOM + f"seed: 3\ngenerate: {{prompts: {held}}}\neval: {{prompts: {held}}}\n"
+                             "train: {student: {teacher_layers: [0]}}\n".encode())
+    return load_config(config).seed == 3
+
+
+def _template_with_bom(tmp_path):
+    from llmdistill.config import TemplateSource
+
+    template = tmp_path / "t.j2"
+    template.write_bytes(BOM + b"What is {{ x }}?\n")
+    src = TemplateSource(kind="template", template=template, rows=[{"x": "a river"}])
+    return prompts.template_prompts(src, None)[0].messages == [{"role": "user", "content": "What is a river?"}]
+
+
+def _bert_rows_with_bom(tmp_path):
+    from llmdistill.bert import data as bdata
+
+    rows = tmp_path / "train.jsonl"
+    rows.write_bytes(BOM + b'{"text": "good", "label": 1}\n')
+    return bdata.read_rows(rows, "text", "label", 2).texts == ["good"]
+
+
+def _eval_set_with_bom(tmp_path):
+    from llmdistill import config as C
+    from llmdistill.filter import decontam
+
+    items = tmp_path / "e.txt"
+    items.write_bytes(BOM + b"line one\n")
+    return decontam.load_eval_items(C.EvalSetConfig(name="e", path=items)) == ["line one"]
+
+
+def _judge_rubric_with_bom(tmp_path):
+    from llmdistill.filter.scorers import render_rubric
+
+    rubric = tmp_path / "rubric.j2"
+    rubric.write_bytes(BOM + b"Rate {{ answer }}.")
+    return render_rubric(rubric, answer="this") == "Rate this."
+
+
+@pytest.mark.parametrize("reader", [_config_with_bom, _template_with_bom, _bert_rows_with_bom, _eval_set_with_bom,
+                                    _judge_rubric_with_bom])
+def test_bom_before_every_other_user_file(tmp_path, reader):
+    assert reader(tmp_path)
+
+
+def test_a_bom_later_in_a_file_is_still_named(tmp_path):
+    """Only the mark at the very start is an encoding mark; one inside (two files pasted together) is a
+    character of that line, which JSON refuses, by file:line."""
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'{"prompt": "one"}\n' + BOM + b'{"prompt": "two"}\n')
+    with pytest.raises(ValueError, match=rf"^{path}:2: not valid JSON"):
+        prompts.read_prompt_file(path)
+
+
+def test_read_text_names_the_line_of_a_byte_that_is_not_utf8(tmp_path):
+    from llmdistill.textfile import NotUTF8, read_text
+
+    path = tmp_path / "x.yaml"
+    path.write_bytes(BOM + b"a: 1\nb: caf\xe9\n")
+    with pytest.raises(NotUTF8) as e:
+        read_text(path)
+    assert e.value.line == 2 and str(e.value) == "not UTF-8 text (byte 0xe9: invalid continuation byte)"
+
+
+# ------------------------------------------------------------- 19: a BERT training set of one class
+def test_only_class_finds_a_training_set_of_one_class():
+    from llmdistill.bert import data as bdata
+
+    assert bdata.only_class(bdata.Rows(["a", "b"], [1, 1])) == 1
+    assert bdata.only_class(bdata.Rows(["a", "b", "c"], [1, bdata.UNLABELLED, 1])) == 1
+    assert bdata.only_class(bdata.Rows(["a", "b"], [0, 1])) is None
+    assert bdata.only_class(bdata.Rows(["a"], [bdata.UNLABELLED])) is None
+
+
+# ------------------------------------------- 18: library logging goes through ours, shown with -v only
+ROUTED = """
+import logging, sys, warnings
+from llmdistill import cli
+cli._setup_logging(sys.argv[1] == "-v")
+import transformers.utils.logging as hf  # imported after the set-up, as the commands import it
+hf.get_logger("transformers.modeling_utils").warning("There were missing keys in the checkpoint: ['lm_head.weight']")
+logging.getLogger("accelerate.utils").warning("an accelerate note")
+warnings.warn("a torch-style UserWarning")
+logging.getLogger("datasets").error("a library error")
+logging.getLogger("llmdistill").info("our own line")
+logging.getLogger("llmdistill").debug("our debug line")
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_library_logging_goes_through_ours_and_shows_with_v(verbose):
+    res = subprocess.run([PYTHON, "-c", ROUTED, "-v" if verbose else "-"], capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"}, timeout=120)
+    assert res.returncode == 0, res.stderr
+    lines = [line.split(" ", 1)[1] for line in res.stderr.splitlines()]  # without the time stamp
+    if not verbose:
+        assert lines == ["ERROR [datasets] a library error", "INFO our own line"]
+    else:
+        assert lines[0] == "WARNING [transformers] There were missing keys in the checkpoint: ['lm_head.weight']"
+        assert lines[1] == "WARNING [accelerate] an accelerate note"
+        assert lines[2].startswith("WARNING [warnings] <string>:") and "UserWarning: a torch-style UserWarning" \
+            in lines[2]
+        assert lines[-3:] == ["ERROR [datasets] a library error", "INFO our own line", "DEBUG our debug line"]
