@@ -33,13 +33,55 @@ CONFIG_HELP = "YAML config (default: the embedded demo, configs/demo.yaml)"
 OVERRIDES_HELP = "key.sub=value overrides, e.g. train.max_steps=20 generate.max_prompts=16"
 
 
+# Libraries that give their top logger a stderr handler of their own when imported (and stop it passing records on)
+SELF_HANDLING = ("transformers", "datasets", "huggingface_hub", "ray")
+
+
+class _LibraryLogger(logging.Logger):
+    """The top logger of a library in SELF_HANDLING: it keeps no handler of its own and always passes its records
+    on, to the one handler `_setup_logging` decides with (set before the library is imported, kept after)."""
+
+    def addHandler(self, hdlr: logging.Handler) -> None:  # noqa: N802 (logging's name)
+        pass
+
+    propagate = property(lambda self: True, lambda self, value: None)
+
+
+class _Shown(logging.Filter):
+    """llmdistill's own records always; a library's (transformers' load reports and missing-keys notes, Ray's
+    connection retries, torch's warnings) only with -v, or from ERROR up. A library's line is tagged [library]."""
+
+    def __init__(self, verbose: bool):
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        top = record.name.split(".")[0]
+        record.library = "" if top == "llmdistill" else f"[{'warnings' if top == 'py' else top}] "
+        if record.name == "py.warnings":  # a warning's text (and the source line, if any) ends with a newline
+            record.msg = str(record.msg).rstrip()
+        return not record.library or self.verbose or record.levelno >= logging.ERROR
+
+
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    """Log to stderr, with time stamps: llmdistill's INFO lines (DEBUG with -v). Every library logs through the
+    same handler, its warnings shown with -v only (and its errors always): a user reads one line per problem,
+    not a library's notes on it. Python warnings (torch's, ...) count as a library's."""
+    for name in SELF_HANDLING:  # already imported (a CLI run inside another program): drop its handler now
+        library = logging.getLogger(name)
+        library.handlers.clear()
+        library.__class__ = _LibraryLogger
+    logging.captureWarnings(True)
+    logging.getLogger("llmdistill").setLevel(logging.DEBUG if verbose else logging.INFO)
+    root = logging.getLogger()
+    for shown in (f for h in root.handlers for f in h.filters if isinstance(f, _Shown)):  # set up before: -v now
+        shown.verbose = verbose
+    if not root.handlers:  # a program (or a test) that set up logging keeps its own
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(library)s%(message)s", "%H:%M:%S"))
+        handler.addFilter(_Shown(verbose))
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)  # libraries' INFO and DEBUG records are not made at all
 
 
 def _fail(message: str, code: int) -> None:
@@ -152,7 +194,9 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
     index, _, count = text.partition("/")
-    if not (index.isdigit() and count.isdigit()) or int(count) < 1 or int(index) >= int(count):
+    # ASCII digits only: str.isdigit() also passes "²" and "٣", which int() refuses or reads as another number
+    digits = index.isascii() and count.isascii() and index.isdigit() and count.isdigit()
+    if not digits or int(count) < 1 or int(index) >= int(count):
         _fail(f"--shard takes i/n with 0 <= i < n (e.g. 2/8), got {text!r}", EXIT_BAD_INPUT)
     return int(index), int(count)
 

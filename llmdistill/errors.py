@@ -78,3 +78,14 @@ def _raised_in_template(e: BaseException) -> bool:
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
+
+
+def text_problem(text: str) -> str | None:
+    """Why a decoded string cannot be stored as UTF-8 text, or None: a lone surrogate, which a JSON or YAML escape
+    can write ("\\ud800") but no text holds (Arrow, the tokenizers and every file we write refuse it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (f"holds a lone surrogate \\u{ord(text[e.start]):04x} at character {e.start + 1} (an unpaired "
+                "\\ud800-\\udfff escape is not text)")
+    return None

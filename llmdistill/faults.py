@@ -43,7 +43,8 @@ def parse(text: str) -> list[tuple[str, str, int]]:
     out = []
     for spec in text.split(","):
         parts = spec.strip().split(":")
-        if len(parts) != 3 or parts[1] not in EVENTS or not parts[2].isdigit() or int(parts[2]) < 1:
+        count_ok = len(parts) == 3 and parts[2].isascii() and parts[2].isdigit() and int(parts[2]) >= 1
+        if not count_ok or parts[1] not in EVENTS:
             raise ValueError(f"{ENV}: {spec!r} is not STAGE:EVENT:N (EVENT one of {', '.join(EVENTS)}, N >= 1)")
         out.append((parts[0], parts[1], int(parts[2])))
     return out

@@ -15,9 +15,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmdistill import records
-from llmdistill.config import FileSource, GenerateConfig, HFDatasetSource, TemplateSource
-from llmdistill.errors import UserError, describe_template_error
+from llmdistill import records, textfile
+from llmdistill.config import MAX_LEVEL, FileSource, GenerateConfig, HFDatasetSource, TemplateSource
+from llmdistill.errors import UserError, describe_template_error, text_problem
 
 
 @dataclass
@@ -49,12 +49,12 @@ def read_prompt_file(path, system_prompt: str | None = None, *, format: str = "a
     path = Path(path)
     text_format = format == "text" or (format == "auto" and path.suffix == ".txt")
     out = []
-    with records.open_text(path) as f:
+    with textfile.open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                records.check_utf8(line)
+                textfile.check_utf8(line)
                 obj = {"prompt": line.strip()} if text_format else _json_line(line)
                 out.append(prompt_from_dict(obj, path, system_prompt, level, source, tags, f"{path}:{lineno}"))
             except ValueError as e:
@@ -77,6 +77,10 @@ def _json_line(line: str) -> dict:
 
 def prompt_from_dict(obj: dict, path, system_prompt, level, source, tags, origin: str | None = None) -> Prompt:
     """One prompt from a parsed line; ValueError (without the location) if the line is not a prompt."""
+    for name, value in _strings(obj):
+        problem = text_problem(value)
+        if problem:
+            raise ValueError(f"{name!r} {problem}")
     messages = obj.get("messages")
     if messages is None:
         text = obj.get("prompt")
@@ -93,8 +97,8 @@ def prompt_from_dict(obj: dict, path, system_prompt, level, source, tags, origin
         messages = [{"role": "system", "content": system_prompt}] + messages
     if level is None:
         level = obj.get("level", 1)
-        if not isinstance(level, int) or isinstance(level, bool) or level < 0:
-            raise ValueError(f"'level' must be a non-negative integer, got {level!r}")
+        if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= MAX_LEVEL:
+            raise ValueError(f"'level' must be a non-negative integer up to {MAX_LEVEL}, got {level!r}")
     answer = obj.get("answer")
     line_tags = obj.get("tags") or []
     if not isinstance(line_tags, list):
@@ -107,6 +111,17 @@ def prompt_from_dict(obj: dict, path, system_prompt, level, source, tags, origin
         tags=[str(t) for t in line_tags] + [t for t in tags if t not in line_tags],
         origin=origin,
     )
+
+
+def _strings(obj: dict):
+    """(name, value) of every string of a prompt line that is kept (prompt, messages, source, answer, tags)."""
+    messages = obj.get("messages") if isinstance(obj.get("messages"), list) else []
+    tags = obj.get("tags") if isinstance(obj.get("tags"), list) else []
+    found = [("prompt", obj.get("prompt")), ("source", obj.get("source")), ("answer", obj.get("answer"))]
+    found += [(f"messages[{i}].{key}", m.get(key)) for i, m in enumerate(messages) if isinstance(m, dict)
+              for key in ("role", "content")]
+    found += [(f"tags[{i}]", t) for i, t in enumerate(tags)]
+    return [(name, value) for name, value in found if isinstance(value, str)]
 
 
 def spread(n: int, k: int | None) -> list[int]:
@@ -208,12 +223,10 @@ def template_prompts(src: TemplateSource, system_prompt: str | None) -> list[Pro
 
     A variable named `answer` becomes the prompt's gold answer."""
     path = Path(src.template)
-    data = path.read_bytes()
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}: {e.reason})") from None
+        text = textfile.read_text(path)
+    except textfile.NotUTF8 as e:
+        raise UserError(f"{path}:{e.line}: {e}") from None
     keys = list(src.grid)
     sets = [dict(zip(keys, values)) for values in itertools.product(*src.grid.values())] if keys else []
     sets += src.rows

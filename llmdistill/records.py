@@ -232,20 +232,3 @@ def sample_to_dict(sample: Sample) -> dict:
         if d[name] is not None:
             d[name] = np.asarray(d[name]).tolist()
     return d
-
-
-# ------------------------------------------------------------------------------------------ user text files
-def open_text(path):
-    """A user's text file for reading line by line. Bytes that are not UTF-8 do not stop the reading: they
-    come through as lone surrogates, so that `check_utf8` can name the line (and a skipping reader go on)."""
-    return open(path, encoding="utf-8", errors="surrogateescape")
-
-
-def check_utf8(line: str) -> str:
-    """`line` (read through `open_text`), or ValueError "not UTF-8 text (byte 0xff at character 3)"."""
-    try:
-        line.encode("utf-8")
-    except UnicodeEncodeError as e:
-        byte = ord(line[e.start]) - 0xDC00
-        raise ValueError(f"not UTF-8 text (byte 0x{byte:02x} at character {e.start + 1})") from None
-    return line

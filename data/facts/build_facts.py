@@ -1,19 +1,23 @@
-"""Regenerate ``train.jsonl`` and ``heldout.jsonl``: the one-word fact task family
+"""Regenerate ``train.jsonl``, ``heldout.jsonl`` and ``heldout_large.jsonl``: the one-word fact task family
 (capitals, languages, currencies, opposites) for task-focused distillation.
 
 ``heldout.jsonl`` is the 88 items of ``data/demo/task_facts.jsonl``, unchanged
 (built by ``data/demo/build_task.py``; this script checks the two are
 identical), so figures measured on the demo task stay comparable.
-``train.jsonl`` asks the same kinds of question about other subjects, each
-subject under several phrasings. The split is by SUBJECT: a country whose
-capital (language, currency) the held-out file asks about never occurs in a
-train item of that category, and no word of a held-out opposite pair occurs in
-a train opposite item, in either direction.
+``heldout_large.jsonl`` is those 88 items plus 343 more (train subjects moved out
+of train, and subjects train never had): 431 items, for benchmarks that need to
+tell methods apart. ``train.jsonl`` asks the same kinds of question about other
+subjects, each subject under several phrasings. The split is by SUBJECT: a
+country whose capital (language, currency) a held-out file asks about never
+occurs in a train item of that category, and no word of a held-out opposite
+pair occurs in a train opposite item, in either direction. ``train.jsonl`` is
+laid out so that configs/demo.yaml (``max_prompts: 224``) reads the same 224
+prompts as before the move.
 
 Only the Python standard library is needed::
 
-    python3 data/facts/build_facts.py            # rewrite both files
-    python3 data/facts/build_facts.py --check    # exit 1 if either file is stale
+    python3 data/facts/build_facts.py            # rewrite the three files
+    python3 data/facts/build_facts.py --check    # exit 1 if any file is stale
 
 The build fails if:
 
@@ -23,7 +27,10 @@ The build fails if:
 * a train prompt repeats, or a gold answer is empty or occurs in its own prompt,
 * a train prompt matches a ``data/demo/eval.jsonl`` prompt exactly after
   normalisation or is a near-duplicate of one (difflib ratio >= 0.8),
-* ``heldout.jsonl`` would differ from ``data/demo/task_facts.jsonl``.
+* ``heldout.jsonl`` would differ from ``data/demo/task_facts.jsonl``,
+* ``heldout_large.jsonl`` lacks one of the 88, repeats a prompt, asks a fact
+  ``data/demo`` asks, or has an item that names no listed subject or several,
+* the 224 train prompts configs/demo.yaml reads would change.
 
 Selection rules (stated before measuring the teacher; see SOURCES.md): no item
 was kept or dropped because of the teacher's answers.
@@ -42,9 +49,17 @@ HERE = Path(__file__).resolve().parent
 DEMO = HERE.parent / "demo"
 TRAIN = HERE / "train.jsonl"
 HELDOUT = HERE / "heldout.jsonl"
+HELDOUT_LARGE = HERE / "heldout_large.jsonl"
 SHUFFLE_SEED = 20261201
+LARGE_SHUFFLE_SEED = 20261206
 NEAR_DUP = 0.8
 SOURCE = "handwritten/facts_train"
+LARGE_SOURCE = "handwritten/facts_heldout"
+# configs/demo.yaml reads train.jsonl with `max_prompts: 224`, spread evenly over the file
+# (llmdistill.prompts.spread); train.jsonl is laid out so that those are the same 224 prompts, in the same
+# order, as before heldout_large.jsonl took subjects out of train.
+DEMO_MAX_PROMPTS = 224
+MIN_TRAIN, MIN_HELDOUT_LARGE = 600, 400
 
 
 def _load_build_task():
@@ -195,6 +210,99 @@ OPPOSITES = [
 ]
 SEED_WORDS_AVOIDED = ("ancient", "generous")
 
+# ---------------------------------------------------------------------------------------------------------
+# heldout_large.jsonl: the 88 demo items, plus (1) the train subjects moved out of train, plus (2) subjects
+# that never were in train. Each new item is asked once, with its category's first template.
+# ---------------------------------------------------------------------------------------------------------
+# (1) Moved out of train: every train subject none of whose train prompts the demo's 224 (DEMO_MAX_PROMPTS,
+# spread over the 1,029-row train file) picks, so the demo's prompts stay as they were; left in train: Italy's
+# capital and the United Kingdom's currency, which data/demo/seeds.jsonl asks, and "give", a word of the
+# opposites template "Give a word that means ...". `validate` checks these rules.
+MOVED = {
+    "capitals": ("Bosnia and Herzegovina", "Bulgaria", "Croatia", "Malta", "North Macedonia", "Slovakia",
+                 "the United Kingdom", "the Democratic Republic of the Congo", "Algeria", "Morocco",
+                 "Uzbekistan", "Madagascar", "Syria"),
+    "languages": ("Bulgaria", "Croatia", "Romania", "Slovakia", "Ukraine", "Austria", "San Marino",
+                  "the United States", "Venezuela", "Egypt", "Iraq", "Syria", "Algeria", "Morocco", "Nepal"),
+    "currencies": ("Norway", "Moldova", "Serbia", "North Macedonia", "Liechtenstein", "Mexico", "Brazil",
+                   "South Korea", "Malaysia", "Sri Lanka", "Bangladesh", "Iran", "Yemen", "Iraq", "Syria",
+                   "Nigeria", "Ghana", "Ethiopia", "Zambia", "Malawi", "Cameroon", "Burkina Faso"),
+    "opposites": ("long", "good", "begin", "laugh", "man", "brother", "husband", "son", "uncle", "yes",
+                  "in", "on", "above", "front", "entrance", "plus", "war", "near", "beautiful", "polite", "safe",
+                  "deep", "wide", "include", "interior", "possible", "legal", "attack", "victory", "profit",
+                  "heaven", "hero", "guilty", "everything", "all", "most", "better", "lend", "teach",
+                  "horizontal", "artificial", "private", "optimist", "obey", "like", "employed", "comfortable",
+                  "dependent", "mature", "birth", "dawn", "employer", "predator", "cause", "input", "arrival",
+                  "useful", "hopeful", "harmful", "together", "regular", "relevant", "responsible", "vowel",
+                  "rural", "junior", "prefix", "synonym", "singular"),
+}
+# (2) Never in train. Countries: the UN member states of more than 1 million inhabitants (UN World Population
+# Prospects 2022) that no other list names for the category, under the same exclusion rules as train; also
+# left out: Georgia (read as the US state), Guinea (its name is inside three other countries' names),
+# the Republic of the Congo (inside the DR Congo's), Djibouti and Guinea-Bissau (the capital is in the
+# country's name),
+# Turkmenistan's and Mongolia's capitals (Ashgabat/Ashkhabad, Ulaanbaatar/Ulan Bator), Kazakhstan's (Astana,
+# Nur-Sultan 2019-2022), Burundi's (moved in 2019), Chad's, Togo's, Benin's and Eswatini's (apostrophe,
+# diacritic, split). No new currencies: train's own are at 22 % for the teacher, those of the smaller
+# countries left would be lower still.
+NEW_CAPITALS = [
+    ("New Zealand", "Wellington"), ("Jordan", "Amman"), ("Lebanon", "Beirut"), ("Qatar", "Doha"),
+    ("the United Arab Emirates", "Abu Dhabi"), ("Kuwait", "Kuwait City"), ("Oman", "Muscat"),
+    ("Bahrain", "Manama"), ("Cyprus", "Nicosia"), ("Armenia", "Yerevan"), ("Azerbaijan", "Baku"),
+    ("Kyrgyzstan", "Bishkek"), ("Tajikistan", "Dushanbe"), ("Cambodia", "Phnom Penh"), ("Laos", "Vientiane"),
+    ("Tunisia", "Tunis"), ("Libya", "Tripoli"), ("Senegal", "Dakar"), ("Zimbabwe", "Harare"),
+    ("Rwanda", "Kigali"), ("Somalia", "Mogadishu"), ("Botswana", "Gaborone"), ("Namibia", "Windhoek"),
+    ("Ecuador", "Quito"), ("Uruguay", "Montevideo"), ("Panama", "Panama City"),
+    ("Guatemala", "Guatemala City"), ("Honduras", "Tegucigalpa"), ("Nicaragua", "Managua"),
+    ("El Salvador", "San Salvador"), ("the Dominican Republic", "Santo Domingo"), ("Haiti", "Port-au-Prince"),
+    ("Jamaica", "Kingston"), ("Trinidad and Tobago", "Port of Spain"), ("Papua New Guinea", "Port Moresby"),
+    ("Sierra Leone", "Freetown"), ("Liberia", "Monrovia"), ("Gambia", "Banjul"), ("Mauritania", "Nouakchott"),
+    ("Eritrea", "Asmara"), ("South Sudan", "Juba"), ("Gabon", "Libreville"),
+    ("the Central African Republic", "Bangui"), ("Lesotho", "Maseru"), ("Mauritius", "Port Louis"),
+    ("Timor-Leste", "Dili"), ("Equatorial Guinea", "Malabo"),
+]
+# Languages, by train's rule; also left out: Bolivia (many co-official languages), Paraguay (Guarani),
+# Jamaica (Patois), Haiti (Haitian Creole), Somalia (Somali and Arabic co-official).
+NEW_LANGUAGES = [
+    ("Chile", "Spanish"), ("Cuba", "Spanish"), ("Ecuador", "Spanish"), ("Uruguay", "Spanish"),
+    ("Guatemala", "Spanish"), ("Honduras", "Spanish"), ("Nicaragua", "Spanish"), ("El Salvador", "Spanish"),
+    ("Costa Rica", "Spanish"), ("Panama", "Spanish"), ("the Dominican Republic", "Spanish"),
+    ("New Zealand", "English"), ("Israel", "Hebrew"), ("Jordan", "Arabic"), ("Lebanon", "Arabic"),
+    ("Libya", "Arabic"), ("Tunisia", "Arabic"), ("Kuwait", "Arabic"), ("Qatar", "Arabic"), ("Oman", "Arabic"),
+    ("the United Arab Emirates", "Arabic"), ("Bahrain", "Arabic"), ("Mauritania", "Arabic"),
+    ("Armenia", "Armenian"), ("Tajikistan", "Tajik"), ("Turkmenistan", "Turkmen"), ("Mongolia", "Mongolian"),
+    ("Cambodia", "Khmer"),
+]
+# Opposites, by train's rule (one standard opposite, no word of any other pair), written before measuring.
+NEW_OPPOSITES = [tuple(p.split()) for p in """able unable|aware unaware|clear unclear|fortunate unfortunate
+    |friendly unfriendly|healthy unhealthy|important unimportant|likely unlikely|pleasant unpleasant
+    |popular unpopular|usual unusual|willing unwilling|stable unstable|expected unexpected|limited unlimited
+    |official unofficial|equal unequal|accurate inaccurate|complete incomplete|direct indirect
+    |effective ineffective|efficient inefficient|formal informal|sane insane|sensitive insensitive
+    |sufficient insufficient|valid invalid|capable incapable|convenient inconvenient|consistent inconsistent
+    |perfect imperfect|practical impractical|probable improbable|proper improper|pure impure|moral immoral
+    |mobile immobile|logical illogical|literate illiterate|legible illegible|rational irrational
+    |reversible irreversible|loyal disloyal|obedient disobedient|organized disorganized
+    |satisfied dissatisfied|meaningful meaningless|painful painless|powerful powerless|thoughtful thoughtless
+    |fearful fearless|tasteful tasteless|approve disapprove|connect disconnect|attach detach|tie untie
+    |pack unpack|load unload|wrap unwrap|fold unfold|dress undress|cover uncover|zip unzip|plug unplug|do undo
+    |hire fire|marry divorce|mount dismount|assemble disassemble|qualify disqualify|maximize minimize
+    |encourage discourage|inflate deflate|accelerate decelerate|nephew niece|prince princess|actor actress
+    |grandfather grandmother|grandson granddaughter|boyfriend girlfriend|groom bride|bull cow|duke duchess
+    |emperor empress|waiter waitress|monk nun|widower widow|god goddess|stepfather stepmother|he she
+    |masculine feminine|many few|noon midnight|yesterday tomorrow|sun moon|winner loser|buyer seller
+    |landlord tenant|leader follower|beginner expert|amateur professional|saint sinner|smile frown|sit stand
+    |sleep wake|live die|raise lower|reward punish|strength weakness|poverty wealth|asset liability
+    |credit debit|debtor creditor|supply demand|producer consumer|problem solution|theory practice
+    |virtue vice|comedy tragedy|protagonist antagonist|absolute relative|abstract concrete
+    |objective subjective|implicit explicit|literal figurative|qualitative quantitative|micro macro
+    |previous next|dense sparse|addition subtraction|multiplication division|parallel perpendicular
+    |acute obtuse|anode cathode|inflation deflation|upward downward|uphill downhill|upstream downstream
+    |inward outward|incoming outgoing|inbound outbound|overestimate underestimate|overweight underweight
+    |national international|original copy|truth lie|freezing boiling|mountain valley|giant dwarf""".split("|")]
+NEW_SUBJECTS = {"capitals": NEW_CAPITALS, "languages": NEW_LANGUAGES, "currencies": [],
+                "opposites": NEW_OPPOSITES}
+
 TEMPLATES = {
     "capitals": ("What is the capital of {s}?", "Which city is the capital of {s}?",
                  "Name the capital city of {s}.", "What city is the capital of {s}?",
@@ -211,21 +319,77 @@ TAGS = {"capitals": ["geography"], "languages": ["geography", "language"], "curr
 
 
 def subjects() -> dict[str, list[tuple[str, str]]]:
-    """(subject as written in the prompt, gold answer) per train category."""
+    """(subject as written in the prompt, gold answer) per category, as train had them before MOVED left."""
     return {"capitals": CAPITALS, "languages": LANGUAGES, "currencies": CURRENCIES, "opposites": OPPOSITES}
 
 
-def build_train() -> list[dict]:
-    rows = []
-    for category, items in subjects().items():
-        for subject, answer in items:
-            for template in TEMPLATES[category]:
-                prompt = template.format(s=subject)
-                prompt = prompt[0].upper() + prompt[1:]
-                rows.append({"prompt": prompt, "level": 1, "source": SOURCE, "answer": answer,
-                             "tags": ["task", category] + TAGS[category]})
+def _row(category: str, template: str, subject: str, answer: str, source: str) -> dict:
+    prompt = template.format(s=subject)
+    return {"prompt": prompt[0].upper() + prompt[1:], "level": 1, "source": source, "answer": answer,
+            "tags": ["task", category] + TAGS[category]}
+
+
+def spread(n: int, k: int) -> list[int]:
+    """`k` indices spread evenly over range(n): llmdistill.prompts.spread, which `max_prompts` uses."""
+    return list(range(n)) if k >= n else [int(i * (n / k)) for i in range(k)]
+
+
+def _train_before() -> list[tuple[str, str, dict]]:
+    """(category, subject, row) of the 1,029-row train split as it was before heldout_large.jsonl, in order."""
+    rows = [(cat, subject, _row(cat, t, subject, answer, SOURCE))
+            for cat, items in subjects().items() for subject, answer in items for t in TEMPLATES[cat]]
     random.Random(SHUFFLE_SEED).shuffle(rows)
     return rows
+
+
+def demo_rows() -> list[dict]:
+    """The train rows configs/demo.yaml picked before (DEMO_MAX_PROMPTS spread over the old file), in order."""
+    before = _train_before()
+    return [before[i][2] for i in spread(len(before), DEMO_MAX_PROMPTS)]
+
+
+def build_train() -> list[dict]:
+    """The old train split less the MOVED subjects, laid out so that the DEMO_MAX_PROMPTS rows spread over it
+    are `demo_rows()`, in their order; the other rows keep their old order in the slots between."""
+    before = _train_before()
+    picked = set(spread(len(before), DEMO_MAX_PROMPTS))
+    kept = [(i in picked, row) for i, (cat, subject, row) in enumerate(before) if subject not in MOVED[cat]]
+    demo = iter([row for is_demo, row in kept if is_demo])
+    rest = iter([row for is_demo, row in kept if not is_demo])
+    slots = set(spread(len(kept), DEMO_MAX_PROMPTS))
+    return [next(demo) if i in slots else next(rest) for i in range(len(kept))]
+
+
+def large_items() -> dict[str, list[tuple[str, str]]]:
+    """(subject, answer) per category of the items heldout_large.jsonl adds to the demo's 88."""
+    out = {}
+    for cat, items in subjects().items():
+        moved = [(s, a) for s, a in items if s in MOVED[cat]]
+        out[cat] = moved + list(NEW_SUBJECTS[cat])
+    return out
+
+
+def build_heldout_large() -> list[dict]:
+    """The demo's 88 items unchanged plus every `large_items()` item under its category's first template,
+    shuffled together."""
+    rows = bt.build() + [_row(cat, TEMPLATES[cat][0], s, a, LARGE_SOURCE)
+                         for cat, items in large_items().items() for s, a in items]
+    random.Random(LARGE_SHUFFLE_SEED).shuffle(rows)
+    return rows
+
+
+def large_subjects() -> dict[str, tuple[str, ...]]:
+    """Every subject heldout_large.jsonl asks about, per category (opposites: both words of each pair); for
+    capitals also every held-out capital city."""
+    out = {}
+    for cat, items in large_items().items():
+        named = list(HELDOUT_SUBJECTS[cat]) + [s for s, _ in items]
+        if cat == "opposites":
+            named += [a for _, a in items]
+        if cat == "capitals":
+            named += [a for _, a in bt.CAPITALS] + [a for _, a in items]
+        out[cat] = tuple(named)
+    return out
 
 
 def category(row: dict) -> str:
@@ -233,12 +397,9 @@ def category(row: dict) -> str:
 
 
 def leaks(row: dict) -> list[str]:
-    """Held-out subjects of the row's category (for capitals also the held-out capital cities) that a train
-    row names in its prompt or answer; empty when it names none."""
-    cat = category(row)
-    named = list(HELDOUT_SUBJECTS.get(cat, ()))
-    if cat == "capitals":
-        named += [a for _, a in bt.CAPITALS]
+    """Held-out subjects (of heldout_large.jsonl, which includes the 88) of the row's category, for capitals
+    also the held-out capital cities, that a train row names in its prompt or answer; empty when none."""
+    named = large_subjects().get(category(row), ())
     text = f" {norm(row['prompt'])} {norm(row['answer'] or '')} "
     return [s for s in named if f" {norm(s)} " in text]
 
@@ -286,26 +447,77 @@ def validate(train: list[dict], heldout: list[dict]) -> None:
         sys.exit("build_facts.py: " + "\n  ".join(["validation failed:"] + errors))
 
 
+def validate_large(train: list[dict], heldout: list[dict], large: list[dict]) -> None:
+    """heldout_large.jsonl: a superset of the 88, no subject in train (`leaks`, checked in `validate`), and the
+    demo's 224 train prompts unchanged."""
+    errors = []
+    for cat, moved in MOVED.items():
+        listed = {s for s, _ in subjects()[cat]}
+        errors += [f"MOVED {cat} subject {s!r} is not a train subject" for s in moved if s not in listed]
+    demo = demo_rows()
+    for r in demo:
+        if any(norm(s) in norm(r["prompt"]).split() or f" {norm(s)} " in f" {norm(r['prompt'])} "
+               for s in MOVED[category(r)]):
+            errors.append(f"a MOVED subject is in the demo's train prompt {r['prompt']!r}")
+    if [train[i] for i in spread(len(train), DEMO_MAX_PROMPTS)] != demo:
+        errors.append(f"the {DEMO_MAX_PROMPTS} train prompts configs/demo.yaml reads are not the demo's")
+    lines = set(bt.render(large).splitlines())
+    errors += [f"held-out item missing from {HELDOUT_LARGE.name}: {r['prompt']!r}" for r in heldout
+               if bt.render([r]).rstrip("\n") not in lines]
+    if len(large) < MIN_HELDOUT_LARGE or len(train) < MIN_TRAIN:
+        errors.append(f"{len(train)} train / {len(large)} held-out items: need {MIN_TRAIN} / {MIN_HELDOUT_LARGE}")
+    items = large_items()
+    asked = {cat: list(HELDOUT_SUBJECTS[cat]) + [s for s, _ in items[cat]] for cat in items}
+    asked["opposites"] = [p.rsplit(" ", 1)[1].rstrip("?") for p, _ in bt.OPPOSITES] + [s for s, _ in
+                                                                                      items["opposites"]]
+    train_norm = {norm(r["prompt"]) for r in train}
+    others = {norm(bt.json.loads(line)["prompt"]) for name in ("seeds.jsonl", "eval.jsonl")
+              for line in (DEMO / name).read_text().splitlines() if line.strip()}
+    asked_norm = {cat: [(s, f" {norm(s)} ") for s in subjects] for cat, subjects in asked.items()}
+    seen = set()
+    for r in large:
+        cat, n = category(r), norm(r["prompt"])
+        named = [s for s, ns in asked_norm[cat] if ns in f" {n} "]  # grade_contains, one norm per prompt
+        if len(named) != 1:
+            errors.append(f"held-out prompt should name one listed subject, names {named}: {r['prompt']!r}")
+        if n in seen or n in train_norm or n in others:
+            errors.append(f"held-out prompt repeats, or is in train or data/demo: {r['prompt']!r}")
+        seen.add(n)
+        if not norm(r["answer"]) or grade_contains(r["prompt"], r["answer"]):
+            errors.append(f"held-out answer empty or in its prompt: {r['prompt']!r}")
+        low = r["prompt"].lower()
+        if any(k in low and subj in low for k, subj in bt.SEED_FACTS_AVOIDED):
+            errors.append(f"asks a fact data/demo already asks: {r['prompt']!r}")
+    words = [w for pairs in (OPPOSITES, NEW_OPPOSITES) for pair in pairs for w in pair]
+    words += [w for p, a in bt.OPPOSITES for w in (p.rsplit(" ", 1)[1].rstrip("?"), a)]
+    errors += [f"opposites word {w!r} is in two pairs" for w in sorted({w for w in words if words.count(w) > 1})]
+    errors += [f"opposites use seeds word {w!r}" for w in SEED_WORDS_AVOIDED if w in words]
+    if errors:
+        sys.exit("build_facts.py: " + "\n  ".join(["validation failed:"] + errors))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 if train.jsonl or heldout.jsonl is stale")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a file is stale")
     args = ap.parse_args()
-    train, heldout = build_train(), bt.build()
+    train, heldout, large = build_train(), bt.build(), build_heldout_large()
     validate(train, heldout)
-    texts = {TRAIN: bt.render(train), HELDOUT: bt.render(heldout)}
+    validate_large(train, heldout, large)
+    texts = {TRAIN: bt.render(train), HELDOUT: bt.render(heldout), HELDOUT_LARGE: bt.render(large)}
     demo = DEMO / "task_facts.jsonl"
     if not demo.exists() or demo.read_text() != texts[HELDOUT]:
         sys.exit(f"build_facts.py: {demo} is stale or missing; rerun data/demo/build_task.py")
+    counts = ", ".join(f"{p.name} ({t.count(chr(10))} items)" for p, t in texts.items())
     if args.check:
         stale = [p.name for p, t in texts.items() if not p.exists() or p.read_text() != t]
         if stale:
             print(f"{', '.join(stale)} stale; rerun build_facts.py", file=sys.stderr)
             sys.exit(1)
-        print(f"{TRAIN.name} ({len(train)} items) and {HELDOUT.name} ({len(heldout)} items) are up to date")
+        print(f"up to date: {counts}")
         return
     for path, text in texts.items():
         path.write_text(text)
-    print(f"wrote {TRAIN} ({len(train)} items) and {HELDOUT} ({len(heldout)} items)")
+    print(f"wrote {counts}")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from llmdistill.errors import UserError
-from llmdistill.records import check_utf8, open_text
+from llmdistill.errors import UserError, text_problem
+from llmdistill.textfile import check_utf8, open_text
 
 UNLABELLED = -100  # label of a row that has none
 
@@ -44,6 +44,8 @@ def read_rows(path: Path, text_field: str, label_field: str | None, num_labels: 
             text = row.get(text_field) if isinstance(row, dict) else None
             if not isinstance(text, str):
                 raise UserError(f"{path}:{n}: no string field {text_field!r}")
+            if problem := text_problem(text):
+                raise UserError(f"{path}:{n}: {text_field!r} {problem}")
             label = UNLABELLED
             if label_field is not None:
                 label = row.get(label_field)
@@ -55,6 +57,12 @@ def read_rows(path: Path, text_field: str, label_field: str | None, num_labels: 
     if not texts:
         raise UserError(f"{path}: no rows")
     return Rows(texts, labels)
+
+
+def only_class(rows: Rows) -> int | None:
+    """The one class of every labelled row, when they all have the same one (else None)."""
+    classes = set(rows.labels) - {UNLABELLED}
+    return classes.pop() if len(classes) == 1 else None
 
 
 def concat(a: Rows, b: Rows) -> Rows:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -94,24 +95,24 @@ def _reexport(cfg: BertDistillConfig, out: Path, fp: str) -> dict:
     torch.set_num_threads(cfg.threads)
     start = time.time()
     log.info("distill-bert %s: same training, export changed: re-exporting the saved student", out)
+    data = _read_data(cfg)
     teacher, tokenizer, teacher_dir = bteacher.get_teacher(cfg)
     metrics = store.read_json(out / "metrics.json")
     store.remove_path(out / "onnx")
     _write_config(cfg, out, fp)  # before the new fingerprint is marked: a run cut short here trains again
     student = bmodels.load_model(out / "student")
-    labelled, _ = _rows(cfg)
-    test = bdata.encode(_read(cfg, cfg.data.test, True), tokenizer, cfg.data.max_seq_len)
-    metrics["test"] = evaluate(cfg, teacher, teacher_dir, student, test, out, *_val_and_calibration(cfg, labelled,
+    test = bdata.encode(data.test, tokenizer, cfg.data.max_seq_len)
+    metrics["test"] = evaluate(cfg, teacher, teacher_dir, student, test, out, *_val_and_calibration(cfg, data,
                                                                                                     tokenizer))
     metrics["reexported"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                              "seconds": round(time.time() - start, 1)}
     return _finish(cfg, out, fp, metrics)
 
 
-def _val_and_calibration(cfg: BertDistillConfig, labelled: bdata.Rows, tokenizer):
+def _val_and_calibration(cfg: BertDistillConfig, data: Data, tokenizer):
     """The validation rows (the int8 choice) and the first data.train rows that calibrate static int8."""
-    val = bdata.encode(_read(cfg, cfg.data.val, True), tokenizer, cfg.data.max_seq_len) if cfg.data.val else None
-    n = cfg.export.int8_calibration_rows
+    val = bdata.encode(data.val, tokenizer, cfg.data.max_seq_len) if data.val is not None else None
+    n, labelled = cfg.export.int8_calibration_rows, data.labelled
     return val, bdata.encode(bdata.Rows(labelled.texts[:n], labelled.labels[:n]), tokenizer, cfg.data.max_seq_len)
 
 
@@ -131,14 +132,15 @@ def _finish(cfg: BertDistillConfig, out: Path, fp: str, metrics: dict) -> dict:
 def _run(cfg: BertDistillConfig, out: Path, fp: str) -> dict:
     torch.set_num_threads(cfg.threads)
     start = time.time()
+    data = _read_data(cfg)  # a bad line fails before any model loads
     _write_config(cfg, out, fp)
 
     teacher, tokenizer, teacher_dir = bteacher.get_teacher(cfg)
     for p in teacher.parameters():
         p.requires_grad_(False)
-    labelled, unlabelled = _rows(cfg)
-    test = bdata.encode(_read(cfg, cfg.data.test, True), tokenizer, cfg.data.max_seq_len)
-    val, calibration = _val_and_calibration(cfg, labelled, tokenizer)
+    labelled, unlabelled = data.labelled, data.unlabelled
+    test = bdata.encode(data.test, tokenizer, cfg.data.max_seq_len)
+    val, calibration = _val_and_calibration(cfg, data, tokenizer)
 
     student = students.build_student(cfg.student, teacher, len(cfg.data.labels), cfg.seed)
     pairs = _pairs(cfg, student, teacher)
@@ -273,6 +275,27 @@ def _signal(cfg: BertDistillConfig, phase, teacher, teacher_dir: Path, enc: bdat
 def _read(cfg: BertDistillConfig, path, labelled: bool, limit: int | None = None) -> bdata.Rows:
     return bdata.read_rows(path, cfg.data.text_field, cfg.data.label_field if labelled else None,
                            len(cfg.data.labels), limit)
+
+
+@dataclass
+class Data:
+    """Every data file of a run, read and checked (`_read_data`) before any model is loaded."""
+
+    labelled: bdata.Rows
+    unlabelled: bdata.Rows | None
+    test: bdata.Rows
+    val: bdata.Rows | None
+
+
+def _read_data(cfg: BertDistillConfig) -> Data:
+    labelled, unlabelled = _rows(cfg)
+    one = bdata.only_class(labelled)
+    if one is not None:  # still worth a run: the teacher's soft labels, and task-agnostic phases, read no label
+        log.warning("data.train %s: all %d labelled rows read are class %d (%r, of %s): the hard labels teach one "
+                    "answer", cfg.data.train, len(labelled.texts), one, cfg.data.labels[one],
+                    ", ".join(cfg.data.labels))
+    return Data(labelled, unlabelled, _read(cfg, cfg.data.test, True),
+                _read(cfg, cfg.data.val, True) if cfg.data.val else None)
 
 
 def _rows(cfg: BertDistillConfig) -> tuple[bdata.Rows, bdata.Rows | None]:

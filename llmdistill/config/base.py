@@ -10,7 +10,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationInfo
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
 
 from llmdistill.errors import UserError
 
@@ -95,6 +95,17 @@ def _real_dir(value: str) -> str:
     """A local directory with its symlinks resolved (a hub id or alias is left as is)."""
     return str(Path(value).resolve()) if Path(value).is_dir() else value
 
+
+# ---- numbers with a bound set by what uses them, checked when the config is read (not when a shard is written)
+# A seed seeds numpy too (transformers' set_seed in training, the semantic filter's hyperplanes): 0 <= seed < 2**32.
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+# A curriculum level; stored as int16 (records.py), with room for the levels evolution adds (generate.evolve.rounds).
+MAX_LEVEL = 10_000
+Level = Annotated[int, Field(ge=0, le=MAX_LEVEL)]
+# Tokens generated for one reply: more than any model answers in one reply, and within the int32 column of
+# records.py. A local model's context is the tighter bound: the stage that knows it checks it before generating.
+MAX_NEW_TOKENS = 1 << 20
+NewTokens = Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)]
 
 InputFile = Annotated[Path, AfterValidator(_input_file)]
 ModelSource = Annotated[str, AfterValidator(_model_source)]

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from llmdistill.config.base import InputFile, ModelSource, OutputDir, Section
+from llmdistill.config.base import InputFile, ModelSource, OutputDir, Section, Seed
 
 
 class _LossWeight:
@@ -54,7 +54,7 @@ class BertFinetuneConfig(Section):
     batch_size: int = Field(32, ge=1, description="rows per step")
     max_examples: int | None = Field(None, ge=1, description="fine-tune on the first N training rows only")
     freeze_embeddings: bool = Field(False, description="keep the embedding layer fixed (faster on a CPU)")
-    seed: int = Field(0, description="seeds the head initialisation and batch order (independent of the run's seed, "
+    seed: Seed = Field(0, description="seeds the head initialisation and batch order (independent of the run's seed, "
                       "so student seeds share one teacher)")
 
 
@@ -67,7 +67,7 @@ class BertMlmHeadConfig(Section):
     batch_size: int = Field(32, ge=1, description="rows per step")
     max_examples: int | None = Field(None, ge=1, description="fit on the first N rows only")
     mlm_probability: float = Field(0.15, gt=0, lt=1, description="share of tokens masked (BERT's 80/10/10)")
-    seed: int = Field(0, description="seeds the head initialisation, masking and batch order")
+    seed: Seed = Field(0, description="seeds the head initialisation, masking and batch order")
 
 
 class BertTeacherConfig(Section):
@@ -253,7 +253,7 @@ class BertDistillConfig(Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="run name")
     output_dir: OutputDir = Field(Path("runs"), description="the run is written to output_dir/name")
-    seed: int = Field(0, description="seeds initialisation, masking and batch order")
+    seed: Seed = Field(0, description="seeds initialisation, masking and batch order")
     threads: int = Field(1, ge=1, description="torch CPU threads (1 on a shared CPU: more threads spin and slow down)")
     data: BertDataConfig = Field(description="see `data`")
     teacher: BertTeacherConfig = Field(description="see `teacher`")

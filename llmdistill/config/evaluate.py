@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from llmdistill import graders
-from llmdistill.config.base import InputFiles, ModelSource, OutputDir, Section, _real_dir
+from llmdistill.config.base import InputFiles, ModelSource, NewTokens, OutputDir, Section, _real_dir
 
 # The grader names, from the graders table (llmdistill/graders.py) and its aliases ("number" is "numeric").
 GraderName = Literal[(*graders.GRADERS, *graders.ALIASES)]
@@ -41,7 +41,7 @@ class TaskConfig(_Graded):
     prompts: InputFiles = Field(description="JSONL prompts, each with an 'answer'")
     grader: GraderName = Field("contains", description=GRADER_HELP)
     choices: list[str] | None = Field(None, description=CHOICES_HELP)
-    max_new_tokens: int = Field(32, ge=1)
+    max_new_tokens: NewTokens = Field(32, description="length cap of a reply (checked against the teacher's context)")
     max_items: int | None = Field(None, gt=0, description="grade this many items, spread over the file")
 
 
@@ -50,10 +50,12 @@ class EvalConfig(Section):
 
     prompts: InputFiles = Field(description="held-out JSONL prompts (never used for training)")
     max_prompts: int | None = Field(None, gt=0, description="evaluate on this many, spread over the levels")
-    max_new_tokens: int = Field(128, ge=1, description="length of the teacher's reference completions")
+    max_new_tokens: NewTokens = Field(
+        128, description="length of the teacher's reference completions (a prompt's tokens + this must fit the "
+        "teacher's context: checked before anything is generated)")
     batch_size: int = Field(8, ge=1, description="prompts per teacher-reference and scoring batch")
     latency_prompts: int = Field(3, ge=1, description="prompts timed for per-token latency")
-    latency_new_tokens: int = Field(32, ge=1, description="tokens generated per timed prompt (greedy, batch 1)")
+    latency_new_tokens: NewTokens = Field(32, description="tokens generated per timed prompt (greedy, batch 1)")
     tasks: list[TaskConfig] = Field(default_factory=list, description="gradable tasks (see `eval.tasks[]`)")
     topk: int = Field(10, ge=1, description="k of the top-k overlap between student and teacher next-token lists")
     ece_bins: int = Field(15, ge=1, description="equal-width confidence bins of the expected calibration error")

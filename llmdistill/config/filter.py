@@ -6,7 +6,16 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from llmdistill.config.base import InputFile, ModelSource, OutputDir, Section, literal_values, union_tags
+from llmdistill.config.base import (
+    InputFile,
+    ModelSource,
+    NewTokens,
+    OutputDir,
+    Section,
+    Seed,
+    literal_values,
+    union_tags,
+)
 from llmdistill.config.evaluate import CHOICES_HELP, GRADER_HELP, GraderName, _Graded
 from llmdistill.config.teacher import TeacherConfig
 
@@ -142,7 +151,7 @@ class NearDedupStep(_Cluster):
     num_perm: int = Field(128, ge=8, le=1024, description="MinHash permutations")
     bands: int | None = Field(None, ge=1, description="LSH bands (default: chosen for `threshold`, misses "
                               "weighted 19:1 over checks)")
-    seed: int = Field(1, description="MinHash seed")
+    seed: Seed = Field(1, description="MinHash seed")
     chunk_rows: int = Field(4096, ge=1, description="texts hashed at a time")
 
     @model_validator(mode="after")
@@ -166,7 +175,7 @@ class SemanticDedupStep(_Cluster):
     batch_size: int = Field(64, ge=1)
     max_length: int = Field(256, ge=8, description="tokens embedded per text")
     device: str = Field("cpu", description="cpu, cuda, cuda:1 ...")
-    seed: int = Field(0, description="seeds the hyperplanes")
+    seed: Seed = Field(0, description="seeds the hyperplanes")
 
 
 class HistoryDedupStep(Section):
@@ -234,7 +243,7 @@ class JudgeStep(_Scorer):
                                      "scale_min, scale_max); default: the built-in prompts/judge_quality.jinja")
     scale_min: int = Field(1)
     scale_max: int = Field(10)
-    max_new_tokens: int = Field(64, ge=1)
+    max_new_tokens: NewTokens = Field(64)
     drop_unparsed: bool = Field(False)
 
 

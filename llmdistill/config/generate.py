@@ -6,7 +6,18 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
-from llmdistill.config.base import NOT_HASHED, InputFile, InputFiles, Section, _resolve_path, literal_values, union_tags
+from llmdistill.config.base import (
+    MAX_NEW_TOKENS,
+    NOT_HASHED,
+    InputFile,
+    InputFiles,
+    Level,
+    NewTokens,
+    Section,
+    _resolve_path,
+    literal_values,
+    union_tags,
+)
 from llmdistill.config.teacher import LOCAL_BACKENDS, TeacherConfig
 
 
@@ -36,7 +47,7 @@ class FileSource(_Source):
     kind: Literal["file"]
     path: InputFiles = Field(description="one file or a list of files")
     format: Literal["auto", "jsonl", "text"] = Field("auto", description="auto: .txt is text, anything else JSONL")
-    level: int | None = Field(None, ge=0, description="level of every prompt (JSONL lines without one get 1)")
+    level: Level | None = Field(None, description="level of every prompt (JSONL lines without one get 1)")
     source: str | None = Field(None, description="source name of every prompt (default: the line's, or the file name)")
     tags: list[str] = Field(default_factory=list, description="tags added to every prompt")
 
@@ -52,7 +63,7 @@ class HFDatasetSource(_Source):
     data_files: InputFiles | None = Field(None, description="local files for a builder (path: json / parquet / csv)")
     prompt_column: str = Field("prompt", description="column holding the prompt text")
     level_column: str | None = Field(None, description="column holding the level (overrides `level`)")
-    level: int = Field(1, ge=0, description="level of every prompt when there is no level column")
+    level: Level = Field(1, description="level of every prompt when there is no level column")
     answer_column: str | None = Field(None, description="column holding a gold answer, if any")
     source: str | None = Field(None, description="source name of every prompt (default: the dataset path)")
     tags: list[str] = Field(default_factory=list, description="tags added to every prompt")
@@ -67,7 +78,7 @@ class TemplateSource(_Source):
     template: InputFile = Field(description="template file, e.g. prompts/explain.md.j2")
     grid: dict[str, list] = Field(default_factory=dict, description="variable -> values; every combination renders")
     rows: list[dict] = Field(default_factory=list, description="explicit variable sets, rendered one by one")
-    level: int = Field(1, ge=0, description="level of every rendered prompt")
+    level: Level = Field(1, description="level of every rendered prompt")
     source: str | None = Field(None, description="source name (default: the template file name)")
     tags: list[str] = Field(default_factory=list, description="tags added to every prompt")
 
@@ -97,7 +108,7 @@ class EvolveConfig(Section):
     operators: list[EvolveOperator] = Field(
         default_factory=lambda: list(EVOLVE_OPERATORS), description="operators to draw from (seeded per prompt)")
     per_prompt: int = Field(1, ge=1, description="variants asked for per prompt and round (distinct operators)")
-    max_new_tokens: int = Field(192, ge=8, description="length cap of an evolved prompt")
+    max_new_tokens: int = Field(192, ge=8, le=MAX_NEW_TOKENS, description="length cap of an evolved prompt")
     temperature: float = Field(0.7, ge=0.0, description="sampling temperature of the rewriting teacher")
     min_chars: int = Field(12, ge=1, description="shorter rewrites are rejected (reason too_short)")
     max_chars: int = Field(2000, ge=1, description="longer rewrites are rejected (reason too_long)")
@@ -150,7 +161,7 @@ class GenerateConfig(Section):
     max_prompts: int | None = Field(None, gt=0, description="keep this many prompts, spread evenly over the curriculum")
     order: Literal["curriculum", "file"] = Field("curriculum", description="curriculum: easy to hard by level")
     n: int = Field(1, ge=1, description="samples per prompt")
-    max_new_tokens: int = Field(256, ge=1, description="completion length cap (finish_reason 'length' when hit)")
+    max_new_tokens: NewTokens = Field(256, description="completion length cap (finish_reason 'length' when hit)")
     temperature: float = Field(0.7, ge=0.0, description="0 means greedy decoding")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling; 1 disables it")
     topk: int = Field(20, ge=1, description="top-k log-probs stored for every completion token")
@@ -191,7 +202,8 @@ class GenerateConfig(Section):
         if v is None or v in ("auto", "local"):
             return v
         host, _, port = v.removeprefix("ray://").rpartition(":")
-        if not (host and port.isdigit() and 0 < int(port) < 65536) or any(c.isspace() or c in "/@" for c in host):
+        port_ok = port.isascii() and port.isdigit() and 0 < int(port) < 65536  # ASCII: "²".isdigit() is True
+        if not (host and port_ok) or any(c.isspace() or c in "/@" for c in host):
             raise ValueError(f"{v!r} is not auto, local, host:port or ray://host:port")
         return v
 

@@ -17,7 +17,8 @@ from llmdistill import credentials
 from llmdistill.config.base import ConfigError, discriminator, file_problem, union_members, unwrap
 from llmdistill.config.bert import BertDistillConfig
 from llmdistill.config.root import Config
-from llmdistill.errors import describe_os_error
+from llmdistill.errors import describe_os_error, text_problem
+from llmdistill.textfile import NotUTF8, read_text
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -104,7 +105,7 @@ def _set_path(data: dict, parts: list[str], value: Any, text: str) -> None:
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
+            if not (part.isascii() and part.isdigit()) or int(part) >= len(node):
                 raise ConfigError([f"override {text!r}: {'.'.join(parts[:i]) or 'config'} has no item {part}"])
             if last:
                 node[int(part)] = value
@@ -157,13 +158,11 @@ def read_yaml(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[
     if problem:
         raise ConfigError([f"config {problem}"], source)
     try:
-        raw = path.read_bytes()
-        data = parse_yaml(raw.decode("utf-8"))
+        data = parse_yaml(read_text(path))
     except OSError as e:
         raise ConfigError([f"cannot read the config: {describe_os_error(e)}"], source) from None
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise ConfigError([f"line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}: {e.reason})"], source) from None
+    except NotUTF8 as e:
+        raise ConfigError([f"line {e.line}: {e}"], source) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -185,9 +184,27 @@ def read_yaml(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[
             override_values.update(str(v) for v in (value if isinstance(value, list) else [value]))
         except ConfigError as e:
             errors.extend(e.errors)
+    errors += _not_text(data, [])
     if errors:
         raise ConfigError(errors, source)
     return data, override_values
+
+
+def _not_text(node: Any, path: list[str]) -> list[str]:
+    """`a.b: holds a lone surrogate ...` for every key or string value under `node` that is not text (a
+    "\ud800" escape): it would fail only when the resolved config, a prompt or a shard is written."""
+    out = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            where = [*path, _printable(str(key))]
+            problem = text_problem(key) if isinstance(key, str) else None
+            out += [f"{'.'.join(where)}: key {problem}"] if problem else _not_text(value, where)
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            out += _not_text(item, [*path, str(i)])
+    elif isinstance(node, str) and (problem := text_problem(node)):
+        out.append(f"{'.'.join(path) or 'config'}: {problem}")
+    return out
 
 
 def validate_dict(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from llmdistill.config.base import OutputDir, Section
+from llmdistill.config.base import OutputDir, Section, Seed
 from llmdistill.config.evaluate import EvalConfig, RetrainConfig
 from llmdistill.config.filter import FilterConfig
 from llmdistill.config.generate import AnnotateConfig, GenerateConfig
@@ -19,7 +19,8 @@ class Config(Section):
 
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="run name")
     output_dir: OutputDir = Field(Path("runs"), description="runs are written to output_dir/name")
-    seed: int = Field(0, description="seeds sampling (per batch) and training")
+    seed: Seed = Field(0, description="seeds sampling (per batch) and training (0 <= seed < 2**32, numpy's range, as "
+                      "every seed field)")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="see `teacher` (named `default`)")
     teachers: dict[str, TeacherConfig] = Field(
         default_factory=dict, description="more teachers by name, picked per prompt by `generate.routing`")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from llmdistill.config.base import InputFiles, ModelSource, Section, literal_values
+from llmdistill.config.base import InputFiles, ModelSource, NewTokens, Section, Seed, literal_values
 from llmdistill.config.teacher import APIOptions, VLLMOptions
 
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
@@ -154,9 +154,9 @@ class OnPolicyConfig(Section):
     lmbda: float = Field(0.5, ge=0.0, le=1.0, description="gkd and vllm: fraction of batches the student generates "
                          "(the rest train on the teacher-written completions)")
     seq_kd: bool = Field(False, description="gkd only: off-policy batches use fresh teacher generations")
-    max_new_tokens: int = Field(64, ge=1, description="length of the completions generated during training")
-    min_new_tokens: int | None = Field(
-        None, ge=1, description="rollouts vllm and offline: a rollout budget that grows from this many new tokens "
+    max_new_tokens: NewTokens = Field(64, description="length of the completions generated during training")
+    min_new_tokens: NewTokens | None = Field(
+        None, description="rollouts vllm and offline: a rollout budget that grows from this many new tokens "
         "to max_new_tokens (linearly over the steps, or the rounds), short to long as in ShortOPD; unset: "
         "max_new_tokens throughout")
     cut_repetition: bool = Field(
@@ -295,7 +295,7 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_seq_len: int = Field(1024, ge=8, description="prompt + completion tokens; longer completions are cut")
     shuffle: bool = Field(False, description="False keeps the curriculum order (easy to hard)")
-    seed: int | None = Field(None, description="seeds training alone (data order, anything random in the "
+    seed: Seed | None = Field(None, description="seeds training alone (data order, anything random in the "
                              "student); default: the top-level seed. Sweep it to repeat a run on the same data")
     chunk_tokens: int | None = Field(
         None, ge=1, description="loss chunk: at most this many tokens' logits exist at once (default: 2^24 / "

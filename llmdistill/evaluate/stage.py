@@ -30,6 +30,7 @@ from llmdistill.errors import UserError
 from llmdistill.evaluate.metrics import add_sums, finish, sums_of, token_stats
 from llmdistill.prompts import load_prompts
 from llmdistill.runner import StageContext
+from llmdistill.teachers import ContextCheck, PromptTooLong, model_context
 
 log = logging.getLogger("llmdistill")
 
@@ -45,20 +46,25 @@ def run(cfg: Config, ctx: StageContext) -> None:
         prompts = load_prompts(e.prompts, cfg.generate.system_prompt, "curriculum", e.max_prompts)
     except ValueError as err:
         raise UserError(str(err)) from None
+    files = ", ".join(map(str, e.prompts))
+    if not prompts:
+        raise UserError(f"eval.prompts {files}: no prompts in it (an empty file, or blank lines only)")
     trained_on = set(store.read_table(ctx.stage_dir("filter"), ["prompt_id"]).column("prompt_id").to_pylist())
     overlap = [p for p in prompts if p.id in trained_on]
     if overlap:
         log.warning("eval: %d held-out prompts also appear in the training data; they are left out", len(overlap))
         prompts = [p for p in prompts if p.id not in trained_on]
     if not prompts:
-        raise UserError("eval: no held-out prompts left to evaluate on")
-    for task in e.tasks:  # a task file the grader cannot use fails now, before any model is loaded
-        task_items(cfg, task)
+        raise UserError(f"eval.prompts {files}: every one of its {len(overlap)} prompts is in the training data too: "
+                        "no held-out prompt is left to evaluate on")
+    # a task file the grader cannot use fails now, before any model is loaded
+    tasks = [(task, task_items(cfg, task)) for task in e.tasks]
 
     device = models.pick_device(cfg.teacher.device)
     tokenizer = models.load_tokenizer(cfg.teacher.model, cfg.teacher.revision, cfg.teacher.trust_remote_code)
     teacher = models.load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, device, cfg.teacher.revision,
                                     cfg.teacher.trust_remote_code)
+    check_lengths(cfg, tokenizer, model_context(teacher.config), prompts, tasks)
     refs = teacher_references(cfg, ctx, teacher, tokenizer, prompts, device)
 
     students, other_tokenizer = {}, {}
@@ -192,12 +198,36 @@ def greedy(model, tokenizer, prompts, max_new_tokens: int, batch_size: int, devi
     return out_rows
 
 
+def check_lengths(cfg: Config, tokenizer, context: int | None, prompts, tasks) -> None:
+    """Every reply eval asks for fits the teacher's context (prompt tokens + that length), checked before anything
+    is generated, by the check generate makes of its prompts (`ContextCheck`); else one line naming the key."""
+    if context is None:  # the model's config does not say
+        return
+    e = cfg.eval
+    asks = [("eval.max_new_tokens", e.max_new_tokens, prompts),
+            ("eval.latency_new_tokens", e.latency_new_tokens, prompts[: e.latency_prompts]),
+            *((f"eval.tasks {task.name}: max_new_tokens", task.max_new_tokens, items) for task, items in tasks)]
+    for key, new_tokens, items in asks:
+        if new_tokens >= context:
+            raise UserError(f"{key} is {new_tokens}, but the teacher's context holds {context} tokens, prompt and "
+                            "reply together: lower it")
+        try:
+            ContextCheck(tokenizer, context, new_tokens, "error").encode([p.messages for p in items])
+        except PromptTooLong as err:
+            prompt = items[err.index]
+            raise UserError(f"{key}: {prompt.origin or repr(prompt.messages[-1]['content'][:60])}: {err.reason}") \
+                from None
+
+
 def task_items(cfg: Config, task) -> list:
     """The task's prompts (`eval.tasks[]` entry `task`), each with a gold answer its grader can use."""
     try:
         items = load_prompts(task.prompts, cfg.generate.system_prompt, "file", task.max_items)
     except ValueError as err:
         raise UserError(str(err)) from None
+    if not items:
+        raise UserError(f"eval.tasks {task.name}: prompts {', '.join(map(str, task.prompts))}: no prompts in it (an "
+                        "empty file, or blank lines only)")
     missing = [p for p in items if p.answer is None]
     if missing:
         raise UserError(f"eval.tasks {task.name}: {len(missing)} items have no 'answer' "
@@ -355,7 +385,7 @@ def plain_layout(headers: list[str], rows: list[list[str]], width: int) -> list[
 def output_width(stream) -> int:
     """$COLUMNS when set, else the terminal's width, else 80 (a pipe, a CI log, a cron mail)."""
     columns = os.environ.get("COLUMNS", "")
-    if columns.isdigit() and int(columns) > 0:
+    if columns.isascii() and columns.isdigit() and int(columns) > 0:
         return int(columns)
     try:
         return os.get_terminal_size(stream.fileno()).columns

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from llmdistill import config as C
-from llmdistill import records
-from llmdistill.errors import UserError
+from llmdistill import textfile
+from llmdistill.errors import UserError, text_problem
 from llmdistill.filter import minhash
 from llmdistill.filter.filters import Verdict, text_key
 from llmdistill.records import Sample
@@ -45,12 +45,14 @@ def load_eval_items(es: C.EvalSetConfig) -> list[str]:
     if es.path is not None:
         path = Path(es.path)
         items = []
-        with records.open_text(path) as f:
+        with textfile.open_text(path) as f:
             for lineno, line in enumerate(f, 1):
                 try:
-                    line = records.check_utf8(line.rstrip("\r\n"))
+                    line = textfile.check_utf8(line.rstrip("\r\n"))
                     if path.suffix == ".jsonl" and line.strip():
                         items.append(item_text(json.loads(line), es.fields))
+                        if problem := text_problem(items[-1]):  # a "\ud800" escape
+                            raise ValueError(problem)
                     elif path.suffix != ".jsonl":
                         items.append(line)
                 except json.JSONDecodeError as e:

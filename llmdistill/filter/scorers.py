@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from llmdistill import config as C
+from llmdistill.errors import UserError
 from llmdistill.records import Sample
+from llmdistill.textfile import NotUTF8, read_text
 
 log = logging.getLogger("llmdistill")
 
@@ -57,7 +59,11 @@ def render_rubric(template_path: Path, **variables) -> str:
     from jinja2.sandbox import SandboxedEnvironment
 
     env = SandboxedEnvironment(keep_trailing_newline=True, autoescape=False)
-    return env.from_string(Path(template_path).read_text(encoding="utf-8")).render(**variables)
+    try:
+        text = read_text(template_path)
+    except NotUTF8 as e:
+        raise UserError(f"{template_path}:{e.line}: {e}") from None
+    return env.from_string(text).render(**variables)
 
 
 class JudgeScorer(Scorer):
@@ -104,8 +110,6 @@ def _conversation(s: Sample) -> list[dict]:
 def _loading(step):
     """Load a step's model; transformers' refusal to run a repository's code becomes one line naming the step
     and the fix."""
-    from llmdistill.errors import UserError
-
     try:
         yield
     except ValueError as e:

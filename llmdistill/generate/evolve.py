@@ -28,6 +28,7 @@ from llmdistill import records
 from llmdistill.config import Config, EvolveConfig
 from llmdistill.errors import UserError
 from llmdistill.prompts import Prompt, render
+from llmdistill.textfile import NotUTF8, read_text
 
 log = logging.getLogger("llmdistill")
 
@@ -42,7 +43,10 @@ def operator_template(name: str) -> str:
     path = PROMPTS_DIR / f"evol_{name}.md"
     if not path.is_file():
         raise UserError(f"evolution operator {name!r}: template {path} not found")
-    return path.read_text(encoding="utf-8")
+    try:
+        return read_text(path)
+    except NotUTF8 as e:
+        raise UserError(f"{path}:{e.line}: {e}") from None
 
 
 def template_hashes(cfg: Config) -> dict[str, str]:

@@ -96,13 +96,16 @@ def _connect(ray, address: str | None) -> bool:
     False when this process is connected already."""
     if ray.is_initialized():
         return False
-    if address not in (None, "auto", "local") and not address.startswith("ray://"):
-        host, _, port = address.rpartition(":")
+    target = _cluster_address(address)
+    if target is not None:
+        host, _, port = target.rpartition(":")
         try:
-            socket.create_connection((host, int(port)), timeout=10).close()
-        except OSError as e:
-            raise UserError(f"generate.ray_address {address}: no Ray cluster answers there ({e.strerror or e}); "
-                            "start one with `ray start --head` or check the address") from None
+            socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+        except (OSError, ValueError) as e:
+            shown = target if target == address else f"{address or '(default)'} (found: {target})"
+            raise UserError(f"generate.ray_address {shown}: no Ray cluster answers there "
+                            f"({getattr(e, 'strerror', None) or e}); start one with `ray start --head` or check the "
+                            "address") from None
     try:
         ray.init(address=address, log_to_driver=True)
     except Exception as e:  # noqa: BLE001 (ConnectionError, ValueError, RuntimeError: Ray's own, all one line here)
@@ -112,6 +115,22 @@ def _connect(ray, address: str | None) -> bool:
         raise UserError(f"generate.ray_address {address or '(default)'}: cannot start or join a Ray cluster: "
                         f"{_first_line(e)}{hint if 'Failed to connect' in str(e) else ''}") from None
     return True
+
+
+def _cluster_address(address: str | None) -> str | None:
+    """The host:port that ray.init joins for `address`: the address itself, or for auto and null the one Ray finds
+    ($RAY_ADDRESS, the cluster `ray start` last started on this machine), so that a dead one is found in a second;
+    None when Ray starts a cluster of its own, connects as a client (ray://) or finds none (it says so at once)."""
+    if address in (None, "auto"):
+        try:
+            from ray._private.services import get_ray_address_from_environment  # what ray.init asks
+
+            address = get_ray_address_from_environment(address, None)
+        except Exception:  # noqa: BLE001 (none found; or another Ray: ray.init decides, as it would anyway)
+            return None
+    if address in (None, "auto", "local") or address.startswith("ray://"):
+        return None
+    return address
 
 
 def _drive(ray, cfg: Config, fingerprint: str, run_shard, resources: dict, count: int) -> None:

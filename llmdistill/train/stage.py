@@ -494,6 +494,7 @@ def _start_dir(cfg: Config, ctx: StageContext):
         student = build_student(cfg)
         tokenizer = models.load_tokenizer(cfg.teacher.model, cfg.teacher.revision, cfg.teacher.trust_remote_code)
         models.save_dir(path, "the student to start from", lambda tmp: (student.save_pretrained(str(tmp)),
-                                                                        tokenizer.save_pretrained(str(tmp))))
+                                                                        tokenizer.save_pretrained(str(tmp))),
+                        "opd-start-student")
         store.mark_success(path, {"teacher_layers": s.teacher_layers})
     return path

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 
@@ -101,3 +102,19 @@ def test_ray_errors_are_one_line(tiny_config, ray_env):
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith("llmdistill: error: generate on Ray: shard 0/1: ") and "long.jsonl:1" in last, last
     assert "Traceback" not in failed.stderr and "retry" not in failed.stderr
+
+
+@pytest.mark.ray
+def test_a_dead_cluster_found_by_auto_is_one_line_at_once(tiny_config, ray_env):
+    """--address auto joins what Ray finds ($RAY_ADDRESS, or the cluster `ray start` last started here): a dead
+    one is one line, where Ray itself printed 20 warning lines over 21 s (minutes, where nothing answers)."""
+    path, _ = tiny_config
+    with socket.socket() as s:  # a local port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = cli("generate", path, "--executor", "ray", "--address", "auto", env={**ray_env,
+                                                                              "RAY_ADDRESS": f"127.0.0.1:{port}"})
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [
+        f"llmdistill: error: generate.ray_address auto (found: 127.0.0.1:{port}): no Ray cluster answers there "
+        "(Connection refused); start one with `ray start --head` or check the address"]
