@@ -114,6 +114,7 @@ def on_policy_trainer(variant: str, steps: int, tokenizer, student, base: dict):
     """The trainer the train stage builds for this on-policy variant (the same functions it calls)."""
     from llmdistill import store
     from llmdistill.config import load_config
+    from llmdistill.train import sources
     from llmdistill.train.data import COLUMNS
     from llmdistill.train.preflight import Preflight
     from llmdistill.train.stage import _offline_trainer
@@ -128,8 +129,10 @@ def on_policy_trainer(variant: str, steps: int, tokenizer, student, base: dict):
         return build_on_policy_trainer(cfg, student, tokenizer, data, base)
     prov = store.read_manifest(cfg.run_dir / "filter")["provenance"]
     check = Preflight("exact", student.config.vocab_size, "")
-    return _offline_trainer(cfg, WORK / "ckpt-op" / "student", student, tokenizer, data, cfg.train.loss, check, prov,
-                            on_policy=True)
+    source = sources.build(cfg, cfg.train.loss, check, prov, None, tokenizer, on_policy=True)
+    trainer, _ = _offline_trainer(cfg, WORK / "ckpt-op" / "student", student, tokenizer, data, cfg.train.loss, check,
+                                  source, on_policy=True)
+    return trainer
 
 
 def measure(trainer, steps: int) -> dict:
@@ -146,13 +149,14 @@ def measure(trainer, steps: int) -> dict:
     trainer.train()
     per_step = [b - a for a, b in zip(marks, marks[1:])]
     out = {"seconds_per_step": statistics.median(per_step), "mean_seconds_per_step": statistics.mean(per_step)}
-    if "n_completion" in trainer.train_dataset.column_names and getattr(trainer, "rollouts", None) is None:
+    rollouts = getattr(trainer.data_collator, "rollouts", None)  # the vLLM rollouts' OnPolicyCollator
+    if "n_completion" in trainer.train_dataset.column_names and rollouts is None:
         bs = trainer.args.per_device_train_batch_size
         n = len(trainer.train_dataset)  # steps past the end of the data start it again
         out["tokens_per_second"] = sum(trainer.train_dataset[i % n]["n_completion"] for i in range(bs, bs * steps)) \
             / sum(per_step)
-    if getattr(trainer, "rollouts", None) is not None:
-        out["rollouts"] = trainer.rollouts.summary()
+    if rollouts is not None:
+        out["rollouts"] = rollouts.summary()
     return out
 
 

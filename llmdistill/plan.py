@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from llmdistill import architecture
-from llmdistill.config.train import auto_chunk_tokens
+from llmdistill.config.train import DIVERGENCE_NAMES, auto_chunk_tokens, effective_loss
 from llmdistill.errors import UserError
 
 SHARDINGS = ("none", "ddp", "fsdp", "zero3")
@@ -126,17 +126,15 @@ class Setup:
     @classmethod
     def of(cls, cfg, sharding: str = "none", processes: int = 1) -> Setup:
         t = cfg.train
-        terms = (("ce", 1.0),) if t.mode == "seq_kd" else tuple(
-            (x.name, 1.0 if x.name == "ce" else x.temperature) for x in t.loss)
+        terms = tuple((x.name, x.temperature if x.is_divergence else 1.0) for x in effective_loss(t.mode, t.loss))
         targets = LINEARS
         if t.lora is not None and t.lora.target_modules != "all-linear":
             targets = tuple(n for n in LINEARS if any(n == m or n.endswith(m) for m in t.lora.target_modules))
-        divergent = any(name != "ce" for name, _ in terms)
         return cls(batch_size=t.batch_size, grad_accum=t.grad_accum, seq_len=t.max_seq_len,
                    checkpointing=bool(getattr(t, "gradient_checkpointing", False)), bf16=t.bf16,
                    lora_r=t.lora.r if t.lora is not None else None, lora_targets=targets,
                    freeze_embeddings=t.freeze_embeddings, sharding=sharding, processes=processes,
-                   chunk_tokens=t.chunk_tokens, terms=terms, live_teacher=divergent and t.teacher_signal == "live",
+                   chunk_tokens=t.chunk_tokens, terms=terms, live_teacher=t.loads_live_teacher,
                    topk=cfg.annotate.topk if cfg.annotate.enabled else cfg.generate.topk,
                    packing=bool(getattr(t, "packing", False)))
 
@@ -180,7 +178,7 @@ def chunk_multiplier(s: Setup) -> int:
     temps = {temp for _, temp in s.terms}
     m = 1 + sum(2 if temp != 1.0 else 1 for temp in temps) + len(s.terms) + 1
     if s.live_teacher:
-        m += 5 * sum(1 for name, _ in s.terms if name != "ce")
+        m += 5 * sum(1 for name, _ in s.terms if name in DIVERGENCE_NAMES)
     return m
 
 

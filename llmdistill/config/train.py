@@ -15,6 +15,8 @@ DIVERGENCE_NAMES = literal_values(Divergence)
 DIVERGENCE_PARAMS: dict[str, dict[str, float]] = {"jsd": {"beta": 0.5}, "skew_kl": {"alpha": 0.1},
                                                   "skew_reverse_kl": {"alpha": 0.1}}
 _PARAM_NAMES = tuple(dict.fromkeys(p for params in DIVERGENCE_PARAMS.values() for p in params))
+# where a divergence's teacher distribution comes from (train/sources.py has one class per name)
+TeacherSignal = Literal["stored", "live", "served"]
 
 
 class LossTerm(Section):
@@ -25,8 +27,10 @@ class LossTerm(Section):
     skew_reverse_kl KL(q || alpha q + (1-alpha) p), tvd 1/2 sum |p - q|; ce is hard-label cross-entropy.
     """
 
-    name: Literal[Divergence, "ce"] = Field(
-        description="a divergence to the teacher's distribution, or ce (cross-entropy on the teacher's tokens)")
+    name: Literal[Divergence, "ce", "sampled_reverse_kl"] = Field(
+        description="a divergence to the teacher's distribution, ce (cross-entropy on the sequence's tokens), or "
+        "sampled_reverse_kl: on-policy only, the per-token estimate log q(x) - log p(x) of KL(student || teacher) "
+        "at the tokens x the student sampled (its gradient: that difference times the gradient of log q(x))")
     weight: float = Field(ge=0.0, description="multiplies the term (divergences also by T^2); no renormalisation")
     temperature: float = Field(1.0, gt=0.0, description="divergences: softening temperature (term scaled by T^2)")
     beta: float | None = Field(None, gt=0.0, lt=1.0, description="jsd only: mixture weight of the teacher (0.5)")
@@ -34,6 +38,8 @@ class LossTerm(Section):
 
     @model_validator(mode="after")
     def _params(self):
+        if self.name == "sampled_reverse_kl" and self.temperature != 1.0:
+            raise ValueError("sampled_reverse_kl is taken at temperature 1 (the distribution the student sampled from)")
         for param in _PARAM_NAMES:
             takers = [name for name, params in DIVERGENCE_PARAMS.items() if param in params]
             if getattr(self, param) is not None and self.name not in takers:
@@ -47,6 +53,33 @@ class LossTerm(Section):
     def params(self) -> dict[str, float]:
         """Keyword arguments of the divergence function."""
         return {k: v for k in _PARAM_NAMES if (v := getattr(self, k)) is not None}
+
+    @property
+    def is_divergence(self) -> bool:
+        """Whether the term compares the student with the teacher's distribution (every term but ce)."""
+        return self.name != "ce"
+
+
+def _check_terms(terms, where: str) -> None:
+    names = [t.name for t in terms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: loss terms must be distinct, got {names}")
+    if not any(t.weight > 0 for t in terms):
+        raise ValueError(f"{where}: at least one loss term needs a positive weight")
+
+
+def needs_teacher(terms) -> bool:
+    """Whether a loss with these terms needs a teacher signal: the one predicate for it."""
+    return any(t.is_divergence for t in terms)
+
+
+CE_ONLY = (LossTerm(name="ce", weight=1.0),)  # the SFT-only loss
+
+
+def effective_loss(mode: str, terms) -> list[LossTerm]:
+    """The terms a variant of train.mode `mode` trains with: seq_kd learns the teacher's text with cross-entropy
+    alone (its divergence terms, if any, are not used); offline and on_policy use `terms`."""
+    return list(CE_ONLY) if mode == "seq_kd" else list(terms)
 
 
 class PruneConfig(Section):
@@ -104,39 +137,83 @@ class OnPolicyConfig(Section):
     """On-policy distillation (train.mode: on_policy): the student writes completions for the prompts and the
     teacher scores them. rollouts: trl runs trl's trainers (the student samples with HF generate, the local
     teacher scores with the generalised JSD); rollouts: vllm samples from a vLLM engine holding the current
-    student and trains with train.loss against train.teacher_signal (live or served)."""
+    student and trains with train.loss against train.teacher_signal (live or served); rollouts: offline runs
+    `rounds` rounds of: the student samples completions for the prompts, the local teacher scores them once by
+    teacher forcing (its top-k and the log-prob of every sampled token, stored as a dataset), the student trains
+    on them (docs/training.md, offline on-policy distillation)."""
 
-    rollouts: Literal["trl", "vllm"] = Field(
+    rollouts: Literal["trl", "vllm", "offline"] = Field(
         "trl", description="trl: trl's trainers, HF generate; vllm: the student's samples come from a vLLM engine "
-        "that reloads its weights every refresh_every steps, scored by the live or served teacher (train.loss)")
+        "that reloads its weights every refresh_every steps, scored by the live or served teacher (train.loss); "
+        "offline: rounds of stored student samples scored once by the local teacher (train.loss on them)")
     trainer: Literal["distillation", "gkd"] = Field(
         "distillation", description="rollouts trl: distillation = trl.DistillationTrainer (every batch "
         "on-policy); gkd = trl's GKDTrainer (lmbda mixes student-generated and teacher-written batches)")
     beta: float = Field(0.5, ge=0.0, le=1.0, description="rollouts trl: JSD interpolation, 0 forward KL, 1 reverse "
-                        "KL (rollouts vllm: the loss is train.loss, e.g. a jsd term with its beta)")
+                        "KL (rollouts vllm and offline: the loss is train.loss, e.g. a jsd term with its beta)")
     lmbda: float = Field(0.5, ge=0.0, le=1.0, description="gkd and vllm: fraction of batches the student generates "
                          "(the rest train on the teacher-written completions)")
     seq_kd: bool = Field(False, description="gkd only: off-policy batches use fresh teacher generations")
     max_new_tokens: NewTokens = Field(64, description="length of the completions generated during training")
+    min_new_tokens: NewTokens | None = Field(
+        None, description="rollouts vllm and offline: a rollout budget that grows from this many new tokens "
+        "to max_new_tokens (linearly over the steps, or the rounds), short to long as in ShortOPD; unset: "
+        "max_new_tokens throughout")
+    cut_repetition: bool = Field(
+        True, description="rollouts vllm and offline: cut a sample's repetitive suffix (the same span of tokens "
+        "three times or more in a row, or a single token eight times) after its first occurrence, so the student "
+        "is not trained on its own degenerate loops")
     temperature: float = Field(1.0, gt=0.0, description="sampling temperature (rollouts trl: also the loss's)")
     refresh_every: int = Field(1, ge=1, description="rollouts vllm: steps between reloads of the student's weights "
                                "into the engine (samples come from weights at most this many steps old)")
-    vllm: VLLMOptions = Field(default_factory=VLLMOptions, description="rollouts vllm: the engine (as teacher.vllm; "
-                              "the model is the student, in float32 unless engine_args say otherwise)")
+    rounds: int = Field(1, ge=1, description="rollouts offline: rounds of sample -> score -> train; train.max_steps "
+                        "(less offline_steps) is split evenly over them")
+    offline_steps: int = Field(
+        0, ge=0, description="rollouts offline: steps of train.loss on the teacher's data before the first round "
+        "(distil or fine-tune first, then on-policy); their loss is train.loss, the rounds' on_policy.loss")
+    loss: list[LossTerm] | None = Field(
+        None, description="rollouts offline: the rounds' loss on the student's samples; unset: train.loss")
+    prompts_per_round: int | None = Field(
+        None, ge=1, description="rollouts offline: prompts sampled per round (drawn from the data's prompts, a "
+        "seeded order per round); unset: one per training sample of the round (its steps x batch size)")
+    generator: Literal["auto", "vllm", "hf"] = Field(
+        "auto", description="rollouts offline: what samples the student: vllm (an engine, as on_policy.vllm), hf "
+        "(transformers generate), auto: vllm where its venv or package is there, else hf")
+    allow_other_teacher: bool = Field(
+        False, description="rollouts offline: score with a teacher other than the one that wrote the training data "
+        "(refused by default: with another teacher on-policy distillation converges to a biased point)")
+    vllm: VLLMOptions = Field(default_factory=VLLMOptions, description="rollouts vllm (and offline with generator "
+                              "vllm): the engine (as teacher.vllm; the model is the student, in float32 unless "
+                              "engine_args say otherwise)")
 
     @model_validator(mode="after")
     def _per_rollouts(self):
         # a default value is accepted (a resolved config writes it out), any other value is refused
         defaults = type(self).model_fields
-        changed = {k for k in ("trainer", "beta", "lmbda", "seq_kd", "refresh_every")
+        changed = {k for k in ("trainer", "beta", "lmbda", "seq_kd", "refresh_every", "rounds", "offline_steps",
+                               "loss", "prompts_per_round", "generator", "allow_other_teacher", "min_new_tokens")
                    if getattr(self, k) != defaults[k].default}
         if self.rollouts == "trl" and self.trainer == "distillation" and changed & {"seq_kd", "lmbda"}:
             raise ValueError("lmbda and seq_kd apply to on_policy.trainer: gkd only")
-        if self.rollouts == "trl" and "refresh_every" in changed:
+        offline_only = {"rounds", "offline_steps", "loss", "prompts_per_round", "generator", "allow_other_teacher"}
+        if self.rollouts != "offline" and changed & offline_only:
+            raise ValueError(f"on_policy.{', '.join(sorted(changed & offline_only))} apply to rollouts: offline")
+        if self.rollouts != "vllm" and "refresh_every" in changed:
             raise ValueError("on_policy.refresh_every applies to rollouts: vllm")
-        if self.rollouts == "vllm" and changed & {"trainer", "beta", "seq_kd"}:
+        if self.rollouts != "trl" and changed & {"trainer", "beta", "seq_kd"}:
             raise ValueError(f"on_policy.{', '.join(sorted(changed & {'trainer', 'beta', 'seq_kd'}))} apply to "
-                             "rollouts: trl; with rollouts: vllm the loss is train.loss (e.g. {name: jsd, beta: 0.5})")
+                             f"rollouts: trl; with rollouts: {self.rollouts} the loss is train.loss (e.g. "
+                             "{name: jsd, beta: 0.5})")
+        if self.rollouts == "offline" and "lmbda" in changed:
+            raise ValueError("on_policy.lmbda applies to rollouts trl (gkd) and vllm; offline rounds train on the "
+                             "student's samples only (on_policy.offline_steps trains on the teacher's data first)")
+        if self.rollouts == "trl" and "min_new_tokens" in changed:
+            raise ValueError("on_policy.min_new_tokens applies to rollouts: vllm and offline")
+        if self.min_new_tokens is not None and self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"on_policy.min_new_tokens ({self.min_new_tokens}) is above max_new_tokens "
+                             f"({self.max_new_tokens})")
+        if self.loss is not None:
+            _check_terms(self.loss, "on_policy.loss")
         return self
 
 
@@ -181,7 +258,7 @@ class TrainConfig(Section):
         "offline", description="offline: the loss terms on the generated samples; seq_kd: CE on the teacher's "
         "text (works across tokenizers); on_policy: the student's own samples, scored by the teacher (see "
         "train.on_policy)")
-    teacher_signal: Literal["stored", "live", "served"] = Field(
+    teacher_signal: TeacherSignal = Field(
         "stored", description="offline mode (and on-policy rollouts: vllm, which needs live or served): the stored "
         "top-k log-probs; live: a teacher loaded here (its full "
         "distribution); served: the top-k of a teacher behind a vLLM server (prompt_logprobs of each training "
@@ -242,13 +319,19 @@ class TrainConfig(Section):
     lora: LoraConfig | None = Field(None, description="LoRA adapters instead of full fine-tuning (see `train.lora`)")
     curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig, description="see `train.curriculum`")
 
+    @property
+    def stored_signal(self) -> bool:
+        """Whether the student trains on the stored top-k (offline mode, teacher_signal stored)."""
+        return self.mode == "offline" and self.teacher_signal == "stored"
+
+    @property
+    def loads_live_teacher(self) -> bool:
+        """Whether the student's variant loads a live teacher for its loss (plan counts its memory)."""
+        return self.teacher_signal == "live" and needs_teacher(effective_loss(self.mode, self.loss))
+
     @model_validator(mode="after")
     def _loss_terms(self):
-        names = [t.name for t in self.loss]
-        if len(set(names)) != len(names):
-            raise ValueError(f"loss terms must be distinct, got {names}")
-        if not any(t.weight > 0 for t in self.loss):
-            raise ValueError("at least one loss term needs a positive weight")
+        _check_terms(self.loss, "train.loss")
         if self.teacher_signal == "served":
             if self.served is None:
                 raise ValueError("teacher_signal: served needs train.served (the teacher server's base_url ...)")
@@ -261,6 +344,27 @@ class TrainConfig(Section):
         if self.mode == "on_policy" and self.on_policy.rollouts == "vllm" and self.teacher_signal == "stored":
             raise ValueError("train.on_policy.rollouts: vllm scores the student's own samples, which no stored "
                              "log-probs cover: set train.teacher_signal: live or served")
+        op = self.on_policy
+        # sampled_reverse_kl needs every sequence it sees to be the student's own sample
+        offline_rounds = self.mode == "on_policy" and op.rollouts == "offline"
+        allowed = {"train.on_policy.loss": offline_rounds,
+                   "train.loss": (offline_rounds and op.loss is None and op.offline_steps == 0) or (
+                       self.mode == "on_policy" and op.rollouts == "vllm" and op.lmbda == 1.0
+                       and self.teacher_signal == "live")}
+        for where, terms in (("train.loss", self.loss), ("train.on_policy.loss", op.loss or [])):
+            if any(t.name == "sampled_reverse_kl" for t in terms) and not allowed[where]:
+                raise ValueError(f"{where}: sampled_reverse_kl is an estimate on the student's own samples: use it "
+                                 "in the rounds' loss of rollouts offline (on_policy.loss, or train.loss without "
+                                 "offline_steps), or with rollouts vllm, a live teacher and lmbda 1")
+        if self.mode == "on_policy" and op.rollouts == "offline":
+            if self.max_steps is None:
+                raise ValueError("train.on_policy.rollouts: offline needs train.max_steps (split over the rounds)")
+            if self.max_steps - op.offline_steps < op.rounds:
+                raise ValueError(f"train.max_steps ({self.max_steps}) leaves fewer steps than rounds "
+                                 f"({op.rounds}) after on_policy.offline_steps ({op.offline_steps})")
+            if self.teacher_signal != "stored":
+                raise ValueError("train.on_policy.rollouts: offline stores the teacher's scores with the samples: "
+                                 "leave train.teacher_signal at stored")
         if self.packing and self.mode == "on_policy" and self.on_policy.rollouts == "trl":
             raise ValueError("train.packing applies to our trainer (mode offline or seq_kd, or on_policy with "
                              "rollouts: vllm); trl's on-policy trainers lay out their own batches")
@@ -270,6 +374,6 @@ class TrainConfig(Section):
         if c.closed_loop_every is not None:
             if c.pacing == "none":
                 raise ValueError("curriculum.closed_loop_every needs a pacing (linear, root or step)")
-            if self.mode != "offline" or all(t.name == "ce" for t in self.loss):
+            if self.mode != "offline" or not needs_teacher(self.loss):
                 raise ValueError("curriculum.closed_loop_every needs train.mode offline with a divergence term")
         return self

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 
 from llmdistill import models
@@ -75,26 +74,27 @@ def build_examples(dataset, tokenizer, max_seq_len: int, retokenize: bool = Fals
 
 
 class Collator:
-    """Right-padded batches: input_ids, attention_mask, labels [B, L]; teacher_ids/teacher_logprobs [B, L, k].
+    """Right-padded batches: input_ids, attention_mask, labels [B, L], plus what the teacher-signal source adds
+    (`sources.Source.collate`: the stored or served teacher_ids/teacher_logprobs [B, L, k], ...).
 
     pack_to: sequence packing. The batch's samples are laid out first-fit in rows of at most this many tokens
-    (a row holds samples of one teacher), with `position_ids` restarting at 0 for each sample and no
-    `attention_mask`: transformers then masks attention block-diagonally (each sample sees only itself, the
-    way its DataCollatorWithFlattening works), so every sample's logits, and so its loss, are what they are
-    unpacked. A batch holds the same samples packed or not: only the padding goes. No label or teacher row
-    crosses a boundary: a sample's first token is a prompt token, never a label. `rows` is then [B, L]
+    (a row holds samples of one teacher when the source needs it), with `position_ids` restarting at 0 for each
+    sample and no `attention_mask`: transformers then masks attention block-diagonally (each sample sees only
+    itself, the way its DataCollatorWithFlattening works), so every sample's logits, and so its loss, are what
+    they are unpacked. A batch holds the same samples packed or not: only the padding goes. No label or teacher
+    row crosses a boundary: a sample's first token is a prompt token, never a label. `rows` is then [B, L]
     (each position's sample, -1 on padding)."""
 
     def __init__(self, pad_token_id: int, with_teacher: bool = True, scorer=None, teacher_index=None,
-                 pack_to: int | None = None):
-        """scorer: served teachers (`served.RoutedScorer`) asked for each sequence's top-k instead of the
-        stored rows, each row's of the teacher that wrote it.
-        teacher_index: {teacher name: index} to add each row's `teacher_index` [B] (routed live
-        teachers)."""
+                 pack_to: int | None = None, source=None):
+        """source: where the teacher signal comes from (`sources.build`). Without one, it is made from the parts
+        (`sources.from_parts`): a served `scorer` (`served.RoutedScorer`), `teacher_index` {teacher name: index}
+        for routed live teachers, else the stored top-k rows (`with_teacher`), or none."""
+        from llmdistill.train import sources
+
         self.pad = pad_token_id
-        self.with_teacher = with_teacher
-        self.scorer = scorer
-        self.teacher_index = teacher_index
+        self.source = source if source is not None else sources.from_parts(with_teacher, scorer,
+                                                                           teacher_index=teacher_index)
         self.pack_to = pack_to
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -103,7 +103,7 @@ class Collator:
         if self.pack_to is None:
             place, row_teacher = [(b, 0) for b in range(len(rows))], teachers
         else:
-            place, row_teacher = pack(lengths, self.pack_to, teachers if self.teacher_index is not None else None)
+            place, row_teacher = pack(lengths, self.pack_to, teachers if self.source.group_rows else None)
         B = max(b for b, _ in place) + 1
         L = max(off + n for (_, off), n in zip(place, lengths))
         input_ids = torch.full((B, L), self.pad, dtype=torch.long)
@@ -124,20 +124,10 @@ class Collator:
                 batch["rows"] = torch.tensor([r["row"] for r in rows], dtype=torch.long)
             else:
                 batch["rows"] = torch.full((B, L), -1, dtype=torch.long)
-        if self.teacher_index is not None:
-            batch["teacher_index"] = torch.tensor([self.teacher_index[n] for n in row_teacher], dtype=torch.long)
-        served = self.scorer([r["input_ids"] for r in rows], teachers) if self.with_teacher and self.scorer else None
-        kinds = None
-        if self.with_teacher:
-            k = served[0][0].shape[1] if served else len(rows[0]["topk_ids"][0])
-            t_ids = torch.zeros((B, L, k), dtype=torch.long)
-            t_lps = torch.zeros((B, L, k), dtype=torch.float32)
-            batch.update(teacher_ids=t_ids, teacher_logprobs=t_lps)
-            if "xt_kind" in rows[0]:  # cross-tokenizer rows: which loss each position gets (cross_tokenizer.py)
-                kinds = batch["teacher_kind"] = torch.zeros((B, L), dtype=torch.int8)
-        for i, (r, (b, o)) in enumerate(zip(rows, place)):
+        spans = []
+        for r, (b, o), n in zip(rows, place, lengths):
             ids = torch.as_tensor(r["input_ids"], dtype=torch.long)
-            n, p = len(ids), r["prompt_len"]
+            p = r["prompt_len"]
             input_ids[b, o : o + n] = ids
             attention[b, o : o + n] = 1
             labels[b, o + p : o + n] = ids[p:]
@@ -145,18 +135,8 @@ class Collator:
                 positions[b, o : o + n] = torch.arange(n)
                 if "rows" in batch:
                     batch["rows"][b, o : o + n] = r["row"]
-            if served:  # row i of the served arrays is the distribution of token i
-                t_ids[b, o + p - 1 : o + n - 1] = torch.as_tensor(served[i][0][p:n].astype(np.int64))
-                t_lps[b, o + p - 1 : o + n - 1] = torch.as_tensor(served[i][1][p:n])
-            elif self.with_teacher:
-                m = n - p  # completion tokens kept after truncation
-                t_ids[b, o + p - 1 : o + n - 1] = torch.as_tensor(np.asarray(r["topk_ids"][:m], dtype=np.int64))
-                t_lps[b, o + p - 1 : o + n - 1] = torch.as_tensor(np.asarray(r["topk_logprobs"][:m],
-                                                                             dtype=np.float32))
-                if kinds is not None:
-                    kinds[b, o + p - 1 : o + n - 1] = torch.as_tensor(np.asarray(r["xt_kind"][:m], dtype=np.int8))
-        if served:  # every served row passed the scorer's signal check (served.signal_problem)
-            batch["served_checked_tokens"] = torch.tensor(sum(len(r["input_ids"]) - r["prompt_len"] for r in rows))
+            spans.append((b, o, p, n))
+        self.source.collate(batch, rows, spans, row_teacher)
         return batch
 
 

@@ -66,11 +66,14 @@ def chunked_loss(
                 logp[temperature] = tempered_logprobs(logits, temperature)
             if t.name == "ce":
                 per = -logp[1.0].gather(-1, tgt.long().unsqueeze(-1)).squeeze(-1)
+            elif t.name == "sampled_reverse_kl":
+                per = sampled_reverse_kl(logp[1.0].gather(-1, tgt.long().unsqueeze(-1)).squeeze(-1),
+                                         part.target_logprobs(tgt))
             else:
                 per = part.divergence(t.name, logp[temperature], temperature, **t.params)
             value = per.sum()
             values.append(value.detach())
-            total = total + t.weight * (1.0 if t.name == "ce" else temperature**2) * value
+            total = total + t.weight * temperature**2 * value  # ce and sampled_reverse_kl: T = 1
             if t.name == per_token:
                 tokens = per.detach()
         if measure_ce:  # a metric only: from the logits already here, without a graph
@@ -94,6 +97,15 @@ def chunked_loss(
     if per_token is not None:
         sums["per_token"] = tokens
     return sums
+
+
+def sampled_reverse_kl(student_token_logp: torch.Tensor, teacher_token_logp: torch.Tensor) -> torch.Tensor:
+    """The per-token estimate of KL(student || teacher) at tokens x the student sampled, [N] -> [N]: its value is
+    d = log q(x) - log p(x) (the reverse KL's single-sample estimate), its gradient d * grad log q(x), the
+    score-function gradient of the reverse KL with each token's own d as its (negated) advantage, as in
+    on-policy distillation recipes that score the student's samples by the teacher's per-token log-probs."""
+    d = (student_token_logp - teacher_token_logp.to(student_token_logp.dtype)).detach()
+    return d + (student_token_logp - student_token_logp.detach()) * d
 
 
 def _project(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -90,3 +90,34 @@ def check_teacher_mix(manifest: dict, present: set[str], logit_loss: bool, cross
                         "offline, teacher_signal: stored: each row aligned to its own teacher), route every prompt "
                         "to teachers sharing one tokenizer, or use train.mode: seq_kd (text only)")
     return True
+
+
+PROBE_TURN = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Fine, thanks"}]
+
+
+def turn_end(tokenizer) -> str | None:
+    """The first token the tokenizer's chat template writes after an assistant turn's text (e.g. <|im_end|>), or
+    None when it writes nothing there."""
+    text = models.render_chat(tokenizer, PROBE_TURN, add_generation_prompt=False)
+    after = text.rsplit(PROBE_TURN[-1]["content"], 1)[-1]
+    pieces = tokenizer.tokenize(after) if after else []
+    return pieces[0] if pieces else None
+
+
+def check_turn_end(teacher_tokenizer, teacher_stop: list[int], student_tokenizer, student_stop: list[int]) -> None:
+    """On-policy training samples the student until it ends its turn and lets the teacher score what it wrote: both
+    must end a turn the same way, or the student learns to ramble past the teacher's end of turn (or to stop where
+    the teacher would not). One line, before any sampling, unless the student stops on the token the teacher's
+    template ends a turn with, and the two stop on a token in common. `*_stop`: the ids that end a generation
+    (generation config and tokenizer EOS)."""
+    names = {"teacher": {teacher_tokenizer.convert_ids_to_tokens(i) for i in teacher_stop},
+             "student": {student_tokenizer.convert_ids_to_tokens(i) for i in student_stop}}
+    end = turn_end(teacher_tokenizer)
+    if end is not None and end in names["teacher"] and end not in names["student"]:
+        raise UserError(f"train.on_policy: the teacher ends a turn with {end!r} but the student stops on "
+                        f"{sorted(names['student'])}: its samples would run past the end of the turn the teacher "
+                        "scores; give the student the teacher's tokenizer and generation config (eos_token_id)")
+    if not names["teacher"] & names["student"]:
+        raise UserError(f"train.on_policy: the teacher stops on {sorted(names['teacher'])} and the student on "
+                        f"{sorted(names['student'])}: they end their turns differently, so the student would learn "
+                        "to ramble; give the student the teacher's tokenizer and generation config (eos_token_id)")

@@ -87,15 +87,24 @@ class Rollouts:
     """The student's samples from a vLLM engine on its current weights (see the module docstring)."""
 
     def __init__(self, work_dir: Path, tokenizer, opts: VLLMOptions, max_seq_len: int, max_new_tokens: int,
-                 temperature: float, seed: int):
+                 temperature: float, seed: int, min_new_tokens: int | None = None, cut: bool = True):
+        """min_new_tokens: the length budget grows from it to max_new_tokens as training progresses (`progress`,
+        0 to 1, set by RefreshRollouts); cut: cut the samples' repetitive suffixes (repetition.py)."""
         self.dir, self.tokenizer, self.opts = Path(work_dir), tokenizer, opts
         self.max_seq_len, self.max_new_tokens, self.temperature, self.seed = (max_seq_len, max_new_tokens,
                                                                                temperature, seed)
+        self.min_new_tokens, self.cut, self.progress = min_new_tokens, cut, 0.0
         self.engine = None
         self.version = 0  # weights written so far (0: not started)
         self.eos_ids: list[int] = []
-        self.stats = {"batches_sampled": 0, "batches_teacher": 0, "samples": 0, "sampled_tokens": 0,
+        self.stats = {"batches_sampled": 0, "batches_teacher": 0, "samples": 0, "sampled_tokens": 0, "cut": 0,
                       "sample_seconds": 0.0, "refreshes": 0, "refresh_seconds": 0.0, "start_seconds": 0.0}
+
+    def budget(self) -> int:
+        """New tokens a sample may have now: min_new_tokens -> max_new_tokens over the training (short to long)."""
+        if self.min_new_tokens is None:
+            return self.max_new_tokens
+        return round(self.min_new_tokens + (self.max_new_tokens - self.min_new_tokens) * self.progress)
 
     def _weights_dir(self, version: int) -> Path:
         return self.dir / f"weights-{version % 2}"  # two in turn: the engine never reads a half-written one
@@ -138,12 +147,18 @@ class Rollouts:
         started = time.monotonic()
         params = []
         for prompt, row in zip(prompts, rows):
-            room = min(self.max_new_tokens, self.max_len - len(prompt))
+            room = min(self.budget(), self.max_len - len(prompt))
             params.append({"temperature": self.temperature, "top_p": 1.0, "top_k": 0, "max_tokens": max(room, 1),
                            "stop_token_ids": self.eos_ids, "skip_special_tokens": True,
                            "seed": _draw(self.seed, "sample", row, self.version) & SEED_MASK})
         outs = self.engine.call({"op": "generate", "prompts": prompts, "params": params, "k": 0})
         samples = [list(o["token_ids"]) for o in outs]
+        if self.cut:
+            from llmdistill.train.repetition import cut_repetition
+
+            cut = [cut_repetition(s, set(self.eos_ids)) for s in samples]
+            samples = [ids for ids, _ in cut]
+            self.stats["cut"] += sum(was for _, was in cut)
         self.stats["samples"] += len(samples)
         self.stats["sampled_tokens"] += sum(len(s) for s in samples)
         self.stats["sample_seconds"] += time.monotonic() - started
@@ -201,6 +216,7 @@ class RefreshRollouts(TrainerCallback):
         self.rollouts, self.every = rollouts, every
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.rollouts.progress = state.global_step / max(state.max_steps, 1)  # a resumed run's budget goes on
         if self.rollouts.engine is None:
             self.rollouts.start(model, state.global_step // self.every)
         elif self.rollouts.version != state.global_step // self.every:
@@ -208,6 +224,7 @@ class RefreshRollouts(TrainerCallback):
             self.rollouts.version = state.global_step // self.every
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.rollouts.progress = state.global_step / max(state.max_steps, 1)
         if state.global_step % self.every == 0:
             self.rollouts.refresh(model)
 

@@ -22,14 +22,13 @@ import shutil
 import time
 
 from llmdistill import models, store
-from llmdistill.config import Config, LossTerm
+from llmdistill.config import CE_ONLY, Config, LossTerm, effective_loss, needs_teacher
 from llmdistill.errors import StorageError, UserError
 from llmdistill.runner import StageContext
 from llmdistill.train import preflight
 
 log = logging.getLogger("llmdistill")
 
-CE_ONLY = [LossTerm(name="ce", weight=1.0)]
 PRUNED = "pruned"  # train/pruned/: the pruned teacher every variant starts from (train.student.prune)
 
 
@@ -41,8 +40,8 @@ def run(cfg: Config, ctx: StageContext) -> None:
     if manifest["counts"]["rows"] == 0:
         raise UserError(f"train: {src} has no samples left after filtering; loosen the filter or generate more")
     prov = manifest["provenance"]
-    if t.mode == "offline" and t.teacher_signal == "stored" and prov["logprob_mode"] == "processed" \
-            and prov["capture_top_p"] < 1.0 and any(x.name != "ce" for x in t.loss):
+    if t.stored_signal and needs_teacher(t.loss) and prov["logprob_mode"] == "processed" \
+            and prov["capture_top_p"] < 1.0:
         raise UserError("train: the stored log-probs were captured after top-p truncation (logprob_mode processed, "
                         "top_p < 1); they cannot be re-tempered. Regenerate with logprob_mode: raw")
     student_src = t.student.model or cfg.teacher.model
@@ -50,15 +49,14 @@ def run(cfg: Config, ctx: StageContext) -> None:
                                       cfg.teacher.trust_remote_code)
     variants = [("student", t.mode, t.loss)]
     if t.sft_baseline:
-        variants.append(("sft_baseline", "seq_kd", CE_ONLY))
+        variants.append(("sft_baseline", "seq_kd", list(CE_ONLY)))
 
     from llmdistill.train.data import COLUMNS
 
     dataset = store.load_dataset(src, COLUMNS)
     present = set(store.read_table(src, ["teacher"]).column("teacher").to_pylist())
-    logit_loss = t.mode == "offline" and any(x.name != "ce" for x in t.loss)
-    mixed = preflight.check_teacher_mix(manifest, present, logit_loss,
-                                        cross_ok=t.mode == "offline" and t.teacher_signal == "stored")
+    logit_loss = t.mode == "offline" and needs_teacher(t.loss)
+    mixed = preflight.check_teacher_mix(manifest, present, logit_loss, cross_ok=t.stored_signal)
     teachers = {name: (manifest.get("teachers") or {}).get(name, prov) for name in sorted(present)}
     metrics_path = ctx.out_dir / "metrics.json"
     metrics = store.read_json(metrics_path) if metrics_path.exists() else {}
@@ -90,11 +88,11 @@ def train_seed(cfg: Config) -> int:
 
 
 def trainer_arguments(cfg: Config, ckpt_dir, **extra) -> dict:
-    """The TrainingArguments every variant shares (trl's configs take the same keys)."""
+    """The TrainingArguments every variant shares (trl's configs take the same keys); `extra` overrides."""
     import torch
 
     t = cfg.train
-    return dict(
+    return {**dict(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
@@ -117,8 +115,7 @@ def trainer_arguments(cfg: Config, ckpt_dir, **extra) -> dict:
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
-        **extra,
-    )
+    ), **extra}
 
 
 def _checkpointing(on: bool) -> dict:
@@ -139,27 +136,35 @@ def worker_error_line(message: str) -> str:
 
 
 def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: list[LossTerm], tokenizer, dataset,
-                  prov: dict, teachers: dict | None = None) -> dict:
-    """teachers: the provenance of each teacher whose rows the data holds (generate.routing), by name."""
+                  prov: dict, teachers: dict | None = None, *, start=None, steps: int | None = None, final_dir=None,
+                  ckpt_dir=None) -> dict:
+    """teachers: the provenance of each teacher whose rows the data holds (generate.routing), by name.
+    start: the student's directory to train from (default: the student as configured); steps: optimizer steps
+    (default train.max_steps / epochs); final_dir, ckpt_dir: where the student and its checkpoints go (default
+    <train>/<name> and <train>/checkpoints/<name>): offline on-policy rounds train in phases (opd.py)."""
     import torch
 
+    from llmdistill.train import sources
     from llmdistill.train.prune import PRUNING_FILE
     from llmdistill.train.student import build_student
-    from llmdistill.train.trainer import LogAtCheckpoints, StopOnNonFinite, mean_train_loss, served_tokens
+    from llmdistill.train.trainer import LogAtCheckpoints, StopOnNonFinite, mean_train_loss
 
     t = cfg.train
-    if mode == "seq_kd" and any(x.name != "ce" for x in terms):
+    if mode == "on_policy" and t.on_policy.rollouts == "offline":
+        return _offline_rounds(cfg, ctx, name, tokenizer, dataset, prov, teachers)
+    if effective_loss(mode, terms) != list(terms):
         # sequence-level KD learns the teacher's text; token-level divergences belong to mode offline
         log.info("train: %s: mode seq_kd trains on the teacher's text with cross-entropy; the divergence terms "
-                 "(%s) are not used", name, ", ".join(x.name for x in terms if x.name != "ce"))
-        terms = CE_ONLY
+                 "(%s) are not used", name, ", ".join(x.name for x in terms if x.is_divergence))
+    terms = effective_loss(mode, terms)
     torch.manual_seed(train_seed(cfg))
-    student = build_student(cfg, ctx.out_dir / PRUNED)
+    student = build_student(cfg, ctx.out_dir / PRUNED) if start is None else models.load_causal_lm(
+        str(start), "float32", "cpu", trust_remote_code=cfg.teacher.trust_remote_code)
     teacher_tokenizer = None
     if models.tokenizer_info(tokenizer)["tokenizer_hash"] != prov["tokenizer_hash"]:
         teacher_tokenizer = models.load_tokenizer(prov["teacher"]["source"], prov["teacher"]["revision"],
                                                   cfg.teacher.trust_remote_code)
-    check_mode = "seq_kd" if mode == "seq_kd" or not any(x.name != "ce" for x in terms) else mode
+    check_mode = mode if needs_teacher(terms) else "seq_kd"
     if prov["tokenizer_hash"] is None and check_mode == "offline":  # teachers on several tokenizers (run())
         check = preflight.Preflight("cross_tokenizer", student.config.vocab_size, "the data's teachers use different "
                                     "tokenizers: each row is aligned to its own teacher's tokens")
@@ -174,19 +179,26 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
         student.get_input_embeddings().weight.requires_grad_(False)
     if t.lora is not None:
         student = _with_lora(student, t.lora)
-    ckpt_dir = ctx.out_dir / "checkpoints" / name
+    ckpt_dir = ckpt_dir or ctx.out_dir / "checkpoints" / name
+    args = trainer_arguments(cfg, ckpt_dir, **({"max_steps": steps} if steps is not None else {}))
+    source = rollouts = None  # trl's on-policy trainers score with their own teacher
     if mode == "on_policy" and t.on_policy.rollouts == "trl":
         from llmdistill.train.on_policy import build_on_policy_trainer
 
-        trainer = build_on_policy_trainer(cfg, student, tokenizer, dataset, trainer_arguments(cfg, ckpt_dir))
+        trainer = build_on_policy_trainer(cfg, student, tokenizer, dataset, args)
         description = f"on-policy ({t.on_policy.trainer}, beta {t.on_policy.beta:g})"
     else:
-        trainer = _offline_trainer(cfg, ckpt_dir, student, tokenizer, dataset, terms, check, prov,
-                                   on_policy=mode == "on_policy", teachers=teachers)
-        description = " + ".join(f"{x.weight:g}*{x.name}" + (f"(T={x.temperature:g})" if x.name != "ce" else "")
-                                 for x in terms)
-        if any(x.name != "ce" for x in terms):
-            description += f", {t.teacher_signal} teacher signal"
+        if mode == "on_policy":  # vLLM rollouts: the student samples until it ends its turn (its tokenizer's EOS)
+            from llmdistill.teachers.vllm import _eos_ids
+
+            teacher_tok = models.load_tokenizer(cfg.teacher.model, cfg.teacher.revision, cfg.teacher.trust_remote_code)
+            preflight.check_turn_end(teacher_tok, _eos_ids(models.resolve_source(cfg.teacher.model), teacher_tok),
+                                     tokenizer, [tokenizer.eos_token_id])
+        source = sources.build(cfg, terms, check, prov, teachers, tokenizer, on_policy=mode == "on_policy")
+        trainer, rollouts = _offline_trainer(cfg, args, student, tokenizer, dataset, terms, check, source,
+                                             on_policy=mode == "on_policy")
+        description = " + ".join(f"{x.weight:g}*{x.name}" + (f"(T={x.temperature:g})" if x.is_divergence else "")
+                                 for x in terms) + source.describe()
         if mode == "on_policy":
             description += (f", on-policy share {t.on_policy.lmbda:g} from vLLM (weights reloaded every "
                             f"{t.on_policy.refresh_every} steps)")
@@ -212,8 +224,8 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
             with models.writing("a checkpoint under", ckpt_dir):
                 trainer.train(resume_from_checkpoint=last)
         except BaseException as e:
-            if getattr(trainer, "rollouts", None) is not None:
-                trainer.rollouts.close()
+            if rollouts is not None:
+                rollouts.close()
             _close_progress_bars(trainer)  # so that the error is printed on a line of its own
             if isinstance(e, StorageError):
                 last_complete_checkpoint(ckpt_dir)  # removes the one cut short: its space, a bad resume point
@@ -222,7 +234,7 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
             raise
     seconds = round(time.monotonic() - started, 1)
 
-    final_dir = ctx.out_dir / name
+    final_dir = final_dir or ctx.out_dir / name
     history = trainer.state.log_history
     training_loss = mean_train_loss(history)  # every step, whichever attempts ran them
     for entry in history:
@@ -237,7 +249,6 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
         store.mark_success(final_dir, {"variant": name, "global_step": trainer.state.global_step})
         store.atomic_write_json(ctx.out_dir / f"log_history.{name}.json", history)
     term_logs = [h for h in history if "loss" in h]
-    trl_on_policy = mode == "on_policy" and t.on_policy.rollouts == "trl"
     out = {
         "mode": mode,
         "steps": trainer.state.global_step,
@@ -245,14 +256,10 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
         "seconds_this_attempt": seconds,
         "parameters": models.count_parameters(student),
         "lora": t.lora.model_dump() if t.lora is not None else None,
-        "loss_terms": [x.model_dump() for x in terms] if not trl_on_policy else None,
+        "loss_terms": [x.model_dump() for x in terms] if source is not None else None,
         "preflight": check.outcome,
-        "teacher_signal": t.teacher_signal if not trl_on_policy and mode != "seq_kd" and any(
-            x.name != "ce" for x in terms) else None,
-        "rollouts": trainer.rollouts.summary() if getattr(trainer, "rollouts", None) is not None else None,
-        "cross_tokenizer": getattr(trainer, "cross_tokenizer", None),
-        "served": getattr(trainer, "served", None),
-        "served_signal_checked_tokens": served_tokens(history) if getattr(trainer, "served", None) else None,
+        **(source or sources.Source()).metrics(history),
+        "rollouts": rollouts.summary() if rollouts is not None else None,
         "last_logged": term_logs[-1] if term_logs else None,
     }
     log.info("train: %s done: %d steps, loss %s, %.0f s -> %s", name, out["steps"], out["train_loss"], seconds,
@@ -396,105 +403,23 @@ def _eval_arguments(t, eval_examples) -> dict:
             "prediction_loss_only": True}
 
 
-def _served_teachers(cfg: Config, teachers: dict | None, vocab: int):
-    """(a `RoutedScorer` over the teachers' servers, {teacher name: what check_server checked}): every server
-    checked before step 1. The rows of a teacher without a server of its own (train.served_teachers) are
-    scored by the default teacher's (train.served). vocab: the student's, the ids a served signal may hold."""
-    from llmdistill.train.served import RoutedScorer, ServedScorer, check_server, served_teacher_config
+def _offline_trainer(cfg: Config, args: dict, student, tokenizer, dataset, terms, check, source, on_policy=False):
+    """(our DistillTrainer, the vLLM rollouts or None): `args` the TrainingArguments (`trainer_arguments`);
+    on_policy: the student's samples come from a vLLM engine on its weights (rollouts.py); `source` is where the
+    teacher signal comes from (sources.py)."""
+    from pathlib import Path
 
-    t = cfg.train
-    names = sorted(teachers or {"default": None})
-    if t.served_teachers:
-        missing = [n for n in names if n != "default" and n not in t.served_teachers]
-        if missing:
-            raise UserError(f"train.served_teachers: the data holds samples of teacher(s) {', '.join(missing)}, which "
-                            "have no server there (each row is scored by its own teacher's server)")
-    elif len(names) > 1:  # generate.routing wrote the rows; one server pool scores them all
-        log.warning("train: the data holds rows of teachers %s; the served teacher (%s) scores every row "
-                    "(train.served_teachers gives each teacher a server of its own)", ", ".join(names),
-                    cfg.teacher.model)
-    tcfgs = {name: cfg.teacher_config(name) for name in ["default", *sorted(t.served_teachers)]}
-    configs = {name: served_teacher_config(c.model, c.revision,
-                                           t.served if name == "default" else t.served_teachers[name])
-               for name, c in tcfgs.items()}
-    by_name: dict[str, list[str]] = {}
-    for name, served in configs.items():
-        by_name.setdefault(served.request_model, []).append(name)
-    shared = [(model, owners) for model, owners in by_name.items() if len(owners) > 1]
-    if shared:  # the request cache knows a reply by what was sent, which names the model, not the address
-        model, owners = shared[0]
-        raise UserError(f"train.served_teachers: teachers {' and '.join(owners)} are both served as {model!r}; the "
-                        "request cache tells teachers apart by that name: start each server with its own "
-                        "--served-model-name and set served_model")
-    scorers, checks = {}, {}
-    for name, served in configs.items():
-        tcfg = tcfgs[name]
-        checks[name] = check_server(served, models.load_tokenizer(tcfg.model, tcfg.revision, tcfg.trust_remote_code),
-                                    t.max_seq_len, t.served_topk)
-        scorers[name] = ServedScorer(served, t.served_topk, cfg.run_dir / "cache", vocab)
-    if len(scorers) > 1:
-        log.info("train: served teachers %s, each scoring the rows it wrote", ", ".join(scorers))
-    return RoutedScorer(scorers), checks
-
-
-def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, check, prov, on_policy=False,
-                     teachers=None):
-    """Our DistillTrainer; on_policy: with rollouts from a vLLM engine on the student (rollouts.py)."""
     from transformers import TrainingArguments
 
-    from llmdistill.train.data import Collator, build_examples
+    from llmdistill.train.data import Collator
     from llmdistill.train.trainer import DistillTrainer
 
     t = cfg.train
-    needs_teacher = any(x.name != "ce" for x in terms)
-    live = needs_teacher and t.teacher_signal == "live"
-    scorer = served_checks = None
-    if needs_teacher and t.teacher_signal == "served":
-        scorer, served_checks = _served_teachers(cfg, teachers, student.config.vocab_size)
-    aligner = cross = None
-    if needs_teacher and check.outcome == "cross_tokenizer":
-        from llmdistill.train.cross_tokenizer import Aligner, shares
-
-        if t.teacher_signal != "stored" or on_policy:
-            raise UserError(f"train: the teacher's tokenizer differs from the student's; cross-tokenizer distillation "
-                            f"works from the stored top-k (teacher_signal: stored, mode: offline), not "
-                            f"{'on-policy' if on_policy else 'teacher_signal: ' + t.teacher_signal}; "
-                            f"or train.mode: seq_kd (the teacher's text re-tokenised)")
-        # each teacher's rows aligned to its own tokens; a teacher on the student's tokenizer keeps its ids
-        own = models.tokenizer_info(tokenizer)["tokenizer_hash"]
-        aligner = {name: None if tp["tokenizer_hash"] == own else Aligner(models.load_tokenizer(
-            tp["teacher"]["source"], tp["teacher"]["revision"], cfg.teacher.trust_remote_code), tokenizer)
-            for name, tp in (teachers or {"default": prov}).items()}
-    examples = build_examples(dataset, tokenizer, t.max_seq_len, retokenize=check.outcome == "retokenize",
-                              vocab_limit=check.student_vocab if check.outcome == "truncate" else None,
-                              aligner=aligner)
-    if aligner is not None:
-        shared = {name: a.shared for name, a in aligner.items() if a is not None}
-        cross = {**shares(examples["xt_kind"]), "shared_vocabulary": shared}
-        log.info("train: cross-tokenizer: %.1f %% of the %d completion tokens match a teacher token exactly "
-                 "(divergence), %.1f %% share its start only (ULD), %.1f %% have no teacher row (CE only); teacher "
-                 "ids with a student id of the same bytes: %s", 100 * cross["exact"], cross["tokens"],
-                 100 * cross["uld"], 100 * cross["none"], shared)
+    examples = source.examples(dataset, tokenizer, t.max_seq_len, check)
     eval_examples = None
     if t.eval_every is not None:
         examples, eval_examples = split_held_out(examples, t.eval_fraction)
-    teacher = index = None
-    if live:
-        # each sample is distilled against the teacher that wrote it (generate.routing): one model per teacher
-        names = sorted(teachers or {"default": prov})
-        missing = [n for n in names if n != "default" and n not in cfg.teachers]
-        if missing:
-            raise UserError(f"train: the data holds samples of teacher(s) {', '.join(missing)}, which the config no "
-                            "longer names under `teachers`; a live teacher per sample needs each of them")
-        tcfgs = [cfg.teacher_config(n) for n in names]
-        loaded = {i: models.load_causal_lm(c.model, c.dtype, "cpu", c.revision, c.trust_remote_code)
-                  for i, c in enumerate(tcfgs)}
-        teacher = loaded[0] if len(loaded) == 1 else loaded
-        index = {n: i for i, n in enumerate(names)} if len(loaded) > 1 else None
-        if index:
-            log.info("train: live teachers %s, each for the samples it wrote", ", ".join(names))
-    collator = Collator(tokenizer.pad_token_id, with_teacher=needs_teacher and not live, scorer=scorer,
-                        teacher_index=index, pack_to=t.max_seq_len if t.packing else None)
+    collator = Collator(tokenizer.pad_token_id, source=source, pack_to=t.max_seq_len if t.packing else None)
     rollouts = None
     if on_policy:
         from llmdistill.train.rollouts import OnPolicyCollator, Rollouts
@@ -503,33 +428,73 @@ def _offline_trainer(cfg: Config, ckpt_dir, student, tokenizer, dataset, terms, 
             raise UserError("train.on_policy.rollouts: vllm runs in one training process (one engine); launch "
                             "it without accelerate's multi-process launcher")
         op = t.on_policy
-        rollouts = Rollouts(ckpt_dir.parent.parent / "rollouts", tokenizer, op.vllm, t.max_seq_len,
-                            op.max_new_tokens, op.temperature, train_seed(cfg))
+        rollouts = Rollouts(Path(args["output_dir"]).parent.parent / "rollouts", tokenizer, op.vllm, t.max_seq_len,
+                            op.max_new_tokens, op.temperature, train_seed(cfg), op.min_new_tokens, op.cut_repetition)
         collator = OnPolicyCollator(collator, rollouts, op.lmbda, train_seed(cfg), set(examples["row"]))
+    # served: one DataLoader worker asks the server for the next batch while this step trains (not with rollouts:
+    # the engine is spoken to from this process)
+    workers = {"dataloader_num_workers": 1, "dataloader_persistent_workers": True} \
+        if source.fetches and rollouts is None else {}
     trainer = DistillTrainer(
         model=student,
-        # served: one DataLoader worker asks the server for the next batch while this step trains (not with
-        # rollouts: the engine is spoken to from this process)
-        args=TrainingArguments(**{**trainer_arguments(cfg, ckpt_dir), **_eval_arguments(t, eval_examples),
-                                  **({"dataloader_num_workers": 1, "dataloader_persistent_workers": True}
-                                     if scorer is not None and rollouts is None else {})}),
+        args=TrainingArguments(**{**args, **_eval_arguments(t, eval_examples), **workers}),
         train_dataset=examples,
         eval_dataset=eval_examples,
         data_collator=collator,
         processing_class=tokenizer,
         loss_terms=terms,
-        tail=t.tail,
-        capture_temperature=1.0 if scorer is not None else float(prov["capture_temperature"]),  # vLLM: raw
+        source=source,
         chunk_tokens=t.chunk_tokens,
-        teacher_model=teacher,
         curriculum=t.curriculum,
-        uld_weight=t.uld_weight,
     )
-    trainer.rollouts = rollouts
-    trainer.cross_tokenizer = cross
-    trainer.served = served_checks
     if rollouts is not None:
         from llmdistill.train.rollouts import RefreshRollouts
 
         trainer.add_callback(RefreshRollouts(rollouts, t.on_policy.refresh_every))
-    return trainer
+    return trainer, rollouts
+
+
+def _offline_rounds(cfg: Config, ctx: StageContext, name: str, tokenizer, dataset, prov: dict, teachers) -> dict:
+    """Offline on-policy distillation (opd.py): phases of this routine's `train_variant`, each from the last one's
+    student; the variant's log history is theirs end to end."""
+    from llmdistill.train import opd
+
+    t = cfg.train
+
+    def train_phase(phase, data, data_prov, start, final_dir, ckpt_dir):
+        return train_variant(cfg, ctx, f"{name}.{phase.name}", "offline", phase.loss, tokenizer,
+                             dataset if data is None else data, prov if data_prov is None else data_prov,
+                             teachers if data_prov is None else None, start=start, steps=phase.steps,
+                             final_dir=final_dir, ckpt_dir=ckpt_dir)
+
+    out = opd.run(cfg, ctx.out_dir, name, dataset, teachers or {"default": prov}, _start_dir(cfg, ctx), train_phase)
+    history, offset = [], 0
+    for phase in out["phases"]:
+        part = store.read_json(ctx.out_dir / f"log_history.{name}.{phase['phase']}.json")
+        history.extend({**h, "step": h["step"] + offset, "phase": phase["phase"]} if "step" in h else h for h in part)
+        offset += phase.get("steps", 0)
+    if ctx.main_process:
+        store.atomic_write_json(ctx.out_dir / f"log_history.{name}.json", history)
+    out["loss_terms"] = [x.model_dump() for x in (t.on_policy.loss or t.loss)]
+    return out
+
+
+def _start_dir(cfg: Config, ctx: StageContext):
+    """The student the variant starts from, as a directory: the configured model, the pruned teacher, or a layer
+    subset of the teacher built and saved once (under <train>/opd/start, the tool's own output)."""
+    from llmdistill.train.student import build_student
+
+    s = cfg.train.student
+    if s.model is not None:
+        return models.resolve_source(s.model)
+    if s.prune is not None:
+        return ctx.out_dir / PRUNED
+    path = ctx.out_dir / "opd" / "start"
+    if store.read_success(path) is None:
+        student = build_student(cfg)
+        tokenizer = models.load_tokenizer(cfg.teacher.model, cfg.teacher.revision, cfg.teacher.trust_remote_code)
+        models.save_dir(path, "the student to start from", lambda tmp: (student.save_pretrained(str(tmp)),
+                                                                        tokenizer.save_pretrained(str(tmp))),
+                        "opd-start-student")
+        store.mark_success(path, {"teacher_layers": s.teacher_layers})
+    return path

@@ -14,10 +14,11 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from llmdistill import faults, models, store
+from llmdistill.config import needs_teacher
 from llmdistill.errors import UserError
+from llmdistill.train import sources
 from llmdistill.train.curriculum import PacedSampler, closed_loop_weights
 from llmdistill.train.objective import chunked_loss
-from llmdistill.train.signals import LiveSignal, RoutedSignal, SparseSignal
 
 
 class DistillTrainer(Trainer):
@@ -25,27 +26,26 @@ class DistillTrainer(Trainer):
     # batch 8 x accumulation 1 and batch 2 x accumulation 4 give the same gradient.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, loss_terms, tail: str, capture_temperature: float, chunk_tokens: int | None,
-                 teacher_model=None, curriculum=None, uld_weight: float = 1.0, **kwargs):
-        """teacher_model: a live teacher (dense signal from its forward pass), or {index: teacher} for data from
-        routed teachers (each batch row's `teacher_index` picks its own); None uses the stored top-k.
+    def __init__(self, *args, loss_terms, chunk_tokens: int | None, source=None, curriculum=None,
+                 tail: str = "bucket", capture_temperature: float = 1.0, teacher_model=None, uld_weight: float = 1.0,
+                 **kwargs):
+        """source: where the teacher signal comes from (`sources.build`; the collator's source). Without one, it
+        is made from the parts (`sources.from_parts`): a live `teacher_model` (or {index: teacher} for routed
+        teachers), else the stored top-k captured at `capture_temperature` with its `tail` policy.
         curriculum: a `config.CurriculumConfig` (pacing and the closed loop), or None."""
         super().__init__(*args, **kwargs)
         self.curriculum = curriculum
         self.paced_sampler: PacedSampler | None = None
-        self._closed_loop_term = next((t.name for t in loss_terms if t.name != "ce"), None)
+        self._closed_loop_term = next((t.name for t in loss_terms if t.is_divergence), None)
         self._div_sum = self._div_count = None
         self._last_reweight = 0
         self.loss_terms = list(loss_terms)
-        self.tail = tail
-        self.capture_temperature = capture_temperature
         self.chunk_tokens = chunk_tokens
-        self.uld_weight = uld_weight  # cross-tokenizer rows only (see cross_tokenizer.py)
-        self.needs_teacher = any(t.name != "ce" for t in self.loss_terms)
-        self.teacher_model = teacher_model
-        for teacher in (teacher_model.values() if isinstance(teacher_model, dict) else [teacher_model]):
-            if teacher is not None:
-                teacher.to(self.args.device).eval().requires_grad_(False)
+        if source is None:
+            source = sources.from_parts(needs_teacher(self.loss_terms), teacher_model=teacher_model, tail=tail,
+                                        capture_temperature=capture_temperature, uld_weight=uld_weight)
+        self.source = source
+        self.source.to(self.args.device)
         # running per-term sums for the log, training and held-out apart: {'train' | 'eval': (sums, tokens)}
         self._term_sums: dict[str, tuple[dict[str, torch.Tensor], int]] = {}
         self._served_checked = None  # training tokens whose served teacher rows were checked, since the last log
@@ -53,7 +53,7 @@ class DistillTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
-        hidden = final_hidden_states(model, inputs["input_ids"], *_attention(inputs))
+        hidden = final_hidden_states(model, inputs["input_ids"], *sources.attention(inputs))
         # position i predicts token i + 1
         mask = labels[:, 1:] != -100
         h = hidden[:, :-1][mask]
@@ -61,7 +61,8 @@ class DistillTrainer(Trainer):
         closed_loop = (self.curriculum is not None and self.curriculum.closed_loop_every is not None
                        and self._closed_loop_term is not None)
         head, post = _head(model)
-        sums = chunked_loss(h, head, targets, self._signal(inputs, mask, model), self.loss_terms, self.chunk_tokens,
+        signal = self.source.signal(inputs, mask, model)
+        sums = chunked_loss(h, head, targets, signal, self.loss_terms, self.chunk_tokens,
                             per_token=self._closed_loop_term if closed_loop else None, logit_post=post)
         if closed_loop:
             self._record_divergence(inputs["rows"], mask, sums.pop("per_token"))
@@ -121,33 +122,6 @@ class DistillTrainer(Trainer):
             means = {i: float(div_sum[i] / div_count[i]) for i in seen}
             self.paced_sampler.weights = closed_loop_weights(means, n, self.curriculum.drop_fraction,
                                                              self.curriculum.repeat_fraction)
-
-    def _signal(self, inputs, mask, model):
-        """The teacher signal for the tokens selected by `mask` (positions that predict a label)."""
-        if not self.needs_teacher:
-            return None
-        if "teacher_kind" in inputs:
-            from llmdistill.train.cross_tokenizer import CrossTokenizerSignal
-
-            return CrossTokenizerSignal(inputs["teacher_ids"][:, :-1][mask], inputs["teacher_logprobs"][:, :-1][mask],
-                                        inputs["teacher_kind"][:, :-1][mask], self.capture_temperature, self.tail,
-                                        self.uld_weight)
-        if self.teacher_model is None:
-            return SparseSignal(inputs["teacher_ids"][:, :-1][mask], inputs["teacher_logprobs"][:, :-1][mask],
-                                self.capture_temperature, self.tail)
-        vocab = _unwrap(model).config.vocab_size
-        teachers = self.teacher_model if isinstance(self.teacher_model, dict) else {0: self.teacher_model}
-        which = inputs.get("teacher_index")
-        if which is None or len(teachers) == 1:
-            return _live(next(iter(teachers.values())), inputs["input_ids"], _attention(inputs), mask, vocab)
-        token_teacher = which[mask.nonzero()[:, 0]]  # the teacher of each of the N tokens
-        parts = []
-        for index, teacher in teachers.items():
-            rows = (which == index).nonzero()[:, 0]
-            if rows.numel():
-                parts.append(((token_teacher == index).nonzero()[:, 0],
-                              _live(teacher, inputs["input_ids"][rows], _attention(inputs, rows), mask[rows], vocab)))
-        return RoutedSignal(parts)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add each term's token mean since the last log: `loss_<term>` beside the training loss,
@@ -215,12 +189,6 @@ def mean_train_loss(history: list[dict]) -> float | None:
     return total / steps if steps else None
 
 
-def served_tokens(history: list[dict]) -> int:
-    """Training tokens whose served teacher rows passed the signal check, over every step in a log history
-    (each training log entry counts those since the entry before it)."""
-    return sum(entry.get("served_signal_checked_tokens", 0) for entry in history)
-
-
 class FaultPoints(TrainerCallback):
     """The `step` and `checkpoint` points of `llmdistill.faults` (inert unless LLMDISTILL_FAULT is set), and
     the umask's mode for a saved checkpoint (safetensors writes its weights 0600 whatever the umask)."""
@@ -274,25 +242,6 @@ def check_packing(model) -> None:
     if not apart or not torch.allclose(packed[0, :6], plain[0], rtol=1e-3, atol=1e-4):
         raise UserError(f"train.packing: {type(_unwrap(model)).__name__} does not keep packed samples apart (its "
                         "attention ignores the position ids that mark them); set train.packing: false")
-
-
-def _attention(inputs, rows=None) -> tuple:
-    """(attention_mask, position_ids) of a batch (of its `rows`): packed rows have position ids, no mask."""
-    if "position_ids" in inputs:
-        return None, inputs["position_ids"] if rows is None else inputs["position_ids"][rows]
-    return inputs["attention_mask"] if rows is None else inputs["attention_mask"][rows], None
-
-
-def _live(teacher, input_ids, attention, mask, vocab: int) -> LiveSignal:
-    """A live teacher's signal for the tokens of `mask` (the positions that predict a label); attention:
-    (attention_mask, position_ids) as `_attention` gives them."""
-    attention_mask, position_ids = attention
-    with torch.no_grad():
-        # no cache: transformers reads packed rows from position_ids only when there is none
-        hidden = teacher.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                       use_cache=False).last_hidden_state
-    head, post = _head(teacher)
-    return LiveSignal(hidden[:, :-1][mask], head, vocab, post)
 
 
 def _unwrap(model):

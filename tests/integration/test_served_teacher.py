@@ -112,7 +112,7 @@ def test_each_row_is_scored_by_the_server_of_the_teacher_that_wrote_it(tmp_path,
 
     from conftest import build_llama, make_tiny_config
     from llmdistill.train.data import Collator
-    from llmdistill.train.stage import _served_teachers
+    from llmdistill.train.sources import served_teachers as _served_teachers
 
     tok = models.load_tokenizer(str(tiny_vllm))
     second = build_llama(tmp_path / "second", tok, layers=2, hidden=128, seed=1, init_range=0.3)

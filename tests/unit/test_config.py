@@ -421,7 +421,7 @@ def test_served_teachers_are_checked_against_the_named_teachers(tmp_path):
 
 def test_served_teachers_without_a_server_or_under_one_name_stop_before_any_request(tmp_path):
     from llmdistill.errors import UserError
-    from llmdistill.train.stage import _served_teachers
+    from llmdistill.train.sources import served_teachers as _served_teachers
 
     data = minimal(tmp_path)
     data["teachers"] = {"big": {}, "small": {}}

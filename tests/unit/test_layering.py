@@ -120,3 +120,17 @@ def test_the_check_sees_what_it_must():
     assert forbidden("llmdistill.generate.stage", "llmdistill.pipeline")
     assert forbidden("llmdistill.teachers.hf", "llmdistill.train.losses")
     assert not forbidden("llmdistill.retrain.run", "llmdistill.pipeline")
+
+
+def test_the_teacher_signal_is_decided_in_one_place():
+    """Where a batch's teacher signal comes from is decided once, in train/sources.py (with the config's
+    predicates): the trainer knows no signal class, and no other module asks which signal or whether a term is CE."""
+    trainer = imports("llmdistill.train.trainer", modules()["llmdistill.train.trainer"])
+    assert not trainer & {"llmdistill.train.signals", "llmdistill.train.cross_tokenizer"}, trainer
+    for name, path in modules().items():
+        text = path.read_text(encoding="utf-8")
+        if not name.startswith("llmdistill.config") and name != "llmdistill.train.sources":
+            assert "teacher_signal ==" not in text and "teacher_signal !=" not in text, name
+        if (name.startswith("llmdistill.train") and name != "llmdistill.train.objective") or name == "llmdistill.plan":
+            for pattern in ('!= "ce"', '== "ce"', "!= 'ce'", "== 'ce'"):
+                assert pattern not in text, f"{name}: {pattern} (use LossTerm.is_divergence / config.needs_teacher)"

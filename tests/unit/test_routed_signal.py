@@ -3,13 +3,11 @@ alone would score them, whatever the chunking."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 
 from conftest import build_llama, build_tokenizer
 from llmdistill import models
-from llmdistill.train.trainer import DistillTrainer, _live
+from llmdistill.train.sources import Live, live_signal
 
 
 def test_each_row_is_scored_by_its_own_teacher(tmp_path):
@@ -23,9 +21,8 @@ def test_each_row_is_scored_by_its_own_teacher(tmp_path):
     mask = torch.zeros(3, 8, dtype=torch.bool)
     mask[0, 2:] = mask[1, 4:] = mask[2, 3:6] = True  # the positions that predict a label
     inputs = {"input_ids": input_ids, "attention_mask": attention, "teacher_index": torch.tensor([0, 1, 0])}
-    fake = SimpleNamespace(needs_teacher=True, teacher_model={0: a, 1: b})
     student = models.load_causal_lm(str(build_llama(tmp_path / "s", tok, layers=1, seed=2)), "float32", "cpu")
-    signal = DistillTrainer._signal(fake, inputs, mask, student)
+    signal = Live({0: a, 1: b}, {"a": 0, "b": 1}).signal(inputs, mask, student)
     n = int(mask.sum())
     student_logp = torch.log_softmax(torch.randn(n, len(tok)), -1)
     routed = signal.divergence("forward_kl", student_logp, 1.0)
@@ -33,7 +30,7 @@ def test_each_row_is_scored_by_its_own_teacher(tmp_path):
     for row, teacher in enumerate((a, b, a)):
         m = mask[row : row + 1]
         count = int(m.sum())
-        own = _live(teacher, input_ids[row : row + 1], (attention[row : row + 1], None), m, len(tok))
+        own = live_signal(teacher, input_ids[row : row + 1], (attention[row : row + 1], None), m, len(tok))
         expected.append(own.divergence("forward_kl", student_logp[start : start + count], 1.0))
         start += count
     torch.testing.assert_close(routed, torch.cat(expected), rtol=1e-5, atol=1e-6)
@@ -42,6 +39,6 @@ def test_each_row_is_scored_by_its_own_teacher(tmp_path):
                          for i in range(0, n, 4)])
     torch.testing.assert_close(chunked, routed)
     # and a teacher is not interchangeable with the other
-    swapped = DistillTrainer._signal(SimpleNamespace(needs_teacher=True, teacher_model={0: b, 1: a}), inputs, mask,
-                                     student).divergence("forward_kl", student_logp, 1.0)
+    swapped = Live({0: b, 1: a}, {"a": 0, "b": 1}).signal(inputs, mask, student).divergence("forward_kl", student_logp,
+                                                                                          1.0)
     assert not torch.allclose(swapped, routed)
