@@ -102,7 +102,8 @@ def offline_opd(rounds: int, loss: str, first: float = 0.5):
     def make(steps: int) -> list[str]:
         return ["train.mode=on_policy", "train.loss=[{name: forward_kl, weight: 0.9}, {name: ce, weight: 0.1}]",
                 f"train.on_policy={{rollouts: offline, rounds: {rounds}, offline_steps: {round(steps * first)}, "
-                f"max_new_tokens: 32, temperature: 1.0, loss: {loss}}}"]
+                f"max_new_tokens: 32, temperature: 1.0, loss: {loss}, "
+                "vllm: {max_model_len: 512, enforce_eager: true, cpu_kvcache_gib: 1}}"]
     return make
 
 
