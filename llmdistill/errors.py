@@ -76,6 +76,11 @@ def _raised_in_template(e: BaseException) -> bool:
     return False
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's first non-blank line (its type's name when it has none), for a one-line error."""
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 

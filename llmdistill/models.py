@@ -31,7 +31,14 @@ from typing import Any
 
 from llmdistill import architecture, store
 from llmdistill.config import MODEL_ALIASES
-from llmdistill.errors import StorageError, UserError, describe_os_error, describe_template_error, os_error_reason
+from llmdistill.errors import (
+    StorageError,
+    UserError,
+    describe_os_error,
+    describe_template_error,
+    first_line,
+    os_error_reason,
+)
 from llmdistill.records import stable_hash
 
 log = logging.getLogger("llmdistill")
@@ -228,7 +235,7 @@ def write_failure(e: BaseException, path: Path) -> str | None:
         cause = e.__cause__ or e.__context__  # a Python stream's own OSError, when it had one
         if isinstance(cause, OSError) and cause.errno is not None:
             return os_error_reason(cause)
-        return _file_system_reason(path) or f"write failed ({_first_line(e)})"
+        return _file_system_reason(path) or f"write failed ({first_line(e)})"
     return None
 
 
@@ -298,7 +305,7 @@ def load_tokenizer(source: str, revision: str | None = None, trust_remote_code: 
     try:
         tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load tokenizer {source!r}: {_first_line(e)}{_alias_hint(source)}") from None
+        raise UserError(f"cannot load tokenizer {source!r}: {first_line(e)}{_alias_hint(source)}") from None
     if tok.chat_template is None:
         # a base model that was trained with a BOS first (Gemma) gets it first here too
         bos = tok.bos_token_id is not None and tok("a")["input_ids"][:1] == [tok.bos_token_id]
@@ -342,18 +349,13 @@ def load_causal_lm(source: str, dtype: str = "float32", device: str = "cpu", rev
             weights_only=True,
         )
     except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as e:
-        raise UserError(f"cannot load model {source!r}: {_first_line(e)}{_alias_hint(source)}") from None
+        raise UserError(f"cannot load model {source!r}: {first_line(e)}{_alias_hint(source)}") from None
     return model.to(pick_device(device)).eval()
 
 
 def _alias_hint(source: str) -> str:
     close = difflib.get_close_matches(source, MODEL_ALIASES, n=1, cutoff=0.6)
     return f" (did you mean the alias '{close[0]}'?)" if close else ""
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from llmdistill import faults, store
 from llmdistill.config import Config, TeacherConfig
-from llmdistill.errors import BudgetExceeded, LockedError, StorageError, UserError
+from llmdistill.errors import BudgetExceeded, LockedError, StorageError, UserError, first_line
 from llmdistill.runner import RunLock
 from llmdistill.teachers import teacher_class
 
@@ -113,7 +113,7 @@ def _connect(ray, address: str | None) -> bool:
             " (a cluster with token authentication, Ray's default, takes a host:port address only with "
             "RAY_AUTH_MODE=token and its token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
         raise UserError(f"generate.ray_address {address or '(default)'}: cannot start or join a Ray cluster: "
-                        f"{_first_line(e)}{hint if 'Failed to connect' in str(e) else ''}") from None
+                        f"{first_line(e)}{hint if 'Failed to connect' in str(e) else ''}") from None
     return True
 
 
@@ -181,16 +181,12 @@ def _outcome(ray, ref) -> tuple[str | None, str]:
         result = ray.get(ref)
     except ray.exceptions.RayTaskError as e:  # an unexpected exception in our code (or TRANSIENT, retries spent)
         cause = e.cause if isinstance(e.cause, BaseException) else e
-        return "crash", f"{type(cause).__name__}: {_first_line(cause)}"
+        return "crash", f"{type(cause).__name__}: {first_line(cause)}"
     except ray.exceptions.RayError as e:  # the worker died every attempt, the node was lost, ...
-        return "crash", f"{type(e).__name__} after {MAX_RETRIES + 1} attempts: {_first_line(e)}"
+        return "crash", f"{type(e).__name__} after {MAX_RETRIES + 1} attempts: {first_line(e)}"
     if "error" in result:
         return result["error"], result["message"]
     return None, result["outcome"]
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _attempts_file(run_dir: Path, shard: tuple[int, int]) -> Path:

@@ -20,3 +20,10 @@ def test_a_user_error_from_a_dataloader_worker_comes_back_as_its_own_line():
     assert "DataLoader worker" in str(e.value) and "Traceback" in str(e.value)  # what torch hands back
     assert worker_error_line(str(e.value)) == ("served teacher: scoring a sequence of 12 tokens failed: "
                                                "connection error: refused")
+
+
+def test_first_line_is_the_first_non_blank_line_or_the_type():
+    from llmdistill.errors import first_line
+
+    assert first_line(OSError("\n  [Errno 98] address already in use \nmore")) == "[Errno 98] address already in use"
+    assert first_line(ValueError("   ")) == "ValueError"

@@ -16,7 +16,7 @@ import yaml
 from pydantic import ConfigDict, ValidationError, create_model
 
 from llmdistill.config.bert import BertDataConfig
-from llmdistill.errors import UserError
+from llmdistill.errors import UserError, first_line
 
 MODEL_FILES = {"int8": "onnx/model.int8.onnx", "fp32": "onnx/model.onnx", "torch": "student"}
 
@@ -24,10 +24,6 @@ MODEL_FILES = {"int8": "onnx/model.int8.onnx", "fp32": "onnx/model.onnx", "torch
 _ServedData = create_model("ServedData", __config__=ConfigDict(extra="ignore", strict=True),
                            labels=(list[str], BertDataConfig.model_fields["labels"]),
                            max_seq_len=(int, BertDataConfig.model_fields["max_seq_len"]))
-
-
-def _first_line(e: BaseException) -> str:
-    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
 
 
 class Predictor:
@@ -55,7 +51,7 @@ class Predictor:
         except UserError:
             raise
         except Exception as e:  # a damaged file: onnxruntime, safetensors and torch each raise their own type
-            raise UserError(f"cannot load the model {model_path}: {_first_line(e)}") from None
+            raise UserError(f"cannot load the model {model_path}: {first_line(e)}") from None
         if probe.shape != (1, len(self.labels)):
             raise UserError(f"{model_path} gives logits of shape {list(probe.shape)} for one text, but the run "
                             f"has {len(self.labels)} labels")
@@ -101,7 +97,7 @@ def check_run(run_dir: Path, form: str = "int8") -> ServedRun:
     except FileNotFoundError:
         raise UserError(f"{resolved}: missing (every finished distill-bert run has one)") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise UserError(f"{resolved}: cannot be read: {_first_line(e)}") from None
+        raise UserError(f"{resolved}: cannot be read: {first_line(e)}") from None
     data = doc.get("config", {}).get("data") if isinstance(doc, dict) and isinstance(doc.get("config"), dict) else None
     if not isinstance(data, dict):
         raise UserError(f"{resolved}: no config.data section (not a distill-bert run's resolved config)")
