@@ -58,18 +58,19 @@ class Phase:
     loss: list[LossTerm]
     round: int = 0  # 0: the teacher's data; r >= 1: the student's samples of round r
     max_new_tokens: int = 0
+    first_step: int = 0  # where the phase starts in train.max_steps (the learning-rate schedule is the variant's)
 
 
 def phases(cfg: Config) -> list[Phase]:
     """The variant's phases: offline_steps on the teacher's data, then the rounds, train.max_steps in all (the
-    rounds' share split evenly, the first rounds taking the remainder)."""
+    rounds' share split evenly, the first rounds taking the remainder), on one learning-rate schedule."""
     t, op = cfg.train, cfg.train.on_policy
     out = [Phase("offline", op.offline_steps, list(t.loss))] if op.offline_steps else []
     left = t.max_steps - op.offline_steps
     loss = list(op.loss) if op.loss is not None else list(t.loss)
     for r in range(1, op.rounds + 1):
         steps = left // op.rounds + (1 if r <= left % op.rounds else 0)
-        out.append(Phase(f"round-{r}", steps, loss, r, budget(op, r)))
+        out.append(Phase(f"round-{r}", steps, loss, r, budget(op, r), sum(p.steps for p in out)))
     return out
 
 

@@ -137,11 +137,13 @@ def worker_error_line(message: str) -> str:
 
 def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: list[LossTerm], tokenizer, dataset,
                   prov: dict, teachers: dict | None = None, *, start=None, steps: int | None = None, final_dir=None,
-                  ckpt_dir=None) -> dict:
+                  ckpt_dir=None, first_step: int = 0) -> dict:
     """teachers: the provenance of each teacher whose rows the data holds (generate.routing), by name.
     start: the student's directory to train from (default: the student as configured); steps: optimizer steps
     (default train.max_steps / epochs); final_dir, ckpt_dir: where the student and its checkpoints go (default
-    <train>/<name> and <train>/checkpoints/<name>): offline on-policy rounds train in phases (opd.py)."""
+    <train>/<name> and <train>/checkpoints/<name>): offline on-policy rounds train in phases (opd.py);
+    first_step: where such a phase starts in the variant's train.max_steps (its learning rate follows the whole
+    variant's schedule from there)."""
     import torch
 
     from llmdistill.train import sources
@@ -195,8 +197,9 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
             preflight.check_turn_end(teacher_tok, _eos_ids(models.resolve_source(cfg.teacher.model), teacher_tok),
                                      tokenizer, [tokenizer.eos_token_id])
         source = sources.build(cfg, terms, check, prov, teachers, tokenizer, on_policy=mode == "on_policy")
+        window = (first_step, t.max_steps) if steps is not None and t.max_steps is not None else None
         trainer, rollouts = _offline_trainer(cfg, args, student, tokenizer, dataset, terms, check, source,
-                                             on_policy=mode == "on_policy")
+                                             on_policy=mode == "on_policy", schedule_window=window)
         description = " + ".join(f"{x.weight:g}*{x.name}" + (f"(T={x.temperature:g})" if x.is_divergence else "")
                                  for x in terms) + source.describe()
         if mode == "on_policy":
@@ -403,7 +406,8 @@ def _eval_arguments(t, eval_examples) -> dict:
             "prediction_loss_only": True}
 
 
-def _offline_trainer(cfg: Config, args: dict, student, tokenizer, dataset, terms, check, source, on_policy=False):
+def _offline_trainer(cfg: Config, args: dict, student, tokenizer, dataset, terms, check, source, on_policy=False,
+                     schedule_window=None):
     """(our DistillTrainer, the vLLM rollouts or None): `args` the TrainingArguments (`trainer_arguments`);
     on_policy: the student's samples come from a vLLM engine on its weights (rollouts.py); `source` is where the
     teacher signal comes from (sources.py)."""
@@ -446,6 +450,7 @@ def _offline_trainer(cfg: Config, args: dict, student, tokenizer, dataset, terms
         source=source,
         chunk_tokens=t.chunk_tokens,
         curriculum=t.curriculum,
+        schedule_window=schedule_window,
     )
     if rollouts is not None:
         from llmdistill.train.rollouts import RefreshRollouts
@@ -465,7 +470,7 @@ def _offline_rounds(cfg: Config, ctx: StageContext, name: str, tokenizer, datase
         return train_variant(cfg, ctx, f"{name}.{phase.name}", "offline", phase.loss, tokenizer,
                              dataset if data is None else data, prov if data_prov is None else data_prov,
                              teachers if data_prov is None else None, start=start, steps=phase.steps,
-                             final_dir=final_dir, ckpt_dir=ckpt_dir)
+                             final_dir=final_dir, ckpt_dir=ckpt_dir, first_step=phase.first_step)
 
     out = opd.run(cfg, ctx.out_dir, name, dataset, teachers or {"default": prov}, _start_dir(cfg, ctx), train_phase)
     history, offset = [], 0

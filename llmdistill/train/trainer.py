@@ -21,6 +21,24 @@ from llmdistill.train.curriculum import PacedSampler, closed_loop_weights
 from llmdistill.train.objective import chunked_loss
 
 
+def phase_schedule(kind: str, warmup: int, total: int, first: int, kwargs: dict | None = None):
+    """The learning-rate factor at step s of a phase that starts at step `first` of a `total`-step run: the run's
+    schedule (`kind` with `warmup` steps, as transformers builds it) at step first + s. A phase after the first
+    starts a fresh optimizer, so it warms up again over `warmup` steps to the run's rate (a fresh Adam's first
+    steps move every weight by about the learning rate)."""
+    from transformers.optimization import get_scheduler
+
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    whole = get_scheduler(kind, optimizer=probe, num_warmup_steps=warmup, num_training_steps=total,
+                          scheduler_specific_kwargs=kwargs or {}).lr_lambdas[0]
+
+    def factor(s: int) -> float:
+        rewarm = min(1.0, (s + 1) / (warmup + 1)) if first and warmup else 1.0
+        return whole(first + s) * rewarm
+
+    return factor
+
+
 class DistillTrainer(Trainer):
     # compute_loss divides by the token count of the whole accumulated batch (num_items_in_batch), so
     # batch 8 x accumulation 1 and batch 2 x accumulation 4 give the same gradient.
@@ -28,11 +46,14 @@ class DistillTrainer(Trainer):
 
     def __init__(self, *args, loss_terms, chunk_tokens: int | None, source=None, curriculum=None,
                  tail: str = "bucket", capture_temperature: float = 1.0, teacher_model=None, uld_weight: float = 1.0,
-                 **kwargs):
+                 schedule_window: tuple[int, int] | None = None, **kwargs):
         """source: where the teacher signal comes from (`sources.build`; the collator's source). Without one, it
         is made from the parts (`sources.from_parts`): a live `teacher_model` (or {index: teacher} for routed
         teachers), else the stored top-k captured at `capture_temperature` with its `tail` policy.
-        curriculum: a `config.CurriculumConfig` (pacing and the closed loop), or None."""
+        curriculum: a `config.CurriculumConfig` (pacing and the closed loop), or None.
+        schedule_window: (first step, total steps) when this run is one phase of a longer one (offline on-policy
+        rounds): the learning rate follows the whole run's schedule from its first step (`phase_schedule`)."""
+        self.schedule_window = schedule_window
         super().__init__(*args, **kwargs)
         self.curriculum = curriculum
         self.paced_sampler: PacedSampler | None = None
@@ -50,6 +71,16 @@ class DistillTrainer(Trainer):
         self._term_sums: dict[str, tuple[dict[str, torch.Tensor], int]] = {}
         self._served_checked = None  # training tokens whose served teacher rows were checked, since the last log
         self.add_callback(FaultPoints())
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None and self.schedule_window is not None:
+            first, total = self.schedule_window
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer or self.optimizer,
+                phase_schedule(self.args.lr_scheduler_type, self.args.get_warmup_steps(total), total, first,
+                               self.args.lr_scheduler_kwargs))
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
