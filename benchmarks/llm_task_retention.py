@@ -21,7 +21,10 @@ budget per comparison:
               opd_*       offline on-policy distillation (train.on_policy.rollouts: offline): forward KL on the
                           teacher's data for half the steps, then rounds of the student's own samples scored by
                           the teacher (jsd: generalised JSD, beta 0.5, on the stored top-k at the student's tokens;
-                          rkl: reverse KL there plus the sampled-token estimate), equal optimizer steps in all
+                          rkl: reverse KL there plus the sampled-token estimate), equal optimizer steps in all,
+                          one learning-rate schedule over them; _t07: the student samples at T = 0.7 (else 1.0);
+                          opd_jsd_3_restarts: the runs made before 2026-12-06 18:00, when each phase restarted
+                          warmup and cosine (kept as measured, not rerun)
               vllm_l*     live on-policy: vLLM rollouts of the student at lmbda 0.5 / 1, JSD to a live teacher
               gkd         trl's GKDTrainer (lmbda 0.5, JSD beta 0.5; HF generate)
     seeds     train.seed (data order); the generated data is the same for every seed
@@ -97,12 +100,12 @@ def divergence(name: str, **params) -> list[str]:
     return ["train.mode=offline", f"train.loss=[{{name: {name}, weight: 0.9{extra}}}, {{name: ce, weight: 0.1}}]"]
 
 
-def offline_opd(rounds: int, loss: str, first: float = 0.5):
+def offline_opd(rounds: int, loss: str, first: float = 0.5, temperature: float = 1.0):
     """Offline on-policy rounds after `first` of the steps of forward KL on the teacher's data (KD, then OPD)."""
     def make(steps: int) -> list[str]:
         return ["train.mode=on_policy", "train.loss=[{name: forward_kl, weight: 0.9}, {name: ce, weight: 0.1}]",
                 f"train.on_policy={{rollouts: offline, rounds: {rounds}, offline_steps: {round(steps * first)}, "
-                f"max_new_tokens: 32, temperature: 1.0, loss: {loss}, "
+                f"max_new_tokens: 32, temperature: {temperature}, loss: {loss}, "
                 "vllm: {max_model_len: 512, enforce_eager: true, cpu_kvcache_gib: 1}}"]
     return make
 
@@ -131,6 +134,9 @@ METHODS = {  # method -> (data, overrides, or a function of the steps giving the
     "opd_rkl_1": ("sampled", offline_opd(1, RKL)),
     "opd_rkl_3": ("sampled", offline_opd(3, RKL)),
     "opd_jsd_3_cold": ("sampled", offline_opd(3, JSD, first=0.0)),  # on-policy from the pruned start
+    "opd_jsd_3_t07": ("sampled", offline_opd(3, JSD, temperature=0.7)),
+    "opd_rkl_3_t07": ("sampled", offline_opd(3, RKL, temperature=0.7)),
+    "opd_jsd_3_restarts": ("sampled", None),  # measured before the one-schedule fix: kept, not rerunnable
     "vllm_l05": ("sampled", live_on_policy(0.5)),
     "vllm_l1": ("sampled", live_on_policy(1.0)),
     "gkd": ("sampled", ["train.mode=on_policy", "train.on_policy={rollouts: trl, trainer: gkd, lmbda: 0.5, "
@@ -190,6 +196,8 @@ def run_one(student: str, method: str, seed: int, steps: int, batch: int, lr: fl
     from llmdistill.train.repetition import repetitive_suffix
 
     data, extra = METHODS[method]
+    if extra is None:
+        raise SystemExit(f"{method}: kept as measured before a fix, it cannot be rerun")
     extra = extra(steps) if callable(extra) else extra
     cfg = load_config(None, overrides(data, seed, student, extra, steps, batch, lr, family))
     started = time.monotonic()
