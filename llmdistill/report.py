@@ -400,7 +400,13 @@ def run_table(data: dict) -> str:
                          f"of {x['tokens']} student tokens, {100 * x['exact']:.1f} % aligned exactly to a teacher "
                          f"token (divergence), {100 * x['uld']:.1f} % by start only (ULD), {100 * x['none']:.1f} % "
                          "without a teacher row (CE only)"])
-        if m.get("rollouts"):
+        if m.get("rollouts") and m["rollouts"].get("kind") == "offline":
+            for i, r in enumerate(m["rollouts"]["rounds"], 1):
+                rows.append([f"train: {name}: offline on-policy round {i}",
+                             f"{r['rows']} samples of the student ({r['generator']}), {r['mean_tokens']} tokens on "
+                             f"average, {100 * r['stop_share']:.1f} % ended on their own, {100 * r['cut_share']:.1f} % "
+                             f"cut for repetition; the teacher's log-prob {r['teacher_logprob_per_token']} per token"])
+        elif m.get("rollouts"):
             r = m["rollouts"]
             rows.append([f"train: {name}: on-policy rollouts (vLLM)",
                          f"{r['batches_sampled']} batches the student's, {r['batches_teacher']} the teacher's; "

@@ -63,6 +63,10 @@ def test_rounds_store_scored_samples_and_train_on_them(base):
     assert store.read_success(cfg.run_dir / "train" / "student") is not None
     history = store.read_json(cfg.run_dir / "train" / "log_history.student.json")
     assert max(h["step"] for h in history if "loss" in h) == 4  # the phases end to end
+    from llmdistill.report import write_report
+
+    page = write_report(cfg.run_dir).read_text()  # the report shows each round (it raised KeyError before)
+    assert "offline on-policy round 2" in page and "samples of the student (hf)" in page
 
 
 def test_a_kill_mid_round_resumes_to_the_same_rows_and_weights(base):
