@@ -142,7 +142,6 @@ METHODS = {  # method -> (data, overrides, or a function of the steps giving the
     "gkd": ("sampled", ["train.mode=on_policy", "train.on_policy={rollouts: trl, trainer: gkd, lmbda: 0.5, "
                         "beta: 0.5, max_new_tokens: 32}"]),
 }
-KD_METHODS = [m for m in METHODS if m != "sft"]
 
 PLANS = {  # (student, method, seeds)
     "pilot": [("depth-18", "sft", [0]), ("depth-18", "forward_kl", [0])],

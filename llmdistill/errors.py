@@ -23,7 +23,7 @@ class StorageError(UserError):
 def os_error_reason(e: OSError) -> str:
     """The errno name and its text, e.g. `[ENOSPC] No space left on device` (pyarrow's own text when no errno)."""
     if e.errno is None:
-        return (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return first_line(e)
     name = _errno.errorcode.get(e.errno)
     return f"[{name}] {os.strerror(e.errno)}" if name else f"[errno {e.errno}] {os.strerror(e.errno)}"
 

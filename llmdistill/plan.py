@@ -19,7 +19,7 @@ from pathlib import Path
 
 from llmdistill import architecture
 from llmdistill.config.train import DIVERGENCE_NAMES, auto_chunk_tokens, effective_loss
-from llmdistill.errors import UserError
+from llmdistill.errors import UserError, first_line
 
 SHARDINGS = ("none", "ddp", "fsdp", "zero3")
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -268,9 +268,8 @@ def _hf_config(source: str, revision: str | None = None, trust_remote_code: bool
     try:
         return AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"plan: cannot read the config of model {source!r} (offline: a local directory or a cached "
-                        f"hub id): {first}") from None
+                        f"hub id): {first_line(e)}") from None
 
 
 def student_arch(cfg) -> tuple[Arch, str]:

@@ -19,7 +19,7 @@ from llmdistill.bert import data as bdata
 from llmdistill.bert import models as bmodels
 from llmdistill.bert import trainer
 from llmdistill.config import BertDistillConfig
-from llmdistill.errors import UserError
+from llmdistill.errors import UserError, first_line
 
 log = logging.getLogger("llmdistill")
 
@@ -42,7 +42,7 @@ def load_tokenizer(source: str | Path):
     try:
         return AutoTokenizer.from_pretrained(str(source))
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load a tokenizer from {source}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot load a tokenizer from {source}: {first_line(e)}") from None
 
 
 def encoder_classifier(source: str | Path, num_labels: int, mlm_head: bool = False) -> bmodels.EncoderClassifier:
@@ -53,7 +53,7 @@ def encoder_classifier(source: str | Path, num_labels: int, mlm_head: bool = Fal
     try:
         config = AutoConfig.from_pretrained(str(source))
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load an encoder from {source}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot load an encoder from {source}: {first_line(e)}") from None
     if not isinstance(config, BertConfig):
         raise UserError(f"{source}: a {type(config).__name__} encoder; BERT-style distillation needs a BERT "
                         f"architecture (BertModel weights)")
