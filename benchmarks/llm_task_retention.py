@@ -136,6 +136,7 @@ METHODS = {  # method -> (data, overrides, or a function of the steps giving the
     "opd_jsd_3_cold": ("sampled", offline_opd(3, JSD, first=0.0)),  # on-policy from the pruned start
     "opd_jsd_3_t07": ("sampled", offline_opd(3, JSD, temperature=0.7)),
     "opd_rkl_3_t07": ("sampled", offline_opd(3, RKL, temperature=0.7)),
+    "opd_jsd_1_t07": ("sampled", offline_opd(1, JSD, temperature=0.7)),
     "opd_jsd_3_restarts": ("sampled", None),  # measured before the one-schedule fix: kept, not rerunnable
     "vllm_l05": ("sampled", live_on_policy(0.5)),
     "vllm_l1": ("sampled", live_on_policy(1.0)),
