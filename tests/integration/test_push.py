@@ -67,10 +67,11 @@ class RecordingHub:
             def _handle(self, method: str) -> None:
                 body = self._body()
                 hub.requests.append((method, self.path))
-                if self.headers.get("Authorization") != f"Bearer {GOOD_TOKEN}":
-                    return self._send(401, {"error": "Invalid credentials in Authorization header"})
                 base = f"http://127.0.0.1:{hub.port}"
                 parts = self.path.split("?")[0].strip("/").split("/")
+                presigned = method == "PUT" and parts[0] == "lfs"  # like a storage URL: no token is sent there
+                if not presigned and self.headers.get("Authorization") != f"Bearer {GOOD_TOKEN}":
+                    return self._send(401, {"error": "Invalid credentials in Authorization header"})
                 if method == "POST" and self.path == "/api/repos/create":
                     payload = json.loads(body)
                     hub.created.append(payload)
@@ -113,7 +114,8 @@ class RecordingHub:
                                 return self._send(400, {"error": f"LFS object {v['oid']} was never uploaded"})
                             commit["files"][v["path"]] = hub.lfs[v["oid"]]
                     hub.commits.append(commit)
-                    return self._send(200, {"commitUrl": f"{base}/commit/1", "commitOid": "1" * 40,
+                    repo = ("datasets/" if parts[1] == "datasets" else "") + "/".join(parts[2:-2])
+                    return self._send(200, {"commitUrl": f"{base}/{repo}/commit/{'1' * 40}", "commitOid": "1" * 40,
                                             "pullRequestUrl": None})
                 return self._send(404, {"error": f"not implemented here: {method} {self.path}"})
 
@@ -205,11 +207,11 @@ def test_a_refused_token_is_one_line_and_nothing_is_committed(tiny_run, tmp_path
     with RecordingHub() as hub:
         line = one_error_line(cli_push(hub, tmp_path, tiny_run, "--to", "me/x", token="hf_revoked"))
     assert "the Hub refused the token for me/x (401)" in line, line
-    assert hub.requests[0] == ("POST", "/api/repos/create") and not hub.commits and not hub.lfs
+    assert ("POST", "/api/repos/create") in hub.requests and not hub.commits and not hub.lfs
     assert every_file(tiny_run) == before
 
 
-@pytest.mark.parametrize("failure, says", [("500", "500 Server Error"), ("drop", "disconnected")])
+@pytest.mark.parametrize("failure, says", [("500", "500 Internal Server Error"), ("drop", "disconnected")])
 def test_a_server_that_fails_mid_upload_is_one_line_and_changes_nothing_here(tiny_run, tmp_path, failure, says):
     before = every_file(tiny_run)
     with RecordingHub(fail_commit=failure) as hub:
