@@ -54,7 +54,9 @@ def dataset_card(run_dir: Path, stage: str, repo_id: str | None = None) -> str:
     name = (C.read_config(run_dir) or {}).get("name", run_dir.name)
     counts = manifest.get("counts") or {}
     rows = counts.get("rows")
-    teachers = manifest.get("teachers") or {"default": manifest.get("provenance") or {}}
+    prov = manifest.get("provenance") or {}
+    # the teachers whose log-probs the rows hold: an annotated dataset's are the scoring teacher's
+    teachers = {"scoring teacher": prov} if "annotated_by" in prov else manifest.get("teachers") or {"default": prov}
     shown = sorted({C.teacher_origin((p.get("teacher") or {}).get("name"), hub=repo_id is not None)["name"]
                     for p in teachers.values()})
 
@@ -105,10 +107,11 @@ def _producers(teachers: dict, manifest: dict, hub: bool) -> str:
             ("vocabulary size", lambda p: p.get("vocab_size")),
             ("top-k stored (k)", lambda p: p.get("topk")),
             ("log-prob mode", lambda p: p.get("logprob_mode")),
-            ("log-probs from", lambda p: p.get("logprobs_source") or p.get("annotate_method")),
+            ("log-probs from", lambda p: p.get("annotate_method") or p.get("logprobs_source")),
             ("capture temperature / top-p", lambda p: f"{p.get('capture_temperature')} / {p.get('capture_top_p')}")]
     if any("annotated_by" in p for p in teachers.values()):
-        keys.append(("annotated by", lambda p: p.get("annotated_by")))
+        keys.append(("text written by",
+                     lambda p: C.teacher_origin((p.get("text_from") or {}).get("name"), hub)["name"]))
     rows = [[label, *[C.num(get(p)) for p in teachers.values()]] for label, get in keys]
     s = manifest.get("sampling") or {}
     prompts = manifest.get("prompts") or {}
@@ -135,7 +138,7 @@ def _counts(directory: Path, counts: dict, stage: str) -> str:
     except store.StoreError as e:
         lines.append(f"Per prompt source: not read ({e}).")
     difficulty = (C.read_json(directory / store.MANIFEST) or {}).get("difficulty") or {}
-    if difficulty and stage != "filter":  # the filter's manifest carries the generated rows' figures
+    if difficulty and stage == "generate":  # later manifests carry the generated rows' figures on
         lines += ["Measured difficulty per level (the teacher's own log-probs):",
                   C.table(["level", "samples", "mean completion tokens", "mean teacher NLL", "mean teacher entropy"],
                           [[k, v.get("samples"), v.get("mean_completion_tokens"), v.get("mean_teacher_nll"),
