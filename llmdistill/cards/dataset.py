@@ -97,7 +97,11 @@ def _size_category(rows: int | None) -> str:
 
 def _producers(teachers: dict, manifest: dict, hub: bool) -> str:
     header = ["", *teachers]
-    keys = [("model", lambda p: C.teacher_origin((p.get("teacher") or {}).get("name"), hub)["note"] or "-"),
+    def model(p: dict) -> str:
+        o = C.teacher_origin((p.get("teacher") or {}).get("name"), hub)
+        return f"{o['name']} ({o['note']})" if o["note"] else o["name"]
+
+    keys = [("model", model),
             ("backend", lambda p: (p.get("teacher") or {}).get("backend")),
             ("dtype", lambda p: (p.get("teacher") or {}).get("dtype")),
             ("revision", lambda p: (p.get("teacher") or {}).get("revision") or "-"),
