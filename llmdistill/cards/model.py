@@ -173,6 +173,11 @@ def _recipe(cfg: dict | None, record: dict, variant: str) -> str:
                                       f"loss {_terms(op.get('loss'))}"])
     else:
         rows.append(["settings", "not shown: config.resolved.yaml was written for another configuration since"])
+    x = record.get("cross_tokenizer")
+    if x:
+        rows.append(["teacher on another tokenizer", f"of {x.get('tokens')} student tokens, "
+                     f"{100 * x.get('exact', 0):.1f} % aligned exactly to a teacher token, {100 * x.get('uld', 0):.1f} "
+                     f"% by start only (ULD), {100 * x.get('none', 0):.1f} % without a teacher row (CE only)"])
     rows.append(["mean training loss", C.num(record.get("train_loss"), ".4f")])
     out = [C.table(["", ""], rows)]
     phases = record.get("phases") or []
