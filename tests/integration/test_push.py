@@ -169,7 +169,7 @@ def test_push_sends_the_card_weights_and_config_and_nothing_else(tiny_run, tmp_p
     with RecordingHub() as hub:
         res = cli_push(hub, tmp_path, tiny_run, "--to", "me/tiny-student")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert hub.created == [{"name": "tiny-student", "organization": "me", "visibility": "private"}]
+    assert hub.created == [{"name": "tiny-student", "organization": "me", "visibility": "private", "type": "model"}]
     assert len(hub.commits) == 1 and hub.commits[0]["path"] == "/api/models/me/tiny-student/commit/main"
     sent = hub.commits[0]["files"]
     expected = {"README.md", "model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
