@@ -126,6 +126,7 @@ def _run(config, overrides, stages, force, standalone, verbose, **kwargs) -> Non
             "run %s: %s", cfg.run_dir, ", ".join(f"{k} {v}" for k, v in outcome.items()))
         if "eval" in stages:  # inside the try: a report that cannot be written is one line too (disk full)
             _write_report(cfg.run_dir, keep_if_read_only=all(v == "skipped" for v in outcome.values()))
+        _write_cards(cfg.run_dir, keep_if_read_only=all(v == "skipped" for v in outcome.values()))
     except LockedError as e:
         _fail(str(e), EXIT_LOCKED)
     except BudgetExceeded as e:
@@ -155,6 +156,25 @@ def _write_report(run_dir: Path, keep_if_read_only: bool = False) -> None:
         typer.echo(f"report: {existing}")
     except UserError as e:
         _fail(str(e), EXIT_BAD_INPUT)
+
+
+def _write_cards(run_dir: Path, keep_if_read_only: bool = False) -> None:
+    """(Re)write the model and dataset cards of the run's completed outputs (llmdistill/cards). A write that fails
+    is a StorageError (one line, exit 2 where the caller catches it); `keep_if_read_only`: nothing ran, so cards
+    on read-only storage stay as they are."""
+    import os
+
+    from llmdistill import cards, store
+
+    if os.environ.get("RANK", "0") != "0":  # the other ranks of a multi-process train write no files
+        return
+    try:
+        for path in cards.write_run_cards(run_dir):
+            logging.getLogger("llmdistill").info("card: %s", path)
+    except store.StorageError as e:
+        if not (keep_if_read_only and store.refused_as_read_only(e)):
+            raise
+        logging.getLogger("llmdistill").warning("cards not rewritten (%s); nothing ran, so they stand", e)
 
 
 @app.callback(invoke_without_command=True)
@@ -356,6 +376,40 @@ def report(
 
 
 @app.command()
+def push(
+    run_dir: Path = typer.Argument(..., help="a run directory (an LLM run or a distill-bert run)"),
+    to: str = typer.Option(..., "--to", help="the Hub repo, owner/name (created if missing)"),
+    student: str | None = typer.Option(None, "--student", help="the student to send: student (default) or "
+                                       "sft_baseline"),
+    dataset: str | None = typer.Option(None, "--dataset", help="send this stage's dataset instead: generate, "
+                                       "annotate or filter"),
+    public: bool = typer.Option(False, "--public", help="create the repo public (default: private)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list what would be sent; send and write nothing"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Send a student (its card, safetensors weights, config and tokenizer) or a dataset (card, shards, manifest)
+    to the Hugging Face Hub in one commit. Needs HF_TOKEN (or `hf auth login`); see docs/sharing.md."""
+    _setup_logging(verbose)
+    from llmdistill.errors import LockedError, UserError
+    from llmdistill.push import push as push_run
+
+    try:
+        out = push_run(run_dir, to, student=student, dataset=dataset, public=public, dry_run=dry_run)
+    except LockedError as e:
+        _fail(str(e), EXIT_LOCKED)
+    except UserError as e:
+        _fail(str(e), EXIT_BAD_INPUT)
+    visibility = "private" if out["private"] else "public"
+    if dry_run:
+        typer.echo(f"would send to {out['repo']} ({out['repo_type']}, {visibility} if created):")
+    else:
+        typer.echo(f"pushed {len(out['files'])} files to {out['repo']} (commit {out['commit']}; {visibility} if "
+                   "created)")
+    for rel, size in out["files"].items():
+        typer.echo(f"  {rel}  {size} bytes")
+
+
+@app.command()
 def retrain(
     config: str | None = typer.Argument(None, help=CONFIG_HELP),
     overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
@@ -415,6 +469,7 @@ def distill_bert(
 
     try:
         metrics = run_bert(cfg, force=force)
+        _write_cards(cfg.run_dir)
     except LockedError as e:
         _fail(str(e), EXIT_LOCKED)
     except UserError as e:

@@ -191,6 +191,29 @@ def write_prompts(path: Path, n_per_level: int = 4, levels=(1, 2, 3), tag: str =
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny) -> Path:
+    """A finished tiny run through the CLI (`llmdistill run`), built once per session and shared (the report's and
+    the cards' tests read it): a pruned student, the SFT-only baseline, a gradable task; the run ends by writing
+    the report and the cards. Its config is `<run>/../../config.yaml`."""
+    import subprocess
+
+    tmp = tmp_path_factory.mktemp("report")
+    path, data = make_tiny_config(tmp, tiny)
+    tasks = tmp / "task.jsonl"
+    tasks.write_text("".join(json.dumps({"prompt": f"what is {a} plus {b}", "answer": str(a + b)}) + "\n"
+                             for a, b in ((1, 2), (2, 3), (3, 4))))
+    data["eval"]["tasks"] = [{"name": "sums", "prompts": str(tasks), "grader": "number", "max_new_tokens": 4}]
+    data["train"]["student"] = {"prune": {"layers": 2, "intermediate_size": 96, "calibration_samples": 4}}
+    path.write_text(yaml.safe_dump(data))
+    res = subprocess.run([PYTHON, "-m", "llmdistill.cli", "run", str(path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run_dir = tmp / "runs" / "tiny"
+    page = run_dir / "report" / "index.html"
+    assert f"report: {page}" in res.stdout
+    return run_dir
+
+
 @pytest.fixture()
 def tiny_config(tmp_path, tiny):
     """A complete config (as a dict and a file) for a fast end-to-end run on the tiny teacher."""

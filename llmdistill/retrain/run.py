@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from llmdistill import store
+from llmdistill import cards, store
 from llmdistill.config import Config, validate_dict
 from llmdistill.errors import LockedError, UserError
 from llmdistill.prompts import Prompt, curriculum_order, load_sources
@@ -171,6 +171,7 @@ def _retrain_locked(cfg: Config, sdir: Path) -> int:
         "warm_start_from": str(promoted) if promoted is not None and cfg.retrain.warm_start else None,
         "finished_at": S.now()})
     report = write_report(run_dir)
+    cards.write_run_cards(run_dir)  # the promoted (or refused) student's card, with the gates
     (sdir / S.PENDING).unlink(missing_ok=True)
     emit("result", decision=decision, exit_code=code, reason=reason, run_dir=str(run_dir), report=str(report))
     return code

@@ -1,8 +1,11 @@
 """The README's demo: the embedded default config with the real SmolLM2-135M-Instruct, shrunk by overrides."""
 
+import os
+import re
 import subprocess
 
 import pytest
+from huggingface_hub import ModelCard
 
 from conftest import PYTHON
 from llmdistill import store
@@ -34,6 +37,18 @@ def test_demo_config_end_to_end_with_smollm2(tmp_path):
     assert len(pruning["layers"]) == 18 and pruning["hidden_size"]["student"] == 576
     assert f"report: {run / 'report' / 'index.html'}" in res.stdout  # the run ends with the HTML report
     assert (run / "report" / "metrics.json").exists()
+    # and with the cards (docs/sharing.md): the student's, with the eval table, and the filtered data's
+    card = ModelCard.load(run / "train" / "student" / "README.md")
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.license == "apache-2.0"
+    assert f"| **student (this model)** | {metrics['student']['kl_to_teacher']:.4f} |" in card.text
+    assert "| facts | contains | 4 |" in card.text
+    data_card = (run / "filter" / "README.md").read_text(encoding="utf-8")
+    load = re.search(r"```python\n(.*?)```", data_card, re.S).group(1)
+    loaded = subprocess.run([PYTHON, "-c", load], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache")})
+    assert loaded.stdout.strip() == str(store.read_manifest(run / "filter")["counts"]["rows"]), loaded.stderr
+    cards = {p: p.read_bytes() for p in run.rglob("README.md")}
     # a finished run reruns as a no-op
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stderr.count("skipping") == 4
+    assert {p: p.read_bytes() for p in run.rglob("README.md")} == cards

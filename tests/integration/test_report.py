@@ -2,7 +2,6 @@
 Chromium (Debian's `chromium` package; that test is skipped where it is not installed)."""
 
 import base64
-import json
 import os
 import shutil
 import struct
@@ -10,7 +9,6 @@ import subprocess
 from html.parser import HTMLParser
 
 import pytest
-import yaml
 
 from conftest import PYTHON
 from llmdistill import store
@@ -49,25 +47,10 @@ def png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-@pytest.fixture(scope="module")
-def reported_run(tmp_path_factory, tiny):
-    """A finished tiny run through the CLI: `llmdistill run` ends by writing the report."""
-    from conftest import make_tiny_config
-
-    tmp = tmp_path_factory.mktemp("report")
-    path, data = make_tiny_config(tmp, tiny)
-    tasks = tmp / "task.jsonl"
-    tasks.write_text("".join(json.dumps({"prompt": f"what is {a} plus {b}", "answer": str(a + b)}) + "\n"
-                             for a, b in ((1, 2), (2, 3), (3, 4))))
-    data["eval"]["tasks"] = [{"name": "sums", "prompts": str(tasks), "grader": "number", "max_new_tokens": 4}]
-    data["train"]["student"] = {"prune": {"layers": 2, "intermediate_size": 96, "calibration_samples": 4}}
-    path.write_text(yaml.safe_dump(data))
-    res = subprocess.run([PYTHON, "-m", "llmdistill.cli", "run", str(path)], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-3000:]
-    run_dir = tmp / "runs" / "tiny"
-    page = run_dir / "report" / "index.html"
-    assert f"report: {page}" in res.stdout
-    return run_dir
+@pytest.fixture()
+def reported_run(tiny_run):
+    """A finished tiny run through the CLI: `llmdistill run` ends by writing the report (conftest.tiny_run)."""
+    return tiny_run
 
 
 def test_report_has_every_plot_and_table_with_images_that_decode(reported_run):

@@ -106,6 +106,9 @@ def test_retrain_promotes_refuses_on_a_failing_gate_and_rolls_back(retrain_confi
     assert gate["passed"] and gate["student"] <= gate["promoted"]
     pointer = S.read_pointer(sdir)
     assert pointer["current"]["run_dir"] == str(run3) and pointer["current"]["previous"] == run1
+    card = (sdir / S.STUDENT_LINK / "README.md").read_text(encoding="utf-8")  # the promoted student's card
+    assert "`llmdistill retrain` decision: **promoted** (every gate passed)" in card
+    assert f"| kl_to_teacher | {gate['student']:.4f} | {gate['promoted']:.4f} | 0.0000 | pass |" in card
     seen = S.read_lines(sdir / S.SEEN)
     assert len(seen) == 24 and seen == set(first_ids) | set(second_ids) | set(third_ids)
     assert {p.id for p in read_prompt_file(seeds)} == seen

@@ -16,7 +16,8 @@ def test_help_imports_no_heavy_library():
 def test_help_lists_every_command():
     res = subprocess.run([PYTHON, "-m", "llmdistill.cli", "--help"], capture_output=True, text=True)
     assert res.returncode == 0
-    for cmd in ("run", "generate", "filter", "train", "eval", "validate", "inspect", "report", "retrain", "rollback"):
+    for cmd in ("run", "generate", "filter", "train", "eval", "validate", "inspect", "report", "retrain", "rollback",
+                "push"):
         assert cmd in res.stdout
 
 
