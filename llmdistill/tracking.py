@@ -118,8 +118,10 @@ class _Trackio:
     def __init__(self, record: dict, params: dict | None, mode: str):
         import trackio
 
+        # no background CPU/GPU sampling, no dashboard in a notebook: the run's own metrics only
         self.run = trackio.init(project=record["project"], name=record["name"], config=params or None,
-                                resume="allow" if mode == "new" else "must")
+                                resume="allow" if mode == "new" else "must", auto_log_cpu=False, auto_log_gpu=False,
+                                embed=False)
 
     def log(self, values: dict[str, float], step: int) -> None:
         self.run.log(values, step=step)
