@@ -149,8 +149,9 @@ def run(cfg: Config, ctx: StageContext) -> None:
 
 def log_to_trackers(ctx: StageContext, metrics: dict) -> None:
     """Each trained variant's metrics into the tracker run it was trained in (train.report_to; the runs are in
-    train/tracking.json): eval/<metric> for the variant, eval/teacher/<metric> for the teacher beside it, at the
-    variant's last training step. A tracker that cannot be reached is a warning: metrics.json is written."""
+    train/tracking.json): eval/<metric> for the variant, eval/teacher/<metric> for the teacher beside it (its size,
+    latency, perplexity and task scores: its distances to itself say nothing), at the variant's last training step.
+    A tracker that cannot be reached is a warning: metrics.json is written."""
     from llmdistill import tracking
 
     path = ctx.upstream_dir / tracking.RECORD
@@ -158,7 +159,9 @@ def log_to_trackers(ctx: StageContext, metrics: dict) -> None:
         return
     trained = store.read_json(ctx.upstream_dir / "metrics.json")
     models_ = metrics["models"]
-    common = {**tracking.flatten(models_["teacher"], "eval/teacher"), "eval/prompts": metrics["eval_prompts"]}
+    teacher = {k: v for k, v in models_["teacher"].items()
+               if k in ("parameters", "bytes", "perplexity", "latency_ms_per_token", "tasks")}
+    common = {**tracking.flatten(teacher, "eval/teacher"), "eval/prompts": metrics["eval_prompts"]}
     for name, record in store.read_json(path).items():
         if name not in models_ or name not in trained:
             continue

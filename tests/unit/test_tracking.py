@@ -96,7 +96,8 @@ def test_a_tracker_that_cannot_open_its_run_is_one_line(tmp_path, monkeypatch):
         tracking.Run.start(["tensorboard", "mlflow"], project="p", name="r/student-1", run_dir=tmp_path,
                            what="train.report_to")
     message = str(err.value)
-    assert message.startswith(f"train.report_to: mlflow could not open its run (mlflow {(tmp_path / 'mlruns').as_uri()}")
+    uri = (tmp_path / "mlruns").as_uri()
+    assert message.startswith(f"train.report_to: mlflow could not open its run (mlflow {uri}, experiment p): ")
     assert "MLFLOW_ALLOW_FILE_STORE" in message and "\n" not in message
 
 
