@@ -9,6 +9,8 @@
                                        macro-F1 for teacher, student, ONNX, ONNX int8 (+ agreement, latency)
     runs/<name>/_SUCCESS               written last (`store.mark_success`); holds the config fingerprint
                                        (a rerun with the same config returns the stored metrics)
+    runs/<name>/tracking.json          with report_to: the run's tracker run (llmdistill/tracking.py): each loss
+                                       term, each phase's validation metrics, the test metrics
 
 Every file is written atomically through `store`, as the LLM stages write theirs, and one run holds the
 directory's lock (a second run of the same config waits for nothing: it fails at once, exit 3).
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 import yaml
 
-from llmdistill import __version__, store
+from llmdistill import __version__, store, tracking
 from llmdistill.bert import data as bdata
 from llmdistill.bert import export as bexport
 from llmdistill.bert import layer_map as lmap
@@ -41,8 +43,12 @@ from llmdistill.runner import RunLock
 log = logging.getLogger("llmdistill")
 
 
+# how the run is reported, not what it writes: out of the fingerprint (and of `same_training`'s comparison)
+NOT_FINGERPRINTED = {"report_to", "tracking_project"}
+
+
 def fingerprint(cfg: BertDistillConfig) -> str:
-    h = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps(cfg.model_dump(mode="json", exclude=NOT_FINGERPRINTED), sort_keys=True).encode())
     for f in (cfg.data.train, cfg.data.val, cfg.data.test, cfg.data.unlabelled):
         if f is not None:
             h.update(Path(f).read_bytes())
@@ -84,7 +90,7 @@ def same_training(cfg: BertDistillConfig, out: Path) -> bool:
         return False
     if fingerprint(stored) != info.get("fingerprint"):
         return False
-    a, b = stored.model_dump(mode="json"), cfg.model_dump(mode="json")
+    a, b = (c.model_dump(mode="json", exclude=NOT_FINGERPRINTED) for c in (stored, cfg))
     a.pop("export")
     b.pop("export")
     return a == b
@@ -131,9 +137,27 @@ def _finish(cfg: BertDistillConfig, out: Path, fp: str, metrics: dict) -> dict:
 
 def _run(cfg: BertDistillConfig, out: Path, fp: str) -> dict:
     torch.set_num_threads(cfg.threads)
-    start = time.time()
     data = _read_data(cfg)  # a bad line fails before any model loads
     _write_config(cfg, out, fp)
+    run = tracking.Run.start(cfg.report_to, project=cfg.tracking_project, name=tracking.run_label(cfg.name),
+                             run_dir=out, params=tracking.config_params(cfg.model_dump(mode="json")), what="report_to",
+                             tags={"llmdistill.run": cfg.name})
+    if run is None:
+        return _train(cfg, out, fp, data, None)
+    store.atomic_write_json(out / tracking.RECORD, run.record)
+    try:
+        metrics = _train(cfg, out, fp, data, run)
+    except BaseException as e:
+        run.close("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    run.close("FINISHED")
+    return metrics
+
+
+def _train(cfg: BertDistillConfig, out: Path, fp: str, data: Data, run: tracking.Run | None) -> dict:
+    """Teacher, student, phases, evaluation and export; every figure also to the tracker `run` (or None): the
+    loss terms at their step (counted over all phases), each phase's val/<phase>/<metric>, test/<model>/<metric>."""
+    start = time.time()
 
     teacher, tokenizer, teacher_dir = bteacher.get_teacher(cfg)
     for p in teacher.parameters():
@@ -152,6 +176,7 @@ def _run(cfg: BertDistillConfig, out: Path, fp: str) -> dict:
                      "teacher_parameters": bmodels.count_parameters(teacher),
                      "student_parameters": bmodels.count_parameters(student), "seed": cfg.seed, "phases": []}
     special = list(tokenizer.all_special_ids)
+    steps = 0  # over every phase so far: the tracker's step
     for i, phase in enumerate(cfg.phases):
         rows = {"labelled": labelled, "unlabelled": unlabelled,
                 "both": bdata.concat(labelled, unlabelled) if unlabelled else labelled}[phase.data]
@@ -163,12 +188,16 @@ def _run(cfg: BertDistillConfig, out: Path, fp: str) -> dict:
         info = trainer.train_loop(params, [student, proj], enc, step, batch_size=phase.batch_size,
                                   epochs=phase.epochs, max_steps=phase.max_steps, lr=phase.lr,
                                   warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
-                                  seed=cfg.seed + i, log_every=cfg.log_every, name=f"{cfg.name}/{phase.name}")
+                                  seed=cfg.seed + i, log_every=cfg.log_every, name=f"{cfg.name}/{phase.name}",
+                                  on_log=_tracked(run, steps))
+        steps += info["steps"]
         record = {"name": phase.name, "mode": phase.mode, "rows": len(enc.ids), **info}
         if val is not None and phase.mode == "task_specific":
             pred = trainer.predict_logits(student, val).argmax(-1).tolist()
             record["val"] = trainer.classification_metrics(pred, val.labels, len(cfg.data.labels))
             log.info("%s: val %s", phase.name, record["val"])
+            if run is not None:
+                run.log(tracking.flatten(record["val"], f"val/{phase.name}"), steps)
         metrics["phases"].append(record)
 
     bmodels.save_model(student, out / "student", tokenizer)
@@ -179,7 +208,16 @@ def _run(cfg: BertDistillConfig, out: Path, fp: str) -> dict:
                   str(out / "student" / "projections.safetensors"))
     metrics["test"] = evaluate(cfg, teacher, teacher_dir, student, test, out, val, calibration)
     metrics["seconds"] = round(time.time() - start, 1)
+    if run is not None:
+        run.log(tracking.flatten(metrics["test"], "test"), steps)
     return _finish(cfg, out, fp, metrics)
+
+
+def _tracked(run: tracking.Run | None, offset: int):
+    """train_loop's on_log for the tracker run: a phase's step counted from the start of the first phase."""
+    if run is None:
+        return None
+    return lambda step, values: run.log(tracking.trainer_scalars(values), offset + step)
 
 
 def finished(out: Path, fp: str) -> bool:

@@ -33,8 +33,10 @@ def plan_steps(n_batches: int, epochs: float, max_steps: int | None) -> int:
 
 def train_loop(params: list[torch.nn.Parameter], modules: list[torch.nn.Module], enc: bdata.Encoded,
                step_loss: Callable, *, batch_size: int, epochs: float, max_steps: int | None, lr: float,
-               warmup_ratio: float, weight_decay: float, seed: int, log_every: int, name: str) -> dict:
-    """Train `params` for the planned number of steps over `enc`; returns {steps, seconds, last: {term: mean}}."""
+               warmup_ratio: float, weight_decay: float, seed: int, log_every: int, name: str,
+               on_log: Callable[[int, dict], None] | None = None) -> dict:
+    """Train `params` for the planned number of steps over `enc`; returns {steps, seconds, last: {term: mean}}.
+    on_log(step, {loss_<term>: mean since the last log, learning_rate}) is called at every log (the trackers)."""
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     per_epoch = len(bdata.batches(enc, batch_size, seed))
     total = plan_steps(per_epoch, epochs, max_steps)
@@ -62,6 +64,9 @@ def train_loop(params: list[torch.nn.Parameter], modules: list[torch.nn.Module],
                 last = {k: v / count for k, v in sums.items()}
                 log.info("%s step %d/%d %s (%.1f s)", name, step, total,
                          " ".join(f"{k}={v:.4f}" for k, v in last.items()), time.time() - start)
+                if on_log is not None:
+                    on_log(step, {**{f"loss_{k}": v for k, v in last.items()},
+                                  "learning_rate": scheduler.get_last_lr()[0]})
                 sums, count = {}, 0
         epoch += 1
     for m in modules:

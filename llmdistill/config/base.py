@@ -114,6 +114,28 @@ InputFiles = Annotated[list[InputFile], BeforeValidator(lambda v: [v] if isinsta
 OutputDir = Annotated[Path, AfterValidator(_cwd_path)]
 
 
+# ---- experiment trackers (train.report_to, report_to of a BERT run; llmdistill/tracking.py logs to them)
+Tracker = Literal["tensorboard", "mlflow", "trackio"]
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "trackio": "trackio"}  # what each one imports
+
+
+def _trackers(names: list[str]) -> list[str]:
+    """Each tracker once, and installed here (found without importing it: validate stays fast)."""
+    import importlib.util
+
+    if len(set(names)) != len(names):
+        raise ValueError(f"each tracker once, got {names}")
+    missing = [n for n in names if importlib.util.find_spec(TRACKER_PACKAGES[n]) is None]
+    if missing:
+        raise ValueError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed here "
+                         f"(pip install {' '.join(TRACKER_PACKAGES[n] for n in missing)}, or scripts/setup.sh, which "
+                         "installs requirements.txt)")
+    return names
+
+
+ReportTo = Annotated[list[Tracker], AfterValidator(_trackers)]
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 

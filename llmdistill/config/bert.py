@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from llmdistill.config.base import InputFile, ModelSource, OutputDir, Section, Seed
+from llmdistill.config.base import InputFile, ModelSource, OutputDir, ReportTo, Section, Seed
 
 
 class _LossWeight:
@@ -263,6 +263,12 @@ class BertDistillConfig(Section):
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="share of each phase's steps spent warming up")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
     log_every: int = Field(20, ge=1, description="log the losses every N steps")
+    report_to: ReportTo = Field(
+        default_factory=list, description="experiment trackers (tensorboard, mlflow, trackio) that get the run: each "
+        "loss term every log_every steps, each phase's validation metrics, the test metrics; see docs/bert.md. Not "
+        "in the fingerprint (changing it retrains nothing)")
+    tracking_project: str = Field("llmdistill", min_length=1,
+                                  description="report_to: the MLflow experiment and the Trackio project")
     export: BertExportConfig = Field(default_factory=BertExportConfig, description="see `export`")
 
     @model_validator(mode="after")

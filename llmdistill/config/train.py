@@ -6,7 +6,16 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from llmdistill.config.base import InputFiles, ModelSource, NewTokens, Section, Seed, literal_values
+from llmdistill.config.base import (
+    NOT_HASHED,
+    InputFiles,
+    ModelSource,
+    NewTokens,
+    ReportTo,
+    Section,
+    Seed,
+    literal_values,
+)
 from llmdistill.config.teacher import APIOptions, VLLMOptions
 
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
@@ -312,7 +321,14 @@ class TrainConfig(Section):
     save_steps: int = Field(50, ge=1, description="checkpoint every N steps (a killed run resumes from the last)")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
     logging_steps: int = Field(10, ge=1, description="log loss terms every N steps")
-    report_to: list[str] = Field(default_factory=list, description="e.g. [tensorboard]")
+    report_to: ReportTo = Field(
+        default_factory=list, json_schema_extra=NOT_HASHED, description="experiment trackers (tensorboard, mlflow, "
+        "trackio) that get one run per trained variant: every training log entry (the loss, each loss term, the "
+        "held-out losses, curriculum level, rollout statistics) and the eval stage's metrics; see docs/training.md, "
+        "Tracking experiments. Not in the fingerprint (changing it retrains nothing)")
+    tracking_project: str = Field(
+        "llmdistill", min_length=1, json_schema_extra=NOT_HASHED,
+        description="report_to: the MLflow experiment and the Trackio project the runs go to")
     eval_every: int | None = Field(None, ge=1, description="evaluate the loss on held-out samples every N steps")
     eval_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="share of samples held out when eval_every is set")
     on_policy: OnPolicyConfig = Field(default_factory=OnPolicyConfig, description="see `train.on_policy`")

@@ -143,7 +143,36 @@ def run(cfg: Config, ctx: StageContext) -> None:
                "compare_to": e.compare_to, "models": result}
     store.atomic_write_json(ctx.out_dir / "token_kl.json", token_kl)
     store.atomic_write_json(ctx.out_dir / "metrics.json", metrics)
+    log_to_trackers(ctx, metrics)
     print_table(metrics)
+
+
+def log_to_trackers(ctx: StageContext, metrics: dict) -> None:
+    """Each trained variant's metrics into the tracker run it was trained in (train.report_to; the runs are in
+    train/tracking.json): eval/<metric> for the variant, eval/teacher/<metric> for the teacher beside it (its size,
+    latency, perplexity and task scores: its distances to itself say nothing), at the variant's last training step.
+    A tracker that cannot be reached is a warning: metrics.json is written."""
+    from llmdistill import tracking
+
+    path = ctx.upstream_dir / tracking.RECORD
+    if not path.exists():
+        return
+    trained = store.read_json(ctx.upstream_dir / "metrics.json")
+    models_ = metrics["models"]
+    teacher = {k: v for k, v in models_["teacher"].items()
+               if k in ("parameters", "bytes", "perplexity", "latency_ms_per_token", "tasks")}
+    common = {**tracking.flatten(teacher, "eval/teacher"), "eval/prompts": metrics["eval_prompts"]}
+    for name, record in store.read_json(path).items():
+        if name not in models_ or name not in trained:
+            continue
+        try:
+            run = tracking.Run.reopen(record, "eval: train.report_to")
+        except UserError as e:
+            log.warning("%s; the eval metrics of %s are in %s only", e, name, ctx.out_dir / "metrics.json")
+            continue
+        run.log({**tracking.flatten(models_[name], "eval"), **common}, trained[name]["steps"])
+        run.close(None)
+        log.info("eval: %s's metrics logged to its %s run %s", name, ", ".join(record["trackers"]), record["name"])
 
 
 def _bytes(model) -> int:

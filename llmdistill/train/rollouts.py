@@ -97,6 +97,7 @@ class Rollouts:
         self.engine = None
         self.version = 0  # weights written so far (0: not started)
         self.eos_ids: list[int] = []
+        self._logged = (0, 0)  # (samples, sampled tokens) at the last training log entry (`log_values`)
         self.stats = {"batches_sampled": 0, "batches_teacher": 0, "samples": 0, "sampled_tokens": 0, "cut": 0,
                       "sample_seconds": 0.0, "refreshes": 0, "refresh_seconds": 0.0, "start_seconds": 0.0}
 
@@ -173,6 +174,18 @@ class Rollouts:
 
     def summary(self) -> dict:
         return {k: round(v, 2) if isinstance(v, float) else v for k, v in self.stats.items()}
+
+    def log_values(self) -> dict:
+        """For each training log entry (`DistillTrainer.extra_logs`): the counts so far as rollouts_<stat> (the
+        timings stay in `summary`: the log history holds what a rerun repeats), and rollouts_mean_tokens, the mean
+        length of the samples drawn since the last entry."""
+        s = self.stats
+        samples, tokens = s["samples"] - self._logged[0], s["sampled_tokens"] - self._logged[1]
+        self._logged = (s["samples"], s["sampled_tokens"])
+        out = {f"rollouts_{k}": v for k, v in s.items() if not k.endswith("_seconds")}
+        if samples:
+            out["rollouts_mean_tokens"] = round(tokens / samples, 2)
+        return out
 
 
 def _draw(seed: int, what: str, *keys: int) -> int:

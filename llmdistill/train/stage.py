@@ -11,6 +11,8 @@ Outputs under train/:
     sft_baseline/              a CE-only student on the same data and steps, when train.sft_baseline is on
     checkpoints/<variant>/     Trainer checkpoints; a killed run resumes from the last one
     metrics.json               per variant: steps, losses, seconds, parameters
+    tracking.json              with train.report_to: each variant's tracker run (llmdistill/tracking.py), which a
+                               resumed attempt goes on in and the eval stage adds its metrics to
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 import shutil
 import time
 
-from llmdistill import models, store
+from llmdistill import models, store, tracking
 from llmdistill.config import CE_ONLY, Config, LossTerm, effective_loss, needs_teacher
 from llmdistill.errors import StorageError, UserError
 from llmdistill.runner import StageContext
@@ -78,9 +80,35 @@ def run(cfg: Config, ctx: StageContext) -> None:
         # mixed tokenizers: no single teacher tokenizer, so every row is re-tokenised (text-only training) or
         # aligned to its own teacher's tokens (cross-tokenizer, from the stored top-k)
         variant_prov = {**prov, "tokenizer_hash": None} if mixed and mode != "on_policy" else prov
-        metrics[name] = train_variant(cfg, ctx, name, mode, terms, tokenizer, dataset, variant_prov, teachers)
+        run = open_tracking(cfg, ctx, name, mode, terms) if ctx.main_process else None
+        try:
+            metrics[name] = train_variant(cfg, ctx, name, mode, terms, tokenizer, dataset, variant_prov, teachers,
+                                          tracker=run)
+        except BaseException as e:
+            if run is not None:
+                run.close("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            raise
+        if run is not None:
+            run.close("FINISHED")
         if ctx.main_process:
             store.atomic_write_json(metrics_path, metrics)
+
+
+def open_tracking(cfg: Config, ctx: StageContext, name: str, mode: str, terms: list[LossTerm]):
+    """The variant's tracker run (train.report_to; None without trackers): the one an interrupted attempt of this
+    stage started (train/tracking.json), or a new one, recorded there before training starts."""
+    t = cfg.train
+    path = ctx.out_dir / tracking.RECORD
+    records = store.read_json(path) if path.exists() else {}
+    params = tracking.config_params({"variant": {"name": name, "mode": mode,
+                                                 "loss": [x.model_dump() for x in terms]},
+                                     "train": t.model_dump(mode="json"), "teacher": {"model": cfg.teacher.model}})
+    run = tracking.Run.start(t.report_to, project=t.tracking_project, name=f"{cfg.name}/{tracking.run_label(name)}",
+                             run_dir=ctx.run_dir, params=params, record=records.get(name), what="train.report_to",
+                             tags={"llmdistill.variant": name, "llmdistill.run": cfg.name})
+    if run is not None:
+        store.atomic_write_json(path, {**records, name: run.record})
+    return run
 
 
 def train_seed(cfg: Config) -> int:
@@ -105,7 +133,7 @@ def trainer_arguments(cfg: Config, ckpt_dir, **extra) -> dict:
         logging_steps=t.logging_steps,
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
-        report_to=t.report_to or "none",
+        report_to="none",  # train.report_to: our own callback (trainer.ReportToTrackers, llmdistill/tracking.py)
         seed=train_seed(cfg),
         bf16=t.bf16,
         **_checkpointing(t.gradient_checkpointing),
@@ -137,23 +165,23 @@ def worker_error_line(message: str) -> str:
 
 def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: list[LossTerm], tokenizer, dataset,
                   prov: dict, teachers: dict | None = None, *, start=None, steps: int | None = None, final_dir=None,
-                  ckpt_dir=None, first_step: int = 0) -> dict:
+                  ckpt_dir=None, first_step: int = 0, tracker=None) -> dict:
     """teachers: the provenance of each teacher whose rows the data holds (generate.routing), by name.
     start: the student's directory to train from (default: the student as configured); steps: optimizer steps
     (default train.max_steps / epochs); final_dir, ckpt_dir: where the student and its checkpoints go (default
     <train>/<name> and <train>/checkpoints/<name>): offline on-policy rounds train in phases (opd.py);
     first_step: where such a phase starts in the variant's train.max_steps (its learning rate follows the whole
-    variant's schedule from there)."""
+    variant's schedule from there, its tracker steps too); tracker: the variant's `tracking.Run`, or None."""
     import torch
 
     from llmdistill.train import sources
     from llmdistill.train.prune import PRUNING_FILE
     from llmdistill.train.student import build_student
-    from llmdistill.train.trainer import LogAtCheckpoints, StopOnNonFinite, mean_train_loss
+    from llmdistill.train.trainer import LogAtCheckpoints, ReportToTrackers, StopOnNonFinite, mean_train_loss
 
     t = cfg.train
     if mode == "on_policy" and t.on_policy.rollouts == "offline":
-        return _offline_rounds(cfg, ctx, name, tokenizer, dataset, prov, teachers)
+        return _offline_rounds(cfg, ctx, name, tokenizer, dataset, prov, teachers, tracker)
     if effective_loss(mode, terms) != list(terms):
         # sequence-level KD learns the teacher's text; token-level divergences belong to mode offline
         log.info("train: %s: mode seq_kd trains on the teacher's text with cross-entropy; the divergence terms "
@@ -209,6 +237,8 @@ def train_variant(cfg: Config, ctx: StageContext, name: str, mode: str, terms: l
         raise UserError("train.lora under FSDP or DeepSpeed ZeRO-3 is not supported (the adapters are merged into "
                         "whole weights at the end); launch LoRA runs with DDP (configs/accelerate/ddp.yaml)")
     trainer.add_callback(LogAtCheckpoints())
+    if tracker is not None:
+        trainer.add_callback(ReportToTrackers(tracker, first_step))
     trainer.add_callback(StopOnNonFinite())
     last = resume_point(ckpt_dir, name)
     log.info("train: %s with %s on %d samples", name, description, len(trainer.train_dataset))
@@ -456,12 +486,15 @@ def _offline_trainer(cfg: Config, args: dict, student, tokenizer, dataset, terms
         from llmdistill.train.rollouts import RefreshRollouts
 
         trainer.add_callback(RefreshRollouts(rollouts, t.on_policy.refresh_every))
+        trainer.extra_logs.append(rollouts.log_values)
     return trainer, rollouts
 
 
-def _offline_rounds(cfg: Config, ctx: StageContext, name: str, tokenizer, dataset, prov: dict, teachers) -> dict:
+def _offline_rounds(cfg: Config, ctx: StageContext, name: str, tokenizer, dataset, prov: dict, teachers,
+                    tracker=None) -> dict:
     """Offline on-policy distillation (opd.py): phases of this routine's `train_variant`, each from the last one's
-    student; the variant's log history is theirs end to end."""
+    student; the variant's log history is theirs end to end, and so is its tracker run (each round's rollout
+    statistics at the step the round starts)."""
     from llmdistill.train import opd
 
     t = cfg.train
@@ -470,9 +503,15 @@ def _offline_rounds(cfg: Config, ctx: StageContext, name: str, tokenizer, datase
         return train_variant(cfg, ctx, f"{name}.{phase.name}", "offline", phase.loss, tokenizer,
                              dataset if data is None else data, prov if data_prov is None else data_prov,
                              teachers if data_prov is None else None, start=start, steps=phase.steps,
-                             final_dir=final_dir, ckpt_dir=ckpt_dir, first_step=phase.first_step)
+                             final_dir=final_dir, ckpt_dir=ckpt_dir, first_step=phase.first_step, tracker=tracker)
 
     out = opd.run(cfg, ctx.out_dir, name, dataset, teachers or {"default": prov}, _start_dir(cfg, ctx), train_phase)
+    if tracker is not None:
+        first = {p.name: p.first_step for p in opd.phases(cfg)}
+        for phase in out["phases"]:
+            if "samples" in phase:
+                tracker.log(tracking.trainer_scalars({f"rollouts_{k}": v for k, v in phase["samples"].items()}),
+                            first[phase["phase"]])
     history, offset = [], 0
     for phase in out["phases"]:
         part = store.read_json(ctx.out_dir / f"log_history.{name}.{phase['phase']}.json")

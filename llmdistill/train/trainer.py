@@ -70,6 +70,10 @@ class DistillTrainer(Trainer):
         # running per-term sums for the log, training and held-out apart: {'train' | 'eval': (sums, tokens)}
         self._term_sums: dict[str, tuple[dict[str, torch.Tensor], int]] = {}
         self._served_checked = None  # training tokens whose served teacher rows were checked, since the last log
+        self._levels = None  # the curriculum level of each training row, by its `row` (see `_record_levels`)
+        self._level_sums = None  # (sum of levels, tokens, highest level) of the training tokens since the last log
+        # more figures for each training log entry (e.g. the rollouts' statistics): callables returning {key: number}
+        self.extra_logs: list = []
         self.add_callback(FaultPoints())
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -112,6 +116,8 @@ class DistillTrainer(Trainer):
         for name, value in sums.items():
             running[name] = running.get(name, 0.0) + value.detach()
         self._term_sums[split] = (running, tokens + n_tokens)
+        if model.training and "rows" in inputs:
+            self._record_levels(inputs["rows"], mask)
         checked = inputs.get("served_checked_tokens")
         if checked is not None and model.training:
             self._served_checked = checked if self._served_checked is None else self._served_checked + checked
@@ -154,11 +160,52 @@ class DistillTrainer(Trainer):
             self.paced_sampler.weights = closed_loop_weights(means, n, self.curriculum.drop_fraction,
                                                              self.curriculum.repeat_fraction)
 
+    def _record_levels(self, rows: torch.Tensor, mask: torch.Tensor) -> None:
+        """Add the curriculum levels of this batch's training tokens (`mask` [B, L-1]) to the running sums, on the
+        device (no per-step sync). rows: each sample's `row` [B], or each token's [B, L] when packed (-1: none)."""
+        if self._levels is None:
+            data = self.train_dataset
+            if "level" not in data.column_names or "row" not in data.column_names or not len(data):
+                self._levels = False
+                return
+            rows_, levels_ = list(data["row"]), [float(lv or 0) for lv in data["level"]]
+            levels = torch.zeros(max(rows_) + 1, dtype=torch.float32)
+            levels[torch.tensor(rows_)] = torch.tensor(levels_)
+            self._levels = levels.to(mask.device)
+        if self._levels is False:
+            return
+        rows = rows.to(mask.device)
+        per_row = self._levels[rows.clamp(min=0, max=len(self._levels) - 1)]
+        token_levels = per_row[:, 1:] if rows.dim() == 2 else per_row[:, None].expand_as(mask)
+        weights = mask.float()
+        top = torch.where(mask, token_levels, torch.full_like(token_levels, -1.0)).max()
+        total, tokens, highest = self._level_sums or (0.0, 0.0, torch.tensor(-1.0, device=mask.device))
+        self._level_sums = (total + (token_levels * weights).sum(), tokens + weights.sum(), torch.maximum(highest, top))
+
+    def _curriculum_logs(self) -> dict:
+        """curriculum_level: the mean level of the training tokens since the last log; curriculum_max_level: the
+        highest among them; with pacing, curriculum_pool: the share of the training data admitted at this step."""
+        out = {}
+        if self._level_sums is not None:
+            total, tokens, highest = self._level_sums
+            if float(tokens) > 0:
+                out = {"curriculum_level": round(float(total) / float(tokens), 4),
+                       "curriculum_max_level": int(highest)}
+            self._level_sums = None
+        s = self.paced_sampler
+        if s is not None:
+            from llmdistill.train.curriculum import pool_size
+
+            size = pool_size(s.pacing, self.state.global_step / max(s.total_steps, 1), s.levels, s.start, s.full_at)
+            out["curriculum_pool"] = round(size / max(len(s.levels), 1), 4)
+        return out
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add each term's token mean since the last log: `loss_<term>` beside the training loss,
         `eval_loss_<term>` beside the held-out one. `loss_ce` is always there (see `objective`): the one
         quantity that compares students trained with different objectives. A served teacher adds
-        `served_signal_checked_tokens`: the tokens since the last log whose served rows were checked."""
+        `served_signal_checked_tokens`: the tokens since the last log whose served rows were checked. Beside the
+        training loss also: the curriculum (`_curriculum_logs`) and what `extra_logs` give (the rollouts')."""
         for split, key, prefix in (("train", "loss", "loss_"), ("eval", "eval_loss", "eval_loss_")):
             running, tokens = self._term_sums.get(split, ({}, 0))
             if tokens and key in logs:
@@ -170,6 +217,10 @@ class DistillTrainer(Trainer):
         if self._served_checked is not None and "loss" in logs:
             logs["served_signal_checked_tokens"] = int(self._served_checked)
             self._served_checked = None
+        if "loss" in logs:
+            logs.update(self._curriculum_logs())
+            for extra in self.extra_logs:
+                logs.update(extra())
         super().log(logs, start_time)
 
 
@@ -181,6 +232,21 @@ class LogAtCheckpoints(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if control.should_save:
             control.should_log = True
+
+
+class ReportToTrackers(TrainerCallback):
+    """Send every log entry (the training and held-out losses with their terms, curriculum, rollouts) to the
+    variant's tracker run (`tracking.Run`, train.report_to) at its step; `offset`: where this Trainer's steps start
+    in the variant (a phase of offline on-policy rounds). Only the main process logs."""
+
+    def __init__(self, run, offset: int = 0):
+        from llmdistill import tracking
+
+        self.run, self.offset, self.scalars = run, offset, tracking.trainer_scalars
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            self.run.log(self.scalars(logs), self.offset + state.global_step)
 
 
 class StopOnNonFinite(TrainerCallback):
