@@ -117,8 +117,30 @@ def _not_hashed(value: Any) -> dict | None:
     return None
 
 
+def _hashed_as_default(value: Any, dumped: Any) -> Any:
+    """`dumped` (the dump of `value`) with every field marked `json_schema_extra={"fingerprint": "default"}` set to
+    the field's default: hashed, so fingerprints made before it stopped deciding the output still hold."""
+    if isinstance(value, BaseModel) and isinstance(dumped, dict):
+        for name, field in type(value).model_fields.items():
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            if name not in dumped:
+                continue
+            if extra.get("fingerprint") == "default":
+                dumped[name] = field.get_default(call_default_factory=True)
+            else:
+                _hashed_as_default(getattr(value, name), dumped[name])
+    elif isinstance(value, dict) and isinstance(dumped, dict):
+        for k, v in value.items():
+            if k in dumped:
+                _hashed_as_default(v, dumped[k])
+    elif isinstance(value, (list, tuple)) and isinstance(dumped, list):
+        for v, d in zip(value, dumped):
+            _hashed_as_default(v, d)
+    return dumped
+
+
 def fingerprints(cfg: Config) -> dict[str, str]:
-    dumped = cfg.model_dump(exclude=_not_hashed(cfg))
+    dumped = _hashed_as_default(cfg, cfg.model_dump(exclude=_not_hashed(cfg)))
     out: dict[str, str] = {}
     for stage in active_stages(cfg):
         up = upstream(cfg, stage)

@@ -188,3 +188,6 @@ def union_tags(union: Any) -> tuple[str, ...]:
 # are left out of the stage fingerprints, so changing one resumes the stage instead of redoing it (and adding one
 # keeps the fingerprints of existing runs).
 NOT_HASHED = {"fingerprint": False}
+# Fields that were hashed before they stopped deciding what a stage writes (train.report_to): hashed at their
+# default whatever the config says, so changing one retrains nothing and existing runs keep their fingerprints.
+HASHED_AS_DEFAULT = {"fingerprint": "default"}

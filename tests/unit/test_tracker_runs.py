@@ -160,3 +160,18 @@ def test_rollout_statistics_for_each_log_entry(tmp_path):
     r.stats.update(samples=6, sampled_tokens=44)
     assert r.log_values()["rollouts_mean_tokens"] == 2.0
     assert "rollouts_mean_tokens" not in r.log_values()  # nothing sampled since
+
+
+def test_trackers_change_no_fingerprint_and_keep_the_old_ones():
+    """report_to and tracking_project decide where a run is reported, not what it writes: changing them retrains
+    nothing, and report_to (hashed before it was a tracker list) is hashed at its default, so the fingerprints of
+    runs made before tracking existed still hold."""
+    from llmdistill.config import load_config
+    from llmdistill.pipeline import _hashed_as_default, _not_hashed, fingerprints
+
+    plain = load_config(None, [])
+    tracked = load_config(None, ["train.report_to=[tensorboard]", "train.tracking_project=elsewhere"])
+    assert fingerprints(plain) == fingerprints(tracked)
+    dumped = _hashed_as_default(tracked, tracked.model_dump(exclude=_not_hashed(tracked)))
+    assert dumped["train"]["report_to"] == [] and "tracking_project" not in dumped["train"]
+    assert fingerprints(load_config(None, ["train.max_steps=7"]))["train"] != fingerprints(plain)["train"]
