@@ -155,10 +155,9 @@ def run_generate(config: ConfigSource = None, overrides: str | Sequence[str] | N
     shard (i, n): generate only shard i (0-based) of n into the shared run directory (several processes or
     machines), then finish with `merge_shards`. A Ray cluster runs every shard when the config says
     `generate.executor: ray` (an override: `generate.executor=ray`)."""
-    if shard is not None:
-        index, count = shard
-        if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
-            raise UserError(f"shard takes (i, n) with 0 <= i < n, got {shard!r}")
+    if shard is not None and not (isinstance(shard, tuple) and len(shard) == 2 and all(
+            isinstance(x, int) and not isinstance(x, bool) for x in shard) and 0 <= shard[0] < shard[1]):
+        raise UserError(f"shard takes (i, n) with 0 <= i < n, got {shard!r}")
     return _one("generate", config, overrides, force, shard=shard)
 
 
