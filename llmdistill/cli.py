@@ -1,5 +1,6 @@
-"""The `llmdistill` command. Heavy libraries (torch, transformers, datasets) load inside the commands
-that need them, so `llmdistill --help` and `llmdistill validate` stay instant.
+"""The `llmdistill` command: a thin layer over the Python API (llmdistill/api.py), whose exceptions it turns into
+one line and an exit code. Heavy libraries (torch, transformers, datasets) load inside the commands that need
+them, so `llmdistill --help` and `llmdistill validate` stay instant.
 
 Exit codes: 0 done; 2 bad input (config, file, model, dataset) or a refused read/write (disk full,
 permission denied): one line, no traceback; 3 the run directory is locked by another process;
@@ -90,7 +91,8 @@ def _fail(message: str, code: int) -> None:
 
 
 def _load(config: str | None, overrides: list[str] | None):
-    from llmdistill.config import ConfigError, load_config
+    from llmdistill.api import load_config
+    from llmdistill.config import ConfigError
 
     overrides = list(overrides or [])
     if config is not None and "=" in config and not Path(config).exists():
@@ -111,22 +113,18 @@ def _config_errors(e) -> None:
     raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
-def _run(config, overrides, stages, force, standalone, verbose, **kwargs) -> None:
+def _run(function: str, config, overrides, verbose, **kwargs) -> None:
+    """Load the config (its errors one line each), then call the API function `function` (llmdistill/api.py) on
+    it: its exceptions become one line and an exit code; the report it wrote after eval is printed."""
     _setup_logging(verbose)
     cfg = _load(config, overrides)
+    from llmdistill import api
     from llmdistill.errors import BudgetExceeded, LockedError, UserError, describe_os_error
-    from llmdistill.pipeline import STAGES, run_stages
 
-    bad = [s for s in force if s not in STAGES]
-    if bad:
-        _fail(f"--force takes a stage name ({', '.join(STAGES)}), got {', '.join(bad)}", EXIT_BAD_INPUT)
     try:
-        outcome = run_stages(cfg, stages, set(force), standalone=standalone, **kwargs)
-        logging.getLogger("llmdistill").info(
-            "run %s: %s", cfg.run_dir, ", ".join(f"{k} {v}" for k, v in outcome.items()))
-        if "eval" in stages:  # inside the try: a report that cannot be written is one line too (disk full)
-            _write_report(cfg.run_dir, keep_if_read_only=all(v == "skipped" for v in outcome.values()))
-        _write_cards(cfg.run_dir, keep_if_read_only=all(v == "skipped" for v in outcome.values()))
+        result = getattr(api, function)(cfg, **kwargs)
+        if result.report is not None:
+            typer.echo(f"report: {result.report}")
     except LockedError as e:
         _fail(str(e), EXIT_LOCKED)
     except BudgetExceeded as e:
@@ -136,45 +134,6 @@ def _run(config, overrides, stages, force, standalone, verbose, **kwargs) -> Non
     except OSError as e:  # the run directory cannot be created, a checkpoint cannot be saved, ...
         logging.getLogger("llmdistill").debug("I/O error", exc_info=True)
         _fail(describe_os_error(e), EXIT_BAD_INPUT)
-
-
-def _write_report(run_dir: Path, keep_if_read_only: bool = False) -> None:
-    """Write the run's report; a write that fails (disk full, ...) is one line and exit 2.
-    `keep_if_read_only`: nothing ran, so a report already there (in a run directory on read-only
-    storage) is kept as it is instead of failing the run."""
-    from llmdistill import store
-    from llmdistill.errors import UserError
-    from llmdistill.report import REPORT_DIR, write_report
-
-    try:
-        typer.echo(f"report: {write_report(run_dir)}")
-    except store.StorageError as e:
-        existing = run_dir / REPORT_DIR / "index.html"
-        if not (keep_if_read_only and store.refused_as_read_only(e) and existing.is_file()):
-            _fail(str(e), EXIT_BAD_INPUT)
-        logging.getLogger("llmdistill").warning("report not rewritten (%s); nothing ran, so %s stands", e, existing)
-        typer.echo(f"report: {existing}")
-    except UserError as e:
-        _fail(str(e), EXIT_BAD_INPUT)
-
-
-def _write_cards(run_dir: Path, keep_if_read_only: bool = False) -> None:
-    """(Re)write the model and dataset cards of the run's completed outputs (llmdistill/cards). A write that fails
-    is a StorageError (one line, exit 2 where the caller catches it); `keep_if_read_only`: nothing ran, so cards
-    on read-only storage stay as they are."""
-    import os
-
-    from llmdistill import cards, store
-
-    if os.environ.get("RANK", "0") != "0":  # the other ranks of a multi-process train write no files
-        return
-    try:
-        for path in cards.write_run_cards(run_dir):
-            logging.getLogger("llmdistill").info("card: %s", path)
-    except store.StorageError as e:
-        if not (keep_if_read_only and store.refused_as_read_only(e)):
-            raise
-        logging.getLogger("llmdistill").warning("cards not rewritten (%s); nothing ran, so they stand", e)
 
 
 @app.callback(invoke_without_command=True)
@@ -192,9 +151,7 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run every stage (generate, filter, train, eval); finished, unchanged stages are skipped."""
-    from llmdistill.pipeline import STAGES
-
-    _run(config, overrides, STAGES, force, False, verbose)
+    _run("run", config, overrides, verbose, force=force)
 
 
 def _stage_command(stage: str, doc: str):
@@ -204,7 +161,7 @@ def _stage_command(stage: str, doc: str):
         force: bool = typer.Option(False, "--force", help="rerun even if done"),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
-        _run(config, overrides, (stage,), [stage] if force else [], True, verbose)
+        _run(f"run_{stage}", config, overrides, verbose, force=force)  # api.run_filter, ...
 
     command.__doc__ = doc
     app.command(name=stage)(command)
@@ -242,8 +199,7 @@ def generate(
               EXIT_BAD_INPUT)
     flags = [f"generate.executor={executor or 'ray'}"] if executor or address else []
     flags += [f"generate.ray_address={json.dumps(address)}"] if address is not None else []  # a YAML string
-    _run(config, [*(overrides or []), *flags], ("generate",), ["generate"] if force else [], True, verbose,
-         shard=_parse_shard(shard))
+    _run("run_generate", config, [*(overrides or []), *flags], verbose, force=force, shard=_parse_shard(shard))
 
 
 @app.command()
@@ -253,7 +209,7 @@ def merge(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Finish a sharded generate: check that every planned sample is there exactly once, write the manifest."""
-    _run(config, overrides, ("generate",), [], True, verbose, merge_only=True)
+    _run("merge_shards", config, overrides, verbose)
 
 
 _stage_command("annotate", "Re-score the generated text with a local teacher (top-k log-probs by teacher forcing).")
@@ -296,12 +252,12 @@ def plan(
     cfg = _load(config, overrides)
     import json
 
+    from llmdistill import api
     from llmdistill.errors import UserError
-    from llmdistill.plan import parse_size, print_plan
-    from llmdistill.plan import plan as estimate_plan
+    from llmdistill.plan import print_plan
 
     try:
-        out = estimate_plan(cfg, sharding, processes, None if device_memory is None else parse_size(device_memory))
+        out = api.plan_memory(cfg, sharding=sharding, processes=processes, device_memory=device_memory)
     except UserError as e:
         _fail(str(e), EXIT_BAD_INPUT)
     if as_json:
@@ -370,9 +326,13 @@ def report(
 ) -> None:
     """Write RUN_DIR/report/index.html (one self-contained page with plots) and RUN_DIR/report/metrics.json."""
     _setup_logging(verbose)
-    if not run_dir.is_dir():
-        _fail(f"not a run directory: {run_dir}", EXIT_BAD_INPUT)
-    _write_report(run_dir)
+    from llmdistill import api
+    from llmdistill.errors import UserError
+
+    try:
+        typer.echo(f"report: {api.write_report(run_dir)}")
+    except UserError as e:  # not a run directory, a write that fails (disk full, ...)
+        _fail(str(e), EXIT_BAD_INPUT)
 
 
 @app.command()
@@ -455,21 +415,19 @@ def distill_bert(
 ) -> None:
     """BERT-style distillation: fine-tune/load a teacher, distil a student, evaluate, export ONNX + int8."""
     _setup_logging(verbose)
-    from llmdistill.config import ConfigError, load_bert_config
+    from llmdistill import api
+    from llmdistill.config import ConfigError
     from llmdistill.errors import LockedError, UserError
 
     try:
-        cfg = load_bert_config(config, list(overrides or []))
+        cfg = api.load_bert_config(config, overrides)
     except ConfigError as e:
         _config_errors(e)
     if validate_only:
         typer.echo(f"config OK: run directory {cfg.run_dir}")
         return
-    from llmdistill.bert.stage import run as run_bert
-
     try:
-        metrics = run_bert(cfg, force=force)
-        _write_cards(cfg.run_dir)
+        metrics = api.distill_bert(cfg, force=force).metrics
     except LockedError as e:
         _fail(str(e), EXIT_LOCKED)
     except UserError as e:

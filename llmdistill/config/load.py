@@ -175,6 +175,12 @@ def read_yaml(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[
     if not isinstance(data, dict):
         raise ConfigError([f"top level must be a mapping of sections, got {type(data).__name__}"], source)
     data.pop("_provenance", None)  # a run's config.resolved.yaml loads back: its record of versions is not config
+    return data, _apply_overrides(data, overrides, source)
+
+
+def _apply_overrides(data: dict, overrides: list[str] | tuple[str, ...], source: str) -> set[str]:
+    """Apply `key.sub=value` overrides to `data` in place; returns the override values (for path resolution).
+    Raises ConfigError listing every bad override and every string that is not text."""
     errors: list[str] = []
     override_values: set[str] = set()
     for text in overrides:
@@ -187,7 +193,17 @@ def read_yaml(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[
     errors += _not_text(data, [])
     if errors:
         raise ConfigError(errors, source)
-    return data, override_values
+    return override_values
+
+
+def override_config(cfg: Config | BertDistillConfig, overrides: list[str] | tuple[str, ...]):
+    """A loaded config with `key.sub=value` overrides applied, validated again (same type as `cfg`). The
+    paths in `cfg` are absolute already; relative paths in the override values resolve against the current
+    directory, as on the command line. Raises ConfigError listing every problem."""
+    data = cfg.model_dump(mode="json")
+    override_values = _apply_overrides(data, overrides, "overrides")
+    return _validate(type(cfg), data, {"base_dir": str(Path.cwd()), "override_values": override_values},
+                     "overrides")
 
 
 def _not_text(node: Any, path: list[str]) -> list[str]:
