@@ -323,10 +323,11 @@ class TrainConfig(Section):
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
     logging_steps: int = Field(10, ge=1, description="log loss terms every N steps")
     report_to: ReportTo = Field(
-        default_factory=list, json_schema_extra=HASHED_AS_DEFAULT, description="experiment trackers (tensorboard, mlflow, "
-        "trackio) that get one run per trained variant: every training log entry (the loss, each loss term, the "
-        "held-out losses, curriculum level, rollout statistics) and the eval stage's metrics; see docs/training.md, "
-        "Tracking experiments. Hashed at its default (changing it retrains nothing)")
+        default_factory=list, json_schema_extra=HASHED_AS_DEFAULT,
+        description="experiment trackers (tensorboard, mlflow, trackio) that get one run per trained variant: every "
+        "training log entry (the loss, each loss term, the held-out losses, curriculum level, rollout statistics) and "
+        "the eval stage's metrics; see docs/training.md, Tracking experiments. Hashed at its default (changing it "
+        "retrains nothing)")
     tracking_project: str = Field(
         "llmdistill", min_length=1, json_schema_extra=NOT_HASHED,
         description="report_to: the MLflow experiment and the Trackio project the runs go to")
