@@ -21,7 +21,8 @@ budget per comparison:
               opd_*       offline on-policy distillation (train.on_policy.rollouts: offline): forward KL on the
                           teacher's data for half the steps, then rounds of the student's own samples scored by
                           the teacher (jsd: generalised JSD, beta 0.5, on the stored top-k at the student's tokens;
-                          rkl: reverse KL there plus the sampled-token estimate), equal optimizer steps in all,
+                          rkl: reverse KL there plus the sampled-token estimate; mix: JSD plus that estimate),
+                          equal optimizer steps in all,
                           one learning-rate schedule over them; _t07: the student samples at T = 0.7 (else 1.0);
                           opd_jsd_3_restarts: the runs made before 2026-12-06 18:00, when each phase restarted
                           warmup and cosine (kept as measured, not rerun)
@@ -121,6 +122,7 @@ def live_on_policy(lmbda: float):
 CE = ["train.mode=seq_kd", "train.loss=[{name: ce, weight: 1.0}]"]
 JSD = "[{name: jsd, weight: 1.0, beta: 0.5}]"
 RKL = "[{name: reverse_kl, weight: 1.0}, {name: sampled_reverse_kl, weight: 0.5}]"
+MIX = "[{name: jsd, weight: 1.0, beta: 0.5}, {name: sampled_reverse_kl, weight: 0.5}]"  # JSD + the sampled estimate
 METHODS = {  # method -> (data, overrides, or a function of the steps giving them)
     "sft": ("sampled", CE),
     "seq_kd": ("greedy", CE),
@@ -137,6 +139,7 @@ METHODS = {  # method -> (data, overrides, or a function of the steps giving the
     "opd_jsd_3_t07": ("sampled", offline_opd(3, JSD, temperature=0.7)),
     "opd_rkl_3_t07": ("sampled", offline_opd(3, RKL, temperature=0.7)),
     "opd_jsd_1_t07": ("sampled", offline_opd(1, JSD, temperature=0.7)),
+    "opd_mix_3_t07": ("sampled", offline_opd(3, MIX, temperature=0.7)),
     "opd_jsd_3_restarts": ("sampled", None),  # measured before the one-schedule fix: kept, not rerunnable
     "vllm_l05": ("sampled", live_on_policy(0.5)),
     "vllm_l1": ("sampled", live_on_policy(1.0)),
