@@ -35,7 +35,7 @@ from llmdistill.config import BertDistillConfig, Config, override_config
 from llmdistill.config import load_bert_config as _load_bert_config
 from llmdistill.config import load_config as _load_config
 from llmdistill.errors import StorageError, UserError
-from llmdistill.runner import STAGES
+from llmdistill.runner import STAGES, Ranks
 
 if TYPE_CHECKING:
     import datasets
@@ -130,7 +130,7 @@ def _cards(run_dir: Path, nothing_ran: bool = False) -> None:
     and the run directory is read-only, the cards already there stand."""
     from llmdistill import cards, store
 
-    if os.environ.get("RANK", "0") != "0":  # the other ranks of a multi-process train write no files
+    if not Ranks.from_environment().main:  # the other ranks of a multi-process train write no files
         return
     try:
         for path in cards.write_run_cards(run_dir):
