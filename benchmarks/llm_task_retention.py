@@ -21,7 +21,8 @@ budget per comparison:
               opd_*       offline on-policy distillation (train.on_policy.rollouts: offline): forward KL on the
                           teacher's data for half the steps, then rounds of the student's own samples scored by
                           the teacher (jsd: generalised JSD, beta 0.5, on the stored top-k at the student's tokens;
-                          rkl: reverse KL there plus the sampled-token estimate; mix: JSD plus that estimate),
+                          rkl: reverse KL there plus the sampled-token estimate; mix: JSD plus that estimate;
+                          jrk: half JSD, half reverse KL, both on the top-k, no sampled term),
                           equal optimizer steps in all,
                           one learning-rate schedule over them; _t07: the student samples at T = 0.7 (else 1.0);
                           opd_jsd_3_restarts: the runs made before 2026-12-06 18:00, when each phase restarted
@@ -123,6 +124,7 @@ CE = ["train.mode=seq_kd", "train.loss=[{name: ce, weight: 1.0}]"]
 JSD = "[{name: jsd, weight: 1.0, beta: 0.5}]"
 RKL = "[{name: reverse_kl, weight: 1.0}, {name: sampled_reverse_kl, weight: 0.5}]"
 MIX = "[{name: jsd, weight: 1.0, beta: 0.5}, {name: sampled_reverse_kl, weight: 0.5}]"  # JSD + the sampled estimate
+JRK = "[{name: jsd, weight: 0.5, beta: 0.5}, {name: reverse_kl, weight: 0.5}]"  # JSD and reverse KL, both on the top-20
 METHODS = {  # method -> (data, overrides, or a function of the steps giving them)
     "sft": ("sampled", CE),
     "seq_kd": ("greedy", CE),
@@ -140,6 +142,7 @@ METHODS = {  # method -> (data, overrides, or a function of the steps giving the
     "opd_rkl_3_t07": ("sampled", offline_opd(3, RKL, temperature=0.7)),
     "opd_jsd_1_t07": ("sampled", offline_opd(1, JSD, temperature=0.7)),
     "opd_mix_3_t07": ("sampled", offline_opd(3, MIX, temperature=0.7)),
+    "opd_jrk_3_t07": ("sampled", offline_opd(3, JRK, temperature=0.7)),
     "opd_jsd_3_restarts": ("sampled", None),  # measured before the one-schedule fix: kept, not rerunnable
     "vllm_l05": ("sampled", live_on_policy(0.5)),
     "vllm_l1": ("sampled", live_on_policy(1.0)),
