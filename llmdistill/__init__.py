@@ -24,6 +24,10 @@ _EXPORTS = {
     "RunResult": "llmdistill.api",
     "status": "llmdistill.api",
     "plan_memory": "llmdistill.api",
+    # scheduled retraining (docs/retrain.md)
+    "run_retrain": "llmdistill.api",
+    "rollback": "llmdistill.api",
+    "RetrainResult": "llmdistill.api",
     # reading a run
     "load_dataset": "llmdistill.api",
     "load_metrics": "llmdistill.api",

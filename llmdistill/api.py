@@ -17,9 +17,9 @@ Errors are raised, never printed (the classes are exported too):
 
 Logging: progress goes to the `llmdistill` logger (INFO); this module adds no handler and changes no level.
 
-The stage functions are `run_generate`, `run_filter`, ... rather than `generate`, `filter`, ...: the stages are
-subpackages of the same names (`llmdistill.filter`), and importing one (which running it does) would replace a
-package attribute of that name with the subpackage.
+The stage functions are `run_generate`, `run_filter`, ... (and `run_retrain`) rather than `generate`, `filter`,
+...: the stages are subpackages of the same names (`llmdistill.filter`), and importing one (which running it
+does) would replace a package attribute of that name with the subpackage.
 """
 
 from __future__ import annotations
@@ -287,6 +287,58 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     if not run_dir.is_dir():
         raise UserError(f"not a run directory: {run_dir}")
     return write(run_dir)
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    """What `run_retrain` did (the CLI prints the same events as JSON lines).
+
+    decision: 'promoted', 'not promoted' (a gate failed) or 'nothing to do' (no new prompts).
+    exit_code: the CLI's for that decision: 0, 10 or 11.
+    reason: why, in words (the gate that failed, ...); run_dir and report: the retrain run's directory and
+        HTML report (None when there was nothing to do).
+    events: every event of the run, in order (start/resume, one per stage, gates, promote, result).
+    """
+
+    decision: str
+    exit_code: int
+    reason: str | None
+    run_dir: Path | None
+    report: Path | None
+    events: list[dict]
+
+
+def run_retrain(config: ConfigSource = None, overrides: str | Sequence[str] | None = None) -> RetrainResult:
+    """One scheduled, gated retraining run, as `llmdistill retrain` runs it (docs/retrain.md): generate only the
+    prompts never generated before, train from the promoted student, promote if the gates pass.
+
+    Raises LockedError (another retrain holds the state directory), UserError (bad input), and RuntimeError
+    for an unexpected failure (its traceback is logged; the next retrain resumes the same run)."""
+    from llmdistill.errors import LockedError
+    from llmdistill.retrain import run as R
+
+    cfg = load_config(config, overrides)
+    with R.captured_events() as events:
+        code = R.retrain(cfg)
+    result = next((e for e in reversed(events) if e["event"] == "result"), {})
+    error = result.get("error") or "retrain failed"
+    if code == R.EXIT_LOCKED:
+        raise LockedError(error)
+    if code == R.EXIT_BAD_INPUT:
+        raise UserError(error)
+    if code == R.EXIT_FAILED:
+        raise RuntimeError(error)
+    paths = {k: Path(result[k]) if result.get(k) else None for k in ("run_dir", "report")}
+    return RetrainResult(result["decision"], code, result.get("reason"), paths["run_dir"], paths["report"], events)
+
+
+def rollback(config: ConfigSource = None, overrides: str | Sequence[str] | None = None) -> dict[str, Any]:
+    """Point the promoted student back at the one promoted before it, as `llmdistill rollback` does (the
+    history is kept). Returns the restored entry (`student`, `promoted_at`, ...). Raises LockedError and
+    UserError (nothing to roll back to)."""
+    from llmdistill.retrain.run import rollback as _rollback
+
+    return _rollback(load_config(config, overrides))
 
 
 def load_bert_config(path: str | os.PathLike, overrides: str | Sequence[str] | None = None) -> BertDistillConfig:

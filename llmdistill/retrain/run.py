@@ -46,9 +46,27 @@ def state_dir(cfg: Config) -> Path:
     return Path(cfg.retrain.state_dir) if cfg.retrain.state_dir is not None else cfg.run_dir / "retrain-state"
 
 
+_SINKS: list[list[dict]] = []  # event lists of the `captured_events` blocks now open
+
+
 def emit(event: str, **fields) -> None:
-    """One JSON object per line on stdout, for log collectors."""
-    print(json.dumps({"event": event, "time": S.now(), **fields}, default=str), file=sys.stdout, flush=True)
+    """One JSON object per line on stdout, for log collectors (inside `captured_events`: to its list instead)."""
+    record = {"event": event, "time": S.now(), **fields}
+    if not _SINKS:
+        print(json.dumps(record, default=str), file=sys.stdout, flush=True)
+    for sink in _SINKS:
+        sink.append(record)
+
+
+@contextlib.contextmanager
+def captured_events():
+    """The events `emit` would print, collected in a list instead (the Python API's `run_retrain`)."""
+    events: list[dict] = []
+    _SINKS.append(events)
+    try:
+        yield events
+    finally:
+        _SINKS.remove(events)
 
 
 def new_prompts(cfg: Config, seen: set[str]) -> list[Prompt]:

@@ -160,3 +160,27 @@ def test_a_failed_retrain_is_resumed_without_generating_again(retrain_config, tm
     assert statuses["generate"] == "skipped" and statuses["filter"] == "ran"
     assert S.read_pointer(sdir)["current"]["run_dir"] == pending["run_dir"]
     assert not (sdir / S.PENDING).exists()
+
+
+def test_python_api_retrain_and_rollback(retrain_config, tmp_path, capsys):
+    import llmdistill
+    from llmdistill.errors import LockedError, UserError
+
+    path, _ = retrain_config
+    sdir = state_dir(load_config(path))
+    with pytest.raises(UserError, match="nothing has been promoted"):
+        llmdistill.rollback(path)
+    with RunLock(sdir), pytest.raises(LockedError, match="in use"):
+        llmdistill.run_retrain(path)
+
+    first = llmdistill.run_retrain(path)
+    assert isinstance(first, llmdistill.RetrainResult)
+    assert (first.decision, first.exit_code) == ("promoted", 0) and first.report.is_file()
+    assert str(first.run_dir) == S.read_pointer(sdir)["current"]["run_dir"]
+    assert [e["event"] for e in first.events][0] == "start" and first.events[-1]["event"] == "result"
+    assert capsys.readouterr().out == ""  # the events are returned, not printed
+
+    again = llmdistill.run_retrain(path)
+    assert (again.decision, again.exit_code, again.run_dir) == ("nothing to do", 11, None)
+    with pytest.raises(UserError, match="first promoted student"):
+        llmdistill.rollback(path)

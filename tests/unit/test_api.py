@@ -19,6 +19,7 @@ from llmdistill.runner import RunLock
 PUBLIC = {
     "load_config", "run", "run_generate", "merge_shards", "run_annotate", "run_filter", "run_train", "run_eval",
     "RunResult", "status", "plan_memory", "load_dataset", "load_metrics", "write_report",
+    "run_retrain", "rollback", "RetrainResult",
     "load_bert_config", "distill_bert", "BertResult",
     "Config", "BertDistillConfig",
     "UserError", "ConfigError", "LockedError", "BudgetExceeded", "StorageError",
