@@ -77,11 +77,26 @@ def mix64(x: np.ndarray) -> np.ndarray:
     return _mix64_inplace(np.array(x, dtype=np.uint64))
 
 
+_BATCH_BYTES = 1 << 18  # texts are hashed in batches of about this many bytes: the uint64 work arrays
+# (8 bytes per byte of text, and the power tables) stay small and in cache whatever the chunk size
+
+
 def _word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(hashes, counts): the hash of every word of every text, flat and in order, and each text's word count."""
     if not texts:
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
     encoded = [textnorm.word_text(t).encode("utf-8") for t in texts]
+    ends = np.cumsum([len(e) + 1 for e in encoded])
+    cuts = np.searchsorted(ends, np.arange(_BATCH_BYTES, int(ends[-1]), _BATCH_BYTES), side="right")
+    bounds = [0, *np.unique(cuts[(cuts > 0) & (cuts < len(encoded))]).tolist(), len(encoded)]
+    parts = [_hash_words(encoded[a:b]) for a, b in zip(bounds, bounds[1:])]
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([h for h, _ in parts]), np.concatenate([c for _, c in parts])
+
+
+def _hash_words(encoded: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """`_word_hashes` of one batch of normalised, encoded texts."""
     # a NUL before, between and after the texts: no word touches the ends or crosses two texts
     joined = b"\x00" + b"\x00".join(encoded) + b"\x00"
     data = np.frombuffer(joined, dtype=np.uint8)

@@ -395,3 +395,11 @@ def test_power_tables_are_powers_modulo_2_64():
     p = int(minhash._P)
     assert [int(x) for x in pw[[0, 1, 2, 4999]]] == [1, p, p * p % 2**64, pow(p, 4999, 2**64)]
     assert all(int(a) * int(b) % 2**64 == 1 for a, b in zip(pw[::97], inv[::97]))
+
+
+def test_hashes_do_not_depend_on_the_hashing_batch(monkeypatch):
+    texts = TWEETS[:80] + ["", " ".join(TWEETS[:50]), "x"]
+    whole = minhash.shingle_hashes(texts)
+    monkeypatch.setattr(minhash, "_BATCH_BYTES", 300)  # smaller than some texts: those go alone
+    small = minhash.shingle_hashes(texts)
+    assert all(np.array_equal(a, b) for a, b in zip(whole, small))
