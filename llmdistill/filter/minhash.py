@@ -156,23 +156,59 @@ def shingle_hashes(texts: list[str], n: int = 3) -> tuple[np.ndarray, np.ndarray
     return sh, offsets
 
 
-def _unique_rows(sh: np.ndarray, off: np.ndarray) -> list[np.ndarray]:
-    """np.unique of every segment sh[off[i]:off[i+1]], without a Python-level call per segment: segments of
-    similar length are padded (with the largest uint64) into one matrix per power-of-two width and sorted
-    row-wise; the padding sorts last, so a row's first `length` values are its own, sorted."""
-    lengths = np.diff(off)
-    out: list[np.ndarray] = [np.zeros(0, np.uint64)] * len(lengths)
+def _width_blocks(lengths: np.ndarray, cells: int = 1 << 20):
+    """(rows, width): the rows whose length fits one power-of-two width (16 or more), at most `cells` cells
+    (rows x width) at a time: rows of similar length sorted together as one padded matrix."""
     width = np.maximum(16, 2 ** np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64))
     for w in np.unique(width).tolist():
         rows = np.flatnonzero(width == w)
+        step = max(1, cells // w)
+        for i in range(0, len(rows), step):
+            yield rows[i: i + step], w
+
+
+def _unique_rows(sh: np.ndarray, off: np.ndarray) -> list[np.ndarray]:
+    """np.unique of every segment sh[off[i]:off[i+1]], without a Python-level call per segment: segments of
+    similar length are padded (with the largest uint64) into one matrix and sorted row-wise; the padding
+    sorts last, so a row's first `length` values are its own, sorted."""
+    lengths = np.diff(off)
+    out: list[np.ndarray] = [np.zeros(0, np.uint64)] * len(lengths)
+    for rows, w in _width_blocks(lengths):
         real = np.arange(w) < lengths[rows][:, None]
         mat = np.full((len(rows), w), _MAX, np.uint64)
         mat[real] = sh[(off[rows][:, None] + np.arange(w))[real]]
         mat.sort(axis=1)
         real[:, 1:] &= mat[:, 1:] != mat[:, :-1]
-        for r, part in zip(rows.tolist(), np.split(mat[real], np.cumsum(real.sum(1))[:-1])):
-            out[r] = part
+        flat, ends = mat[real], np.cumsum(real.sum(1)).tolist()
+        for r, a, b in zip(rows.tolist(), [0, *ends], ends):
+            out[r] = flat[a:b]
     return out
+
+
+def _pair_jaccards(pairs: np.ndarray, sets: dict[int, np.ndarray]) -> np.ndarray:
+    """`jaccard(sets[a], sets[b])` for every pair, the same floats, without a call per pair: a pair's two sorted
+    unique sets are concatenated into a padded row (rows of similar length in one matrix), the rows sorted,
+    and the intersection is the number of values equal to their left neighbour within the row's length."""
+    docs = np.unique(pairs)
+    arrays = [sets[d] for d in docs.tolist()]
+    size = np.fromiter((len(x) for x in arrays), np.int64, count=len(arrays))
+    flat = np.concatenate(arrays).astype(np.uint64, copy=False)
+    start = np.concatenate([[0], np.cumsum(size)[:-1]])
+    ia, ib = np.searchsorted(docs, pairs[:, 0]), np.searchsorted(docs, pairs[:, 1])
+    la, total = size[ia], size[ia] + size[ib]
+    inter = np.zeros(len(pairs), np.int64)
+    for rows, w in _width_blocks(total):
+        col = np.arange(w)
+        n_a, n = la[rows][:, None], total[rows][:, None]
+        in_a = col < n_a
+        in_b = ~in_a & (col < n)
+        mat = np.full((len(rows), w), _MAX, np.uint64)
+        mat[in_a] = flat[(start[ia[rows]][:, None] + col)[in_a]]
+        mat[in_b] = flat[(start[ib[rows]][:, None] + col - n_a)[in_b]]
+        mat.sort(axis=1)
+        inter[rows] = ((mat[:, 1:] == mat[:, :-1]) & (col[1:] < n)).sum(1)
+    union = total - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
 def shingle_sets(texts: list[str], n: int = 3) -> list[np.ndarray]:
@@ -348,7 +384,7 @@ def verify_pairs(pairs: np.ndarray, read: Callable, ngram: int, threshold: float
         for idx, texts in read(missing):
             for d, s in zip(np.asarray(idx).tolist(), shingle_sets(texts, ngram)):
                 sets[d] = s
-    js = np.fromiter((jaccard(sets[a], sets[b]) for a, b in pairs.tolist()), dtype=np.float64, count=len(pairs))
+    js = _pair_jaccards(pairs, sets)
     keep = js >= threshold
     return pairs[keep], js[keep]
 
@@ -421,11 +457,13 @@ class NearDuplicateFinder:
         alive = None
         while True:
             cand = bucket_pairs(ids, bucket, n, alive)
-            code = cand[:, 0] * np.int64(n) + cand[:, 1]
-            new = ~np.isin(code, checked, assume_unique=True)
+            code = cand[:, 0] * np.int64(n) + cand[:, 1]  # sorted and unique, as `checked` is
+            at = np.minimum(np.searchsorted(checked, code), max(len(checked) - 1, 0))
+            new = checked[at] != code if len(checked) else np.ones(len(code), bool)
             if not new.any():
                 break
-            checked = np.union1d(checked, code[new])
+            # two sorted runs without a common value: a stable sort (timsort) merges them in linear time
+            checked = np.sort(np.concatenate([checked, code[new]]), kind="stable")
             pairs, _ = verify_pairs(cand[new], read, self.ngram, self.threshold, sets)
             if len(pairs) == 0:
                 break

@@ -403,3 +403,16 @@ def test_hashes_do_not_depend_on_the_hashing_batch(monkeypatch):
     monkeypatch.setattr(minhash, "_BATCH_BYTES", 300)  # smaller than some texts: those go alone
     small = minhash.shingle_hashes(texts)
     assert all(np.array_equal(a, b) for a, b in zip(whole, small))
+
+
+@FAST
+@given(st.lists(st.sets(st.integers(0, 60), max_size=120), min_size=1, max_size=12),
+       st.lists(st.tuples(st.integers(0, 11), st.integers(0, 11)), min_size=1, max_size=40), st.booleans())
+def test_batched_jaccards_are_the_per_pair_ones(sets, pairs, top):
+    """verify_pairs' batched Jaccard equals `jaccard` pair by pair, bit for bit (empty sets, a set with itself,
+    and values at the top of the range, the padding value, included)."""
+    base = np.uint64(2**64 - 61) if top else np.uint64(0)
+    arrays = {i: np.array(sorted(s), dtype=np.uint64) + base for i, s in enumerate(sets)}
+    pairs = np.array([(a % len(sets), b % len(sets)) for a, b in pairs], dtype=np.int64)
+    got = minhash._pair_jaccards(pairs, arrays)
+    assert got.tolist() == [minhash.jaccard(arrays[a], arrays[b]) for a, b in pairs.tolist()]
