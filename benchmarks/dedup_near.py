@@ -264,7 +264,8 @@ def evaluate(method: str, res: dict, texts: list[str], truth: dict) -> dict:
         "peak_mb": round(res["peak_mb"], 1), "reported_pairs": len(found),
         "recall_j_ge_0.8": round(sum(p in found for p in high) / len(high), 4),
         "recall_by_true_jaccard": recall,
-        "reported_pairs_j_lt_0.7": sum(j < 0.7 for j in extra_j) + sum(p in found and j < 0.7 for p, j in truth.items()),
+        "reported_pairs_j_lt_0.7": sum(j < 0.7 for j in extra_j)
+        + sum(p in found and j < 0.7 for p, j in truth.items()),
         "unplanted_pairs_reported": len(extra), "phases": res["phases"],
     }
     if res["removed"] is not None:  # ours decides which rows go: each must have J >= 0.8 with a kept row
