@@ -104,14 +104,14 @@ def _checks(row_steps: list) -> list:
 
 def row_map(part: parts.Part, alive: np.ndarray, read_rows: int, row_steps: list) -> dict[str, np.ndarray]:
     """The per-part half of a row pass: for each alive row, the first check that removes it (`first`; none:
-    len(checks)) and its reason, and the exact-dedup hashes of the exact_dedup steps before that check. Checks are
-    pure functions of the row, except exact_dedup (the rows seen before) and the decontamination report: those
-    are the decide's (`row_decide`)."""
+    len(checks)) and its reason (`code`, an index into `reasons`), and the hashes of the exact_dedup steps before
+    that check. Checks are pure functions of the row, except exact_dedup (the rows seen before) and the
+    decontamination report: those are the decide's (`row_decide`)."""
     checks = _checks(row_steps)
     exact = {p: k for k, p in enumerate(p for p, c in enumerate(checks) if c is None)}
     n = len(alive)
-    idx, first = np.empty(n, np.int64), np.full(n, len(checks), np.int16)
-    reasons = [""] * n
+    idx, first, code = np.empty(n, np.int64), np.full(n, len(checks), np.int16), np.zeros(n, np.int32)
+    reasons: dict[str, int] = {}
     hashes = np.zeros((len(exact), n, 16), np.uint8)
     for r, (i, sample) in enumerate(parts.samples(part, alive, read_rows)):
         idx[r] = i
@@ -121,40 +121,44 @@ def row_map(part: parts.Part, alive: np.ndarray, read_rows: int, row_steps: list
                 continue
             reason = check(sample)
             if reason is not None:
-                first[r], reasons[r] = p, reason
+                first[r], code[r] = p, reasons.setdefault(reason, len(reasons))
                 break
-    return {"idx": idx, "first": first, "reason": np.array(reasons, dtype=str), "hashes": hashes}
+    return {"idx": idx, "first": first, "code": code, "reasons": np.array(list(reasons), dtype=str),
+            "hashes": hashes}
 
 
 def row_decide(rows: Rows, row_steps: list, results: list[dict], out_dir: Path, stats: dict) -> None:
-    """The global half of a row pass, in row order: a row goes at its first failing check unless an exact_dedup
-    step before it saw its text already; then the reports (decontamination.json) from the rows each check took."""
+    """The global half of a row pass, as one process would take it in row order: a row goes at its first failing
+    check, unless an exact_dedup step before that check has seen its text in an earlier row that reached the step
+    (and was not removed at an earlier exact_dedup); then the reports (decontamination.json), from the rows each
+    check took."""
+    if not results:
+        results = [row_map(parts.Part(0, (), 0, 0), np.zeros(0, np.int64), 1, row_steps)]
+    idx = np.concatenate([r["idx"] for r in results])
+    first = np.concatenate([r["first"] for r in results]).astype(np.int64)
     exact = [p for p, s in enumerate(row_steps) if isinstance(s, C.ExactDedupStep)]
-    seen: list[set] = [set() for _ in exact]
-    taken: dict[int, list[int]] = {p: [] for p in range(len(row_steps))}
-    for res in results:
-        words = [res["hashes"][k].view(np.uint64).reshape(-1, 2).tolist() for k in range(len(exact))]
-        for r, (i, f) in enumerate(zip(res["idx"].tolist(), res["first"].tolist())):
-            duplicate = False
-            for k, p in enumerate(exact):
-                if p > f:  # the row never reaches this check
-                    break
-                h = tuple(words[k][r])
-                if h in seen[k]:
-                    duplicate = True
-                    break
-                seen[k].add(h)
-            if duplicate:
-                rows.remove(i, DUPLICATE)
-            elif f < len(row_steps):
-                rows.remove(i, str(res["reason"][r]))
-                taken[f].append(i)
+    duplicate = np.zeros(len(idx), bool)
+    for k, p in enumerate(exact):
+        reached = np.flatnonzero((first > p) & ~duplicate)
+        h = np.concatenate([r["hashes"][k] for r in results])[reached].view(np.uint64).reshape(-1, 2)
+        _, kept = np.unique(h, axis=0, return_index=True)  # each text's first row (in row order) stays
+        later = np.ones(len(reached), bool)
+        later[kept] = False
+        duplicate[reached[later]] = True
+    reason = np.concatenate([r["reasons"][r["code"]] if len(r["reasons"]) else np.full(len(r["idx"]), "")
+                             for r in results])
+    taken = ~duplicate & (first < len(row_steps))
+    for i in idx[duplicate].tolist():
+        rows.remove(i, DUPLICATE)
+    for i, text in zip(idx[taken].tolist(), reason[taken].tolist()):
+        rows.remove(i, text)
     for p, step in enumerate(row_steps):
         if not isinstance(step, C.DecontaminateStep):
             continue
         check = steps.implementation(step)(step)  # replayed on the rows it took, in order: the report they made
-        if taken[p]:
-            for _, sample in rows.samples(only=np.array(taken[p], np.int64)):
+        took = np.sort(idx[taken & (first == p)])
+        if len(took):
+            for _, sample in rows.samples(only=took):
                 check(sample)
         report = check.report()
         path = out_dir / DECONTAMINATION
