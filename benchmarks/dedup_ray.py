@@ -2,7 +2,7 @@
 and whether the Ray runs' decisions equal the local run's.
 
 The corpus is real text: documents of three tweets each (data/sentiment, all four files: 19k distinct tweets
-nobody here wrote), drawn at random, plus 10 % near-duplicates (5 % of the words replaced by words of other
+nobody here wrote), drawn at random, plus 10 % near-duplicates (one word in 40 replaced by a word of other
 tweets) and 1 % exact copies (upper-cased, doubled spaces). It is written as a generate stage's output
 (Parquet shards of 4,096 rows). Each mode runs the filter stage in a fresh process (`--child`) on its own run
 directory (the generate shards are hard links of one copy):
@@ -65,7 +65,7 @@ def documents(n: int, seed: int = 0) -> list[str]:
     docs = [" ".join(tw[j] for j in row) for row in picks.tolist()]
     for src in rng.integers(0, n_orig, size=n_near).tolist():
         w = docs[src].split()
-        at = rng.choice(len(w), size=max(1, len(w) // 20), replace=False)
+        at = rng.choice(len(w), size=max(1, len(w) // 40), replace=False)
         for i, r in zip(at.tolist(), rng.integers(0, len(words), size=len(at)).tolist()):
             w[i] = str(words[r])
         docs.append(" ".join(w))

@@ -6,9 +6,11 @@ filters the generate shards' Arrow batches and replaces only the `scores` and `m
 every kept row's `completion_token_ids` and `topk_*` columns are the generate stage's, byte for byte.
 
 Steps run one after the other over the rows still alive, reading light columns (text, level, no top-k)
-`filter.read_rows` at a time:
+`filter.read_rows` at a time. The input is cut into parts (parts.py); the row and corpus passes are a map per
+part (`row_map`, `corpus.near_map`, `corpus.semantic_map`), run by the executor (`filter.executor`: local, in this
+process, or ray: Ray tasks, ray_executor.py), and one decide here on the gathered results, the same for both:
 - row steps (failed, empty, length, repetition, refusal, structured, charset, exact_dedup, decontaminate):
-  consecutive ones share one pass;
+  consecutive ones share one pass (`row_map` runs the checks, `row_decide` does exact dedup and the report);
 - scorers (judge, reward_model, perplexity, confidence): batched; each batch's scores are committed to
   `filter/scores/<i>-<name>/` as they come, so a killed stage resumes without scoring a row twice;
 - corpus steps (near_dedup, semantic_dedup; corpus.py): one pass to hash or embed, a decision on the whole
