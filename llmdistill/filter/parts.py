@@ -66,16 +66,15 @@ def samples(part: Part, alive: np.ndarray, read_rows: int, full: bool = False) -
     for path in part.files:
         pf = store.open_shard(path)
         try:
-            batches = list(pf.iter_batches(batch_size=read_rows, columns=columns))
+            for batch in pf.iter_batches(batch_size=read_rows, columns=columns):
+                rows = range(i, i + batch.num_rows)
+                i += batch.num_rows
+                keep = [j for j in rows if j in wanted]
+                if keep:
+                    table = pa.Table.from_batches([batch]).take([j - rows.start for j in keep])
+                    yield from zip(keep, records.table_to_samples(table))
         except (pa.ArrowException, OSError) as e:
             raise store.StoreError(f"corrupt shard {path}: {e}") from None
-        for batch in batches:
-            rows = range(i, i + batch.num_rows)
-            i += batch.num_rows
-            keep = [j for j in rows if j in wanted]
-            if keep:
-                table = pa.Table.from_batches([batch]).take([j - rows.start for j in keep])
-                yield from zip(keep, records.table_to_samples(table))
 
 
 _BUILT: dict[str, object] = {}  # what the maps of one stage run build once per process (checks, an embedder)
