@@ -118,9 +118,9 @@ def test_ray_decisions_equal_a_local_run_after_a_killed_worker_and_a_killed_driv
 
     path, cfg = make_run(tmp_path, tiny, "ray", samples, eval_path)
     n_parts = -(-len(samples) // PART_ROWS)
-    # part 1's first attempt in every pass dies before its result is committed; the driver dies at its first
-    # output shard, after every pass
-    env = {**ray_env, "LLMDISTILL_RAY_FAULT": "1=filter:file-tmp:1", "LLMDISTILL_FAULT": "filter:shard:1"}
+    # part 1's first attempt in every pass dies before its result is committed; the driver dies at its second shard
+    # (the confidence scorer's cache is the first), the first output shard, after every pass (workers write no shard)
+    env = {**ray_env, "LLMDISTILL_RAY_FAULT": "1=filter:file-tmp:1", "LLMDISTILL_FAULT": "filter:shard:2"}
     killed = cli("filter", path, "--executor", "ray", "--address", "local", env=env)
     log = killed.stderr
     assert killed.returncode == -9, log[-4000:]
