@@ -11,12 +11,14 @@ directory (the generate shards are hard links of one copy):
     ray-1   filter.executor: ray on a local cluster started with 1 CPU (one part task at a time)
     ray-2   the same with 2 CPUs (two part tasks at once)
 
-Steps: length (min 3 words), refusal, exact_dedup, near_dedup (threshold 0.8, 128 permutations, 16 bands). The
+Steps: length (min 3 words), refusal, exact_dedup, near_dedup (threshold 0.8, 128 permutations, 16 bands); with
+--semantic, semantic_dedup alone (MiniLM embeddings: the map is nearly all the work, so it shows the scaling). The
 driver's peak is its process's maximum RSS; a worker's is the largest maximum RSS any part task reported
 (filter/.ray/usage.json). "equal" compares the kept and removed tables (every column: ids, reasons, metadata,
 logits), the output shards and stats.json with the local run's.
 
     flock /tmp/cpu.lock .venv/bin/python benchmarks/dedup_ray.py --docs 200000
+    flock /tmp/cpu.lock .venv/bin/python benchmarks/dedup_ray.py --docs 1000 --part-rows 250 --semantic
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ SHARD_ROWS = 4096
 MODES = {"local": 0, "ray-1": 1, "ray-2": 2}
 STEPS = [{"name": "length", "min_words": 3}, {"name": "refusal"}, {"name": "exact_dedup"},
          {"name": "near_dedup", "threshold": 0.8}]
+SEMANTIC = [{"name": "semantic_dedup", "threshold": 0.95}]  # --semantic: the embedding map (MiniLM, all-minilm-l6-v2)
 
 
 def tweets() -> list[str]:
@@ -78,8 +81,9 @@ def documents(n: int, seed: int = 0) -> list[str]:
 def config(work: Path, mode: str, part_rows: int):
     from llmdistill.config import load_config
 
+    steps = json.loads((work / "steps.json").read_text())
     return load_config(None, [f"output_dir={work}", f"name={mode}", f"generate.shard_rows={SHARD_ROWS}",
-                              f"filter.steps={json.dumps(STEPS)}", f"filter.part_rows={part_rows}",
+                              f"filter.steps={json.dumps(steps)}", f"filter.part_rows={part_rows}",
                               f"filter.executor={'ray' if MODES[mode] else 'local'}"])
 
 
@@ -147,6 +151,7 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=200_000)
     ap.add_argument("--part-rows", type=int, default=16384)
     ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--semantic", action="store_true", help="semantic dedup alone (MiniLM embeddings on every part)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -156,7 +161,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="dedup_ray_", dir="/tmp"))
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(REPO)}
+    steps = SEMANTIC if args.semantic else STEPS
+    (work / "steps.json").write_text(json.dumps(steps))
     try:
         t = time.monotonic()
         build(work, args.docs, args.part_rows)
@@ -183,15 +191,16 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     print(f"\n{args.docs} documents, {-(-args.docs // args.part_rows)} parts of {args.part_rows} rows; "
-          f"steps: {', '.join(s['name'] for s in STEPS)}; load average {load[0]:.1f}")
+          f"steps: {', '.join(s['name'] for s in steps)}; load average {load[0]:.1f}")
     print(f"{'mode':<7} {'wall s':>7} {'docs/s':>7} {'driver peak MB':>15} {'worker peak MB':>15} {'kept':>8}  equal")
     for r in rows:
         print(f"{r['mode']:<7} {r['wall_s']:>7.1f} {args.docs / r['wall_s']:>7.0f} {r['driver_peak_mb']:>15.0f} "
               f"{r['worker_peak_mb'] or 0:>15.0f} {r['kept']:>8}  {r.get('equal_to_local', '-')}")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"docs": args.docs, "part_rows": args.part_rows, "steps": STEPS, "cpus": os.cpu_count(),
+    out = OUT.with_name("dedup_ray_semantic.json") if args.semantic else OUT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"docs": args.docs, "part_rows": args.part_rows, "steps": steps, "cpus": os.cpu_count(),
                                "load_average": load, "runs": rows}, indent=1) + "\n")
-    print(f"-> {OUT}")
+    print(f"-> {out}")
 
 
 if __name__ == "__main__":
