@@ -177,3 +177,11 @@ def test_one_line_errors_without_a_cluster(tmp_path, tiny):
     result = ray_executor._part_task(job, "nonce", str(marker), str(cfg.run_dir), str(tmp_path / "a.json"), None)
     assert result["error"] == "UserError" and "does not see the run directory" in result["message"]
     assert "filter.executor: ray" in result["message"] and not (tmp_path / "work").exists()
+    # with the driver's marker: the task maps its part, commits it, records its attempt
+    from llmdistill import ray_utils
+
+    nonce = ray_utils.write_marker(marker)
+    result = ray_executor._part_task(job, nonce, str(marker), str(cfg.run_dir), str(tmp_path / "a.json"), None)
+    assert result["outcome"]["resumed"] is False and result["outcome"]["rows"] == part.rows
+    assert parts.load(job)["idx"].tolist() == list(range(part.rows))
+    assert len(store.read_json(tmp_path / "a.json")["attempts"]) == 1
