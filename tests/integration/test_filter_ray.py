@@ -141,6 +141,9 @@ def test_ray_decisions_equal_a_local_run_after_a_killed_worker_and_a_killed_driv
 
     on_ray = outputs(cfg)
     assert on_ray["shards"] == local["shards"]
+    resumed = on_ray["stats"]["scorers"]["confidence"].pop("resumed_from_cache")
+    assert resumed == on_ray["stats"]["scorers"]["confidence"]["scored"]  # the killed driver had committed them
+    assert local["stats"]["scorers"]["confidence"].pop("resumed_from_cache") == 0
     assert on_ray["stats"] == local["stats"]
     assert on_ray["decontamination"] == local["decontamination"]
     for name in ("kept", "removed"):
