@@ -4,8 +4,8 @@ and whether the Ray runs' decisions equal the local run's.
 The corpus is real text: documents of three tweets each (data/sentiment, all four files: 19k distinct tweets
 nobody here wrote), drawn at random, plus 10 % near-duplicates (one word in 40 replaced by a word of other
 tweets) and 1 % exact copies (upper-cased, doubled spaces). It is written as a generate stage's output
-(Parquet shards of 4,096 rows). Each mode runs the filter stage in a fresh process (`--child`) on its own run
-directory (the generate shards are hard links of one copy):
+(Parquet shards of 4,096 rows, or --shard-rows). Each mode runs the filter stage in a fresh process (`--child`)
+on its own run directory (the generate shards are hard links of one copy):
 
     local   filter.executor: local (everything in one process)
     ray-1   filter.executor: ray on a local cluster started with 1 CPU (one part task at a time)
@@ -18,7 +18,7 @@ driver's peak is its process's maximum RSS; a worker's is the largest maximum RS
 logits), the output shards and stats.json with the local run's.
 
     flock /tmp/cpu.lock .venv/bin/python benchmarks/dedup_ray.py --docs 200000
-    flock /tmp/cpu.lock .venv/bin/python benchmarks/dedup_ray.py --docs 1000 --part-rows 250 --semantic
+    flock /tmp/cpu.lock .venv/bin/python benchmarks/dedup_ray.py --docs 1000 --shard-rows 250 --part-rows 250 --semantic
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 OUT = REPO / "benchmarks" / "results" / "dedup_ray.json"
-SHARD_ROWS = 4096
+SHARD_ROWS = int(os.environ.get("DEDUP_RAY_SHARD_ROWS", 4096))  # the generate shards (--shard-rows sets it)
 MODES = {"local": 0, "ray-1": 1, "ray-2": 2}
 STEPS = [{"name": "length", "min_words": 3}, {"name": "refusal"}, {"name": "exact_dedup"},
          {"name": "near_dedup", "threshold": 0.8}]
@@ -151,6 +151,7 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=200_000)
     ap.add_argument("--part-rows", type=int, default=16384)
     ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--shard-rows", type=int, default=SHARD_ROWS, help="rows per input shard (a part is whole shards)")
     ap.add_argument("--semantic", action="store_true", help="semantic dedup alone (MiniLM embeddings on every part)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -158,6 +159,9 @@ def main() -> None:
     if args.child:
         child(args.work, args.child, args.part_rows)
         return
+    if args.shard_rows != SHARD_ROWS:  # this process and the children read it at import
+        os.environ["DEDUP_RAY_SHARD_ROWS"] = str(args.shard_rows)
+        raise SystemExit(subprocess.run([sys.executable, *sys.argv]).returncode)
     work = Path(tempfile.mkdtemp(prefix="dedup_ray_", dir="/tmp"))
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
@@ -190,7 +194,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    print(f"\n{args.docs} documents, {-(-args.docs // args.part_rows)} parts of {args.part_rows} rows; "
+    n_parts = max((p["parts"] for r in rows for p in r["passes"]), default="?")
+    print(f"\n{args.docs} documents, {n_parts} parts (whole shards of {SHARD_ROWS}, >= {args.part_rows} rows each); "
           f"steps: {', '.join(s['name'] for s in steps)}; load average {load[0]:.1f}")
     print(f"{'mode':<7} {'wall s':>7} {'docs/s':>7} {'driver peak MB':>15} {'worker peak MB':>15} {'kept':>8}  equal")
     for r in rows:
@@ -198,7 +203,9 @@ def main() -> None:
               f"{r['worker_peak_mb'] or 0:>15.0f} {r['kept']:>8}  {r.get('equal_to_local', '-')}")
     out = OUT.with_name("dedup_ray_semantic.json") if args.semantic else OUT
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"docs": args.docs, "part_rows": args.part_rows, "steps": steps, "cpus": os.cpu_count(),
+    out.write_text(json.dumps({"docs": args.docs, "shard_rows": SHARD_ROWS, "part_rows": args.part_rows,
+                               "parts": n_parts, "steps": steps,
+                               "cpus": os.cpu_count(),
                                "load_average": load, "runs": rows}, indent=1) + "\n")
     print(f"-> {out}")
 
