@@ -213,7 +213,27 @@ def merge(
 
 
 _stage_command("annotate", "Re-score the generated text with a local teacher (top-k log-probs by teacher forcing).")
-_stage_command("filter", "Dedup and heuristic filters over the generated samples (removed rows keep their reason).")
+
+
+@app.command(name="filter")
+def filter_(
+    config: str | None = typer.Argument(None, help=CONFIG_HELP),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    force: bool = typer.Option(False, "--force", help="rerun even if done"),
+    executor: str | None = typer.Option(None, "--executor", help="local or ray: each part's hashes, signatures and "
+                                        "embeddings as tasks on a Ray cluster (overrides filter.executor)"),
+    address: str | None = typer.Option(None, "--address", help="the Ray cluster: auto, host:port, ray://host:port "
+                                       "or local (overrides filter.ray_address; implies --executor ray)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Dedup and heuristic filters over the generated samples (removed rows keep their reason)."""
+    import json
+
+    flags = [f"filter.executor={executor or 'ray'}"] if executor or address else []
+    flags += [f"filter.ray_address={json.dumps(address)}"] if address is not None else []  # a YAML string
+    _run("run_filter", config, [*(overrides or []), *flags], verbose, force=force)
+
+
 _stage_command("train", "Train the student (and the SFT baseline, if configured) on the filtered samples.")
 _stage_command("eval", "Compare the trained students with the teacher on held-out prompts.")
 

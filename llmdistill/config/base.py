@@ -191,3 +191,18 @@ NOT_HASHED = {"fingerprint": False}
 # Fields that were hashed before they stopped deciding what a stage writes (train.report_to): hashed at their
 # default whatever the config says, so changing one retrains nothing and existing runs keep their fingerprints.
 HASHED_AS_DEFAULT = {"fingerprint": "default"}
+
+RAY_ADDRESS_HELP = ("executor ray: the cluster: auto (the one started on this machine, or $RAY_ADDRESS), host:port "
+                    "(its GCS), ray://host:port (Ray Client, needs ray[client]), local (a new one in this process); "
+                    "null: ray.init()'s choice (a cluster found as for auto, else a new local one)")
+
+
+def check_ray_address(v: str | None) -> str | None:
+    """A Ray cluster address (generate.ray_address, filter.ray_address): auto, local, host:port or ray://host:port."""
+    if v is None or v in ("auto", "local"):
+        return v
+    host, _, port = v.removeprefix("ray://").rpartition(":")
+    port_ok = port.isascii() and port.isdigit() and 0 < int(port) < 65536  # ASCII: "²".isdigit() is True
+    if not (host and port_ok) or any(c.isspace() or c in "/@" for c in host):
+        raise ValueError(f"{v!r} is not auto, local, host:port or ray://host:port")
+    return v

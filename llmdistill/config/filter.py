@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from llmdistill.config.base import (
+    NOT_HASHED,
+    RAY_ADDRESS_HELP,
     InputFile,
     ModelSource,
     NewTokens,
     OutputDir,
     Section,
     Seed,
+    check_ray_address,
     literal_values,
     union_tags,
 )
@@ -305,6 +308,27 @@ class FilterConfig(Section):
 
     steps: list[FilterStep] = Field(default_factory=_default_filter_steps)
     read_rows: int = Field(1024, ge=1, description="rows read at a time (memory stays bounded)")
+    # where the stage runs, not what it writes: none of these is hashed (a Ray run resumes a local one and back)
+    executor: Literal["local", "ray"] = Field(
+        "local", json_schema_extra=NOT_HASHED, description="local: this process runs every step; ray: the per-part "
+        "work of the row steps, near and semantic dedup (hashes, checks, signatures, embeddings) runs as tasks on a "
+        "Ray cluster, the decisions are taken here, the same as local ones (the run directory must be on a file "
+        "system every node shares; pip install 'llmdistill[ray]'; docs/filtering.md)")
+    ray_address: str | None = Field(None, json_schema_extra=NOT_HASHED, description=RAY_ADDRESS_HELP)
+    part_rows: int = Field(
+        16384, ge=1, json_schema_extra=NOT_HASHED, description="input rows per part (whole input shards, so a part "
+        "may hold more): the unit of per-part work (a Ray task) and of resume; memory per task grows with it")
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, v: str | None) -> str | None:
+        return check_ray_address(v)
+
+    @model_validator(mode="after")
+    def _ray_options_need_ray(self):
+        if self.ray_address is not None and self.executor != "ray":
+            raise ValueError(f"ray_address set, but executor is {self.executor}: set executor: ray")
+        return self
 
     @model_validator(mode="after")
     def _score_keys(self):

@@ -9,12 +9,14 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator, mod
 from llmdistill.config.base import (
     MAX_NEW_TOKENS,
     NOT_HASHED,
+    RAY_ADDRESS_HELP,
     InputFile,
     InputFiles,
     Level,
     NewTokens,
     Section,
     _resolve_path,
+    check_ray_address,
     literal_values,
     union_tags,
 )
@@ -183,9 +185,7 @@ class GenerateConfig(Section):
         "--shard i/n); ray: the shards run as tasks on a Ray cluster, then the merge runs here (the run directory "
         "must be on a file system every node shares; pip install 'llmdistill[ray]'; docs/generation.md)")
     ray_address: str | None = Field(
-        None, json_schema_extra=NOT_HASHED, description="executor ray: the cluster: auto (the one started on this "
-        "machine, or $RAY_ADDRESS), host:port (its GCS), ray://host:port (Ray Client, needs ray[client]), local (a new "
-        "one in this process); null: ray.init()'s choice (a cluster found as for auto, else a new local one)")
+        None, json_schema_extra=NOT_HASHED, description=RAY_ADDRESS_HELP)
     ray_shards: int | None = Field(
         None, gt=0, json_schema_extra=NOT_HASHED, description="executor ray: tasks the plan is cut into (shard i/n "
         "each; default: as many as the cluster runs at once, its GPUs / GPUs per task, or its CPUs for CPU tasks)")
@@ -199,13 +199,7 @@ class GenerateConfig(Section):
     @field_validator("ray_address")
     @classmethod
     def _ray_address(cls, v: str | None) -> str | None:
-        if v is None or v in ("auto", "local"):
-            return v
-        host, _, port = v.removeprefix("ray://").rpartition(":")
-        port_ok = port.isascii() and port.isdigit() and 0 < int(port) < 65536  # ASCII: "²".isdigit() is True
-        if not (host and port_ok) or any(c.isspace() or c in "/@" for c in host):
-            raise ValueError(f"{v!r} is not auto, local, host:port or ray://host:port")
-        return v
+        return check_ray_address(v)
 
     @model_validator(mode="after")
     def _ray_options_need_ray(self):

@@ -2,8 +2,10 @@
 dedup checks an index that outlives the run (filter/steps.py names them; filter/stage.py runs them).
 
 `rows` is the stage's per-row state (`stage.Rows`): the alive rows' samples, their levels, ids and scores.
-Near and semantic dedup visit the rows in `keep` order; one is removed only when a verified pair joins it
-to a row already kept (`minhash.greedy_removals`), and the kept row is named in its metadata.
+Near and semantic dedup each come in two halves: a map run per part of the input (`near_map`: band keys;
+`semantic_map`: embeddings), on this process or as Ray tasks (`map_parts`, parts.py), and one decision on the
+gathered results in the driver. They visit the rows in `keep` order; one is removed only when a verified pair
+joins it to a row already kept (`minhash.greedy_removals`), and the kept row is named in its metadata.
 """
 
 from __future__ import annotations
@@ -14,20 +16,21 @@ import numpy as np
 
 from llmdistill import config as C
 from llmdistill import records
-from llmdistill.filter import filters, minhash
+from llmdistill.filter import filters, minhash, parts
+from llmdistill.filter.parts import Part
 
 
-def _text_chunks(rows, scope: str, chunk: int, only: np.ndarray | None = None):
-    """(row indices, texts) chunks of the alive rows (or of `only`)."""
+def _text_chunks(items, scope: str, chunk: int):
+    """(row indices, texts) chunks of `items`, (row index, sample) pairs."""
     idx, texts = [], []
-    for i, s in rows.samples(only=only):
+    for i, s in items:
         idx.append(i)
         texts.append(filters.text_key(s, scope))
         if len(idx) >= chunk:
-            yield np.array(idx), texts
+            yield np.array(idx, np.int64), texts
             idx, texts = [], []
     if idx:
-        yield np.array(idx), texts
+        yield np.array(idx, np.int64), texts
 
 
 def keep_order(members: np.ndarray, rows, keep: str, score: str | None) -> np.ndarray:
@@ -54,16 +57,26 @@ def _apply_removals(rows, members: np.ndarray, removed: dict[int, int], reason: 
         "size_histogram": {str(k): v for k, v in sorted(hist.items())}}
 
 
-def run_near_dedup(rows, step: C.NearDedupStep, stats: dict) -> None:
+def near_map(part: Part, alive: np.ndarray, read_rows: int, step: C.NearDedupStep, bands: int) -> dict:
+    """Near dedup's per-part half: the `bands` LSH band keys of each alive row's MinHash signature."""
+    idx, keys, valid = [np.zeros(0, np.int64)], [np.zeros((0, bands), np.uint64)], [np.zeros(0, bool)]
+    for i, texts in _text_chunks(parts.samples(part, alive, read_rows), step.scope, step.chunk_rows):
+        sig, ok = minhash.signatures(texts, step.ngram, step.num_perm, step.seed)
+        idx.append(i), keys.append(minhash.band_keys(sig, bands)), valid.append(ok)
+    return {"idx": np.concatenate(idx), "keys": np.concatenate(keys), "valid": np.concatenate(valid)}
+
+
+def run_near_dedup(rows, step: C.NearDedupStep, stats: dict, map_parts) -> None:
+    """Band keys per part (`map_parts`, the stage's executor), then once for the corpus: candidates, the exact
+    Jaccard check (reading the candidates' texts only) and the greedy choice."""
     finder = minhash.NearDuplicateFinder(step.threshold, step.num_perm, step.bands, step.ngram, step.seed)
-    members: list[np.ndarray] = []
-    for idx, texts in _text_chunks(rows, step.scope, step.chunk_rows):
-        finder.add(texts)
-        members.append(idx)
-    members_arr = np.concatenate(members) if members else np.zeros(0, np.int64)
+    results = map_parts("near_dedup", near_map, (step, finder.bands), [step.model_dump(mode="json"), finder.bands])
+    for res in results:
+        finder.add_keys(res["keys"], res["valid"])
+    members_arr = np.concatenate([r["idx"] for r in results]) if results else np.zeros(0, np.int64)
 
     def read(local: np.ndarray):
-        for idx, texts in _text_chunks(rows, step.scope, step.chunk_rows, only=members_arr[local]):
+        for idx, texts in _text_chunks(rows.samples(only=members_arr[local]), step.scope, step.chunk_rows):
             yield np.searchsorted(members_arr, idx), texts
 
     order = keep_order(members_arr, rows, step.keep, step.score)
@@ -73,17 +86,36 @@ def run_near_dedup(rows, step: C.NearDedupStep, stats: dict) -> None:
     _apply_removals(rows, members_arr, removed, "near_duplicate", stats, "near_duplicate_of")
 
 
-def run_semantic_dedup(rows, step: C.SemanticDedupStep, stats: dict) -> None:
+def _embedder(step: C.SemanticDedupStep):
     from llmdistill.filter import semantic
 
-    embedder = semantic.Embedder(step.model, step.device, step.max_length, step.batch_size)
-    members, embs = [], []
-    for idx, texts in _text_chunks(rows, step.scope, 4096):
-        members.append(idx)
-        embs.append(embedder.embed(texts).astype(np.float16))  # half the memory; cosines are checked in fp32
-    members_arr = np.concatenate(members) if members else np.zeros(0, np.int64)
-    emb = np.concatenate(embs) if embs else np.zeros((0, embedder.dim), np.float16)
-    pairs, _ = semantic.similar_pairs(emb, step.threshold, step.bits, step.tables, step.seed)
+    key = step.model_dump_json(include={"model", "device", "max_length", "batch_size"})
+    return parts.built(f"embedder:{key}", lambda: semantic.embedder(step))
+
+
+def semantic_map(part: Part, alive: np.ndarray, read_rows: int, step: C.SemanticDedupStep) -> dict:
+    """Semantic dedup's per-part half: each alive row's embedding (fp16: half the memory; cosines are checked in
+    fp32)."""
+    embedder = _embedder(step)
+    idx, embs = [np.zeros(0, np.int64)], [np.zeros((0, embedder.dim), np.float16)]
+    for i, texts in _text_chunks(parts.samples(part, alive, read_rows), step.scope, 4096):
+        idx.append(i)
+        embs.append(embedder.embed(texts).astype(np.float16))
+    return {"idx": np.concatenate(idx), "emb": np.concatenate(embs)}
+
+
+def run_semantic_dedup(rows, step: C.SemanticDedupStep, stats: dict, map_parts) -> None:
+    """Embeddings per part (`map_parts`), then once for the corpus: the pairs at cosine >= threshold and the
+    greedy choice."""
+    from llmdistill.filter import semantic
+
+    results = map_parts("semantic_dedup", semantic_map, (step,), step.model_dump(mode="json"))
+    if results:
+        members_arr = np.concatenate([r["idx"] for r in results])
+        emb = np.concatenate([r["emb"] for r in results])
+        pairs, _ = semantic.duplicate_pairs(emb, step)
+    else:
+        members_arr, pairs = np.zeros(0, np.int64), np.zeros((0, 2), np.int64)
     removed = minhash.greedy_removals(keep_order(members_arr, rows, step.keep, step.score), pairs)
     stats.setdefault("semantic_dedup", {}).update({"verified_pairs": len(pairs)})
     _apply_removals(rows, members_arr, removed, "semantic_duplicate", stats, "semantic_duplicate_of")

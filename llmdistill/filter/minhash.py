@@ -418,6 +418,12 @@ class NearDuplicateFinder:
         self.count += len(texts)
         return sig
 
+    def add_keys(self, keys: np.ndarray, valid: np.ndarray) -> None:
+        """Add band keys computed elsewhere (`band_keys` of `signatures`, e.g. per part on other machines)."""
+        self._keys.append(keys)
+        self._valid.append(valid)
+        self.count += len(keys)
+
     def _stacked(self) -> tuple[np.ndarray, np.ndarray]:
         keys = np.concatenate(self._keys) if self._keys else np.zeros((0, self.bands), np.uint64)
         valid = np.concatenate(self._valid) if self._valid else np.zeros(0, bool)

@@ -63,6 +63,16 @@ class Embedder:
         return out
 
 
+def embedder(step) -> Embedder:
+    """The embedder a semantic_dedup step configures: `.dim`, `.embed(texts) -> [len, dim] float32 unit rows`."""
+    return Embedder(step.model, step.device, step.max_length, step.batch_size)
+
+
+def duplicate_pairs(emb: np.ndarray, step) -> tuple[np.ndarray, np.ndarray]:
+    """(pairs [M, 2] with i < j, cosines) of the rows of `emb` at cosine >= the step's threshold."""
+    return similar_pairs(emb, step.threshold, step.bits, step.tables, step.seed)
+
+
 def hyperplanes(dim: int, bits: int, tables: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((dim, bits * tables)).astype(np.float32)
 

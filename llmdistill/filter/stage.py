@@ -6,9 +6,11 @@ filters the generate shards' Arrow batches and replaces only the `scores` and `m
 every kept row's `completion_token_ids` and `topk_*` columns are the generate stage's, byte for byte.
 
 Steps run one after the other over the rows still alive, reading light columns (text, level, no top-k)
-`filter.read_rows` at a time:
+`filter.read_rows` at a time. The input is cut into parts (parts.py); the row and corpus passes are a map per
+part (`row_map`, `corpus.near_map`, `corpus.semantic_map`), run by the executor (`filter.executor`: local, in this
+process, or ray: Ray tasks, ray_executor.py), and one decide here on the gathered results, the same for both:
 - row steps (failed, empty, length, repetition, refusal, structured, charset, exact_dedup, decontaminate):
-  consecutive ones share one pass;
+  consecutive ones share one pass (`row_map` runs the checks, `row_decide` does exact dedup and the report);
 - scorers (judge, reward_model, perplexity, confidence): batched; each batch's scores are committed to
   `filter/scores/<i>-<name>/` as they come, so a killed stage resumes without scoring a row twice;
 - corpus steps (near_dedup, semantic_dedup; corpus.py): one pass to hash or embed, a decision on the whole
@@ -34,8 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from llmdistill import __version__, records, store
+from llmdistill import config as C
 from llmdistill.config import Config
-from llmdistill.filter import scorers, steps
+from llmdistill.filter import filters, parts, scorers, steps
 from llmdistill.runner import StageContext
 
 log = logging.getLogger("llmdistill")
@@ -43,8 +46,7 @@ log = logging.getLogger("llmdistill")
 REMOVED = "removed"
 SCORES = "scores"
 DECONTAMINATION = "decontamination.json"
-LIGHT_COLUMNS = [c for c in records.arrow_schema().names
-                 if c not in ("topk_ids", "topk_logprobs", "completion_token_ids")]
+LIGHT_COLUMNS = parts.LIGHT_COLUMNS
 
 
 class Rows:
@@ -93,23 +95,80 @@ class Rows:
 
 
 # ------------------------------------------------------------------------------------------- row steps
-def run_row_steps(rows: Rows, row_steps: list, out_dir: Path, stats: dict) -> None:
-    checks = [steps.implementation(s)(s) for s in row_steps]
-    for i, sample in rows.samples():
-        for check in checks:
+DUPLICATE = "duplicate"  # exact_dedup's reason (filters.exact_dedup)
+
+
+def _checks(row_steps: list) -> list:
+    """The row checks of `row_steps` (None for exact_dedup: `row_decide` does it), built once per process."""
+    return parts.built("rows:" + "\n".join(s.model_dump_json() for s in row_steps), lambda: [
+        None if isinstance(s, C.ExactDedupStep) else steps.implementation(s)(s) for s in row_steps])
+
+
+def row_map(part: parts.Part, alive: np.ndarray, read_rows: int, row_steps: list) -> dict[str, np.ndarray]:
+    """The per-part half of a row pass: for each alive row, the first check that removes it (`first`; none:
+    len(checks)) and its reason (`code`, an index into `reasons`), and the hashes of the exact_dedup steps before
+    that check. Checks are pure functions of the row, except exact_dedup (the rows seen before) and the
+    decontamination report: those are the decide's (`row_decide`)."""
+    checks = _checks(row_steps)
+    exact = {p: k for k, p in enumerate(p for p, c in enumerate(checks) if c is None)}
+    n = len(alive)
+    idx, first, code = np.empty(n, np.int64), np.full(n, len(checks), np.int16), np.zeros(n, np.int32)
+    reasons: dict[str, int] = {}
+    hashes = np.zeros((len(exact), n, 16), np.uint8)
+    for r, (i, sample) in enumerate(parts.samples(part, alive, read_rows)):
+        idx[r] = i
+        for p, check in enumerate(checks):
+            if check is None:
+                hashes[exact[p], r] = np.frombuffer(filters.exact_hash(sample, row_steps[p].scope), np.uint8)
+                continue
             reason = check(sample)
             if reason is not None:
-                rows.remove(i, reason)
+                first[r], code[r] = p, reasons.setdefault(reason, len(reasons))
                 break
-    for check in checks:
-        if hasattr(check, "report"):
-            report = check.report()
-            path = out_dir / DECONTAMINATION
-            if path.exists():  # several decontaminate steps: one report with every eval set
-                report["eval_sets"] = {**store.read_json(path)["eval_sets"], **report["eval_sets"]}
-            store.atomic_write_json(path, report)
-            stats["decontamination"] = {k: {"items": v["items"], "items_hit": v["items_hit"]}
-                                        for k, v in report["eval_sets"].items()}
+    return {"idx": idx, "first": first, "code": code, "reasons": np.array(list(reasons), dtype=str),
+            "hashes": hashes}
+
+
+def row_decide(rows: Rows, row_steps: list, results: list[dict], out_dir: Path, stats: dict) -> None:
+    """The global half of a row pass, as one process would take it in row order: a row goes at its first failing
+    check, unless an exact_dedup step before that check has seen its text in an earlier row that reached the step
+    (and was not removed at an earlier exact_dedup); then the reports (decontamination.json), from the rows each
+    check took."""
+    if not results:
+        results = [row_map(parts.Part(0, (), 0, 0), np.zeros(0, np.int64), 1, row_steps)]
+    idx = np.concatenate([r["idx"] for r in results])
+    first = np.concatenate([r["first"] for r in results]).astype(np.int64)
+    exact = [p for p, s in enumerate(row_steps) if isinstance(s, C.ExactDedupStep)]
+    duplicate = np.zeros(len(idx), bool)
+    for k, p in enumerate(exact):
+        reached = np.flatnonzero((first > p) & ~duplicate)
+        h = np.concatenate([r["hashes"][k] for r in results])[reached].view(np.uint64).reshape(-1, 2)
+        _, kept = np.unique(h, axis=0, return_index=True)  # each text's first row (in row order) stays
+        later = np.ones(len(reached), bool)
+        later[kept] = False
+        duplicate[reached[later]] = True
+    reason = np.concatenate([r["reasons"][r["code"]] if len(r["reasons"]) else np.full(len(r["idx"]), "")
+                             for r in results])
+    taken = ~duplicate & (first < len(row_steps))
+    for i in idx[duplicate].tolist():
+        rows.remove(i, DUPLICATE)
+    for i, text in zip(idx[taken].tolist(), reason[taken].tolist()):
+        rows.remove(i, text)
+    for p, step in enumerate(row_steps):
+        if not isinstance(step, C.DecontaminateStep):
+            continue
+        check = steps.implementation(step)(step)  # replayed on the rows it took, in order: the report they made
+        took = np.sort(idx[taken & (first == p)])
+        if len(took):
+            for _, sample in rows.samples(only=took):
+                check(sample)
+        report = check.report()
+        path = out_dir / DECONTAMINATION
+        if path.exists():  # several decontaminate steps: one report with every eval set
+            report["eval_sets"] = {**store.read_json(path)["eval_sets"], **report["eval_sets"]}
+        store.atomic_write_json(path, report)
+        stats["decontamination"] = {k: {"items": v["items"], "items_hit": v["items_hit"]}
+                                    for k, v in report["eval_sets"].items()}
 
 
 # --------------------------------------------------------------------------------------------- scorers
@@ -200,16 +259,37 @@ def plan_passes(configured: list) -> list[tuple[str, list[tuple[int, object]]]]:
 
 class _Run:
     """What the passes of one stage run share: the rows, the output directory, the stats being gathered, the
-    history steps (they add the kept rows at the end) and this run's name in the history index."""
+    history steps (they add the kept rows at the end), this run's name in the history index, and the parts of the
+    input with the executor that runs their maps (`map`)."""
 
-    def __init__(self, rows: Rows, out: Path, owner: str):
-        self.rows, self.out, self.owner = rows, out, owner
+    def __init__(self, rows: Rows, out: Path, owner: str, fingerprint: str, parts_: list[parts.Part], executor):
+        self.rows, self.out, self.owner, self.fingerprint = rows, out, owner, fingerprint
+        self.parts, self.executor = parts_, executor
         self.stats: dict = {}
         self.history: list = []
+        self.pass_index = 0
+
+    def map(self, label: str, fn: Callable, args: tuple, what: object) -> list[dict[str, np.ndarray]]:
+        """`fn(part, alive, read_rows, *args)` on the alive rows of every part (through the executor); the results
+        in part order. `what` (the step's config) keys the committed results."""
+        alive_all = self.rows.alive_indices()
+        jobs = []
+        for part in self.parts:
+            lo, hi = np.searchsorted(alive_all, [part.start, part.start + part.rows])
+            if hi > lo:
+                alive = alive_all[lo:hi]
+                jobs.append(parts.Job(
+                    f"{label} part {part.index}/{len(self.parts)}", fn, part, alive, self.rows.read_rows, args,
+                    self.out / parts.WORK / f"{self.pass_index:02d}-{label}" / f"part-{part.index:05d}.npz",
+                    parts.job_key(self.fingerprint, [self.pass_index, label, what], part, alive)))
+        self.executor.map(jobs, f"{self.pass_index:02d}-{label}")
+        return [parts.load(job) for job in jobs]
 
 
 def _row_pass(run: _Run, group: list) -> None:
-    run_row_steps(run.rows, [s for _, s in group], run.out, run.stats)
+    row_steps = [s for _, s in group]
+    results = run.map("rows", row_map, (row_steps,), [s.model_dump(mode="json") for s in row_steps])
+    row_decide(run.rows, row_steps, results, run.out, run.stats)
 
 
 def _scorer_pass(run: _Run, group: list) -> None:
@@ -219,7 +299,7 @@ def _scorer_pass(run: _Run, group: list) -> None:
 
 def _corpus_pass(run: _Run, group: list) -> None:
     (_, step), = group
-    steps.implementation(step)(run.rows, step, run.stats)
+    steps.implementation(step)(run.rows, step, run.stats, run.map)
 
 
 def _history_pass(run: _Run, group: list) -> None:
@@ -233,23 +313,39 @@ PASSES: dict[str, Callable[[_Run, list], None]] = {
     "row": _row_pass, "scorer": _scorer_pass, "corpus": _corpus_pass, "history": _history_pass}
 
 
+def _executor(cfg: Config, out: Path):
+    if cfg.filter.executor == "ray":
+        from llmdistill.filter.ray_executor import RayExecutor
+
+        return RayExecutor(cfg, out)
+    return parts.LocalExecutor()
+
+
 def run(cfg: Config, ctx: StageContext) -> None:
     src = ctx.upstream_dir
     store.require_complete(src)
     manifest = store.read_manifest(src)
     out = ctx.out_dir
-    # the kept/removed shards are redone from scratch; committed scores (filter/scores/) are reused
+    # the kept/removed shards are redone from scratch; committed scores (filter/scores/) and parts' results
+    # (filter/.work/) are reused
     for path in store.list_shards(out) + store.list_shards(out / REMOVED):
         path.unlink()
     (out / DECONTAMINATION).unlink(missing_ok=True)
     rows = Rows(src, cfg.filter.read_rows)
-    state = _Run(rows, out, owner=f"{ctx.run_dir.resolve()}@{ctx.fingerprint}")
-    for kind, group in plan_passes(cfg.filter.steps):
-        before = sum(r is None for r in rows.reasons)
-        names = "+".join(s.name for _, s in group)
-        PASSES[kind](state, group)
-        after = sum(r is None for r in rows.reasons)
-        log.info("filter: %s removed %d (%d left)", names, before - after, after)
+    executor = _executor(cfg, out)
+    try:
+        state = _Run(rows, out, f"{ctx.run_dir.resolve()}@{ctx.fingerprint}", ctx.fingerprint,
+                     parts.split(src, cfg.filter.part_rows), executor)
+        for index, (kind, group) in enumerate(plan_passes(cfg.filter.steps)):
+            state.pass_index = index
+            before = sum(r is None for r in rows.reasons)
+            names = "+".join(s.name for _, s in group)
+            PASSES[kind](state, group)
+            after = sum(r is None for r in rows.reasons)
+            log.info("filter: %s removed %d (%d left)", names, before - after, after)
+    finally:
+        executor.close()
+        parts.forget_built()
     stats = state.stats
     n_kept = write_outputs(rows, src, out, cfg.generate.shard_rows)
     for h in state.history:
@@ -265,6 +361,7 @@ def run(cfg: Config, ctx: StageContext) -> None:
          "upstream": {src.name: manifest["fingerprint"]},
          "counts": {"rows": n_kept, "removed": rows.n - n_kept, "levels": stats["levels_kept"]}},
     )
+    store.remove_path(out / parts.WORK)  # the parts' results: the outputs hold what they decided
     for line in summary_lines(stats):
         log.info("filter: %s", line)
     log.info("filter: -> %s", out)

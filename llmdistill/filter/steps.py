@@ -4,7 +4,8 @@ Kinds (filter/stage.py runs each kind its own way; consecutive row steps share o
     row      `impl(step)` is a predicate `sample -> reason | None` (filters.py); one with a `report()` method
              (decontaminate) also writes decontamination.json
     scorer   `impl(step)` is a `scorers.Scorer`: batched scores, `min`/`max` thresholds, a resumable cache
-    corpus   `impl(rows, step, stats)` decides on the whole corpus at once (corpus.py: near / semantic dedup)
+    corpus   `impl(rows, step, stats, map_parts)` maps each part of the input (`map_parts`: the stage's executor,
+             local or Ray), then decides on the whole corpus at once (corpus.py: near / semantic dedup)
     history  `impl(step, owner)` checks the persistent index, then adds the kept rows to it (corpus.py)
 
 Implementations are named by import path and imported when a step runs, so a config without the heavy
