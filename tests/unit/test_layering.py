@@ -11,7 +11,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "llmdistill"
 STAGES = {"generate", "annotate", "filter", "train", "evaluate", "retrain", "bert"}
 SHARED = {"runner", "teachers", "prompts", "records", "store", "models", "config", "losses", "graders",
-          "architecture", "credentials", "cards", "tracking"}  # below
+          "architecture", "credentials", "cards", "tracking", "ray_utils"}  # below
 RUNNER = "pipeline"
 MAY_IMPORT = {"retrain": {"pipeline", "report"}}  # retrain runs the pipeline and writes a report
 
