@@ -360,11 +360,28 @@ def greedy_removals(order: np.ndarray, pairs: np.ndarray) -> dict[int, int]:
     # visit pairs by the later node's rank, then the earlier partner's: when a pair comes up, the earlier
     # partner's fate is settled (all its own pairs with earlier nodes came before)
     by = np.lexsort((rank[first], rank[later]))
-    removed: dict[int, int] = {}
-    for f, node in zip(first[by].tolist(), later[by].tolist()):
+    first, later = first[by], later[by]
+    # settled without the loop: a node whose best-placed partner is never the later node of a pair (so is
+    # kept) goes, with that partner; the loop visits the other nodes' pairs only, in the same order
+    head = np.ones(len(later), bool)
+    head[1:] = later[1:] != later[:-1]
+    is_later = np.zeros(len(order), bool)
+    is_later[later] = True
+    easy = head & ~is_later[first]
+    removed: dict[int, int] = dict(zip(later[easy].tolist(), first[easy].tolist()))
+    settled = np.zeros(len(order), bool)
+    settled[later[easy]] = True
+    rest = ~settled[later]
+    if not rest.any():
+        return removed  # already in the order of the nodes' ranks
+    for f, node in zip(first[rest].tolist(), later[rest].tolist()):
         if node not in removed and f not in removed:
             removed[node] = f
-    return removed
+    # in the order of the nodes' ranks, as visiting every pair in turn would have inserted them
+    nodes = np.fromiter(removed.keys(), np.int64, count=len(removed))
+    partners = np.fromiter(removed.values(), np.int64, count=len(removed))
+    o = np.argsort(rank[nodes], kind="stable")
+    return dict(zip(nodes[o].tolist(), partners[o].tolist()))
 
 
 def verify_pairs(pairs: np.ndarray, read: Callable, ngram: int, threshold: float,

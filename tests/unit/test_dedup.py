@@ -417,3 +417,27 @@ def test_batched_jaccards_are_the_per_pair_ones(sets, pairs, top):
     pairs = np.array([(a % len(sets), b % len(sets)) for a, b in pairs], dtype=np.int64)
     got = minhash._pair_jaccards(pairs, arrays)
     assert got.tolist() == [minhash.jaccard(arrays[a], arrays[b]) for a, b in pairs.tolist()]
+
+
+def naive_greedy(order, pairs):
+    """greedy_removals' definition, pair by pair: visit pairs by the later node's rank, then the earlier's."""
+    rank = {node: i for i, node in enumerate(order)}
+    visits = sorted(((max(a, b, key=rank.get), min(a, b, key=rank.get)) for a, b in pairs),
+                    key=lambda p: (rank[p[0]], rank[p[1]]))
+    removed = {}
+    for node, f in visits:
+        if node not in removed and f not in removed:
+            removed[node] = f
+    return removed
+
+
+@FAST
+@given(st.integers(2, 30).flatmap(lambda n: st.tuples(
+    st.permutations(range(n)), st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=80))))
+def test_greedy_removals_equal_the_pair_by_pair_loop(case):
+    """The shortcut for nodes whose best partner is surely kept gives the plain loop's dict, in its order."""
+    order, edges = case
+    pairs = np.array([(a, b) for a, b in edges if a != b], dtype=np.int64).reshape(-1, 2)
+    got = minhash.greedy_removals(np.array(order), pairs)
+    want = naive_greedy(order, pairs.tolist())
+    assert list(got.items()) == list(want.items())
