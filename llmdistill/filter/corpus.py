@@ -76,14 +76,14 @@ def run_near_dedup(rows, step: C.NearDedupStep, stats: dict) -> None:
 def run_semantic_dedup(rows, step: C.SemanticDedupStep, stats: dict) -> None:
     from llmdistill.filter import semantic
 
-    embedder = semantic.Embedder(step.model, step.device, step.max_length, step.batch_size)
+    embedder = semantic.embedder(step)
     members, embs = [], []
     for idx, texts in _text_chunks(rows, step.scope, 4096):
         members.append(idx)
         embs.append(embedder.embed(texts).astype(np.float16))  # half the memory; cosines are checked in fp32
     members_arr = np.concatenate(members) if members else np.zeros(0, np.int64)
     emb = np.concatenate(embs) if embs else np.zeros((0, embedder.dim), np.float16)
-    pairs, _ = semantic.similar_pairs(emb, step.threshold, step.bits, step.tables, step.seed)
+    pairs, _ = semantic.duplicate_pairs(emb, step)
     removed = minhash.greedy_removals(keep_order(members_arr, rows, step.keep, step.score), pairs)
     stats.setdefault("semantic_dedup", {}).update({"verified_pairs": len(pairs)})
     _apply_removals(rows, members_arr, removed, "semantic_duplicate", stats, "semantic_duplicate_of")
