@@ -31,7 +31,7 @@ def static():
 def test_static_embeddings_are_unit_and_see_meaning(static):
     texts = ["The capital of France is Paris.", "Paris is the capital of France.",
              "the capital of france is paris", "Photosynthesis turns light into chemical energy.",
-             "\u201cThe capital of France\u201d\u00a0is Paris \u2014 c\u2019est s\u00fbr! \U0001F1EB\U0001F1F7",
+             "\u201cThe capital of France\u201d\u00a0is Paris\u2026 \U0001F1EB\U0001F1F7",
              "", "\u6771\u4eac\u306f\u65e5\u672c\u306e\u9996\u90fd\u3067\u3059"]
     e = static.embed(texts)
     assert e.shape == (7, static.dim) and e.dtype == np.float32
@@ -39,7 +39,8 @@ def test_static_embeddings_are_unit_and_see_meaning(static):
     assert np.allclose(norms[[0, 1, 2, 3, 4, 6]], 1, atol=1e-5) and norms[5] == 0  # an empty text: the zero row
     sims = e @ e.T
     assert sims[0, 2] > 0.99  # the model is uncased
-    assert sims[0, 1] > 0.9 and sims[0, 4] > 0.8 and sims[0, 3] < 0.5
+    assert sims[0, 4] > 0.9 and sims[0, 3] < 0.5 and sims[0, 6] < 0.5
+    assert sims[0, 1] > 0.99  # a static model averages token vectors: word order is invisible to it
     assert np.allclose(static.embed([texts[3]])[0], e[3], atol=1e-5)  # batching does not change a row
 
 
