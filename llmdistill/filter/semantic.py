@@ -10,17 +10,19 @@ Embeddings (`embedder(step)`):
 - any other model2vec or sentence-transformers model, by directory or hub id (`backend` says which when the
   directory does not: `auto` reads its config).
 
-Neighbours (`duplicate_pairs(emb, step)`): every row asks usearch for its `neighbors` nearest rows (HNSW
-index, or usearch's exact brute-force search for corpora of at most `exact_below` rows). Each returned
-neighbour's cosine is recomputed exactly (float32 dot product of the unit rows) and kept when >= threshold.
-A row whose k-th (farthest) returned neighbour is still a duplicate may have more: it is asked again with 4x
-as many, until its farthest returned neighbour is below the threshold or k reaches `max_neighbors` (a cluster
-larger than that is cut there: the `capped_rows` stat counts the rows it happened to). A pair counts when
-either row finds the other, so the HNSW search misses a pair only when both of its rows miss each other.
+Neighbours (`duplicate_pairs(emb, step)`): a corpus of at most `exact_below` rows is searched exactly (all
+pairs by blocked matrix products: nothing is missed). A larger one goes into a usearch HNSW index and every row
+asks it for its `neighbors` nearest rows. Each returned neighbour's cosine is recomputed exactly (float32 dot
+product of the unit rows) and kept when >= threshold. A row whose k-th (farthest) returned neighbour is still a
+duplicate may have more: it is asked again with 4x as many, until its farthest returned neighbour is below the
+threshold or k reaches `max_neighbors` (a cluster larger than that is cut there: the `capped_rows` count says
+how many rows it happened to). A pair counts when either row finds the other, so the index misses a pair only
+when both of its rows miss each other.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -169,6 +171,12 @@ def embedder(step):
     from llmdistill.errors import UserError, first_line
 
     kind = backend_of(step.model, step.backend)
+    need = ["usearch", "model2vec" if kind == "model2vec" else "sentence_transformers"] + \
+        (["skeletoken"] if step.model == MINILM_STATIC else [])
+    missing = [m for m in need if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"semantic_dedup needs {', '.join(m.replace('_', '-') for m in missing)}: "
+                        "pip install 'llmdistill[semantic]' (versions in requirements.txt)")
     path = resolve_model(step.model)
     try:
         if kind == "model2vec":
