@@ -17,7 +17,8 @@ product of the unit rows) and kept when >= threshold. A row whose k-th (farthest
 duplicate may have more: it is asked again with 4x as many, until its farthest returned neighbour is below the
 threshold or k reaches `max_neighbors` (a cluster larger than that is cut there: the `capped_rows` count says
 how many rows it happened to). A pair counts when either row finds the other, so the index misses a pair only
-when both of its rows miss each other.
+when both of its rows miss each other. The index is built on one thread, so the same embeddings always give
+the same pairs.
 """
 
 from __future__ import annotations
@@ -221,7 +222,9 @@ def similar_pairs(emb: np.ndarray, threshold: float, neighbors: int = 32, max_ne
     from usearch.index import Index
 
     index = Index(ndim=vec.shape[1], metric="cos", **HNSW)
-    index.add(np.arange(n, dtype=np.uint64), vec, threads=threads)
+    # one thread: a multi-threaded build inserts in a different order each run, and the same embeddings must
+    # always give the same pairs (resume, the Ray executor's decisions); the queries below use every core
+    index.add(np.arange(n, dtype=np.uint64), vec, threads=1)
 
     def ask(rows, k):
         index.expansion_search = max(HNSW["expansion_search"], k)

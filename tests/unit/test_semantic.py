@@ -111,6 +111,8 @@ def test_search_finds_what_all_pairs_finds():
     found = {tuple(p) for p in pairs.tolist()}
     assert info["search"] == "hnsw" and found <= exact and (cos >= 0.95).all()
     assert info["requeried_rows"] > 100 and info["capped_rows"] == 0  # the big cluster's rows asked again
+    again, _, _ = semantic.similar_pairs(emb, 0.95, neighbors=8, exact_below=0, threads=2)
+    assert np.array_equal(again, pairs)  # the same embeddings give the same pairs
     assert len(found) / len(exact) >= 0.99
 
 
