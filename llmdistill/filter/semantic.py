@@ -136,7 +136,7 @@ class TransformerEmbedder:
 
         self.model = SentenceTransformer(path, device=device)
         self.model.max_seq_length = min(max_length, self.model.max_seq_length or max_length)
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        self.dim = int(self.model.get_embedding_dimension())
         self.batch_size = batch_size
 
     def embed(self, texts: list[str]) -> np.ndarray:
