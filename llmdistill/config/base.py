@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from llmdistill.errors import UserError
 
 # Model sources that are not a local directory or a hub id: names llmdistill knows how to materialise.
-MODEL_ALIASES = ("smollm2-135m-instruct", "gemma-3-270m", "all-minilm-l6-v2")
+MODEL_ALIASES = ("smollm2-135m-instruct", "gemma-3-270m", "all-minilm-l6-v2", "minilm-static")
 
 
 class ConfigError(UserError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo, model_validator
+from pydantic import Field, model_validator
 
 from llmdistill.config.base import (
     InputFile,
@@ -13,7 +13,6 @@ from llmdistill.config.base import (
     OutputDir,
     Section,
     Seed,
-    _model_source,
     literal_values,
     union_tags,
 )
@@ -166,11 +165,6 @@ SEMANTIC_STATIC = "minilm-static"  # the default embedding model's alias (llmdis
 _LSH_FIELDS = ("bits", "tables", "seed")
 
 
-def _embedding_model(value: str, info: ValidationInfo) -> str:
-    """minilm-static, or what every model field accepts (an alias, a directory, a hub id)."""
-    return value if value == SEMANTIC_STATIC else _model_source(value, info)
-
-
 class SemanticDedupStep(_Cluster):
     """Embedding near-duplicates (reason `semantic_duplicate`): normalised sentence embeddings (a model2vec
     static model, or a sentence-transformers encoder), each row's `neighbors` nearest rows from usearch (more
@@ -178,7 +172,7 @@ class SemanticDedupStep(_Cluster):
     only when its cosine with a kept row (in `keep` order) is >= `threshold`."""
 
     name: Literal["semantic_dedup"]
-    model: Annotated[str, AfterValidator(_embedding_model)] = Field(
+    model: ModelSource = Field(
         SEMANTIC_STATIC, description="minilm-static (a model2vec model distilled once from all-MiniLM-L6-v2 and "
         "cached), all-minilm-l6-v2 (the transformer, mean-pooled by sentence-transformers: slower, the accurate "
         "option), or any model2vec / sentence-transformers model: local directory or hub id")
