@@ -185,3 +185,22 @@ def test_two_processes_distil_the_static_model_once(tmp_path):
     paths = {line.split(" ", 1)[1] for o in outs for line in o.splitlines() if line.startswith("PATH ")}
     assert paths == {str(tmp_path / "models" / "minilm-static")}
     assert (tmp_path / "models" / "minilm-static" / "model.safetensors").is_file()
+
+
+def test_validate_names_every_bad_semantic_field_in_one_line_each(tmp_path):
+    """`llmdistill validate` (load_config) reports each problem on its own line, naming the field."""
+    import yaml
+
+    from llmdistill.config import ConfigError, load_config
+    from tests.unit.test_config import minimal
+
+    data = minimal(tmp_path)
+    data["filter"] = {"steps": [{"name": "semantic_dedup", "bits": 12, "tables": 8},
+                                {"name": "semantic_dedup", "backend": "faiss", "neighbors": 0}]}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    text = "\n".join(e.value.errors)
+    assert "filter.steps.0" in text and "bits, tables: the random-hyperplane LSH they set is gone" in text
+    assert "filter.steps.1.backend" in text and "filter.steps.1.neighbors" in text
