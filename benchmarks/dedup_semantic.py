@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "results" / "dedup_semantic.json"
 MODELS = ("minilm-static", "all-minilm-l6-v2")
-THRESHOLDS = [round(t, 2) for t in np.arange(0.70, 0.985, 0.02)]
+THRESHOLDS = sorted({round(t, 2) for t in np.arange(0.70, 0.985, 0.02)} | {0.95})
 
 
 def step(**kw):
@@ -72,6 +72,11 @@ def quality() -> dict:
             rows.append({"threshold": t, "precision": round(p, 3), "recall": round(r, 3),
                          "f1": round(2 * p * r / max(p + r, 1e-9), 3), "flagged": int(pred.sum())})
         out["models"][model] = rows
+        order = np.argsort(cos)
+        show = [int(i) for i in order if y[i]][:3] + [int(i) for i in order[::-1] if not y[i]][:3]
+        out.setdefault("errors", {})[model] = [
+            {"label": int(y[i]), "cosine": round(float(cos[i]), 3), "a": labelled[i]["text_a"][:80],
+             "b": labelled[i]["text_b"][:80]} for i in show]
     corpus = [r["text"] for r in jsonl(ROOT / "data" / "paraphrase" / "corpus.jsonl")]
     s = step()
     emb = semantic.embedder(s).embed(corpus)
