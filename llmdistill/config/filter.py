@@ -180,7 +180,7 @@ class SemanticDedupStep(_Cluster):
         "auto", description="how to load `model`; auto: model2vec when its config.json says so")
     threshold: float = Field(0.86, gt=0.0, le=1.0, description="cosine similarity that makes a duplicate (0.86 "
                              "was chosen for minilm-static on labelled real-text pairs: docs/filtering.md)")
-    neighbors: int = Field(32, ge=1, description="nearest rows asked per row first (rows whose every neighbour "
+    neighbors: int = Field(16, ge=1, description="nearest rows asked per row first (rows whose every neighbour "
                            "is a duplicate are asked again with 4x as many)")
     max_neighbors: int = Field(4096, ge=1, description="the most neighbours one row is asked for")
     exact_below: int = Field(20_000, ge=0, description="corpora of at most this many rows are searched exactly "

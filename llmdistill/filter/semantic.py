@@ -206,7 +206,7 @@ def duplicate_pairs(emb: np.ndarray, step) -> tuple[np.ndarray, np.ndarray]:
     return pairs, cos
 
 
-def similar_pairs(emb: np.ndarray, threshold: float, neighbors: int = 32, max_neighbors: int = 4096,
+def similar_pairs(emb: np.ndarray, threshold: float, neighbors: int = 16, max_neighbors: int = 4096,
                   exact_below: int = 20_000, threads: int = 0, chunk: int = 32768
                   ) -> tuple[np.ndarray, np.ndarray, dict]:
     """`duplicate_pairs` with its settings spelled out, and a dict of what the search did (rows asked again,
