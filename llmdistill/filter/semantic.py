@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,8 @@ def similar_pairs(emb: np.ndarray, threshold: float, neighbors: int = 16, max_ne
     # one thread: a multi-threaded build inserts in a different order each run, and the same embeddings must
     # always give the same pairs (resume, the Ray executor's decisions); the queries below use every core
     index.add(np.arange(n, dtype=np.uint64), vec, threads=1)
+
+    threads = threads or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else threads
 
     def ask(rows, k):
         index.expansion_search = max(HNSW["expansion_search"], k)
