@@ -205,6 +205,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     result = json.loads(OUT.read_text()) if OUT.exists() and args.only else {}
+    result = {k: v for k, v in result.items() if k in ("quality", "speed", "search")}  # the other sections' results
     result.update({"cpu": platform.processor() or platform.machine(), "cores": 1})
     if args.only in (None, "quality"):
         q = result["quality"] = quality()
