@@ -97,7 +97,7 @@ def _real_dir(value: str) -> str:
 
 
 # ---- numbers with a bound set by what uses them, checked when the config is read (not when a shard is written)
-# A seed seeds numpy too (transformers' set_seed in training, the semantic filter's hyperplanes): 0 <= seed < 2**32.
+# A seed seeds numpy too (transformers' set_seed in training): 0 <= seed < 2**32.
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
 # A curriculum level; stored as int16 (records.py), with room for the levels evolution adds (generate.evolve.rounds).
 MAX_LEVEL = 10_000
