@@ -8,7 +8,8 @@ is the same pairs with the labels a person gave them, see SOURCES.md).
   word TF-IDF (unigrams and bigrams, scikit-learn; lexical, independent of either embedding model), kept
   when either gives the pair a cosine >= 0.6, then PER_BIN of them from each cosine bin (the higher of the
   two cosines) 0.6-0.7, 0.7-0.8, 0.8-0.9, 0.9-1.0, every k-th in corpus order. The all-MiniLM-L6-v2
-  encoder takes no part in choosing pairs (it is one of the options measured on them). These are natural near-duplicates (the same airline complaint, a story told twice) and the hard
+  encoder takes no part in choosing pairs (it is one of the options measured on them). These are natural
+  near-duplicates (the same tweet at several accounts, the same headline with another link) and the hard
   negatives a threshold must reject (same topic, different content).
 """
 
