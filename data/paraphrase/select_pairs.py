@@ -1,5 +1,5 @@
 """Choose the pairs of data/paraphrase/corpus.jsonl to label by hand: to_label.jsonl (no labels; labelled.jsonl
-is the same pairs with the labels a person gave them, see SOURCES.md).
+is the same pairs with the labels given by reading them, see SOURCES.md).
 
     LLMDISTILL_CACHE=... .venv/bin/python data/paraphrase/select_pairs.py
 
