@@ -107,6 +107,40 @@ def raise_failure(kind: str, text: str) -> None:
     raise RuntimeError(text)
 
 
+def wait_all(ray, refs: dict, prefix: str, describe, progress, finished) -> list[tuple[int, str, object]]:
+    """Wait for every task of `refs` ({ref: index}): `progress()` after each wait (attempt files), `finished(index,
+    result)` for each task that returned, each failure logged and kept as (index, kind, message); returns the
+    failures, first index first. Ctrl-C cancels the tasks still pending."""
+    failures = []
+    pending = list(refs)
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
+            progress()
+            for ref in ready:
+                index = refs[ref]
+                kind, result = outcome(ray, ref)
+                if kind is None:
+                    finished(index, result)
+                else:
+                    log.error("%s: %s failed: %s", prefix, describe(index), result)
+                    failures.append((index, kind, result))
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    return sorted(failures)
+
+
+def raise_first(failures: list[tuple[int, str, object]], prefix: str, describe, unit: str, kept: str) -> None:
+    """Raise the first of `failures` (from `wait_all`) as one line, counting the others."""
+    if not failures:
+        return
+    index, kind, message = failures[0]
+    more = f" (and {len(failures) - 1} more {unit}(s) failed)" if len(failures) > 1 else ""
+    raise_failure(kind, f"{prefix}: {describe(index)}: {message}{more}; {kept} are kept: rerun to resume")
+
+
 def parse_faults() -> dict[int, str]:
     """LLMDISTILL_RAY_FAULT: {task index: the LLMDISTILL_FAULT spec of its first attempt}."""
     out = {}

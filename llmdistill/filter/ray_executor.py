@@ -28,7 +28,7 @@ from llmdistill import faults, ray_utils, store
 from llmdistill.config import Config
 from llmdistill.errors import UserError
 from llmdistill.filter import parts
-from llmdistill.ray_utils import MAX_RETRIES, POLL_S, TRANSIENT
+from llmdistill.ray_utils import MAX_RETRIES, TRANSIENT
 
 log = logging.getLogger("llmdistill")
 
@@ -71,29 +71,13 @@ class RayExecutor:
         seen = [0] * len(todo)
         names = [job.name for job in todo]
         infos: list[dict] = [{} for _ in todo]
-        failures: list[tuple[int, str, str]] = []
-        pending = list(refs)
-        try:
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
-                ray_utils.log_attempts(attempts, names, seen, "filter on Ray", "redoing the part")
-                for ref in ready:
-                    k = refs[ref]
-                    kind, result = ray_utils.outcome(ray, ref)
-                    if kind is None:
-                        infos[k] = result
-                    else:
-                        log.error("filter on Ray: %s failed: %s", names[k], result)
-                        failures.append((k, kind, result))
-        except KeyboardInterrupt:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            raise
-        if failures:
-            k, kind, message = min(failures)
-            more = f" (and {len(failures) - 1} more part(s) failed)" if len(failures) > 1 else ""
-            ray_utils.raise_failure(kind, f"filter on Ray: {names[k]}: {message}{more}; finished parts are kept: "
-                                          "rerun to resume")
+        prefix = "filter on Ray"
+
+        def progress() -> None:
+            ray_utils.log_attempts(attempts, names, seen, prefix, "redoing the part")
+
+        failures = ray_utils.wait_all(ray, refs, prefix, names.__getitem__, progress, infos.__setitem__)
+        ray_utils.raise_first(failures, prefix, names.__getitem__, "part", "finished parts")
         retried = sum(max(0, n - 1) for n in seen)
         self.usage.append({"pass": label, "parts": len(jobs), "resumed": len(jobs) - len(todo), "retries": retried,
                            "seconds": round(time.monotonic() - started, 3),

@@ -27,7 +27,7 @@ from pathlib import Path
 from llmdistill import faults, ray_utils, store
 from llmdistill.config import Config, TeacherConfig
 from llmdistill.errors import UserError
-from llmdistill.ray_utils import MAX_RETRIES, POLL_S, TRANSIENT
+from llmdistill.ray_utils import MAX_RETRIES, TRANSIENT
 from llmdistill.runner import RunLock
 from llmdistill.teachers import teacher_class
 
@@ -89,29 +89,16 @@ def _drive(ray, cfg: Config, fingerprint: str, run_shard, resources: dict, count
     log.info("generate on Ray: %d shards, %s CPU and %s GPU per task, up to %d attempts each -> %s", count,
              f"{resources['num_cpus']:g}", f"{resources['num_gpus']:g}", MAX_RETRIES + 1, cfg.run_dir / "generate")
     seen = [0] * count
-    failures: list[tuple[int, str, str]] = []
-    pending = list(refs)
-    try:
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
-            _log_attempts(ray_dir, count, seen)
-            for ref in ready:
-                index = refs[ref]
-                kind, message = ray_utils.outcome(ray, ref)
-                if kind is None:
-                    log.info("generate on Ray: shard %d/%d finished (%s)", index, count, message)
-                else:
-                    log.error("generate on Ray: shard %d/%d failed: %s", index, count, message)
-                    failures.append((index, kind, message))
-    except KeyboardInterrupt:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise
-    if failures:
-        index, kind, message = min(failures)
-        more = f" (and {len(failures) - 1} more shard(s) failed)" if len(failures) > 1 else ""
-        text = f"generate on Ray: shard {index}/{count}: {message}{more}; finished batches are kept: rerun to resume"
-        ray_utils.raise_failure(kind, text)
+    prefix = "generate on Ray"
+
+    def shard(index: int) -> str:
+        return f"shard {index}/{count}"
+
+    def finished(index: int, message: str) -> None:
+        log.info("%s: %s finished (%s)", prefix, shard(index), message)
+
+    failures = ray_utils.wait_all(ray, refs, prefix, shard, lambda: _log_attempts(ray_dir, count, seen), finished)
+    ray_utils.raise_first(failures, prefix, shard, "shard", "finished batches")
 
 
 def _attempts_file(run_dir: Path, shard: tuple[int, int]) -> Path:
