@@ -208,7 +208,7 @@ def duplicate_pairs(emb: np.ndarray, step) -> tuple[np.ndarray, np.ndarray]:
 
 
 def similar_pairs(emb: np.ndarray, threshold: float, neighbors: int = 16, max_neighbors: int = 4096,
-                  exact_below: int = 20_000, threads: int = 0, chunk: int = 32768
+                  exact_below: int = 50_000, threads: int = 0, chunk: int = 32768
                   ) -> tuple[np.ndarray, np.ndarray, dict]:
     """`duplicate_pairs` with its settings spelled out, and a dict of what the search did (rows asked again,
     rows capped at `max_neighbors`, exact or HNSW)."""
@@ -270,8 +270,10 @@ def _ask_chunk(ask, vec: np.ndarray, rows: np.ndarray, k: int, threshold: float,
     return (counts >= k) & (hit.sum(1) >= k - 1)
 
 
-def exact_similar_pairs(emb: np.ndarray, threshold: float, block: int = 2048) -> np.ndarray:
-    """All pairs (i < j) with cosine >= threshold by blocked matrix products: the reference for recall."""
+def exact_similar_pairs(emb: np.ndarray, threshold: float, block: int = 512) -> np.ndarray:
+    """All pairs (i < j) with cosine >= threshold by blocked matrix products: the search of a corpus of at most
+    `exact_below` rows, and the reference for recall. One block holds `block` x N float32 similarities (100 MB at
+    N = 50,000); 512 rows measured as fast as 2,048 and faster than 4,096 on one core."""
     out = []
     e = emb.astype(np.float32)
     for i in range(0, len(e), block):
