@@ -7,7 +7,8 @@ import subprocess
 import pytest
 import torch
 
-from conftest import PYTHON, REPO, make_tiny_config
+import yaml
+from conftest import PYTHON, REPO, make_tiny_config, write_prompts
 from llmdistill import store
 from llmdistill.config import load_config
 from llmdistill.pipeline import run_stages
@@ -23,9 +24,13 @@ def losses_of(run_dir):
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, tiny):
-    """The reference: one process, batch 4, plain padded batches."""
+    """The reference: one process, batch 4, plain padded batches. 24 prompts, so that the 5 steps of 4 rows are
+    whole batches of the first epoch however many completions the filter drops (a sampled completion can come
+    out empty on one CPU and not on another; a short last batch is split differently over 2 processes)."""
     tmp = tmp_path_factory.mktemp("distributed")
-    path, _ = make_tiny_config(tmp, tiny)
+    path, data = make_tiny_config(tmp, tiny)
+    data["generate"]["prompts"] = str(write_prompts(tmp / "prompts24.jsonl", n_per_level=8))
+    path.write_text(yaml.safe_dump(data))
     single = load_config(path, [*STEPS, "train.batch_size=4", "name=single"])
     run_stages(single, ("generate", "filter", "train"))
     return path, losses_of(single.run_dir), single
