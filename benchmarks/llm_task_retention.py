@@ -486,7 +486,7 @@ def main() -> None:
                 from llmdistill.config import load_config
                 from llmdistill.train.prune import prune_command
 
-                prune_command(load_config(None, overrides("sampled", 0, student, [], args.steps, family="facts-88")),
+                prune_command(load_config(None, overrides("sampled", 0, student, [], args.steps, family="facts")),
                               pruned)
             dirs[student] = str(pruned)
         if dirs:
