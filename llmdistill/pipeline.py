@@ -352,8 +352,8 @@ def _prepare(work_dir: Path, fingerprint: str, fresh: bool, upstream_output: str
     previous = started.read_text().split() if started.exists() else []
     resumable = previous[:1] == [fingerprint] and (len(previous) == 1 or previous[1:] == [upstream_output])
     if work_dir.exists() and (fresh or not resumable):
-        if not started.exists():  # a kill between writing _STARTED's temporary and its rename leaves only that
-            store.clean_temporaries(work_dir)
+        for tmp in store.temporaries_of(started):  # a kill between writing _STARTED's temporary and its rename
+            store.remove_path(tmp)  # (only those: a directory llmdistill did not write keeps its own .tmp files)
         if not (started.exists() or (work_dir / store.SUCCESS).exists() or not any(work_dir.iterdir())):
             raise UserError(f"{work_dir} is not empty and llmdistill did not write it (no {STARTED} or "
                             f"{store.SUCCESS} in it): refusing to clear it; move it away or choose another "

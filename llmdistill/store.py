@@ -15,6 +15,7 @@ reader (or a killed writer's rerun) never sees half a file. A shard that is neve
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import re
@@ -198,6 +199,12 @@ def list_shards(directory: Path) -> list[Path]:
         return []
     return sorted((p for p in directory.iterdir() if SHARD_RE.match(p.name)),
                   key=lambda p: int(SHARD_RE.match(p.name).group(1)))
+
+
+def temporaries_of(path: Path) -> list[Path]:
+    """The temporary files `_commit` left beside `path` when it was killed before the rename."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
 
 
 def clean_temporaries(directory: Path) -> int:

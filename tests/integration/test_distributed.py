@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 import torch
-
 import yaml
+
 from conftest import PYTHON, REPO, make_tiny_config, write_prompts
 from llmdistill import store
 from llmdistill.config import load_config

@@ -108,6 +108,23 @@ def test_the_runner_clears_only_stage_directories_it_started(tmp_path, tiny):
     config, data = make_tiny_config(tmp_path, tiny)
     cfg = load_config(config)
     mine = user_dir(cfg.run_dir / "generate")
+    (mine / ".draft.tmp").write_text("an editor's")  # named like a temporary, but not one llmdistill wrote
+    before = files(mine)
     with pytest.raises(UserError, match=f"{mine} is not empty and llmdistill did not write it"):
         run_stages(cfg, ("generate",))
-    assert (mine / "a.txt").read_text() == "mine" and (mine / "sub" / "b.txt").read_text() == "mine too"
+    assert files(mine) == before
+
+
+def test_a_stage_directory_holding_only_the_temporary_of_its_start_mark_is_cleared(tmp_path, tiny):
+    """A kill between writing _STARTED's temporary and its rename leaves only that file: the rerun goes on."""
+    from conftest import make_tiny_config
+    from llmdistill.config import load_config
+    from llmdistill.pipeline import STARTED, run_stages
+
+    config, _ = make_tiny_config(tmp_path, tiny)
+    cfg = load_config(config)
+    stage = cfg.run_dir / "generate"
+    stage.mkdir(parents=True)
+    (stage / f".{STARTED}.k1ll3d.tmp").write_text("half")
+    run_stages(cfg, ("generate",))
+    assert (stage / store.SUCCESS).exists() and not store.temporaries_of(stage / STARTED)
