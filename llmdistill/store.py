@@ -94,6 +94,11 @@ def apply_file_mode(directory: Path) -> None:
             os.chmod(p, mode)
 
 
+def _temporary_affixes(path: Path) -> tuple[str, str]:
+    """(prefix, suffix) of the temporary file `_commit` writes beside `path`: `temporaries_of` finds it by them."""
+    return f".{path.name}.", ".tmp"
+
+
 def _commit(path: Path, fill: Callable[[int, str], None], fault: str, what: str = "",
             unchanged: Callable[[], bool] | None = None) -> None:
     """The one write protocol of the store: `fill(fd, tmp)` writes a temporary file beside `path` (mode
@@ -104,7 +109,8 @@ def _commit(path: Path, fill: Callable[[int, str], None], fault: str, what: str 
     what was to be written: then nothing is written."""
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        prefix, suffix = _temporary_affixes(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
         try:
             _chmod_quietly(fd)
             fill(fd, tmp)
@@ -204,7 +210,8 @@ def list_shards(directory: Path) -> list[Path]:
 def temporaries_of(path: Path) -> list[Path]:
     """The temporary files `_commit` left beside `path` when it was killed before the rename."""
     path = Path(path)
-    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    prefix, suffix = _temporary_affixes(path)
+    return sorted(path.parent.glob(f"{glob.escape(prefix)}*{suffix}"))
 
 
 def clean_temporaries(directory: Path) -> int:
